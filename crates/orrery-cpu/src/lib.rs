@@ -1,1 +1,17 @@
-//! orrery-cpu
+//! orrery-cpu: the CPU backend's tensors and kernels.
+//!
+//! [`execute`] runs one op on [`CpuTensor`] inputs. Kernels parallelise with rayon inside
+//! whatever pool the caller installed (the runtime installs one with `--threads` workers).
+//!
+//! Architecture invariant: results are bit-identical for any number of threads. Work is split
+//! over output elements in chunks whose size does not depend on the thread count, and every
+//! reduction runs in a fixed order. Kernels never read graph or file structures: they see
+//! tensors and op parameters only.
+
+mod error;
+pub mod kernels;
+mod tensor;
+
+pub use error::CpuError;
+pub use kernels::execute;
+pub use tensor::{Buffer, CpuTensor, Element, MappedBytes};

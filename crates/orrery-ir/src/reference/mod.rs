@@ -4,7 +4,13 @@
 //! Values of every dtype are held as f64 (exact for integers below 2^53 and for f16/bf16); the
 //! dtype is kept so that casts round like the real storage type.
 
+mod conv;
+mod elementwise;
 mod eval;
+mod layout;
+mod linalg;
+mod norm;
+mod reduce;
 
 pub use eval::eval_op;
 
