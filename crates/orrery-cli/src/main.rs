@@ -1,1 +1,53 @@
-fn main() {}
+//! The `orrery` command-line tool: `inspect`, `run` and `compile`.
+//!
+//! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
+
+mod bind;
+mod cmd_compile;
+mod cmd_inspect;
+mod cmd_run;
+mod component_plan;
+mod tensor_file;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "orrery", version, about = "Compile and run diffusion world models (NVIDIA Cosmos first)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the tensors of a checkpoint (dtypes, shapes, bytes) or the components of a folder.
+    /// Exits non-zero when a pickle references globals orrery does not know.
+    Inspect {
+        /// A weights file (.safetensors, .pt, .pth, .bin) or a diffusers/transformers folder.
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one component on inputs from a safetensors file; outputs are written as f32.
+    Run(cmd_run::RunArgs),
+    /// Build and plan a component at given input shapes; weights are optional.
+    Compile(cmd_compile::CompileArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { path, json } => cmd_inspect::inspect(&path, json),
+        Command::Run(args) => cmd_run::run(&args),
+        Command::Compile(args) => cmd_compile::compile(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,19 @@
-//! orrery-runtime
+//! orrery-runtime: executes a compiled [`Plan`](orrery_compiler::Plan) on the CPU backend.
+//!
+//! A [`Session`] owns a plan, a weight resolver and a thread pool. Each run binds the named
+//! inputs (checking names, dtypes and shapes), resolves weights lazily on first use (and keeps
+//! them for later runs), runs the kernels in plan order inside the pool, and drops every
+//! intermediate right after its last use as the plan says.
+//!
+//! Architecture invariant: the runtime decides nothing about order or memory; it follows the
+//! plan. It does not parse files: weights arrive through [`WeightResolver`].
+
+mod error;
+mod session;
+mod threads;
+mod weights;
+
+pub use error::RuntimeError;
+pub use session::{peak_rss_bytes, RunStats, Session};
+pub use threads::{resolve_threads, ThreadSource};
+pub use weights::{FormatWeights, WeightResolver};

@@ -1,0 +1,142 @@
+//! `orrery compile <component-dir|config.json> [--method M] --shape NAME=D0xD1x… …
+//! [--weight-dtype stored|bf16|f32] [--dump] [--json]`
+
+use crate::component_plan::{canonical_shapes, plan};
+use anyhow::{bail, Result};
+use orrery_compiler::Plan;
+use orrery_ir::DType;
+use orrery_models::{load_component, WeightTypes};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct CompileArgs {
+    /// A component folder (weights optional) or its config.json.
+    component: PathBuf,
+    #[arg(long, default_value = "forward")]
+    method: String,
+    /// An input shape, e.g. `--shape x=2x8`; repeat for each input.
+    #[arg(long = "shape", value_parser = parse_shape)]
+    shapes: Vec<(String, Vec<usize>)>,
+    /// Weight dtype: `stored` (the checkpoint's, else the config's `torch_dtype`, else f32),
+    /// `bf16` or `f32`.
+    #[arg(long, default_value = "stored")]
+    weight_dtype: String,
+    /// Print the whole graph and every kernel.
+    #[arg(long)]
+    dump: bool,
+    /// Print exactly `kernels`, `weight_bytes`, `arena_bytes` and `flops` as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses `NAME=D0xD1x…` (a scalar is `NAME=` with no dims, or `NAME=1`).
+fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+    let (name, dims) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=D0xD1x…"))?;
+    if name.is_empty() {
+        return Err(format!("`{s}` has no input name before `=`"));
+    }
+    let dims = if dims.is_empty() {
+        vec![]
+    } else {
+        dims.split(['x', 'X', ','])
+            .map(|d| d.trim().parse::<usize>().map_err(|_| format!("`{d}` in `{s}` is not a dimension")))
+            .collect::<Result<_, _>>()?
+    };
+    Ok((name.to_string(), dims))
+}
+
+pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
+    let component = load_component(&args.component)?;
+    let specs = component.inputs(&args.method)?;
+    let shapes = canonical_shapes(&specs, &args.shapes)?;
+    let dir = if args.component.is_dir() {
+        args.component.clone()
+    } else {
+        args.component.parent().map(PathBuf::from).unwrap_or_default()
+    };
+    let source = match args.weight_dtype.as_str() {
+        "stored" => orrery_formats::open_weights(&dir).ok(),
+        "bf16" | "f32" => None,
+        other => bail!("--weight-dtype must be stored, bf16 or f32, got `{other}`"),
+    };
+    let plan = match (&source, args.weight_dtype.as_str()) {
+        (Some(source), _) => {
+            let lookup = |name: &str| source.info(name).map(|i| (i.dtype, i.shape.clone()));
+            plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Checkpoint(&lookup))?
+        }
+        (None, flag) => {
+            let dtype = match flag {
+                "bf16" => DType::BF16,
+                "f32" => DType::F32,
+                _ => component.config_dtype().unwrap_or(DType::F32),
+            };
+            plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Assumed(dtype))?
+        }
+    };
+    if args.json {
+        println!("{}", plan_json(&plan));
+    } else {
+        print_plan(&plan, args.dump);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan_json(plan: &Plan) -> serde_json::Value {
+    let kernels: Vec<_> = plan
+        .kernels
+        .iter()
+        .map(|k| {
+            serde_json::json!({
+                "name": k.name,
+                "op": k.op,
+                "inputs": k.inputs.iter().map(|i| plan.graph.node(*i).name.clone()).collect::<Vec<_>>(),
+                "output": k.output.to_string(),
+                "flops": k.cost.flops,
+                "bytes": k.cost.bytes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "kernels": kernels,
+        "weight_bytes": plan.weight_bytes,
+        "arena_bytes": plan.arena_bytes,
+        "flops": plan.flops,
+    })
+}
+
+fn print_plan(plan: &Plan, dump: bool) {
+    if dump {
+        println!("# graph\n{}", plan.graph);
+    }
+    println!("# kernels");
+    for k in &plan.kernels {
+        let inputs: Vec<&str> = k.inputs.iter().map(|i| plan.graph.node(*i).name.as_str()).collect();
+        println!(
+            "{:<32} {:<48} ({}) -> {}  flops={} bytes={}",
+            k.name,
+            k.op,
+            inputs.join(", "),
+            k.output,
+            k.cost.flops,
+            k.cost.bytes
+        );
+    }
+    println!("weight_bytes {}", plan.weight_bytes);
+    println!("arena_bytes {}", plan.arena_bytes);
+    println!("flops {}", plan.flops);
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shape;
+
+    #[test]
+    fn shapes_parse() {
+        assert_eq!(parse_shape("x=2x8").unwrap(), ("x".into(), vec![2, 8]));
+        assert_eq!(parse_shape("fps=").unwrap(), ("fps".into(), vec![]));
+        assert!(parse_shape("x=2xq").is_err());
+        assert!(parse_shape("=2").is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! `orrery run <component-dir> [--method M] --inputs in.safetensors --output out.safetensors
+//! [--repeat N] [--threads N] [--json]`
+
+use crate::bind::convert;
+use crate::component_plan::{canonical_shapes, describe_specs, find_spec, plan};
+use crate::tensor_file::{read_tensors, write_f32_safetensors};
+use anyhow::{bail, Context, Result};
+use orrery_models::{load_component, WeightTypes};
+use orrery_runtime::{peak_rss_bytes, resolve_threads, FormatWeights, Session};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A diffusers or transformers component folder (config.json plus weights).
+    component: PathBuf,
+    /// forward, encode or decode (what the component supports).
+    #[arg(long, default_value = "forward")]
+    method: String,
+    /// Input tensors, named like the reference forward arguments.
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Where to write the outputs (f32 safetensors).
+    #[arg(long)]
+    output: PathBuf,
+    /// Run the plan 1 + N times and report the N repeated runs.
+    #[arg(long, default_value_t = 0)]
+    repeat: usize,
+    /// Worker threads (default: RAYON_NUM_THREADS, else the available CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object with timings on stdout (logs stay on stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    let component = load_component(&args.component)?;
+    let load_start = Instant::now();
+    let source = orrery_formats::open_weights(&args.component)
+        .with_context(|| format!("opening the weights of {}", args.component.display()))?;
+    let load_s = load_start.elapsed().as_secs_f64();
+
+    let specs = component.inputs(&args.method)?;
+    let given = read_tensors(&args.inputs)?;
+    let mut inputs = HashMap::new();
+    let mut shapes = Vec::new();
+    for (name, tensor) in &given {
+        let Some(spec) = find_spec(&specs, name) else {
+            bail!("unknown input `{name}` in {}; expected {}", args.inputs.display(), describe_specs(&specs));
+        };
+        let converted = convert(spec, tensor)?;
+        shapes.push((spec.name.clone(), converted.shape().to_vec()));
+        inputs.insert(spec.name.clone(), converted);
+    }
+    let shapes = canonical_shapes(&specs, &shapes)?;
+
+    let compile_start = Instant::now();
+    let lookup = |name: &str| source.info(name).map(|i| (i.dtype, i.shape.clone()));
+    let plan = plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Checkpoint(&lookup))?;
+    let compile_s = compile_start.elapsed().as_secs_f64();
+
+    let (threads, thread_source) = resolve_threads(args.threads);
+    eprintln!(
+        "orrery: {} `{}`: {} kernels, {:.3} GFLOP, {} threads ({thread_source:?})",
+        component.class_name(),
+        args.method,
+        plan.kernels.len(),
+        plan.flops as f64 / 1e9,
+        threads
+    );
+    let session = Session::new(plan, Arc::new(FormatWeights::new(source)), threads)?;
+    let mut runs_s = Vec::with_capacity(args.repeat.max(1));
+    let mut outputs = HashMap::new();
+    for i in 0..=args.repeat {
+        let (out, stats) = session.run(&inputs)?;
+        if i > 0 || args.repeat == 0 {
+            runs_s.push(stats.seconds);
+        }
+        outputs = out;
+    }
+    write_f32_safetensors(&args.output, &outputs)?;
+    let median_s = median(&runs_s);
+    let peak = peak_rss_bytes().unwrap_or(0);
+    if args.json {
+        let json = serde_json::json!({
+            "median_s": median_s,
+            "runs_s": runs_s,
+            "compile_s": compile_s,
+            "load_s": load_s,
+            "peak_rss_bytes": peak,
+            "threads": threads,
+            "weight_bytes": session.plan().weight_bytes,
+            "arena_bytes": session.plan().arena_bytes,
+            "flops": session.plan().flops,
+        });
+        println!("{json}");
+    } else {
+        eprintln!(
+            "orrery: wrote {} ({} outputs); median {:.6} s over {} run(s); peak RSS {:.1} MiB",
+            args.output.display(),
+            outputs.len(),
+            median_s,
+            runs_s.len(),
+            peak as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Median (mean of the middle two for an even count).
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_even_and_odd_counts() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+}

@@ -1,0 +1,219 @@
+//! Integration tests of the `orrery` binary on the built-in `OrreryTestMlp` component, one per
+//! point of the `run` and `compile` contracts. Fixtures come from
+//! tools/reference/make_test_mlp.py (torch reference outputs included).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn orrery(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orrery")).args(args).output().expect("the orrery binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tmp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("orrery-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Reads one f32 tensor from a safetensors file with the project's own reader.
+fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let source = orrery_formats::open_weights(path).unwrap();
+    let t = orrery_runtime::tensor_from_source(source.as_ref(), name).unwrap();
+    (t.shape().to_vec(), t.to_f32_vec())
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff = a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
+    diff / scale
+}
+
+/// Runs the component on an input file and returns (output shape, values).
+fn run_ok(component: &str, input: &str, tag: &str) -> (Vec<usize>, Vec<f32>) {
+    let out = tmp_dir(tag).join("out.safetensors");
+    let comp = fixtures().join(component);
+    let inp = fixtures().join("inputs").join(input);
+    let o = orrery(&["run", comp.to_str().unwrap(), "--inputs", inp.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "run failed: {}", stderr(&o));
+    read_f32(&out, "y")
+}
+
+fn run_err(input: &Path) -> String {
+    let out = tmp_dir("err").join("never.safetensors");
+    let comp = fixtures().join("test_mlp_f32");
+    let o = orrery(&["run", comp.to_str().unwrap(), "--inputs", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    assert!(!o.status.success(), "expected failure");
+    assert!(!out.exists(), "no output may be written on failure");
+    stderr(&o)
+}
+
+// Tolerance: f32 kernels against torch f32 on the same data: 1e-5 relative.
+const TOL: f64 = 1e-5;
+
+#[test]
+fn f32_weights_match_torch() {
+    let (shape, y) = run_ok("test_mlp_f32", "x_f32.safetensors", "f32");
+    let (eshape, expected) = read_f32(&fixtures().join("expected.safetensors"), "y_f32");
+    assert_eq!(shape, eshape);
+    assert!(rel_err(&y, &expected) < TOL, "{}", rel_err(&y, &expected));
+}
+
+#[test]
+fn bf16_weights_are_widened() {
+    let (_, y) = run_ok("test_mlp_bf16", "x_f32.safetensors", "bf16w");
+    let (_, expected) = read_f32(&fixtures().join("expected.safetensors"), "y_bf16_weights");
+    assert!(rel_err(&y, &expected) < TOL);
+}
+
+#[test]
+fn f16_and_bf16_inputs_are_accepted() {
+    for (input, key) in [("x_f16.safetensors", "y_f16_input"), ("x_bf16.safetensors", "y_bf16_input")] {
+        let (_, y) = run_ok("test_mlp_f32", input, key);
+        let (_, expected) = read_f32(&fixtures().join("expected.safetensors"), key);
+        assert!(rel_err(&y, &expected) < TOL, "{input}");
+    }
+}
+
+#[test]
+fn leading_batch_dims_are_kept() {
+    let (shape, y) = run_ok("test_mlp_f32", "x_batched.safetensors", "batched");
+    let (eshape, expected) = read_f32(&fixtures().join("expected.safetensors"), "y_batched");
+    assert_eq!(shape, vec![2, 5, 4]);
+    assert_eq!(shape, eshape);
+    assert!(rel_err(&y, &expected) < TOL);
+}
+
+#[test]
+fn missing_input_names_it_and_its_shape() {
+    // A valid safetensors file with no tensors at all.
+    let path = tmp_dir("missing").join("empty.safetensors");
+    let mut bytes = 8u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"{}      ");
+    std::fs::write(&path, bytes).unwrap();
+    let err = run_err(&path);
+    assert!(err.contains("missing input `x`") && err.contains("[batch..., 8]"), "{err}");
+}
+
+#[test]
+fn misnamed_input_names_it_and_the_expected_one() {
+    let err = run_err(&fixtures().join("inputs/x_misnamed.safetensors"));
+    assert!(err.contains("unknown input `input`") && err.contains("`x` [batch..., 8]"), "{err}");
+}
+
+#[test]
+fn wrong_shape_names_the_input_and_expected_shape() {
+    let err = run_err(&fixtures().join("inputs/x_wrong_shape.safetensors"));
+    assert!(err.contains("`x`") && err.contains("[3, 9]") && err.contains("[batch..., 8]"), "{err}");
+}
+
+#[test]
+fn integer_input_where_float_expected_is_refused() {
+    let err = run_err(&fixtures().join("inputs/x_i64.safetensors"));
+    assert!(err.contains("`x`") && err.contains("i64") && err.contains("float"), "{err}");
+}
+
+#[test]
+fn repeat_json_reports_exactly_the_repeated_runs() {
+    let out = tmp_dir("json").join("out.safetensors");
+    let comp = fixtures().join("test_mlp_f32");
+    let inp = fixtures().join("inputs/x_f32.safetensors");
+    let o = orrery(&[
+        "run",
+        comp.to_str().unwrap(),
+        "--inputs",
+        inp.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--repeat",
+        "3",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    // Nothing but one JSON object on stdout.
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("stdout is one JSON object");
+    assert_eq!(stdout.trim().lines().count(), 1);
+    assert_eq!(v["runs_s"].as_array().unwrap().len(), 3);
+    assert_eq!(v["threads"], 2);
+    for key in ["median_s", "compile_s", "load_s", "peak_rss_bytes"] {
+        assert!(v[key].is_number(), "{key} missing in {v}");
+    }
+    let mut runs: Vec<f64> = v["runs_s"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    runs.sort_by(f64::total_cmp);
+    assert_eq!(v["median_s"].as_f64().unwrap(), runs[1]);
+}
+
+#[test]
+fn repeat_zero_reports_the_single_run() {
+    let out = tmp_dir("json0").join("out.safetensors");
+    let comp = fixtures().join("test_mlp_f32");
+    let inp = fixtures().join("inputs/x_f32.safetensors");
+    let o = orrery(&["run", comp.to_str().unwrap(), "--inputs", inp.to_str().unwrap(), "--output", out.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["runs_s"].as_array().unwrap().len(), 1);
+}
+
+fn compile_json(component: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["compile", component.to_str().unwrap(), "--shape", "x=3x8", "--json"];
+    args.extend_from_slice(extra);
+    let o = orrery(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+#[test]
+fn compile_json_has_exactly_the_contract_fields() {
+    let v = compile_json(&fixtures().join("test_mlp_f32"), &[]);
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["arena_bytes", "flops", "kernels", "weight_bytes"]);
+    // fc1 (16·8 + 16) and fc2 (4·16 + 4) parameters in f32.
+    assert_eq!(v["weight_bytes"], 212 * 4);
+    // fc1, act and fc2 outputs for a batch of 3, f32.
+    assert_eq!(v["arena_bytes"], (3 * 16 + 3 * 16 + 3 * 4) * 4);
+    assert_eq!(v["kernels"].as_array().unwrap().len(), 3);
+    // 2·M·N·K + bias per linear, 14 per GELU element.
+    let flops = 3 * 16 * (2 * 8 + 1) + 3 * 16 * 14 + 3 * 4 * (2 * 16 + 1);
+    assert_eq!(v["flops"], flops);
+}
+
+#[test]
+fn compile_reads_stored_dtypes_and_accepts_a_folder_without_weights() {
+    let bf16 = compile_json(&fixtures().join("test_mlp_bf16"), &[]);
+    assert_eq!(bf16["weight_bytes"], 212 * 2);
+    let dir = tmp_dir("noweights");
+    std::fs::copy(fixtures().join("test_mlp_bf16/config.json"), dir.join("config.json")).unwrap();
+    let from_config = compile_json(&dir, &[]);
+    assert_eq!(from_config["weight_bytes"], 212 * 2, "torch_dtype bfloat16 from the config");
+    let forced = compile_json(&dir.join("config.json"), &["--weight-dtype", "f32"]);
+    assert_eq!(forced["weight_bytes"], 212 * 4);
+}
+
+#[test]
+fn unknown_class_is_refused_by_name() {
+    let dir = tmp_dir("unknown");
+    std::fs::write(dir.join("config.json"), r#"{"_class_name": "NoSuchModel"}"#).unwrap();
+    let o = orrery(&["compile", dir.to_str().unwrap(), "--shape", "x=1x8"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("NoSuchModel"), "{}", stderr(&o));
+}
+
+#[test]
+fn inspect_lists_the_component_weights() {
+    let o = orrery(&["inspect", fixtures().join("test_mlp_bf16").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("fc1.weight") && text.contains("bf16") && text.contains("[16, 8]"), "{text}");
+    assert!(text.contains("OrreryTestMlp"), "{text}");
+}

@@ -1,0 +1,42 @@
+//! Declaring weights with their stored dtype.
+
+use crate::ModelError;
+use orrery_ir::{DType, GraphBuilder, NodeId};
+
+/// Tells a model builder the stored dtype of each weight and checks the shapes the config
+/// implies against the checkpoint, so mismatches surface when building, naming the tensor.
+pub enum WeightTypes<'a> {
+    /// Weights from a checkpoint: `lookup(name)` gives its stored dtype and shape.
+    Checkpoint(&'a dyn Fn(&str) -> Option<(DType, Vec<usize>)>),
+    /// No weights at hand (`orrery compile` on a config): every weight is declared as `dtype`.
+    Assumed(DType),
+}
+
+impl WeightTypes<'_> {
+    /// Declares weight `name` whose shape the config implies.
+    pub fn declare(&self, b: &mut GraphBuilder, name: &str, shape: &[usize]) -> Result<NodeId, ModelError> {
+        let dtype = match self {
+            WeightTypes::Assumed(dtype) => *dtype,
+            WeightTypes::Checkpoint(lookup) => {
+                let (dtype, stored) = lookup(name).ok_or_else(|| ModelError::Weight {
+                    name: name.to_string(),
+                    reason: "not found in the checkpoint".into(),
+                })?;
+                if stored != shape {
+                    return Err(ModelError::Weight {
+                        name: name.to_string(),
+                        reason: format!("the checkpoint has shape {stored:?}, the config implies {shape:?}"),
+                    });
+                }
+                if !dtype.is_float() {
+                    return Err(ModelError::Weight {
+                        name: name.to_string(),
+                        reason: format!("stored as {dtype}; expected f32, f16 or bf16"),
+                    });
+                }
+                dtype
+            }
+        };
+        Ok(b.weight(name, dtype, shape.to_vec())?)
+    }
+}

@@ -1,0 +1,17 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("missing input `{name}`: expected {expected}")]
+    MissingInput { name: String, expected: String },
+    #[error("unknown input `{name}`: this plan takes {expected}")]
+    UnknownInput { name: String, expected: String },
+    #[error("input `{name}` has {got}, expected {expected}")]
+    InputMismatch { name: String, got: String, expected: String },
+    #[error("weight `{name}`: {reason}")]
+    Weight { name: String, reason: String },
+    #[error("kernel `{node}` failed: {source}")]
+    Kernel { node: String, source: orrery_cpu::CpuError },
+    #[error("could not start a pool of {threads} threads: {reason}")]
+    ThreadPool { threads: usize, reason: String },
+}

@@ -1,0 +1,158 @@
+//! Running a plan.
+
+use crate::{RuntimeError, WeightResolver};
+use orrery_compiler::Plan;
+use orrery_cpu::CpuTensor;
+use orrery_ir::{NodeKind, RefTensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub seconds: f64,
+    /// Bytes of weights resolved during this run (0 once they are cached).
+    pub weights_resolved_bytes: u64,
+}
+
+/// A plan bound to its weights and a thread pool, ready to run any number of times.
+pub struct Session {
+    plan: Plan,
+    weights: Arc<dyn WeightResolver>,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    /// Weights resolved so far, by node index; they stay for later runs.
+    weight_cache: Mutex<HashMap<usize, CpuTensor>>,
+}
+
+impl Session {
+    pub fn new(plan: Plan, weights: Arc<dyn WeightResolver>, threads: usize) -> Result<Session, RuntimeError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("orrery-worker-{i}"))
+            .build()
+            .map_err(|e| RuntimeError::ThreadPool { threads, reason: e.to_string() })?;
+        Ok(Session { plan, weights, pool, threads, weight_cache: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// A description of every graph input, e.g. "`x` f32[2, 8], `mask` i64[2, 8]".
+    pub fn expected_inputs(&self) -> String {
+        let list: Vec<String> = self.plan.graph.inputs().map(|(_, n)| format!("`{}` {}", n.name, n.ty)).collect();
+        if list.is_empty() {
+            "no inputs".into()
+        } else {
+            list.join(", ")
+        }
+    }
+
+    /// Runs the plan once. `inputs` must name every graph input exactly once, with exactly the
+    /// declared dtype and shape (callers convert accepted dtypes first).
+    pub fn run(&self, inputs: &HashMap<String, CpuTensor>) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
+        let graph = &self.plan.graph;
+        for name in inputs.keys() {
+            let is_input = graph.find(name).is_some_and(|id| matches!(graph.node(id).kind, NodeKind::Input));
+            if !is_input {
+                return Err(RuntimeError::UnknownInput { name: name.clone(), expected: self.expected_inputs() });
+            }
+        }
+        let start = Instant::now();
+        let mut stats = RunStats::default();
+        let mut values: Vec<Option<CpuTensor>> = vec![None; graph.len()];
+        for (id, node) in graph.ids().zip(graph.nodes()) {
+            match &node.kind {
+                NodeKind::Input => {
+                    let t = inputs.get(&node.name).ok_or_else(|| RuntimeError::MissingInput {
+                        name: node.name.clone(),
+                        expected: node.ty.to_string(),
+                    })?;
+                    if t.ty() != node.ty {
+                        return Err(RuntimeError::InputMismatch {
+                            name: node.name.clone(),
+                            got: t.ty().to_string(),
+                            expected: node.ty.to_string(),
+                        });
+                    }
+                    values[id.0] = Some(t.clone());
+                }
+                NodeKind::Constant(c) => values[id.0] = Some(constant_tensor(c)),
+                // Weights are resolved when their first consumer runs, below.
+                NodeKind::Weight | NodeKind::Op(_) => {}
+            }
+        }
+        let plan = &self.plan;
+        self.pool.install(|| -> Result<(), RuntimeError> {
+            for kernel in &plan.kernels {
+                for &input in &kernel.inputs {
+                    if values[input.0].is_none() {
+                        let (t, bytes) = self.weight(input.0)?;
+                        stats.weights_resolved_bytes += bytes;
+                        values[input.0] = Some(t);
+                    }
+                }
+                let node = graph.node(kernel.node);
+                let op = node.op().expect("kernels are op nodes");
+                let args: Vec<&CpuTensor> =
+                    kernel.inputs.iter().map(|i| values[i.0].as_ref().expect("bound above")).collect();
+                let out = orrery_cpu::execute(op, &args, &node.ty)
+                    .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?;
+                values[kernel.node.0] = Some(out);
+                for freed in &kernel.frees {
+                    values[freed.0] = None;
+                }
+            }
+            Ok(())
+        })?;
+        let mut outputs = HashMap::new();
+        for (name, id) in graph.outputs() {
+            let value = match values[id.0].clone() {
+                Some(v) => v,
+                // An output that is directly a weight or constant.
+                None => self.weight(id.0)?.0,
+            };
+            outputs.insert(name.clone(), value);
+        }
+        stats.seconds = start.elapsed().as_secs_f64();
+        Ok((outputs, stats))
+    }
+
+    /// The weight of node `index`, resolving and caching it on first use.
+    fn weight(&self, index: usize) -> Result<(CpuTensor, u64), RuntimeError> {
+        let node = &self.plan.graph.nodes()[index];
+        if let Some(t) = self.weight_cache.lock().expect("weight cache poisoned").get(&index) {
+            return Ok((t.clone(), 0));
+        }
+        let t = self
+            .weights
+            .resolve(&node.name, &node.ty)
+            .map_err(|reason| RuntimeError::Weight { name: node.name.clone(), reason })?;
+        if t.ty() != node.ty {
+            return Err(RuntimeError::Weight {
+                name: node.name.clone(),
+                reason: format!("resolved as {}, expected {}", t.ty(), node.ty),
+            });
+        }
+        self.weight_cache.lock().expect("weight cache poisoned").insert(index, t.clone());
+        Ok((t, node.ty.size_bytes()))
+    }
+}
+
+fn constant_tensor(c: &RefTensor) -> CpuTensor {
+    CpuTensor::from_f64(c.dtype, c.shape.clone(), &c.data)
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), when the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
