@@ -56,7 +56,12 @@ pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
         args.component.parent().map(PathBuf::from).unwrap_or_default()
     };
     let source = match args.weight_dtype.as_str() {
-        "stored" => orrery_formats::open_weights(&dir).ok(),
+        // A folder without weight files is fine here; a broken weight file is not.
+        "stored" => match orrery_formats::open_weights(&dir) {
+            Ok(source) => Some(source),
+            Err(orrery_formats::FormatError::NoWeights { .. }) => None,
+            Err(e) => return Err(e.into()),
+        },
         "bf16" | "f32" => None,
         other => bail!("--weight-dtype must be stored, bf16 or f32, got `{other}`"),
     };

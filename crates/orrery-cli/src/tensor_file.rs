@@ -15,7 +15,8 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, CpuTensor)>> {
     names
         .into_iter()
         .map(|name| {
-            let t = tensor_from_source(source.as_ref(), &name).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+            let t = tensor_from_source(source.as_ref(), &name)
+                .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", path.display()))?;
             Ok((name, t))
         })
         .collect()

@@ -16,4 +16,4 @@ mod weights;
 pub use error::RuntimeError;
 pub use session::{peak_rss_bytes, RunStats, Session};
 pub use threads::{resolve_threads, ThreadSource};
-pub use weights::{FormatWeights, WeightResolver};
+pub use weights::{tensor_from_source, FormatWeights, MemoryWeights, WeightResolver};

@@ -1,0 +1,127 @@
+//! Conv, ConvTranspose, Pool and Resize kernels.
+//!
+//! Every kernel treats 1-d and 2-d inputs as 3-d with leading unit spatial dims (kernel 1,
+//! stride 1, no padding there), so each is written once for `[z, y, x]`.
+
+mod forward;
+mod pool;
+mod resize;
+mod transpose;
+
+use crate::{CpuError, CpuTensor};
+use orrery_ir::{Op, TensorType};
+use std::cell::RefCell;
+
+pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
+    let wrong_inputs = || CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len()));
+    match op {
+        Op::Conv(p) => {
+            let (x, w, bias) = split_bias(inputs, p.has_bias).ok_or_else(wrong_inputs)?;
+            Ok(forward::conv(x, w, bias, p, out))
+        }
+        Op::ConvTranspose(p) => {
+            let (x, w, bias) = split_bias(inputs, p.has_bias).ok_or_else(wrong_inputs)?;
+            Ok(transpose::conv_transpose(x, w, bias, p, out))
+        }
+        Op::Pool(p) => {
+            let [x] = inputs else { return Err(wrong_inputs()) };
+            Ok(pool::pool(x, p, out))
+        }
+        Op::Resize {
+            mode, align_corners, ..
+        } => {
+            let [x] = inputs else { return Err(wrong_inputs()) };
+            Ok(resize::resize(x, *mode, *align_corners, out))
+        }
+        _ => Err(CpuError::kernel(op, "not a convolution-family op")),
+    }
+}
+
+/// (x, w, bias) from the inputs of a convolution, checking the count.
+fn split_bias<'a>(
+    inputs: &[&'a CpuTensor],
+    has_bias: bool,
+) -> Option<(&'a CpuTensor, &'a CpuTensor, Option<&'a CpuTensor>)> {
+    match (inputs, has_bias) {
+        ([x, w], false) => Some((x, w, None)),
+        ([x, w, b], true) => Some((x, w, Some(b))),
+        _ => None,
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch for gathered columns, reused across tasks and calls so that large
+    /// tiles are not allocated (and page-faulted in) again for every task.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch slice of `len` floats (contents unspecified: `f` overwrites it).
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered on this thread (a task nested in another): use a fresh buffer.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// `v` (one entry per spatial dim) widened to 3 entries with leading `fill`s.
+pub(crate) fn as_3d<T: Copy>(v: &[T], fill: T) -> [T; 3] {
+    let mut out = [fill; 3];
+    out[3 - v.len()..].copy_from_slice(v);
+    out
+}
+
+/// (z, y, x) of flat position `p` in a `[_, h, w]` volume.
+pub(crate) fn unravel3(p: usize, dims: [usize; 3]) -> [usize; 3] {
+    [p / (dims[1] * dims[2]), (p / dims[2]) % dims[1], p % dims[2]]
+}
+
+/// The range of positions `o` in `0..count` whose source `o·step + offset` lies in `0..len`.
+/// Positions before it fall off the low edge, positions after it off the high edge.
+pub(crate) fn valid_range(count: usize, step: usize, offset: isize, len: usize) -> std::ops::Range<usize> {
+    let (step_i, len_i) = (step as isize, len as isize);
+    // First o with o·step + offset ≥ 0.
+    let lo = if offset >= 0 {
+        0
+    } else {
+        ((-offset) + step_i - 1) / step_i
+    };
+    // First o with o·step + offset ≥ len.
+    let hi = if offset >= len_i {
+        0
+    } else {
+        (len_i - offset + step_i - 1) / step_i
+    };
+    let (lo, hi) = (
+        lo.clamp(0, count as isize) as usize,
+        hi.clamp(0, count as isize) as usize,
+    );
+    lo..hi.max(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_range_matches_brute_force() {
+        for count in 0..7 {
+            for step in 1..4 {
+                for offset in -7..9isize {
+                    for len in 0..6 {
+                        let want: Vec<usize> = (0..count)
+                            .filter(|&o| (0..len as isize).contains(&((o * step) as isize + offset)))
+                            .collect();
+                        let got: Vec<usize> = valid_range(count, step, offset, len).collect();
+                        assert_eq!(got, want, "count {count} step {step} offset {offset} len {len}");
+                    }
+                }
+            }
+        }
+    }
+}

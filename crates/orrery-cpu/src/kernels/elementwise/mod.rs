@@ -1,0 +1,101 @@
+//! Elementwise kernels: unary functions, clamp, broadcasting binary ops, comparisons, `where`
+//! and casts. All read strided inputs directly (no densifying copy) through
+//! [`strided::Broadcast`], and write a dense output in parallel.
+
+mod cast;
+pub(in crate::kernels) mod math;
+pub(in crate::kernels) mod strided;
+
+use crate::{CpuError, CpuTensor};
+use math::{gelu_erf, gelu_tanh, nan_max, nan_min, relu, rsqrt, sigmoid, silu};
+use orrery_ir::{BinaryOp, CompareOp, DType, Op, TensorType, UnaryOp};
+use strided::{map_view, tensor_from, typed, with_scalar_type, zip_broadcast, Broadcast, Scalar};
+
+pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
+    let dims = out.shape.dims();
+    match op {
+        Op::Unary(f) => unary(op, *f, inputs[0]),
+        Op::Clamp { min, max } => {
+            let (lo, hi) = (*min as f32, *max as f32);
+            map_f32(op, inputs[0], move |x| if x.is_nan() { x } else { x.max(lo).min(hi) })
+        }
+        Op::Binary(f) => binary(op, *f, inputs[0], inputs[1], dims),
+        Op::Compare(c) => compare(op, *c, inputs[0], inputs[1], dims),
+        Op::Where => with_scalar_type!(out.dtype, T => select::<T>(op, inputs, out)),
+        Op::Cast { to } => cast::cast(inputs[0], *to)
+            .ok_or_else(|| CpuError::kernel(op, format!("input buffer does not hold {}", inputs[0].dtype()))),
+        _ => Err(CpuError::kernel(op, "not an elementwise op")),
+    }
+}
+
+/// `f` of every element of the f32 tensor `x`.
+fn map_f32(op: &Op, x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<CpuTensor, CpuError> {
+    let src = typed::<f32>(op, x)?;
+    Ok(CpuTensor::from_vec(x.shape().to_vec(), map_view(x, src, f)))
+}
+
+/// One instantiation of [`map_f32`] per function, so that each loop inlines its function.
+fn unary(op: &Op, f: UnaryOp, x: &CpuTensor) -> Result<CpuTensor, CpuError> {
+    match f {
+        UnaryOp::Neg => map_f32(op, x, |v| -v),
+        UnaryOp::Abs => map_f32(op, x, f32::abs),
+        UnaryOp::Exp => map_f32(op, x, f32::exp),
+        UnaryOp::Log => map_f32(op, x, f32::ln),
+        UnaryOp::Sqrt => map_f32(op, x, f32::sqrt),
+        UnaryOp::Rsqrt => map_f32(op, x, rsqrt),
+        UnaryOp::Reciprocal => map_f32(op, x, |v| 1.0 / v),
+        UnaryOp::Sin => map_f32(op, x, f32::sin),
+        UnaryOp::Cos => map_f32(op, x, f32::cos),
+        UnaryOp::Tanh => map_f32(op, x, f32::tanh),
+        UnaryOp::Sigmoid => map_f32(op, x, sigmoid),
+        UnaryOp::Relu => map_f32(op, x, relu),
+        UnaryOp::GeluErf => map_f32(op, x, gelu_erf),
+        UnaryOp::GeluTanh => map_f32(op, x, gelu_tanh),
+        UnaryOp::Silu => map_f32(op, x, silu),
+    }
+}
+
+fn binary(op: &Op, f: BinaryOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) -> Result<CpuTensor, CpuError> {
+    let a = (a, typed::<f32>(op, a)?);
+    let b = (b, typed::<f32>(op, b)?);
+    let out = match f {
+        BinaryOp::Add => zip_broadcast(dims, a, b, |x, y| x + y),
+        BinaryOp::Sub => zip_broadcast(dims, a, b, |x, y| x - y),
+        BinaryOp::Mul => zip_broadcast(dims, a, b, |x, y| x * y),
+        BinaryOp::Div => zip_broadcast(dims, a, b, |x, y| x / y),
+        BinaryOp::Pow => zip_broadcast(dims, a, b, f32::powf),
+        BinaryOp::Max => zip_broadcast(dims, a, b, nan_max),
+        BinaryOp::Min => zip_broadcast(dims, a, b, nan_min),
+    };
+    Ok(CpuTensor::from_vec(dims.to_vec(), out))
+}
+
+fn compare(op: &Op, c: CompareOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) -> Result<CpuTensor, CpuError> {
+    with_scalar_type!(a.dtype(), T => {
+        let a = (a, typed::<T>(op, a)?);
+        let b = (b, typed::<T>(op, b)?);
+        let out = match c {
+            CompareOp::Eq => zip_broadcast(dims, a, b, |x: T, y: T| u8::from(x == y)),
+            CompareOp::Ne => zip_broadcast(dims, a, b, |x: T, y: T| u8::from(x != y)),
+            CompareOp::Lt => zip_broadcast(dims, a, b, |x: T, y: T| u8::from(x < y)),
+            CompareOp::Le => zip_broadcast(dims, a, b, |x: T, y: T| u8::from(x <= y)),
+            CompareOp::Gt => zip_broadcast(dims, a, b, |x: T, y: T| u8::from(x > y)),
+            CompareOp::Ge => zip_broadcast(dims, a, b, |x: T, y: T| u8::from(x >= y)),
+        };
+        Ok(tensor_from(dims, DType::Bool, out))
+    })
+}
+
+/// `cond ? a : b` with all three broadcast to the output.
+fn select<T: Scalar>(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
+    let (cond, a, b) = (inputs[0], inputs[1], inputs[2]);
+    let (xc, xa, xb) = (typed::<u8>(op, cond)?, typed::<T>(op, a)?, typed::<T>(op, b)?);
+    let dims = out.shape.dims();
+    let mut data = vec![T::default(); out.shape.numel()];
+    Broadcast::new(dims, [cond, a, b]).par_segments(&mut data, |dst, _, [oc, oa, ob], [sc, sa, sb]| {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = if xc[oc + i * sc] != 0 { xa[oa + i * sa] } else { xb[ob + i * sb] };
+        }
+    });
+    Ok(tensor_from(dims, out.dtype, data))
+}

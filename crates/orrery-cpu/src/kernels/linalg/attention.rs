@@ -1,0 +1,274 @@
+//! Flash-style scaled dot-product attention.
+//!
+//! Each task owns one block of up to [`Q_BLOCK`] query rows of one (batch, head) and walks the
+//! keys in blocks of [`K_BLOCK`]: scores for the block (`q·kᵀ·scale`, one GEMM), mask, then an
+//! online softmax (running max and running sum per row, rescaling the accumulated output when
+//! the max grows) and `acc += p·v` (a second GEMM). Only a `Q_BLOCK × K_BLOCK` score block ever
+//! exists. Blocks are fixed sizes and keys are visited in order, so results do not depend on
+//! the thread count.
+
+use super::blas::{gemm, MatMut, MatRef, Threads};
+use super::fast_exp::{exp, exp_shifted_sum, row_max};
+use super::operand::{broadcast_strides_to, index_offsets, F32Operand};
+use crate::{Buffer, CpuTensor};
+use orrery_ir::{AttentionMask, TensorType};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Query rows per task.
+const Q_BLOCK: usize = 64;
+/// Keys per score block.
+const K_BLOCK: usize = 256;
+
+/// A strided matrix per (batch, head): the buffer offset of each head, then row/column strides.
+struct Heads<'a> {
+    data: &'a [f32],
+    offsets: Vec<usize>,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Heads<'a> {
+    /// The trailing matrices of `op`, one per index of its leading `batch` dims.
+    fn new(op: &'a F32Operand, batch: &[usize]) -> Heads<'a> {
+        let r = op.shape.len();
+        let strides = broadcast_strides_to(&op.shape[..r - 2], &op.strides[..r - 2], batch);
+        Heads {
+            data: op.data(),
+            offsets: index_offsets(batch, &strides, op.offset),
+            rs: op.strides[r - 2],
+            cs: op.strides[r - 1],
+        }
+    }
+
+    /// Rows `first..` of head `h` as a matrix (transposed when asked: element (i, j) is then
+    /// row j, column i).
+    fn rows_from(&self, h: usize, first: usize, transposed: bool) -> MatRef<'a> {
+        let offset = self.offsets[h] + first * self.rs;
+        if transposed {
+            MatRef::new(self.data, offset, self.cs, self.rs)
+        } else {
+            MatRef::new(self.data, offset, self.rs, self.cs)
+        }
+    }
+}
+
+/// The mask values, read in place through broadcast strides.
+enum MaskValues {
+    Additive(F32Operand),
+    /// 0/1 bytes (a bool buffer).
+    Keep(Arc<Buffer>),
+}
+
+struct Mask {
+    values: MaskValues,
+    /// Offset of each (batch, head)'s `[Lq, Lk]` plane.
+    offsets: Vec<usize>,
+    rs: usize,
+    cs: usize,
+}
+
+impl Mask {
+    /// `mask` broadcast to the score shape `batch ++ [lq, lk]`.
+    fn new(mask: &CpuTensor, kind: AttentionMask, batch: &[usize], lq: usize, lk: usize) -> Option<Mask> {
+        let mut scores = batch.to_vec();
+        scores.extend([lq, lk]);
+        let (values, offset, shape, strides) = match kind {
+            AttentionMask::None => return None,
+            AttentionMask::Additive => {
+                let op = F32Operand::strided(mask);
+                let (offset, shape, strides) = (op.offset, op.shape.clone(), op.strides.clone());
+                (MaskValues::Additive(op), offset, shape, strides)
+            }
+            AttentionMask::Boolean => {
+                // Bool tensors always own a Bool buffer; anything else is converted once.
+                let m = match **mask.buffer() {
+                    Buffer::Bool(_) => mask.clone(),
+                    _ => CpuTensor::from_bools(
+                        mask.shape().to_vec(),
+                        mask.to_f64_vec().iter().map(|&v| v != 0.0).collect(),
+                    ),
+                };
+                (
+                    MaskValues::Keep(m.buffer().clone()),
+                    m.offset(),
+                    m.shape().to_vec(),
+                    m.strides().to_vec(),
+                )
+            }
+        };
+        let full = broadcast_strides_to(&shape, &strides, &scores);
+        let r = scores.len();
+        Some(Mask {
+            values,
+            offsets: index_offsets(batch, &full[..r - 2], offset),
+            rs: full[r - 2],
+            cs: full[r - 1],
+        })
+    }
+
+    /// Applies the mask to a `rows × cols` score block (row-major, row length `cols`) whose
+    /// top-left element is (query `q0`, key `k0`) of head `h`.
+    fn apply(&self, scores: &mut [f32], h: usize, q0: usize, k0: usize, cols: usize) {
+        for (i, row) in scores.chunks_mut(cols).enumerate() {
+            let start = self.offsets[h] + (q0 + i) * self.rs + k0 * self.cs;
+            match &self.values {
+                MaskValues::Additive(op) => {
+                    let data = op.data();
+                    if self.cs == 1 {
+                        row.iter_mut()
+                            .zip(&data[start..start + cols])
+                            .for_each(|(s, m)| *s += m);
+                    } else {
+                        row.iter_mut()
+                            .enumerate()
+                            .for_each(|(j, s)| *s += data[start + j * self.cs]);
+                    }
+                }
+                MaskValues::Keep(buf) => {
+                    let Buffer::Bool(keep) = &**buf else { continue };
+                    for (j, s) in row.iter_mut().enumerate() {
+                        if keep[start + j * self.cs] == 0 {
+                            *s = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Attention over q `[..., Lq, D]`, k `[..., Lk, D]`, v `[..., Lk, Dv]` (any strides).
+pub(super) fn attention(
+    q: &CpuTensor,
+    k: &CpuTensor,
+    v: &CpuTensor,
+    mask: Option<(&CpuTensor, AttentionMask)>,
+    scale: f32,
+    out: &TensorType,
+) -> CpuTensor {
+    let od = out.shape.dims().to_vec();
+    let r = od.len();
+    let batch = &od[..r - 2];
+    let (lq, dv) = (od[r - 2], od[r - 1]);
+    let (q, k, v) = (F32Operand::strided(q), F32Operand::strided(k), F32Operand::strided(v));
+    let (d, lk) = (q.shape[r - 1], k.shape[r - 2]);
+    let (qh, kh, vh) = (Heads::new(&q, batch), Heads::new(&k, batch), Heads::new(&v, batch));
+    let mask = mask.and_then(|(m, kind)| Mask::new(m, kind, batch, lq, lk));
+    let mut y = vec![0f32; out.shape.numel()];
+    if y.is_empty() {
+        return CpuTensor::from_vec(od, y);
+    }
+    let shape = BlockShape { d, lk, dv, scale };
+    y.par_chunks_mut(lq * dv).enumerate().for_each(|(h, head_out)| {
+        head_out
+            .par_chunks_mut(Q_BLOCK * dv)
+            .enumerate()
+            .for_each(|(qb, block_out)| {
+                let q0 = qb * Q_BLOCK;
+                let block = QueryBlock {
+                    h,
+                    q0,
+                    rows: block_out.len() / dv,
+                };
+                attend_block(&shape, &block, &qh, &kh, &vh, mask.as_ref(), block_out);
+            });
+    });
+    CpuTensor::from_vec(od, y)
+}
+
+/// Sizes shared by every block of one attention call.
+struct BlockShape {
+    d: usize,
+    lk: usize,
+    dv: usize,
+    scale: f32,
+}
+
+/// Which query rows a task owns.
+struct QueryBlock {
+    h: usize,
+    q0: usize,
+    rows: usize,
+}
+
+/// Computes the `rows × dv` output block `out` (dense, initially zero).
+fn attend_block(
+    s: &BlockShape,
+    b: &QueryBlock,
+    qh: &Heads<'_>,
+    kh: &Heads<'_>,
+    vh: &Heads<'_>,
+    mask: Option<&Mask>,
+    out: &mut [f32],
+) {
+    let mut scores = vec![0f32; b.rows * K_BLOCK.min(s.lk)];
+    let mut running_max = vec![f32::NEG_INFINITY; b.rows];
+    let mut running_sum = vec![0f32; b.rows];
+    let q = qh.rows_from(b.h, b.q0, false);
+    for k0 in (0..s.lk).step_by(K_BLOCK) {
+        let cols = K_BLOCK.min(s.lk - k0);
+        let block = &mut scores[..b.rows * cols];
+        // SAFETY: `block` is a dense rows×cols buffer owned by this task.
+        unsafe {
+            let dst = MatMut::dense(block, b.rows, cols);
+            gemm(
+                b.rows,
+                cols,
+                s.d,
+                dst,
+                q,
+                kh.rows_from(b.h, k0, true),
+                s.scale,
+                false,
+                Threads::Single,
+            );
+        }
+        if let Some(mask) = mask {
+            mask.apply(block, b.h, b.q0, k0, cols);
+        }
+        let mut any_live = false;
+        for (i, row) in block.chunks_mut(cols).enumerate() {
+            let new_max = running_max[i].max(row_max(row));
+            if new_max == f32::NEG_INFINITY {
+                // Nothing attended so far in this row: these keys weigh nothing.
+                row.fill(0.0);
+                continue;
+            }
+            any_live = true;
+            if new_max > running_max[i] && running_max[i] != f32::NEG_INFINITY {
+                let correction = exp(running_max[i] - new_max);
+                running_sum[i] *= correction;
+                out[i * s.dv..(i + 1) * s.dv].iter_mut().for_each(|o| *o *= correction);
+            }
+            running_max[i] = new_max;
+            running_sum[i] += exp_shifted_sum(row, new_max);
+        }
+        if any_live {
+            // SAFETY: `out` is this task's dense rows×dv block.
+            unsafe {
+                let dst = MatMut::dense(out, b.rows, s.dv);
+                let p = MatRef::new(block, 0, cols, 1);
+                gemm(
+                    b.rows,
+                    s.dv,
+                    cols,
+                    dst,
+                    p,
+                    vh.rows_from(b.h, k0, false),
+                    1.0,
+                    true,
+                    Threads::Single,
+                );
+            }
+        }
+    }
+    for (i, row) in out.chunks_mut(s.dv).enumerate() {
+        let total = running_sum[i];
+        if total > 0.0 {
+            row.iter_mut().for_each(|o| *o /= total);
+        } else {
+            row.fill(0.0);
+        }
+    }
+}
