@@ -217,3 +217,25 @@ fn inspect_lists_the_component_weights() {
     assert!(text.contains("fc1.weight") && text.contains("bf16") && text.contains("[16, 8]"), "{text}");
     assert!(text.contains("OrreryTestMlp"), "{text}");
 }
+
+fn formats_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../orrery-formats/tests/fixtures").join(name)
+}
+
+#[test]
+fn inspect_flags_unknown_pickle_globals_with_a_nonzero_exit() {
+    let o = orrery(&["inspect", formats_fixture("malicious.pt").to_str().unwrap()]);
+    assert!(!o.status.success(), "unknown globals must fail the inspection");
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(all.contains("posix.system"), "{all}");
+}
+
+#[test]
+fn inspect_lists_pt_tensors_with_dtypes_and_shapes() {
+    let o = orrery(&["inspect", formats_fixture("tensors.pt").to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    let tensors = v["tensors"].as_array().unwrap();
+    assert!(!tensors.is_empty());
+    assert!(tensors.iter().any(|t| t["dtype"] == "bf16"), "{v}");
+}

@@ -60,8 +60,8 @@ impl MappedBytes {
         let all = (*owner).as_ref();
         let end = start.checked_add(len)?;
         let bytes = all.get(start..end)?;
-        let aligned = (bytes.as_ptr() as usize) % dtype.size_bytes() == 0;
-        (aligned && dtype != DType::Bool && len % dtype.size_bytes() == 0)
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(dtype.size_bytes());
+        (aligned && dtype != DType::Bool && len.is_multiple_of(dtype.size_bytes()))
             .then_some(MappedBytes { dtype, owner, start, len })
     }
 

@@ -277,7 +277,7 @@ fn resize_scaling_cases() {
                         size,
                         align_corners,
                     },
-                    &[x.clone()],
+                    std::slice::from_ref(&x),
                     TOL,
                 );
             }

@@ -56,12 +56,13 @@ impl StridedLayout {
     }
 
     /// Copies the view out of `storage` (elements of `elem` bytes) into a contiguous
-    /// row-major buffer. Returns `None` if any element would fall outside `storage` (callers
-    /// validate first; this is a second line of defence, never a panic).
-    pub fn gather(&self, storage: &[u8], elem: usize) -> Option<Vec<u8>> {
+    /// row-major buffer of at most `max_bytes` (a stride-0 view can ask for far more memory
+    /// than its storage holds). Returns `None` if any element would fall outside `storage`
+    /// or the output would exceed `max_bytes`; never panics.
+    pub fn gather(&self, storage: &[u8], elem: usize, max_bytes: usize) -> Option<Vec<u8>> {
         let numel = self.numel()?;
         let total = numel.checked_mul(elem)?;
-        if self.storage_extent()?.checked_mul(elem)? > storage.len() {
+        if total > max_bytes || self.storage_extent()?.checked_mul(elem)? > storage.len() {
             return None;
         }
         let mut out = Vec::with_capacity(total);
@@ -89,7 +90,9 @@ impl StridedLayout {
                 out.extend_from_slice(storage.get(s..s.checked_add(len)?)?);
             } else {
                 for j in 0..inner {
-                    let s = base.checked_add(j.checked_mul(inner_stride)?)?.checked_mul(elem)?;
+                    let s = base
+                        .checked_add(j.checked_mul(inner_stride)?)?
+                        .checked_mul(elem)?;
                     out.extend_from_slice(storage.get(s..s.checked_add(elem)?)?);
                 }
             }
@@ -115,7 +118,11 @@ mod tests {
     use super::*;
 
     fn l(shape: &[usize], stride: &[usize], offset: usize) -> StridedLayout {
-        StridedLayout { shape: shape.to_vec(), stride: stride.to_vec(), offset }
+        StridedLayout {
+            shape: shape.to_vec(),
+            stride: stride.to_vec(),
+            offset,
+        }
     }
 
     #[test]
@@ -140,10 +147,17 @@ mod tests {
     fn gathers_transpose() {
         // arange(12).reshape(3,4).t(): shape (4,3), stride (1,4)
         let storage: Vec<u8> = (0u8..12).collect();
-        let v = l(&[4, 3], &[1, 4], 0).gather(&storage, 1).unwrap();
+        let v = l(&[4, 3], &[1, 4], 0).gather(&storage, 1, 1 << 20).unwrap();
         assert_eq!(v, vec![0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
-        assert_eq!(l(&[4, 3], &[1, 4], 1).gather(&storage, 1), None);
-        // Broadcast (stride 0).
-        assert_eq!(l(&[2, 2], &[0, 1], 3).gather(&storage, 1).unwrap(), vec![3, 4, 3, 4]);
+        assert_eq!(l(&[4, 3], &[1, 4], 1).gather(&storage, 1, 1 << 20), None);
+        // Broadcast (stride 0), within and beyond the output limit.
+        assert_eq!(
+            l(&[2, 2], &[0, 1], 3).gather(&storage, 1, 4).unwrap(),
+            vec![3, 4, 3, 4]
+        );
+        assert_eq!(
+            l(&[1 << 50, 2], &[0, 1], 3).gather(&storage, 1, 1 << 20),
+            None
+        );
     }
 }

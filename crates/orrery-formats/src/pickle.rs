@@ -59,7 +59,10 @@ pub enum Node {
     Dict(Vec<(Id, Id)>),
     Set(Vec<Id>),
     /// A reference to a Python global (`module.name`); it is never imported.
-    Global { module: String, name: String },
+    Global {
+        module: String,
+        name: String,
+    },
     Call(Box<Call>),
     /// The argument of `PERSID`/`BINPERSID` (torch: the storage descriptor tuple).
     PersistentId(Id),
@@ -124,6 +127,9 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u64, Id>,
     op_pos: usize,
+    /// Shared nodes for None, False, True and 0..=255: scalars are immutable, so a list of a
+    /// million `BININT1`s costs one stack slot each rather than one node each.
+    scalars: [Option<Id>; 259],
 }
 
 /// Decodes `data` (a complete pickle ending in `STOP`).
@@ -135,6 +141,7 @@ pub fn unpickle(data: &[u8]) -> Result<Pickle, PickleError> {
         marks: Vec::new(),
         memo: HashMap::new(),
         op_pos: 0,
+        scalars: [None; 259],
     };
     m.run()
 }
@@ -156,12 +163,19 @@ fn decode_long(b: &[u8]) -> Node {
     }
     // Too wide for i64 unless the extra bytes are pure sign extension.
     let (low, high) = b.split_at(8);
-    let v = i64::from_le_bytes([low[0], low[1], low[2], low[3], low[4], low[5], low[6], low[7]]);
+    let v = i64::from_le_bytes([
+        low[0], low[1], low[2], low[3], low[4], low[5], low[6], low[7],
+    ]);
     let ext = if v < 0 { 0xFF } else { 0 };
     if high.iter().all(|&x| x == ext) {
         return Node::Int(v);
     }
-    let hex: String = b.iter().rev().take(16).map(|x| format!("{x:02x}")).collect();
+    let hex: String = b
+        .iter()
+        .rev()
+        .take(16)
+        .map(|x| format!("{x:02x}"))
+        .collect();
     Node::BigInt(format!("0x{hex}… ({} bytes)", b.len()))
 }
 
@@ -192,7 +206,10 @@ fn raw_unicode_escape(b: &[u8]) -> String {
 
 impl Machine<'_> {
     fn err<T>(&self, detail: impl Into<String>) -> Result<T, PickleError> {
-        Err(PickleError { offset: self.op_pos, detail: detail.into() })
+        Err(PickleError {
+            offset: self.op_pos,
+            detail: detail.into(),
+        })
     }
 
     fn truncated<T>(&self) -> Result<T, PickleError> {
@@ -210,6 +227,27 @@ impl Machine<'_> {
         }
         self.stack.push(id);
         Ok(())
+    }
+
+    /// Pushes a shared scalar node (slot 0: None, 1: False, 2: True, 3 + v: small int v).
+    fn push_scalar(&mut self, slot: usize) -> Result<(), PickleError> {
+        let id = match self.scalars.get(slot).copied().flatten() {
+            Some(id) => id,
+            None => {
+                let node = match slot {
+                    0 => Node::None,
+                    1 => Node::Bool(false),
+                    2 => Node::Bool(true),
+                    v => Node::Int(v as i64 - 3),
+                };
+                let id = self.add(node);
+                if let Some(s) = self.scalars.get_mut(slot) {
+                    *s = Some(id);
+                }
+                id
+            }
+        };
+        self.push(id)
     }
 
     fn push_new(&mut self, n: Node) -> Result<(), PickleError> {
@@ -258,7 +296,9 @@ impl Machine<'_> {
                 Some(b) => Ok(b),
                 None => self.truncated(),
             },
-            None => self.err(format!("length {n} exceeds the {remaining} bytes left (corrupt or truncated pickle)")),
+            None => self.err(format!(
+                "length {n} exceeds the {remaining} bytes left (corrupt or truncated pickle)"
+            )),
         }
     }
 
@@ -294,7 +334,10 @@ impl Machine<'_> {
     }
     fn line_u64(&mut self) -> Result<u64, PickleError> {
         let l = self.line()?;
-        match std::str::from_utf8(l).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        match std::str::from_utf8(l)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
             Some(v) => Ok(v),
             None => self.err("expected a decimal index"),
         }
@@ -303,7 +346,9 @@ impl Machine<'_> {
     fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
         match self.memo.get(&key) {
             Some(&id) => self.push(id),
-            None => self.err(format!("memo index {key} was never stored (malformed pickle)")),
+            None => self.err(format!(
+                "memo index {key} was never stored (malformed pickle)"
+            )),
         }
     }
 
@@ -325,7 +370,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, target: Id, kv: Vec<Id>) -> Result<(), PickleError> {
-        if kv.len() % 2 != 0 {
+        if !kv.len().is_multiple_of(2) {
             return self.err("SETITEMS with an odd number of values (malformed pickle)");
         }
         let pairs: Vec<(Id, Id)> = kv.chunks_exact(2).map(|c| (c[0], c[1])).collect();
@@ -394,9 +439,9 @@ impl Machine<'_> {
                     let t = self.top()?;
                     self.push(t)?;
                 }
-                b'N' => self.push_new(Node::None)?,
-                0x88 => self.push_new(Node::Bool(true))?,
-                0x89 => self.push_new(Node::Bool(false))?,
+                b'N' => self.push_scalar(0)?,
+                0x88 => self.push_scalar(2)?,
+                0x89 => self.push_scalar(1)?,
                 // BININT, BININT1, BININT2
                 b'J' => {
                     let v = self.u32()? as i32;
@@ -404,7 +449,7 @@ impl Machine<'_> {
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.push_new(Node::Int(v as i64))?
+                    self.push_scalar(3 + v as usize)?
                 }
                 b'M' => {
                     let v = self.u16()?;
@@ -433,7 +478,12 @@ impl Machine<'_> {
                         (b'I', "01") => Node::Bool(true),
                         _ => match t.parse::<i64>() {
                             Ok(v) => Node::Int(v),
-                            Err(_) if !t.is_empty() && t.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit()) => {
+                            Err(_)
+                                if !t.is_empty()
+                                    && t.trim_start_matches('-')
+                                        .bytes()
+                                        .all(|c| c.is_ascii_digit()) =>
+                            {
                                 Node::BigInt(t.to_string())
                             }
                             Err(_) => return self.err(format!("bad integer literal '{t}'")),
@@ -495,7 +545,9 @@ impl Machine<'_> {
                     let t = l.trim_end();
                     let q = t.chars().next();
                     let s = match q {
-                        Some(c @ ('\'' | '"')) if t.len() >= 2 && t.ends_with(c) => t[1..t.len() - 1].to_string(),
+                        Some(c @ ('\'' | '"')) if t.len() >= 2 && t.ends_with(c) => {
+                            t[1..t.len() - 1].to_string()
+                        }
                         _ => return self.err("STRING literal is not quoted"),
                     };
                     self.push_new(Node::Str(s))?
@@ -546,7 +598,7 @@ impl Machine<'_> {
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    if items.len() % 2 != 0 {
+                    if !items.len().is_multiple_of(2) {
                         return self.err("DICT with an odd number of values (malformed pickle)");
                     }
                     let pairs = items.chunks_exact(2).map(|c| (c[0], c[1])).collect();
@@ -573,7 +625,10 @@ impl Machine<'_> {
                     match self.nodes.get_mut(target) {
                         Some(Node::Set(items)) => items.extend(vals),
                         Some(Node::Call(c)) => c.appended.extend(vals),
-                        _ => return self.err("ADDITEMS on a value that is not a set (malformed pickle)"),
+                        _ => {
+                            return self
+                                .err("ADDITEMS on a value that is not a set (malformed pickle)")
+                        }
                     }
                 }
                 b's' => {
@@ -689,9 +744,14 @@ impl Machine<'_> {
                 }
                 0x97 => return self.err("out-of-band buffers (NEXT_BUFFER) are not supported"),
                 0x82..=0x84 => {
-                    return self.err("the copyreg extension registry (EXT1/EXT2/EXT4) is not supported")
+                    return self
+                        .err("the copyreg extension registry (EXT1/EXT2/EXT4) is not supported")
                 }
-                other => return self.err(format!("unknown pickle opcode 0x{other:02x} (corrupt data?)")),
+                other => {
+                    return self.err(format!(
+                        "unknown pickle opcode 0x{other:02x} (corrupt data?)"
+                    ))
+                }
             }
         }
     }
@@ -706,7 +766,9 @@ mod tests {
         // {'a': 1, 'b': [True, None, 2.5, -3, 'x']}, protocol 2.
         let p: &[u8] = b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00b]q\x01(\x88NG@\x04\x00\x00\x00\x00\x00\x00J\xfd\xff\xff\xffX\x01\x00\x00\x00xeu.";
         let pk = unpickle(p).unwrap();
-        let Node::Dict(items) = &pk.nodes[pk.root] else { panic!() };
+        let Node::Dict(items) = &pk.nodes[pk.root] else {
+            panic!()
+        };
         assert_eq!(items.len(), 2);
         assert_eq!(pk.str(items[0].0), Some("a"));
         assert_eq!(pk.int(items[0].1), Some(1));
@@ -722,7 +784,9 @@ mod tests {
     fn globals_and_reduce_are_only_recorded() {
         let p: &[u8] = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00echo\x85R.";
         let pk = unpickle(p).unwrap();
-        let Node::Call(c) = &pk.nodes[pk.root] else { panic!() };
+        let Node::Call(c) = &pk.nodes[pk.root] else {
+            panic!()
+        };
         assert_eq!(pk.global_name(c.func).as_deref(), Some("posix.system"));
         assert_eq!(pk.str(pk.seq(c.args).unwrap()[0]), Some("echo"));
     }
@@ -733,7 +797,9 @@ mod tests {
         let p: &[u8] = b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x05torch\x94\x8c\x04Size\x94\x93\x94\x8a\x09\xff\xff\xff\xff\xff\xff\xff\xff\xff\x85\x94R\x94h\x04\x86.";
         let pk = unpickle(p).unwrap();
         let t = pk.seq(pk.root).unwrap();
-        let Node::Call(c) = pk.get(t[0]).unwrap() else { panic!() };
+        let Node::Call(c) = pk.get(t[0]).unwrap() else {
+            panic!()
+        };
         assert_eq!(pk.global_name(c.func).as_deref(), Some("torch.Size"));
         assert_eq!(pk.int(pk.seq(c.args).unwrap()[0]), Some(-1));
         assert_eq!(pk.get(t[1]), pk.get(t[0]));

@@ -22,6 +22,10 @@
 //! contiguous views are zero-copy slices of the file map; strided views are gathered into a
 //! contiguous copy. All numbers from the pickle are validated with checked arithmetic against
 //! the storage sizes, and unloadable tensors never prevent the others from loading.
+//!
+//! A checkpoint whose root is a single tensor (`torch.save(t, p)`) exposes it under the
+//! empty name; a root that is an opaque object (a pickled `nn.Module`) is reported under
+//! [`ROOT_KEY`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,16 +37,20 @@ use crate::error::FormatError;
 use crate::layout::StridedLayout;
 use crate::pickle::{unpickle, Id, Node, Pickle};
 use crate::source::{
-    map_file, not_found_hint, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo, TensorProblem,
-    UnknownGlobal, WeightSource,
+    map_file, not_found_hint, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo,
+    TensorProblem, UnknownGlobal, WeightSource,
 };
 use crate::zip::{ZipArchive, ZipError};
 
 /// Deepest container nesting flattened (also stops self-referencing containers).
 pub const MAX_DEPTH: usize = 256;
-/// The most pickle nodes visited while flattening (shared sub-objects are visited once per
-/// reference, so this bounds the work a hostile DAG can cause).
-pub const MAX_VISITS: usize = 1 << 24;
+/// Work budget for flattening, in units: skipping a scalar leaf costs 1, walking into a
+/// container or call (which builds its dotted key) costs [`WALK_COST`]. Shared sub-objects are
+/// walked once per reference (tied weights appear under every key), so this is what bounds
+/// the work a hostile DAG (2^40 paths through 41 lists) can cause.
+pub const MAX_WORK: usize = 1 << 26;
+/// Budget units charged per container/call walked.
+pub const WALK_COST: usize = 16;
 /// Strided views are gathered into a copy; the copy may not exceed this or the file size,
 /// whichever is larger (a stride-0 view could otherwise request terabytes).
 pub const MIN_GATHER_LIMIT: usize = 64 << 20;
@@ -51,7 +59,9 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 
 /// True if `data` starts like a pre-1.6 (non-zip) `torch.save` file: a pickled magic number.
 pub fn is_legacy_torch(data: &[u8]) -> bool {
-    data.first() == Some(&0x80) && data.get(2..4) == Some(&[0x8a, 0x0a]) && data.get(4..14) == Some(&LEGACY_MAGIC)
+    data.first() == Some(&0x80)
+        && data.get(2..4) == Some(&[0x8a, 0x0a])
+        && data.get(4..14) == Some(&LEGACY_MAGIC)
 }
 
 /// True if `data` is a tar archive (torch < 0.4 wrote checkpoints as tar files).
@@ -123,6 +133,8 @@ pub struct TorchCheckpoint {
     problems: Vec<(String, Problem)>,
     problem_index: HashMap<String, usize>,
     unknown_globals: Vec<UnknownGlobal>,
+    /// Largest gathered copy of a strided view (see [`MIN_GATHER_LIMIT`]).
+    gather_limit: usize,
 }
 
 impl TorchCheckpoint {
@@ -133,19 +145,31 @@ impl TorchCheckpoint {
     }
 
     /// Indexes a checkpoint image held in memory; `label` is used in messages.
-    pub fn from_bytes(label: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<TorchCheckpoint, FormatError> {
+    pub fn from_bytes(
+        label: impl Into<PathBuf>,
+        bytes: Vec<u8>,
+    ) -> Result<TorchCheckpoint, FormatError> {
         TorchCheckpoint::from_shared(label, Arc::new(bytes))
     }
 
     /// Indexes a checkpoint image held by any shared owner.
-    pub fn from_shared(label: impl Into<PathBuf>, bytes: SharedBytes) -> Result<TorchCheckpoint, FormatError> {
+    pub fn from_shared(
+        label: impl Into<PathBuf>,
+        bytes: SharedBytes,
+    ) -> Result<TorchCheckpoint, FormatError> {
         let path: PathBuf = label.into();
         let data: &[u8] = (*bytes).as_ref();
         if is_legacy_torch(data) {
-            return Err(FormatError::LegacyTorchFormat { path, what: "pickle stream with torch's magic number" });
+            return Err(FormatError::LegacyTorchFormat {
+                path,
+                what: "pickle stream with torch's magic number",
+            });
         }
         if is_tar(data) {
-            return Err(FormatError::LegacyTorchFormat { path, what: "tar archive from torch < 0.4" });
+            return Err(FormatError::LegacyTorchFormat {
+                path,
+                what: "tar archive from torch < 0.4",
+            });
         }
         let archive = ZipArchive::parse(data).map_err(|e| zip_error(&path, e))?;
         let pkl = find_data_pkl(&archive, &path)?;
@@ -156,7 +180,11 @@ impl TorchCheckpoint {
             let raw = archive.read(data, bo).map_err(|e| zip_error(&path, e))?;
             let order = String::from_utf8_lossy(raw).trim().to_string();
             if order != "little" {
-                return Err(FormatError::UnsupportedByteOrder { path, entry: bo.name.clone(), order });
+                return Err(FormatError::UnsupportedByteOrder {
+                    path,
+                    entry: bo.name.clone(),
+                    order,
+                });
             }
         }
 
@@ -168,11 +196,12 @@ impl TorchCheckpoint {
             detail: e.detail,
         })?;
 
+        let gather_limit = data.len().max(MIN_GATHER_LIMIT);
         let mut fl = Flatten {
             pk: &pickle,
             archive: &archive,
             prefix: &prefix,
-            gather_limit: data.len().max(MIN_GATHER_LIMIT),
+            gather_limit,
             visits: 0,
             tensors: Vec::new(),
             index: HashMap::new(),
@@ -181,14 +210,25 @@ impl TorchCheckpoint {
             unknown: BTreeMap::new(),
             storages: HashMap::new(),
         };
-        fl.walk(pickle.root, String::new(), 0).map_err(|detail| FormatError::Pickle {
-            path: path.clone(),
-            entry: pkl_name.clone(),
-            offset: 0,
-            detail,
-        })?;
-        let Flatten { tensors, index, problems, problem_index, unknown, .. } = fl;
-        let unknown_globals = unknown.into_iter().map(|(global, keys)| UnknownGlobal { global, keys }).collect();
+        fl.walk(pickle.root, String::new(), 0)
+            .map_err(|detail| FormatError::Pickle {
+                path: path.clone(),
+                entry: pkl_name.clone(),
+                offset: 0,
+                detail,
+            })?;
+        let Flatten {
+            tensors,
+            index,
+            problems,
+            problem_index,
+            unknown,
+            ..
+        } = fl;
+        let unknown_globals = unknown
+            .into_iter()
+            .map(|(global, keys)| UnknownGlobal { global, keys })
+            .collect();
         Ok(TorchCheckpoint {
             path,
             bytes: bytes.clone(),
@@ -199,6 +239,7 @@ impl TorchCheckpoint {
             problems,
             problem_index,
             unknown_globals,
+            gather_limit,
         })
     }
 
@@ -225,7 +266,11 @@ impl TorchCheckpoint {
     pub fn problems(&self) -> Vec<TensorProblem> {
         self.problems
             .iter()
-            .map(|(k, p)| TensorProblem { key: k.clone(), file: self.path.clone(), message: p.message() })
+            .map(|(k, p)| TensorProblem {
+                key: k.clone(),
+                file: self.path.clone(),
+                message: p.message(),
+            })
             .collect()
     }
 
@@ -233,28 +278,51 @@ impl TorchCheckpoint {
         let path = self.path.clone();
         let key = key.to_string();
         match p {
-            Problem::UnknownGlobal(g) => FormatError::UnknownGlobal { path, key, global: g.clone() },
-            Problem::UnsupportedDtype(d) => FormatError::UnsupportedDtype { path, tensor: key, dtype: d.clone() },
-            Problem::Invalid(detail) => FormatError::InvalidTensor { path, key, detail: detail.clone() },
-            Problem::Compressed { entry, method } => {
-                FormatError::CompressedEntry { path, entry: entry.clone(), method: *method }
-            }
+            Problem::UnknownGlobal(g) => FormatError::UnknownGlobal {
+                path,
+                key,
+                global: g.clone(),
+            },
+            Problem::UnsupportedDtype(d) => FormatError::UnsupportedDtype {
+                path,
+                tensor: key,
+                dtype: d.clone(),
+            },
+            Problem::Invalid(detail) => FormatError::InvalidTensor {
+                path,
+                key,
+                detail: detail.clone(),
+            },
+            Problem::Compressed { entry, method } => FormatError::CompressedEntry {
+                path,
+                entry: entry.clone(),
+                method: *method,
+            },
         }
     }
 }
 
 fn zip_error(path: &Path, e: ZipError) -> FormatError {
     match e {
-        ZipError::Invalid { entry, detail } => FormatError::Zip { path: path.to_path_buf(), entry, detail },
-        ZipError::Compressed { entry, method } => {
-            FormatError::CompressedEntry { path: path.to_path_buf(), entry, method }
-        }
+        ZipError::Invalid { entry, detail } => FormatError::Zip {
+            path: path.to_path_buf(),
+            entry,
+            detail,
+        },
+        ZipError::Compressed { entry, method } => FormatError::CompressedEntry {
+            path: path.to_path_buf(),
+            entry,
+            method,
+        },
     }
 }
 
 /// The `data.pkl` entry: at the top level or one directory down (the directory name varies
 /// with the torch version and the file name).
-fn find_data_pkl<'a>(archive: &'a ZipArchive, path: &Path) -> Result<&'a crate::zip::ZipEntry, FormatError> {
+fn find_data_pkl<'a>(
+    archive: &'a ZipArchive,
+    path: &Path,
+) -> Result<&'a crate::zip::ZipEntry, FormatError> {
     let candidates: Vec<&crate::zip::ZipEntry> = archive
         .entries()
         .iter()
@@ -335,14 +403,22 @@ impl WeightSource for TorchCheckpoint {
             .archive
             .find(&t.storage_entry)
             .ok_or_else(|| invalid(format!("storage entry '{}' vanished", t.storage_entry)))?;
-        let range = self.archive.data_range(data, entry).map_err(|e| zip_error(&self.path, e))?;
+        let range = self
+            .archive
+            .data_range(data, entry)
+            .map_err(|e| zip_error(&self.path, e))?;
         // Open validated storage_bytes <= entry size, and data_range checked the entry lies in
         // the file; still compute with checks.
         let storage_end = range
             .start
             .checked_add(t.storage_bytes)
             .filter(|&e| e <= range.end)
-            .ok_or_else(|| invalid(format!("storage entry '{}' is shorter than the storage", t.storage_entry)))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "storage entry '{}' is shorter than the storage",
+                    t.storage_entry
+                ))
+            })?;
         let elem = t.dtype.size_bytes();
         if t.is_contiguous() {
             let start = t
@@ -355,7 +431,11 @@ impl WeightSource for TorchCheckpoint {
             Ok(TensorBytes {
                 dtype: t.dtype,
                 shape: t.layout.shape.clone(),
-                data: TensorData::Mapped { owner: self.bytes.clone(), start, len: t.byte_len },
+                data: TensorData::Mapped {
+                    owner: self.bytes.clone(),
+                    start,
+                    len: t.byte_len,
+                },
             })
         } else {
             let storage = data
@@ -363,9 +443,13 @@ impl WeightSource for TorchCheckpoint {
                 .ok_or_else(|| invalid("storage lies outside the file".to_string()))?;
             let v = t
                 .layout
-                .gather(storage, elem)
+                .gather(storage, elem, self.gather_limit)
                 .ok_or_else(|| invalid("strided view reaches outside its storage".to_string()))?;
-            Ok(TensorBytes { dtype: t.dtype, shape: t.layout.shape.clone(), data: TensorData::Owned(v) })
+            Ok(TensorBytes {
+                dtype: t.dtype,
+                shape: t.layout.shape.clone(),
+                data: TensorData::Owned(v),
+            })
         }
     }
 
@@ -394,6 +478,8 @@ const REBUILD_PARAM: &str = "torch._utils._rebuild_parameter";
 const REBUILD_PARAM_STATE: &str = "torch._utils._rebuild_parameter_with_state";
 const REBUILD_FROM_TYPE: &str = "torch._tensor._rebuild_from_type_v2";
 const ORDERED_DICT: &str = "collections.OrderedDict";
+/// How reports name the checkpoint's root object when it is not a container.
+pub const ROOT_KEY: &str = "<root>";
 
 /// Tensor constructors torch has but orrery cannot represent.
 const UNSUPPORTED_TENSOR_FUNCS: &[&str] = &[
@@ -410,8 +496,15 @@ const UNSUPPORTED_TENSOR_FUNCS: &[&str] = &[
 ];
 
 fn is_tensor_func(g: &str) -> bool {
-    matches!(g, REBUILD_V1 | REBUILD_V2 | REBUILD_V3 | REBUILD_PARAM | REBUILD_PARAM_STATE | REBUILD_FROM_TYPE)
-        || UNSUPPORTED_TENSOR_FUNCS.contains(&g)
+    matches!(
+        g,
+        REBUILD_V1
+            | REBUILD_V2
+            | REBUILD_V3
+            | REBUILD_PARAM
+            | REBUILD_PARAM_STATE
+            | REBUILD_FROM_TYPE
+    ) || UNSUPPORTED_TENSOR_FUNCS.contains(&g)
 }
 
 /// Storage types: `Ok(Some((dtype, element size)))` for supported ones, `Ok(None)` + name for
@@ -458,10 +551,10 @@ fn torch_dtype(g: &str) -> Option<Result<DType, String>> {
         "int32" | "int" => Ok(DType::I32),
         "uint8" => Ok(DType::U8),
         "bool" => Ok(DType::Bool),
-        "float64" | "double" | "int8" | "int16" | "short" | "uint16" | "uint32" | "uint64" | "complex64"
-        | "complex128" | "cfloat" | "cdouble" | "float8_e4m3fn" | "float8_e5m2" | "float8_e4m3fnuz"
-        | "float8_e5m2fnuz" | "float8_e8m0fnu" | "float4_e2m1fn_x2" | "quint8" | "qint8" | "qint32"
-        | "bits8" | "bits16" => Err(name.to_string()),
+        "float64" | "double" | "int8" | "int16" | "short" | "uint16" | "uint32" | "uint64"
+        | "complex64" | "complex128" | "cfloat" | "cdouble" | "float8_e4m3fn" | "float8_e5m2"
+        | "float8_e4m3fnuz" | "float8_e5m2fnuz" | "float8_e8m0fnu" | "float4_e2m1fn_x2"
+        | "quint8" | "qint8" | "qint32" | "bits8" | "bits16" => Err(name.to_string()),
         _ => return None,
     })
 }
@@ -473,7 +566,11 @@ fn is_known_global(g: &str) -> bool {
         || torch_dtype(g).is_some()
         || matches!(
             g,
-            ORDERED_DICT | "torch.Size" | "torch.device" | "torch.Tensor" | "torch.nn.parameter.Parameter"
+            ORDERED_DICT
+                | "torch.Size"
+                | "torch.device"
+                | "torch.Tensor"
+                | "torch.nn.parameter.Parameter"
                 | "torch.nn.Parameter"
         )
 }
@@ -504,19 +601,35 @@ fn join(prefix: &str, k: &str) -> String {
 
 type Parsed = Result<(DType, StridedLayout, String, String, usize), Problem>;
 
-impl Flatten<'_> {
-    fn node(&self, id: Id) -> &Node {
+impl<'a> Flatten<'a> {
+    /// The node, borrowed from the pickle (not from `self`, so walking needs no clones).
+    fn node(&self, id: Id) -> &'a Node {
         self.pk.get(id).unwrap_or(&Node::None)
     }
 
-    fn tick(&mut self) -> Result<(), String> {
-        self.visits += 1;
-        if self.visits > MAX_VISITS {
+    fn charge(&mut self, units: usize) -> Result<(), String> {
+        self.visits += units;
+        if self.visits > MAX_WORK {
             return Err(format!(
-                "object graph too large to flatten (more than {MAX_VISITS} values visited; hostile or corrupt pickle)"
+                "object graph too large to flatten (work budget of {MAX_WORK} units exhausted; hostile or \
+                 corrupt pickle)"
             ));
         }
         Ok(())
+    }
+
+    /// Scalars hold no tensors and no globals: they are skipped without building their key.
+    fn is_scalar(&self, id: Id) -> bool {
+        matches!(
+            self.node(id),
+            Node::None
+                | Node::Bool(_)
+                | Node::Int(_)
+                | Node::BigInt(_)
+                | Node::Float(_)
+                | Node::Str(_)
+                | Node::Bytes(_)
+        )
     }
 
     fn key_str(&self, id: Id) -> String {
@@ -529,7 +642,11 @@ impl Flatten<'_> {
             Node::Float(f) => f.to_string(),
             Node::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
             Node::Tuple(items) => {
-                let parts: Vec<String> = items.iter().take(8).map(|&i| self.key_str_flat(i)).collect();
+                let parts: Vec<String> = items
+                    .iter()
+                    .take(8)
+                    .map(|&i| self.key_str_flat(i))
+                    .collect();
                 format!("({})", parts.join(","))
             }
             _ => "<object>".to_string(),
@@ -544,6 +661,8 @@ impl Flatten<'_> {
     }
 
     fn note_unknown(&mut self, global: String, key: &str) {
+        // The whole object (e.g. a pickled nn.Module rather than its state_dict).
+        let key = if key.is_empty() { ROOT_KEY } else { key };
         let keys = self.unknown.entry(global).or_default();
         if keys.last().map(|k| k.as_str()) != Some(key) && !keys.iter().any(|k| k == key) {
             keys.push(key.to_string());
@@ -551,6 +670,11 @@ impl Flatten<'_> {
     }
 
     fn add_problem(&mut self, key: String, p: Problem) {
+        let key = if key.is_empty() {
+            ROOT_KEY.to_string()
+        } else {
+            key
+        };
         if self.index.contains_key(&key) || self.problem_index.contains_key(&key) {
             return;
         }
@@ -593,13 +717,20 @@ impl Flatten<'_> {
     }
 
     fn walk(&mut self, id: Id, key: String, depth: usize) -> Result<(), String> {
-        self.tick()?;
+        self.charge(WALK_COST)?;
         if depth > MAX_DEPTH {
-            self.add_problem(key, Problem::Invalid(format!("containers nested deeper than {MAX_DEPTH} levels")));
+            self.add_problem(
+                key,
+                Problem::Invalid(format!("containers nested deeper than {MAX_DEPTH} levels")),
+            );
             return Ok(());
         }
         if let Some(items) = self.dict_items(id) {
             for (k, v) in items {
+                if self.is_scalar(v) {
+                    self.charge(1)?;
+                    continue;
+                }
                 let kk = join(&key, &self.key_str(k));
                 self.walk(v, kk, depth + 1)?;
             }
@@ -607,23 +738,31 @@ impl Flatten<'_> {
         }
         match self.node(id) {
             Node::List(items) | Node::Tuple(items) => {
-                let items = items.clone();
-                for (i, v) in items.into_iter().enumerate() {
+                for (i, &v) in items.iter().enumerate() {
+                    if self.is_scalar(v) {
+                        self.charge(1)?;
+                        continue;
+                    }
                     self.walk(v, join(&key, &i.to_string()), depth + 1)?;
                 }
             }
             Node::Call(c) => {
-                let c = c.clone();
                 match self.pk.global_name(c.func) {
                     Some(g) if is_tensor_func(&g) => {
                         // Unknown globals in non-data arguments (hooks, metadata) are reported.
                         self.scan(c.args, &key, false);
                         match self.tensor_from(c.func, c.args, 0) {
                             Ok((dtype, layout, storage_key, storage_entry, storage_bytes)) => {
-                                let byte_len = match layout.numel().and_then(|n| n.checked_mul(dtype.size_bytes())) {
+                                let byte_len = match layout
+                                    .numel()
+                                    .and_then(|n| n.checked_mul(dtype.size_bytes()))
+                                {
                                     Some(b) => b,
                                     None => {
-                                        self.add_problem(key, Problem::Invalid("byte size overflows".into()));
+                                        self.add_problem(
+                                            key,
+                                            Problem::Invalid("byte size overflows".into()),
+                                        );
                                         return Ok(());
                                     }
                                 };
@@ -672,7 +811,8 @@ impl Flatten<'_> {
                         let has_tensor = self.scan(id, &key, true);
                         if has_tensor {
                             let culprit = if name.is_empty() {
-                                self.first_unknown_global(c.func).unwrap_or_else(|| "<computed callable>".into())
+                                self.first_unknown_global(c.func)
+                                    .unwrap_or_else(|| "<computed callable>".into())
                             } else {
                                 name
                             };
@@ -727,7 +867,7 @@ impl Flatten<'_> {
                 continue;
             }
             self.visits += 1;
-            if self.visits > MAX_VISITS {
+            if self.visits > MAX_WORK {
                 break;
             }
             match self.node(i) {
@@ -759,10 +899,15 @@ impl Flatten<'_> {
 
     fn int_arg(&self, id: Id, what: &str) -> Result<usize, Problem> {
         match self.node(id) {
-            Node::Int(i) => usize::try_from(*i)
-                .map_err(|_| Problem::Invalid(format!("{what} is negative ({i}); corrupt checkpoint"))),
-            Node::BigInt(s) => Err(Problem::Invalid(format!("{what} {s} is out of range; corrupt checkpoint"))),
-            _ => Err(Problem::Invalid(format!("{what} is not an integer; corrupt checkpoint"))),
+            Node::Int(i) => usize::try_from(*i).map_err(|_| {
+                Problem::Invalid(format!("{what} is negative ({i}); corrupt checkpoint"))
+            }),
+            Node::BigInt(s) => Err(Problem::Invalid(format!(
+                "{what} {s} is out of range; corrupt checkpoint"
+            ))),
+            _ => Err(Problem::Invalid(format!(
+                "{what} is not an integer; corrupt checkpoint"
+            ))),
         }
     }
 
@@ -771,12 +916,25 @@ impl Flatten<'_> {
             Node::Tuple(v) | Node::List(v) => v.clone(),
             // torch.Size((..)) in very old checkpoints
             Node::Call(c) if self.pk.global_name(c.func).as_deref() == Some("torch.Size") => {
-                match self.pk.seq(c.args).and_then(|a| a.first()).and_then(|&a| self.pk.seq(a)) {
+                match self
+                    .pk
+                    .seq(c.args)
+                    .and_then(|a| a.first())
+                    .and_then(|&a| self.pk.seq(a))
+                {
                     Some(v) => v.to_vec(),
-                    None => return Err(Problem::Invalid(format!("{what} is a malformed torch.Size"))),
+                    None => {
+                        return Err(Problem::Invalid(format!(
+                            "{what} is a malformed torch.Size"
+                        )))
+                    }
                 }
             }
-            _ => return Err(Problem::Invalid(format!("{what} is not a tuple of integers; corrupt checkpoint"))),
+            _ => {
+                return Err(Problem::Invalid(format!(
+                    "{what} is not a tuple of integers; corrupt checkpoint"
+                )))
+            }
         };
         items.iter().map(|&i| self.int_arg(i, what)).collect()
     }
@@ -789,16 +947,25 @@ impl Flatten<'_> {
         let Some(g) = self.pk.global_name(func) else {
             return Err(match self.first_unknown_global(func) {
                 Some(g) => Problem::UnknownGlobal(g),
-                None => Problem::Invalid("tensor constructor is not a global; corrupt checkpoint".into()),
+                None => Problem::Invalid(
+                    "tensor constructor is not a global; corrupt checkpoint".into(),
+                ),
             });
         };
         let a: Vec<Id> = match self.pk.seq(args) {
             Some(a) => a.to_vec(),
-            None => return Err(Problem::Invalid(format!("arguments of {g} are not a tuple; corrupt checkpoint"))),
+            None => {
+                return Err(Problem::Invalid(format!(
+                    "arguments of {g} are not a tuple; corrupt checkpoint"
+                )))
+            }
         };
         let need = |n: usize| -> Result<(), Problem> {
             if a.len() < n {
-                Err(Problem::Invalid(format!("{g} has {} arguments, expected at least {n}; corrupt checkpoint", a.len())))
+                Err(Problem::Invalid(format!(
+                    "{g} has {} arguments, expected at least {n}; corrupt checkpoint",
+                    a.len()
+                )))
             } else {
                 Ok(())
             }
@@ -836,7 +1003,7 @@ impl Flatten<'_> {
             }
             REBUILD_PARAM | REBUILD_PARAM_STATE => {
                 need(1)?;
-                match self.node(a[0]).clone() {
+                match self.node(a[0]) {
                     Node::Call(c) => self.tensor_from(c.func, c.args, depth + 1),
                     _ => Err(Problem::Invalid("parameter does not wrap a tensor; corrupt checkpoint".into())),
                 }
@@ -871,10 +1038,20 @@ impl Flatten<'_> {
                 stride.len()
             )));
         }
-        Ok(StridedLayout { shape, stride, offset })
+        Ok(StridedLayout {
+            shape,
+            stride,
+            offset,
+        })
     }
 
-    fn check_bounds(&self, l: &StridedLayout, dtype: DType, key: &str, storage_bytes: usize) -> Result<(), Problem> {
+    fn check_bounds(
+        &self,
+        l: &StridedLayout,
+        dtype: DType,
+        key: &str,
+        storage_bytes: usize,
+    ) -> Result<(), Problem> {
         let elem = dtype.size_bytes();
         let need = l.storage_extent().and_then(|e| e.checked_mul(elem));
         match need {
@@ -895,19 +1072,24 @@ impl Flatten<'_> {
     /// archive entry. Returns (kind, key, entry name, storage bytes).
     fn storage(&mut self, id: Id) -> Result<(StorageKind, String, String, usize), Problem> {
         let Node::PersistentId(pid) = self.node(id) else {
-            return Err(Problem::Invalid("storage argument is not a persistent id; corrupt checkpoint".into()));
+            return Err(Problem::Invalid(
+                "storage argument is not a persistent id; corrupt checkpoint".into(),
+            ));
         };
         let parts = match self.pk.seq(*pid) {
             Some(p) if p.len() >= 5 && self.pk.str(p[0]) == Some("storage") => p.to_vec(),
-            _ => {
-                return Err(Problem::Invalid(
-                    "persistent id is not ('storage', type, key, location, numel); corrupt checkpoint".into(),
-                ))
-            }
+            _ => return Err(Problem::Invalid(
+                "persistent id is not ('storage', type, key, location, numel); corrupt checkpoint"
+                    .into(),
+            )),
         };
         let type_name = match self.pk.global_name(parts[1]) {
             Some(t) => t,
-            None => return Err(Problem::Invalid("storage type is not a global; corrupt checkpoint".into())),
+            None => {
+                return Err(Problem::Invalid(
+                    "storage type is not a global; corrupt checkpoint".into(),
+                ))
+            }
         };
         let kind = match storage_kind(&type_name) {
             Some(k) => k,
@@ -919,7 +1101,11 @@ impl Flatten<'_> {
         let key = match self.node(parts[2]) {
             Node::Str(s) => s.clone(),
             Node::Int(i) => i.to_string(),
-            _ => return Err(Problem::Invalid("storage key is not a string; corrupt checkpoint".into())),
+            _ => {
+                return Err(Problem::Invalid(
+                    "storage key is not a string; corrupt checkpoint".into(),
+                ))
+            }
         };
         let numel = self.int_arg(parts[4], "storage element count")?;
         let elem = match kind {
@@ -928,9 +1114,11 @@ impl Flatten<'_> {
             // Sizes are irrelevant: the tensor is refused anyway.
             StorageKind::Unsupported(_) => 1,
         };
-        let bytes = numel
-            .checked_mul(elem)
-            .ok_or_else(|| Problem::Invalid(format!("storage '{key}' size overflows; corrupt checkpoint")))?;
+        let bytes = numel.checked_mul(elem).ok_or_else(|| {
+            Problem::Invalid(format!(
+                "storage '{key}' size overflows; corrupt checkpoint"
+            ))
+        })?;
         match self.storages.get(&key) {
             Some((t, b)) if *t != type_name || *b != bytes => {
                 return Err(Problem::Invalid(format!(
@@ -950,7 +1138,10 @@ impl Flatten<'_> {
             )));
         };
         if entry.method != 0 {
-            return Err(Problem::Compressed { entry: entry_name, method: entry.method });
+            return Err(Problem::Compressed {
+                entry: entry_name,
+                method: entry.method,
+            });
         }
         if entry.size < bytes as u64 {
             return Err(Problem::Invalid(format!(

@@ -72,9 +72,10 @@ impl Op {
                 let per_out: u64 = w[1..].iter().product::<usize>() as u64;
                 2 * out_n * per_out
             }
-            Op::ConvTranspose(p) => {
+            Op::ConvTranspose(_) => {
+                // Each input element meets Cout/groups · ∏K weights (w is [Cin, Cout/g, *K]).
                 let w = inputs[1].shape.dims();
-                let per_in: u64 = (w[1] * p.groups / p.groups) as u64 * w[2..].iter().product::<usize>() as u64;
+                let per_in: u64 = w[1..].iter().product::<usize>() as u64;
                 2 * inputs[0].shape.numel() as u64 * per_in
             }
             Op::Pool(p) => out_n * p.kernel.iter().product::<usize>() as u64,

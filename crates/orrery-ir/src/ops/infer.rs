@@ -148,7 +148,7 @@ impl Op {
                     return Err(format!("input must be [N, C, ...], got {}", x.shape));
                 }
                 let c = x.shape.dims()[1];
-                if *groups == 0 || c % groups != 0 {
+                if *groups == 0 || !c.is_multiple_of(*groups) {
                     return Err(format!("{c} channels do not split into {groups} groups"));
                 }
                 for (i, what) in [(1, "weight"), (2, "bias")] {

@@ -16,9 +16,9 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Query rows per task.
-const Q_BLOCK: usize = 64;
+const Q_BLOCK: usize = 128;
 /// Keys per score block.
-const K_BLOCK: usize = 256;
+const K_BLOCK: usize = 512;
 
 /// A strided matrix per (batch, head): the buffer offset of each head, then row/column strides.
 struct Heads<'a> {

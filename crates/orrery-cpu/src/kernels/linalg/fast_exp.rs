@@ -3,8 +3,9 @@
 //! `f32::exp` is a scalar libm call; attention evaluates one exp per score, which would cost
 //! more than the matrix products. This is the Cephes `expf` scheme (range reduction by ln 2,
 //! degree-6 polynomial, exponent bits), ≈1 ulp, written branch-free so that LLVM vectorises it.
-//! It uses plain multiply-adds (never fused), so the AVX2 build and the portable build round
-//! identically: the result does not depend on which one runs.
+//! Its multiply-adds are explicitly fused (`mul_add`, exactly rounded wherever it runs: an FMA
+//! instruction in the AVX2+FMA build, the libm routine in the portable one), so every build
+//! rounds identically and the result does not depend on which one runs.
 
 /// Below this, `e^x` is under the smallest normal f32; it is flushed to exactly 0 (so that
 /// masked scores, which are -inf, weigh exactly nothing).
@@ -17,18 +18,18 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 fn exp_approx(x: f32) -> f32 {
     let xc = x.clamp(EXP_MIN_ARG, EXP_MAX_ARG);
     // n = round(x / ln 2), read both as a float and as the integer in the mantissa.
-    let t = xc * std::f32::consts::LOG2_E + ROUND_MAGIC;
+    let t = xc.mul_add(std::f32::consts::LOG2_E, ROUND_MAGIC);
     let n_int = t.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
     let n = t - ROUND_MAGIC;
     // r = x - n·ln 2 in two parts (Cody–Waite), |r| ≤ ln 2 / 2.
-    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let r = n.mul_add(2.121_944_4e-4, n.mul_add(-0.693_359_4, xc));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let e = p * (r * r) + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let e = p.mul_add(r * r, r) + 1.0;
     let scaled = e * f32::from_bits(((n_int + 127) << 23) as u32);
     if x < EXP_MIN_ARG {
         0.0
@@ -74,27 +75,27 @@ fn max_body(row: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn exp_shifted_sum_avx2(row: &mut [f32], shift: f32) -> f32 {
     exp_shifted_sum_body(row, shift)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn max_avx2(row: &[f32]) -> f32 {
     max_body(row)
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
+fn has_avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// See [`exp_shifted_sum_body`]. Uses AVX2 when the CPU has it (same results either way).
+/// See [`exp_shifted_sum_body`]. Uses AVX2 and FMA when the CPU has them (same results either way).
 pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
         return unsafe { exp_shifted_sum_avx2(row, shift) };
     }
     exp_shifted_sum_body(row, shift)
@@ -103,8 +104,8 @@ pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
 /// The largest element (NaNs ignored; -inf for an empty or all -inf row).
 pub(crate) fn row_max(row: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
         return unsafe { max_avx2(row) };
     }
     max_body(row)
