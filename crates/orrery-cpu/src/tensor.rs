@@ -280,11 +280,17 @@ impl CpuTensor {
         out
     }
 
-    /// A dense copy when the view is not dense; a cheap clone otherwise.
+    /// A dense copy when the view is not dense (parallel, tiled for transposes); a cheap
+    /// clone otherwise.
     pub fn contiguous(&self) -> CpuTensor {
         if self.is_contiguous() {
             return self.clone();
         }
+        crate::kernels::dense_copy(self).unwrap_or_else(|| self.gather_copy())
+    }
+
+    /// The single-threaded fallback of [`CpuTensor::contiguous`], for any buffer kind.
+    fn gather_copy(&self) -> CpuTensor {
         let offs = self.element_offsets();
         fn gather<T: Copy>(v: &[T], offs: &[usize]) -> Vec<T> {
             offs.iter().map(|&o| v[o]).collect()

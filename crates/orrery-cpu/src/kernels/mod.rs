@@ -7,6 +7,7 @@ mod linalg;
 mod norm;
 mod reduce;
 
+pub(crate) use elementwise::dense_copy;
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{Op, TensorType};
 

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 /// Target size of one tile's gathered columns, in floats (fits the L2 cache with room for the
 /// weights' panels).
-const TILE_FLOATS: usize = 1 << 20;
+const TILE_FLOATS: usize = 1 << 16;
 /// Work (m·n·k) from which one pointwise GEMM is split over threads instead of the batch.
 const SPLIT_ONE_GEMM_WORK: usize = 1 << 21;
 
@@ -202,7 +202,7 @@ fn pointwise(geo: &Geometry, x: &Input<'_>, position_stride: usize, wts: &Weight
 
 /// Output positions per tile: about [`TILE_FLOATS`] gathered values, within fixed bounds.
 fn tile_width(depth: usize, positions: usize) -> usize {
-    (TILE_FLOATS / depth.max(1)).clamp(256, 4096).min(positions).max(1)
+    (TILE_FLOATS / depth.max(1)).clamp(64, 1024).min(positions).max(1)
 }
 
 /// General convolution: parallel over (batch, group, tile of output positions).

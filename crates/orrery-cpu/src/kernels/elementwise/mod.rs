@@ -6,6 +6,7 @@ mod cast;
 pub(in crate::kernels) mod math;
 pub(in crate::kernels) mod strided;
 
+pub(crate) use strided::dense_copy;
 use crate::{CpuError, CpuTensor};
 use math::{exp_f32, gelu_erf, gelu_tanh, nan_max, nan_min, relu, rsqrt, sigmoid, silu};
 use orrery_ir::{BinaryOp, CompareOp, DType, Op, TensorType, UnaryOp};

@@ -157,13 +157,13 @@ pub(in crate::kernels) fn dense<T: Scalar>(t: &CpuTensor) -> Option<Cow<'_, [T]>
 
 /// A dense tensor with `t`'s values (a cheap clone when `t` is dense already).
 pub(in crate::kernels) fn densified(t: &CpuTensor) -> CpuTensor {
-    if t.is_contiguous() {
-        return t.clone();
-    }
-    with_scalar_type!(t.dtype(), T => match dense::<T>(t) {
-        Some(data) => tensor_from(t.shape(), t.dtype(), data.into_owned()),
-        None => t.contiguous(),
-    })
+    t.contiguous()
+}
+
+/// A dense parallel copy of a strided view over an owned buffer; `None` for buffers the
+/// typed walk cannot read (mapped bytes), which `CpuTensor::contiguous` copies itself.
+pub(crate) fn dense_copy(t: &CpuTensor) -> Option<CpuTensor> {
+    with_scalar_type!(t.dtype(), T => dense::<T>(t).map(|data| tensor_from(t.shape(), t.dtype(), data.into_owned())))
 }
 
 /// `f` of every element of the view `x` (whose whole buffer is `src`), dense row-major,

@@ -40,75 +40,127 @@ fn exp_approx(x: f32) -> f32 {
 
 const LANES: usize = 8;
 
-/// `row[j] = e^(row[j] - shift)`; returns Σ row in a fixed order (eight interleaved partial
-/// sums, then combined pairwise), independent of threads.
+/// The eight lane sums combined pairwise in a fixed order.
 #[inline(always)]
-fn exp_shifted_sum_body(row: &mut [f32], shift: f32) -> f32 {
-    let mut acc = [0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for (v, a) in c.iter_mut().zip(acc.iter_mut()) {
-            *v = exp_approx(*v - shift);
-            *a += *v;
-        }
-    }
-    for (v, a) in chunks.into_remainder().iter_mut().zip(acc.iter_mut()) {
-        *v = exp_approx(*v - shift);
-        *a += *v;
-    }
+fn combine_lanes(acc: [f32; LANES]) -> f32 {
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
+/// `row[j] = e^(row[j] - shift)` on `row[start..]` (whose length is below `LANES` or a
+/// multiple of it), adding element `start + i` to lane `i % LANES` of `acc`.
 #[inline(always)]
-fn max_body(row: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (v, a) in c.iter().zip(acc.iter_mut()) {
-            *a = if *v > *a { *v } else { *a };
-        }
+fn exp_shifted_lanes(row: &mut [f32], shift: f32, acc: &mut [f32; LANES]) {
+    for (i, v) in row.iter_mut().enumerate() {
+        *v = exp_approx(*v - shift);
+        acc[i % LANES] += *v;
     }
-    for (v, a) in chunks.remainder().iter().zip(acc.iter_mut()) {
-        *a = if *v > *a { *v } else { *a };
+}
+
+/// Portable [`exp_shifted_sum`].
+fn exp_shifted_sum_portable(row: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    exp_shifted_lanes(row, shift, &mut acc);
+    combine_lanes(acc)
+}
+
+/// Portable [`row_max`]: eight lane maxima, then their maximum.
+fn row_max_portable(row: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    for (i, &v) in row.iter().enumerate() {
+        let a = &mut acc[i % LANES];
+        *a = if v > *a { v } else { *a };
     }
     acc.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
+/// The same computations eight lanes at a time with AVX2 and FMA. Every lane performs exactly
+/// the portable operations (fused where those are fused), so results are bit-identical.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_shifted_sum_avx2(row: &mut [f32], shift: f32) -> f32 {
-    exp_shifted_sum_body(row, shift)
+mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let s = _mm256_set1_ps;
+        // max(MIN, x) and min(MAX, ·) return x when x is NaN, like `f32::clamp`.
+        let xc = _mm256_min_ps(s(EXP_MAX_ARG), _mm256_max_ps(s(EXP_MIN_ARG), x));
+        let t = _mm256_fmadd_ps(xc, s(std::f32::consts::LOG2_E), s(ROUND_MAGIC));
+        let n_int = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(ROUND_MAGIC.to_bits() as i32));
+        let n = _mm256_sub_ps(t, s(ROUND_MAGIC));
+        let r = _mm256_fmadd_ps(n, s(2.121_944_4e-4), _mm256_fmadd_ps(n, s(-0.693_359_4), xc));
+        let mut p = s(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm256_fmadd_ps(p, r, s(c));
+        }
+        let e = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), s(1.0));
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127))));
+        let scaled = _mm256_mul_ps(e, pow2);
+        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, s(EXP_MIN_ARG));
+        _mm256_andnot_ps(underflow, scaled)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let shift8 = _mm256_set1_ps(shift);
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly LANES floats; unaligned loads and stores are allowed.
+            unsafe {
+                let v = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), shift8));
+                _mm256_storeu_ps(c.as_mut_ptr(), v);
+                acc = _mm256_add_ps(acc, v);
+            }
+        }
+        let mut lanes = [0f32; LANES];
+        // SAFETY: `lanes` holds LANES floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        exp_shifted_lanes(chunks.into_remainder(), shift, &mut lanes);
+        combine_lanes(lanes)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub fn row_max(row: &[f32]) -> f32 {
+        let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut chunks = row.chunks_exact(LANES);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly LANES floats. max(v, acc) keeps acc when v is NaN.
+            acc = unsafe { _mm256_max_ps(_mm256_loadu_ps(c.as_ptr()), acc) };
+        }
+        let mut lanes = [0f32; LANES];
+        // SAFETY: `lanes` holds LANES floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        for (i, &v) in chunks.remainder().iter().enumerate() {
+            lanes[i] = if v > lanes[i] { v } else { lanes[i] };
+        }
+        lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    }
+
+    pub fn available() -> bool {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn max_avx2(row: &[f32]) -> f32 {
-    max_body(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
-/// See [`exp_shifted_sum_body`]. Uses AVX2 and FMA when the CPU has them (same results either way).
+/// `row[j] = e^(row[j] - shift)`; returns Σ row in a fixed order (eight interleaved partial
+/// sums, then combined pairwise), independent of threads and of the instruction set used.
 pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if avx2::available() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { exp_shifted_sum_avx2(row, shift) };
+        return unsafe { avx2::exp_shifted_sum(row, shift) };
     }
-    exp_shifted_sum_body(row, shift)
+    exp_shifted_sum_portable(row, shift)
 }
 
 /// The largest element (NaNs ignored; -inf for an empty or all -inf row).
 pub(crate) fn row_max(row: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if avx2::available() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { max_avx2(row) };
+        return unsafe { avx2::row_max(row) };
     }
-    max_body(row)
+    row_max_portable(row)
 }
 
 /// Scalar `e^x` with the same rounding as the row functions.
@@ -137,13 +189,26 @@ mod tests {
     }
 
     #[test]
-    fn row_helpers_match_plain_loops() {
-        let mut row: Vec<f32> = (0..37).map(|i| ((i * 7919) % 23) as f32 * 0.25 - 3.0).collect();
-        let max = row_max(&row);
-        assert_eq!(max, row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
-        let plain: Vec<f32> = row.iter().map(|v| exp(v - max)).collect();
-        let sum = exp_shifted_sum(&mut row, max);
-        assert_eq!(row, plain);
-        assert!((sum - plain.iter().sum::<f32>()).abs() < 1e-5);
+    fn row_helpers_match_plain_loops_bit_for_bit() {
+        for len in [0, 1, 7, 8, 9, 37, 64, 515] {
+            let row: Vec<f32> = (0..len).map(|i| ((i * 7919) % 23) as f32 * 0.9 - 12.0).collect();
+            let max = row_max(&row);
+            assert_eq!(max, row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+            assert_eq!(max.to_bits(), row_max_portable(&row).to_bits());
+            let mut fast = row.clone();
+            let mut portable = row.clone();
+            let sum = exp_shifted_sum(&mut fast, max);
+            assert_eq!(sum.to_bits(), exp_shifted_sum_portable(&mut portable, max).to_bits());
+            let plain: Vec<f32> = row.iter().map(|v| exp(v - max)).collect();
+            assert_eq!(fast, plain);
+            assert_eq!(portable, plain);
+            assert!((sum - plain.iter().sum::<f32>()).abs() <= 1e-5 * sum.max(1.0));
+        }
+        // -inf (masked) weighs exactly nothing; NaN propagates through exp.
+        let mut row = vec![f32::NEG_INFINITY, 0.0, f32::NAN, -100.0, 1.0, -1.0, 2.0, 3.0, 0.5];
+        exp_shifted_sum(&mut row, 0.0);
+        assert_eq!(row[0], 0.0);
+        assert!(row[2].is_nan());
+        assert_eq!(row[3], 0.0);
     }
 }
