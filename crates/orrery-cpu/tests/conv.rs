@@ -207,11 +207,7 @@ fn conv_over_many_tiles() {
     let x = rand_f32(6, &[2, 8, 64, 64]);
     let w = rand_f32(7, &[16, 8, 3, 3]);
     let b = rand_f32(8, &[16]);
-    check_op(
-        &conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Zeros, 1, true),
-        &[x, w, b],
-        TOL,
-    );
+    check_op(&conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Zeros, 1, true), &[x, w, b], TOL);
 }
 
 #[test]
@@ -271,40 +267,16 @@ fn resize_scaling_cases() {
     for mode in [ResizeMode::Nearest, ResizeMode::Bilinear, ResizeMode::Bicubic] {
         for align_corners in [false, true] {
             for size in [vec![3, 2], vec![16, 12], vec![5, 9], vec![1, 1]] {
-                check_op(
-                    &Op::Resize {
-                        mode,
-                        size,
-                        align_corners,
-                    },
-                    std::slice::from_ref(&x),
-                    TOL,
-                );
+                check_op(&Op::Resize { mode, size, align_corners }, std::slice::from_ref(&x), TOL);
             }
         }
     }
     // Nearest in 1 and 3 spatial dims, by hand: [1, 2] → [1, 1, 2, 2].
     let x = CpuTensor::from_vec(vec![1, 1, 2], vec![1f32, 2.]);
-    let y = check_op(
-        &Op::Resize {
-            mode: ResizeMode::Nearest,
-            size: vec![4],
-            align_corners: false,
-        },
-        &[x],
-        0.0,
-    );
+    let y = check_op(&Op::Resize { mode: ResizeMode::Nearest, size: vec![4], align_corners: false }, &[x], 0.0);
     assert_eq!(y.to_f32_vec(), vec![1., 1., 2., 2.]);
     let x = rand_f32(22, &[1, 2, 3, 4, 5]);
-    check_op(
-        &Op::Resize {
-            mode: ResizeMode::Nearest,
-            size: vec![5, 2, 7],
-            align_corners: false,
-        },
-        &[x],
-        0.0,
-    );
+    check_op(&Op::Resize { mode: ResizeMode::Nearest, size: vec![5, 2, 7], align_corners: false }, &[x], 0.0);
 }
 
 fn bits(t: &CpuTensor) -> Vec<u32> {
@@ -333,18 +305,12 @@ fn convolutions_do_not_depend_on_the_thread_count() {
         has_bias: false,
     });
     let pool = Op::Pool(PoolParams {
-        kind: PoolKind::Avg {
-            count_include_pad: false,
-        },
+        kind: PoolKind::Avg { count_include_pad: false },
         kernel: vec![3, 3],
         stride: vec![2, 2],
         padding: vec![1, 1],
     });
-    let resize = Op::Resize {
-        mode: ResizeMode::Bicubic,
-        size: vec![57, 33],
-        align_corners: false,
-    };
+    let resize = Op::Resize { mode: ResizeMode::Bicubic, size: vec![57, 33], align_corners: false };
     let all = || {
         [
             run(&conv3, &[&x, &w3]),

@@ -18,10 +18,7 @@ use proptest::prelude::*;
 const TOL: f64 = 1e-5;
 
 fn matmul(transpose_a: bool, transpose_b: bool) -> Op {
-    Op::MatMul {
-        transpose_a,
-        transpose_b,
-    }
+    Op::MatMul { transpose_a, transpose_b }
 }
 
 /// Random values of `dtype` (f16/bf16 rounded at construction, so the reference sees them too).
@@ -48,12 +45,7 @@ fn view(t: &CpuTensor, kind: u8) -> CpuTensor {
 /// Batch dims of an operand broadcast against `batch`: dims flagged in `ones` become 1 and the
 /// first `drop` dims are left out.
 fn operand_batch(batch: &[usize], ones: &[bool], drop: usize) -> Vec<usize> {
-    batch
-        .iter()
-        .zip(ones)
-        .skip(drop.min(batch.len()))
-        .map(|(&d, &one)| if one { 1 } else { d })
-        .collect()
+    batch.iter().zip(ones).skip(drop.min(batch.len())).map(|(&d, &one)| if one { 1 } else { d }).collect()
 }
 
 proptest! {
@@ -102,7 +94,7 @@ proptest! {
     #[test]
     fn attention_matches_reference(
         batch in prop::collection::vec(1usize..=2, 1..=2),
-        (lq, lk) in (1usize..=70, 1usize..=300),
+        (lq, lk) in (1usize..=140, 1usize..=600),
         (d, dv) in (1usize..=16, 1usize..=16),
         mask_kind in 0u8..3,
         mask_ones in prop::collection::vec(any::<bool>(), 4),
@@ -160,16 +152,8 @@ fn matmul_with_long_contraction() {
 #[test]
 fn matmul_batched_small_and_single_large() {
     // Many small matrices (split over the batch) and one large one (split inside the GEMM).
-    check_op(
-        &matmul(false, true),
-        &[rand_f32(6, &[2, 33, 7, 5]), rand_f32(7, &[33, 3, 5])],
-        TOL,
-    );
-    check_op(
-        &matmul(true, false),
-        &[rand_f32(8, &[150, 140]), rand_f32(9, &[150, 130])],
-        TOL,
-    );
+    check_op(&matmul(false, true), &[rand_f32(6, &[2, 33, 7, 5]), rand_f32(7, &[33, 3, 5])], TOL);
+    check_op(&matmul(true, false), &[rand_f32(8, &[150, 140]), rand_f32(9, &[150, 130])], TOL);
 }
 
 #[test]
@@ -182,45 +166,35 @@ fn linear_with_f16_weight_and_bias_on_a_3d_input() {
 
 #[test]
 fn attention_with_causal_mask_over_several_key_blocks() {
-    // Lk = 600 spans three key blocks, the last one partial; Lq = 130 spans three query blocks.
-    let (lq, lk) = (130, 600);
+    // The kernel's blocks are 128 queries × 512 keys: Lk = 1100 spans three key blocks, the last
+    // one partial; Lq = 130 spans two query blocks.
+    let (lq, lk) = (130, 1100);
     let q = rand_f32(13, &[1, 2, lq, 24]);
     let k = rand_f32(14, &[1, 2, lk, 24]);
     let v = rand_f32(15, &[1, 2, lk, 8]);
     let keep: Vec<bool> = (0..lq * lk).map(|e| e % lk <= e / lk * 4).collect();
     let mask = CpuTensor::from_bools(vec![lq, lk], keep);
-    let op = Op::Attention {
-        scale: 0.2,
-        mask: AttentionMask::Boolean,
-    };
+    let op = Op::Attention { scale: 0.2, mask: AttentionMask::Boolean };
     check_op(&op, &[q, k, v, mask], TOL);
 }
 
 #[test]
 fn attention_fully_masked_rows_are_zero() {
-    let (lq, lk) = (5, 300);
+    let (lq, lk) = (5, 700);
     let q = rand_f32(16, &[lq, 4]);
     let k = rand_f32(17, &[lk, 4]);
     let v = rand_f32(18, &[lk, 3]);
-    // Row 1 attends nothing; row 3 attends only the last key (in the second key block).
-    let keep: Vec<bool> = (0..lq * lk)
-        .map(|e| e / lk != 1 && (e / lk != 3 || e % lk == lk - 1))
-        .collect();
+    // Row 1 attends nothing; row 3 attends only the last key (in the second key block of 512).
+    let keep: Vec<bool> = (0..lq * lk).map(|e| e / lk != 1 && (e / lk != 3 || e % lk == lk - 1)).collect();
     let mask = CpuTensor::from_bools(vec![lq, lk], keep);
-    let op = Op::Attention {
-        scale: 0.5,
-        mask: AttentionMask::Boolean,
-    };
+    let op = Op::Attention { scale: 0.5, mask: AttentionMask::Boolean };
     let y = check_op(&op, &[q, k, v.clone(), mask], TOL).to_f32_vec();
     assert_eq!(&y[3..6], &[0.0; 3]);
     assert_eq!(&y[9..12], &v.to_f32_vec()[(lk - 1) * 3..]);
     // The additive equivalent: -inf everywhere in a row gives zeros as well.
-    let add: Vec<f64> = (0..lk).map(|j| if j < 299 { f64::NEG_INFINITY } else { 0.0 }).collect();
+    let add: Vec<f64> = (0..lk).map(|j| if j < lk - 1 { f64::NEG_INFINITY } else { 0.0 }).collect();
     let mask = CpuTensor::from_f64(DType::F32, vec![1, lk], &add);
-    let op = Op::Attention {
-        scale: 0.5,
-        mask: AttentionMask::Additive,
-    };
+    let op = Op::Attention { scale: 0.5, mask: AttentionMask::Additive };
     let q = rand_f32(16, &[lq, 4]);
     let k = rand_f32(17, &[lk, 4]);
     let y = check_op(&op, &[q, k, v.clone(), mask], TOL).to_f32_vec();
@@ -233,14 +207,7 @@ fn attention_with_heads_permuted_in_place() {
     let view = |seed, l, e| rand_f32(seed, &[2, l, 3, e]).permute(&[0, 2, 1, 3]);
     let (q, k, v) = (view(19, 70, 16), view(20, 257, 16), view(21, 257, 8));
     let mask = rand_f32(22, &[1, 1, 70, 257]);
-    check_op(
-        &Op::Attention {
-            scale: 0.25,
-            mask: AttentionMask::Additive,
-        },
-        &[q, k, v, mask],
-        TOL,
-    );
+    check_op(&Op::Attention { scale: 0.25, mask: AttentionMask::Additive }, &[q, k, v, mask], TOL);
 }
 
 /// Runs `op` through the CPU backend (panics on error).
@@ -254,8 +221,9 @@ fn bits(t: &CpuTensor) -> Vec<u32> {
     t.to_f32_vec().iter().map(|v| v.to_bits()).collect()
 }
 
-/// A small graph-like chain (attention, then a convolution over its output) and two large
-/// GEMMs, evaluated in pools of 1, 2 and 3 threads: outputs must be bit-identical.
+/// A small graph-like chain (attention, then a convolution over its output) and large GEMMs
+/// (split over threads inside `gemm`), evaluated in pools of 1, 2 and 3 threads: outputs must be
+/// bit-identical.
 #[test]
 fn outputs_do_not_depend_on_the_thread_count() {
     let q = rand_f32(30, &[1, 8, 300, 16]);
@@ -267,10 +235,9 @@ fn outputs_do_not_depend_on_the_thread_count() {
     let b = rand_f32(36, &[300, 129]);
     let x = rand_f32(37, &[3, 400, 300]);
     let lw = rand_f32(38, &[200, 300]);
-    let attention = Op::Attention {
-        scale: 0.25,
-        mask: AttentionMask::Additive,
-    };
+    // 80 output rows: `gemm` packs its lhs with 1 thread but not with several in this range.
+    let (c, d) = (rand_f32(39, &[80, 600]), rand_f32(40, &[600, 300]));
+    let attention = Op::Attention { scale: 0.25, mask: AttentionMask::Additive };
     let conv = Op::Conv(ConvParams {
         stride: vec![1, 1],
         dilation: vec![1, 1],
@@ -284,7 +251,8 @@ fn outputs_do_not_depend_on_the_thread_count() {
         let y = run(&conv, &[&h, &w]);
         let big = run(&matmul(false, false), &[&a, &b]);
         let lin = run(&Op::Linear { has_bias: false }, &[&x, &lw]);
-        [bits(&h), bits(&y), bits(&big), bits(&lin)]
+        let packing = run(&matmul(false, false), &[&c, &d]);
+        [bits(&h), bits(&y), bits(&big), bits(&lin), bits(&packing)]
     };
     let one = with_threads(1, chain);
     assert_eq!(one, with_threads(2, chain), "1 vs 2 threads");

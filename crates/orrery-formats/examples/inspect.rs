@@ -12,21 +12,9 @@ fn main() -> ExitCode {
     let json = args.iter().any(|a| a == "--json");
     let p = std::path::Path::new(path);
     let result = if p.is_dir() {
-        orrery_formats::describe_folder(p).map(|d| {
-            if json {
-                d.to_json().to_string()
-            } else {
-                d.to_string()
-            }
-        })
+        orrery_formats::describe_folder(p).map(|d| if json { d.to_json().to_string() } else { d.to_string() })
     } else {
-        orrery_formats::inspect(p).map(|i| {
-            if json {
-                i.to_json().to_string()
-            } else {
-                i.to_string()
-            }
-        })
+        orrery_formats::inspect(p).map(|i| if json { i.to_json().to_string() } else { i.to_string() })
     };
     match result {
         Ok(s) => {

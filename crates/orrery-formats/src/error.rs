@@ -36,11 +36,7 @@ pub enum FormatError {
          load it in PyTorch and save `t.to(torch.float32)` / `t.to(torch.bfloat16)`",
         path = .path.display()
     )]
-    UnsupportedDtype {
-        path: PathBuf,
-        tensor: String,
-        dtype: String,
-    },
+    UnsupportedDtype { path: PathBuf, tensor: String, dtype: String },
 
     /// A ZIP container problem. `entry` is set when one entry is at fault.
     #[error(
@@ -48,11 +44,7 @@ pub enum FormatError {
         path = .path.display(),
         where_ = match .entry { Some(e) => format!("zip entry '{e}': "), None => String::from("zip archive: ") }
     )]
-    Zip {
-        path: PathBuf,
-        entry: Option<String>,
-        detail: String,
-    },
+    Zip { path: PathBuf, entry: Option<String>, detail: String },
 
     /// A ZIP entry that is compressed (or encrypted); torch.save writes stored entries only,
     /// and orrery maps stored entries without copying.
@@ -62,20 +54,11 @@ pub enum FormatError {
          never compresses, or unzip and re-zip with `zip -0`",
         path = .path.display()
     )]
-    CompressedEntry {
-        path: PathBuf,
-        entry: String,
-        method: u16,
-    },
+    CompressedEntry { path: PathBuf, entry: String, method: u16 },
 
     /// The pickle stream in a checkpoint is malformed or exceeds a safety limit.
     #[error("{path}: pickle '{entry}' at byte {offset}: {detail}", path = .path.display())]
-    Pickle {
-        path: PathBuf,
-        entry: String,
-        offset: usize,
-        detail: String,
-    },
+    Pickle { path: PathBuf, entry: String, offset: usize, detail: String },
 
     /// A pre-1.6 (non-zip) PyTorch checkpoint.
     #[error(
@@ -92,11 +75,7 @@ pub enum FormatError {
          little-endian checkpoints are supported — re-save the checkpoint on a little-endian machine",
         path = .path.display()
     )]
-    UnsupportedByteOrder {
-        path: PathBuf,
-        entry: String,
-        order: String,
-    },
+    UnsupportedByteOrder { path: PathBuf, entry: String, order: String },
 
     /// A tensor whose reconstruction goes through a Python callable or class orrery does not
     /// know. Nothing is ever called; this tensor is simply unavailable.
@@ -107,28 +86,16 @@ pub enum FormatError {
          or as safetensors",
         path = .path.display()
     )]
-    UnknownGlobal {
-        path: PathBuf,
-        key: String,
-        global: String,
-    },
+    UnknownGlobal { path: PathBuf, key: String, global: String },
 
     /// A tensor descriptor that is inconsistent (out-of-bounds view, bad shape, unsupported
     /// tensor kind, missing storage, …).
     #[error("{path}: tensor '{key}': {detail}", path = .path.display())]
-    InvalidTensor {
-        path: PathBuf,
-        key: String,
-        detail: String,
-    },
+    InvalidTensor { path: PathBuf, key: String, detail: String },
 
     /// The requested tensor does not exist in this source.
     #[error("{path}: no tensor named '{key}'{hint}", path = .path.display())]
-    TensorNotFound {
-        path: PathBuf,
-        key: String,
-        hint: String,
-    },
+    TensorNotFound { path: PathBuf, key: String, hint: String },
 
     /// A shard index (`*.index.json`) that is malformed.
     #[error("{path}: invalid shard index: {detail}", path = .path.display())]
@@ -140,11 +107,7 @@ pub enum FormatError {
          every file listed in the index's weight_map",
         index = .index.display(), shard = .shard.display()
     )]
-    MissingShard {
-        index: PathBuf,
-        shard: PathBuf,
-        example: String,
-    },
+    MissingShard { index: PathBuf, shard: PathBuf, example: String },
 
     /// Two combined sources both provide a tensor.
     #[error(
@@ -152,11 +115,7 @@ pub enum FormatError {
          disjoint tensors",
         first = .first.display(), second = .second.display()
     )]
-    DuplicateTensor {
-        key: String,
-        first: PathBuf,
-        second: PathBuf,
-    },
+    DuplicateTensor { key: String, first: PathBuf, second: PathBuf },
 
     /// A directory in which no weights (or several ambiguous candidates) were found.
     #[error("{path}: {detail}", path = .path.display())]
@@ -164,15 +123,7 @@ pub enum FormatError {
 }
 
 impl FormatError {
-    pub(crate) fn io(
-        path: impl Into<PathBuf>,
-        action: &'static str,
-        source: std::io::Error,
-    ) -> Self {
-        FormatError::Io {
-            path: path.into(),
-            action,
-            source,
-        }
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+        FormatError::Io { path: path.into(), action, source }
     }
 }

@@ -49,10 +49,7 @@ pub(crate) fn read_small_file(path: &Path) -> Result<Vec<u8>, FormatError> {
     if meta.len() > MAX_JSON_FILE {
         return Err(FormatError::UnknownFormat {
             path: path.to_path_buf(),
-            detail: format!(
-                "{} bytes is too large for a JSON config/index (limit {MAX_JSON_FILE})",
-                meta.len()
-            ),
+            detail: format!("{} bytes is too large for a JSON config/index (limit {MAX_JSON_FILE})", meta.len()),
         });
     }
     fs::read(path).map_err(|e| FormatError::io(path, "reading", e))
@@ -70,15 +67,11 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, FormatError> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn has_weight_ext(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| WEIGHT_EXTENSIONS.contains(&e))
 }
 
 /// `name-00001-of-00003.safetensors` -> Some((1, 3)).
@@ -86,10 +79,7 @@ fn shard_number(name: &str) -> Option<(u32, u32)> {
     let stem = name.strip_suffix(".safetensors")?;
     let (head, total) = stem.rsplit_once("-of-")?;
     let (_, idx) = head.rsplit_once('-')?;
-    if idx.is_empty()
-        || total.is_empty()
-        || !idx.bytes().chain(total.bytes()).all(|b| b.is_ascii_digit())
-    {
+    if idx.is_empty() || total.is_empty() || !idx.bytes().chain(total.bytes()).all(|b| b.is_ascii_digit()) {
         return None;
     }
     Some((idx.parse().ok()?, total.parse().ok()?))
@@ -124,10 +114,7 @@ pub fn resolve_weights(dir: &Path) -> Result<WeightsLayout, FormatError> {
                 return Ok(Some(dir.join(name)));
             }
         }
-        let others: Vec<&PathBuf> = entries
-            .iter()
-            .filter(|p| p.is_file() && file_name(p).ends_with(suffix))
-            .collect();
+        let others: Vec<&PathBuf> = entries.iter().filter(|p| p.is_file() && file_name(p).ends_with(suffix)).collect();
         match others.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some((*one).clone())),
@@ -135,20 +122,14 @@ pub fn resolve_weights(dir: &Path) -> Result<WeightsLayout, FormatError> {
                 path: dir.to_path_buf(),
                 detail: format!(
                     "several shard indexes ({}); open the one you want directly",
-                    many.iter()
-                        .map(|p| file_name(p))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    many.iter().map(|p| file_name(p)).collect::<Vec<_>>().join(", ")
                 ),
             }),
         }
     };
     if let Some(p) = indexes(
         ".safetensors.index.json",
-        &[
-            "model.safetensors.index.json",
-            "diffusion_pytorch_model.safetensors.index.json",
-        ],
+        &["model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json"],
     )? {
         return Ok(WeightsLayout::Index(p));
     }
@@ -157,13 +138,9 @@ pub fn resolve_weights(dir: &Path) -> Result<WeightsLayout, FormatError> {
             return Ok(WeightsLayout::File(dir.join(name)));
         }
     }
-    if let Some(p) = indexes(
-        ".bin.index.json",
-        &[
-            "pytorch_model.bin.index.json",
-            "diffusion_pytorch_model.bin.index.json",
-        ],
-    )? {
+    if let Some(p) =
+        indexes(".bin.index.json", &["pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json"])?
+    {
         return Ok(WeightsLayout::Index(p));
     }
     for name in ["model.pt", "model.pth", "model.ckpt"] {
@@ -171,10 +148,7 @@ pub fn resolve_weights(dir: &Path) -> Result<WeightsLayout, FormatError> {
             return Ok(WeightsLayout::File(dir.join(name)));
         }
     }
-    let files: Vec<PathBuf> = entries
-        .into_iter()
-        .filter(|p| p.is_file() && has_weight_ext(p))
-        .collect();
+    let files: Vec<PathBuf> = entries.into_iter().filter(|p| p.is_file() && has_weight_ext(p)).collect();
     match files.as_slice() {
         [] => Err(FormatError::NoWeights {
             path: dir.to_path_buf(),
@@ -212,11 +186,7 @@ pub fn resolve_weights(dir: &Path) -> Result<WeightsLayout, FormatError> {
 pub fn open_file(path: &Path) -> Result<Box<dyn WeightSource>, FormatError> {
     let bytes = map_file(path)?;
     let data: &[u8] = (*bytes).as_ref();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let zip_magic = data.starts_with(b"PK\x03\x04") || data.starts_with(b"PK\x05\x06");
     if zip_magic || is_legacy_torch(data) || is_tar(data) {
         return Ok(Box::new(TorchCheckpoint::from_shared(path, bytes)?));
@@ -247,15 +217,8 @@ pub fn open_file(path: &Path) -> Result<Box<dyn WeightSource>, FormatError> {
 /// Opens several files as one source (e.g. shards without an index). Tensor names must be
 /// unique across the files.
 pub fn open_files(paths: &[PathBuf]) -> Result<CombinedWeights, FormatError> {
-    let label = paths
-        .first()
-        .and_then(|p| p.parent())
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let parts = paths
-        .iter()
-        .map(|p| open_file(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let label = paths.first().and_then(|p| p.parent()).map(Path::to_path_buf).unwrap_or_default();
+    let parts = paths.iter().map(|p| open_file(p)).collect::<Result<Vec<_>, _>>()?;
     CombinedWeights::new(label, parts)
 }
 
@@ -282,10 +245,7 @@ mod tests {
 
     #[test]
     fn shard_numbers() {
-        assert_eq!(
-            shard_number("model-00002-of-00003.safetensors"),
-            Some((2, 3))
-        );
+        assert_eq!(shard_number("model-00002-of-00003.safetensors"), Some((2, 3)));
         assert_eq!(shard_number("model.safetensors"), None);
         assert_eq!(shard_number("a-b-of-3.safetensors"), None);
     }

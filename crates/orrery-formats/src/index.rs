@@ -35,30 +35,21 @@ impl ShardIndex {
 
     /// Validates index JSON; `label` is used in messages.
     pub fn parse(label: &Path, json: &[u8]) -> Result<ShardIndex, FormatError> {
-        let bad = |detail: String| FormatError::Index {
-            path: label.to_path_buf(),
-            detail,
-        };
-        let root: Value =
-            serde_json::from_slice(json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let bad = |detail: String| FormatError::Index { path: label.to_path_buf(), detail };
+        let root: Value = serde_json::from_slice(json).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let Value::Object(root) = root else {
             return Err(bad("top level is not a JSON object".into()));
         };
         let Some(Value::Object(map)) = root.get("weight_map") else {
-            return Err(bad(
-                "no 'weight_map' object mapping tensor names to shard files".into(),
-            ));
+            return Err(bad("no 'weight_map' object mapping tensor names to shard files".into()));
         };
         let mut weight_map = BTreeMap::new();
         for (name, file) in map {
             let Value::String(file) = file else {
-                return Err(bad(format!(
-                    "weight_map entry for '{name}' is not a file name string"
-                )));
+                return Err(bad(format!("weight_map entry for '{name}' is not a file name string")));
             };
             let p = Path::new(file);
-            let plain =
-                !file.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
+            let plain = !file.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_)));
             if !plain {
                 return Err(bad(format!(
                     "weight_map puts '{name}' in '{file}', which is not a relative path inside the index's \
@@ -70,15 +61,8 @@ impl ShardIndex {
         if weight_map.is_empty() {
             return Err(bad("weight_map is empty".into()));
         }
-        let total_size = root
-            .get("metadata")
-            .and_then(|m| m.get("total_size"))
-            .and_then(|t| t.as_u64());
-        Ok(ShardIndex {
-            path: label.to_path_buf(),
-            weight_map,
-            total_size,
-        })
+        let total_size = root.get("metadata").and_then(|m| m.get("total_size")).and_then(|t| t.as_u64());
+        Ok(ShardIndex { path: label.to_path_buf(), weight_map, total_size })
     }
 
     /// Shard file names in sorted order, without duplicates.
@@ -96,17 +80,9 @@ pub fn open_index(path: &Path) -> Result<CombinedWeights, FormatError> {
     for shard in index.shard_files() {
         let shard_path = dir.join(&shard);
         if !shard_path.is_file() {
-            let example = index
-                .weight_map
-                .iter()
-                .find(|(_, f)| **f == shard)
-                .map(|(n, _)| n.clone())
-                .unwrap_or_default();
-            return Err(FormatError::MissingShard {
-                index: path.to_path_buf(),
-                shard: shard_path,
-                example,
-            });
+            let example =
+                index.weight_map.iter().find(|(_, f)| **f == shard).map(|(n, _)| n.clone()).unwrap_or_default();
+            return Err(FormatError::MissingShard { index: path.to_path_buf(), shard: shard_path, example });
         }
         let src = open_file(&shard_path)?;
         let names: HashSet<String> = src.names().into_iter().collect();

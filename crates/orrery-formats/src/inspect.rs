@@ -107,20 +107,10 @@ impl fmt::Display for Inspection {
                 t.dtype.name(),
                 shape.join(", "),
                 human(t.byte_len as u64),
-                if t.zero_copy {
-                    ""
-                } else {
-                    "  (strided, copied on load)"
-                }
+                if t.zero_copy { "" } else { "  (strided, copied on load)" }
             )?;
         }
-        writeln!(
-            f,
-            "{} tensors, {} ({} bytes)",
-            self.tensors.len(),
-            human(self.total_bytes),
-            self.total_bytes
-        )?;
+        writeln!(f, "{} tensors, {} ({} bytes)", self.tensors.len(), human(self.total_bytes), self.total_bytes)?;
         for (k, v) in &self.metadata {
             writeln!(f, "metadata {k} = {v}")?;
         }
@@ -128,12 +118,7 @@ impl fmt::Display for Inspection {
             writeln!(f, "unloadable '{}': {}", p.key, p.message)?;
         }
         for g in &self.unknown_globals {
-            writeln!(
-                f,
-                "unknown global {} (never executed) referenced by: {}",
-                g.global,
-                g.keys.join(", ")
-            )?;
+            writeln!(f, "unknown global {} (never executed) referenced by: {}", g.global, g.keys.join(", "))?;
         }
         Ok(())
     }
@@ -157,16 +142,9 @@ pub struct Component {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FolderDescription {
     /// A diffusers pipeline root (`model_index.json`).
-    Pipeline {
-        path: PathBuf,
-        class_name: Option<String>,
-        components: Vec<Component>,
-    },
+    Pipeline { path: PathBuf, class_name: Option<String>, components: Vec<Component> },
     /// A model folder (`config.json` + weights) with its weights inspected.
-    Component {
-        component: Component,
-        weights: Option<Inspection>,
-    },
+    Component { component: Component, weights: Option<Inspection> },
     /// Weights without a config.
     Weights(Inspection),
 }
@@ -188,11 +166,7 @@ impl FolderDescription {
     /// A JSON form for `orrery inspect --json`.
     pub fn to_json(&self) -> Value {
         match self {
-            FolderDescription::Pipeline {
-                path,
-                class_name,
-                components,
-            } => json!({
+            FolderDescription::Pipeline { path, class_name, components } => json!({
                 "kind": "pipeline",
                 "path": path.display().to_string(),
                 "class_name": class_name,
@@ -215,10 +189,7 @@ impl fmt::Display for FolderDescription {
                 f,
                 "  {}/  {}{}",
                 c.name,
-                c.class_name
-                    .as_deref()
-                    .or(c.declared.as_ref().map(|d| d.1.as_str()))
-                    .unwrap_or("?"),
+                c.class_name.as_deref().or(c.declared.as_ref().map(|d| d.1.as_str())).unwrap_or("?"),
                 if c.weight_files.is_empty() {
                     String::new()
                 } else {
@@ -226,10 +197,7 @@ impl fmt::Display for FolderDescription {
                         "  [{}]",
                         c.weight_files
                             .iter()
-                            .map(|p| p
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                                .unwrap_or_default())
+                            .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
                             .collect::<Vec<_>>()
                             .join(", ")
                     )
@@ -237,29 +205,15 @@ impl fmt::Display for FolderDescription {
             )
         };
         match self {
-            FolderDescription::Pipeline {
-                path,
-                class_name,
-                components,
-            } => {
-                writeln!(
-                    f,
-                    "{}: pipeline {}",
-                    path.display(),
-                    class_name.as_deref().unwrap_or("?")
-                )?;
+            FolderDescription::Pipeline { path, class_name, components } => {
+                writeln!(f, "{}: pipeline {}", path.display(), class_name.as_deref().unwrap_or("?"))?;
                 for c in components {
                     comp(f, c)?;
                 }
                 Ok(())
             }
             FolderDescription::Component { component, weights } => {
-                writeln!(
-                    f,
-                    "{}: model {}",
-                    component.path.display(),
-                    component.class_name.as_deref().unwrap_or("?")
-                )?;
+                writeln!(f, "{}: model {}", component.path.display(), component.class_name.as_deref().unwrap_or("?"))?;
                 match weights {
                     Some(w) => write!(f, "{w}"),
                     None => writeln!(f, "  (no weights)"),
@@ -272,10 +226,8 @@ impl fmt::Display for FolderDescription {
 
 fn read_json(path: &Path) -> Result<Value, FormatError> {
     let bytes = read_small_file(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| FormatError::UnknownFormat {
-        path: path.to_path_buf(),
-        detail: format!("not valid JSON: {e}"),
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| FormatError::UnknownFormat { path: path.to_path_buf(), detail: format!("not valid JSON: {e}") })
 }
 
 fn class_of(config: &Value) -> Option<String> {
@@ -288,30 +240,15 @@ fn class_of(config: &Value) -> Option<String> {
     }
 }
 
-fn component(
-    dir: &Path,
-    name: String,
-    declared: Option<(String, String)>,
-) -> Result<Component, FormatError> {
+fn component(dir: &Path, name: String, declared: Option<(String, String)>) -> Result<Component, FormatError> {
     let cfg = dir.join("config.json");
     let has_config = cfg.is_file();
-    let class_name = if has_config {
-        class_of(&read_json(&cfg)?)
-    } else {
-        None
-    };
+    let class_name = if has_config { class_of(&read_json(&cfg)?) } else { None };
     let weight_files = match resolve_weights(dir) {
         Ok(l) => l.files(),
         Err(_) => Vec::new(),
     };
-    Ok(Component {
-        name,
-        path: dir.to_path_buf(),
-        class_name,
-        declared,
-        has_config,
-        weight_files,
-    })
+    Ok(Component { name, path: dir.to_path_buf(), class_name, declared, has_config, weight_files })
 }
 
 /// Describes a model directory: a diffusers pipeline (components and their classes), a
@@ -322,15 +259,9 @@ pub fn describe_folder(dir: impl AsRef<Path>) -> Result<FolderDescription, Forma
     if index.is_file() {
         let v = read_json(&index)?;
         let Value::Object(map) = &v else {
-            return Err(FormatError::UnknownFormat {
-                path: index,
-                detail: "top level is not an object".into(),
-            });
+            return Err(FormatError::UnknownFormat { path: index, detail: "top level is not an object".into() });
         };
-        let class_name = map
-            .get("_class_name")
-            .and_then(|c| c.as_str())
-            .map(str::to_string);
+        let class_name = map.get("_class_name").and_then(|c| c.as_str()).map(str::to_string);
         let mut components = Vec::new();
         for (name, val) in map {
             if name.starts_with('_') {
@@ -353,39 +284,19 @@ pub fn describe_folder(dir: impl AsRef<Path>) -> Result<FolderDescription, Forma
             let mut extra: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
             extra.sort();
             for p in extra {
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if p.is_dir()
-                    && p.join("config.json").is_file()
-                    && !components.iter().any(|c| c.name == name)
-                {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if p.is_dir() && p.join("config.json").is_file() && !components.iter().any(|c| c.name == name) {
                     components.push(component(&p, name, None)?);
                 }
             }
         }
-        return Ok(FolderDescription::Pipeline {
-            path: dir.to_path_buf(),
-            class_name,
-            components,
-        });
+        return Ok(FolderDescription::Pipeline { path: dir.to_path_buf(), class_name, components });
     }
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if dir.join("config.json").is_file() {
         let c = component(dir, name, None)?;
-        let weights = if c.weight_files.is_empty() {
-            None
-        } else {
-            Some(inspect(dir)?)
-        };
-        return Ok(FolderDescription::Component {
-            component: c,
-            weights,
-        });
+        let weights = if c.weight_files.is_empty() { None } else { Some(inspect(dir)?) };
+        return Ok(FolderDescription::Component { component: c, weights });
     }
     Ok(FolderDescription::Weights(inspect(dir)?))
 }

@@ -90,9 +90,7 @@ impl StridedLayout {
                 out.extend_from_slice(storage.get(s..s.checked_add(len)?)?);
             } else {
                 for j in 0..inner {
-                    let s = base
-                        .checked_add(j.checked_mul(inner_stride)?)?
-                        .checked_mul(elem)?;
+                    let s = base.checked_add(j.checked_mul(inner_stride)?)?.checked_mul(elem)?;
                     out.extend_from_slice(storage.get(s..s.checked_add(elem)?)?);
                 }
             }
@@ -118,11 +116,7 @@ mod tests {
     use super::*;
 
     fn l(shape: &[usize], stride: &[usize], offset: usize) -> StridedLayout {
-        StridedLayout {
-            shape: shape.to_vec(),
-            stride: stride.to_vec(),
-            offset,
-        }
+        StridedLayout { shape: shape.to_vec(), stride: stride.to_vec(), offset }
     }
 
     #[test]
@@ -151,13 +145,7 @@ mod tests {
         assert_eq!(v, vec![0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
         assert_eq!(l(&[4, 3], &[1, 4], 1).gather(&storage, 1, 1 << 20), None);
         // Broadcast (stride 0), within and beyond the output limit.
-        assert_eq!(
-            l(&[2, 2], &[0, 1], 3).gather(&storage, 1, 4).unwrap(),
-            vec![3, 4, 3, 4]
-        );
-        assert_eq!(
-            l(&[1 << 50, 2], &[0, 1], 3).gather(&storage, 1, 1 << 20),
-            None
-        );
+        assert_eq!(l(&[2, 2], &[0, 1], 3).gather(&storage, 1, 4).unwrap(), vec![3, 4, 3, 4]);
+        assert_eq!(l(&[1 << 50, 2], &[0, 1], 3).gather(&storage, 1, 1 << 20), None);
     }
 }

@@ -27,13 +27,11 @@ pub mod zip;
 pub use error::FormatError;
 pub use folder::{open_file, open_files, open_weights, resolve_weights, WeightsLayout};
 pub use index::{open_index, ShardIndex};
-pub use inspect::{
-    describe_folder, inspect, inspect_source, Component, FolderDescription, Inspection,
-};
+pub use inspect::{describe_folder, inspect, inspect_source, Component, FolderDescription, Inspection};
 pub use layout::StridedLayout;
 pub use safetensors::SafetensorsFile;
 pub use source::{
-    map_file, CombinedWeights, MappedFile, SharedBytes, SourceReport, TensorBytes, TensorData,
-    TensorInfo, TensorProblem, UnknownGlobal, WeightSource,
+    map_file, CombinedWeights, MappedFile, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo,
+    TensorProblem, UnknownGlobal, WeightSource,
 };
 pub use torch::{TorchCheckpoint, TorchTensor};

@@ -163,19 +163,12 @@ fn decode_long(b: &[u8]) -> Node {
     }
     // Too wide for i64 unless the extra bytes are pure sign extension.
     let (low, high) = b.split_at(8);
-    let v = i64::from_le_bytes([
-        low[0], low[1], low[2], low[3], low[4], low[5], low[6], low[7],
-    ]);
+    let v = i64::from_le_bytes([low[0], low[1], low[2], low[3], low[4], low[5], low[6], low[7]]);
     let ext = if v < 0 { 0xFF } else { 0 };
     if high.iter().all(|&x| x == ext) {
         return Node::Int(v);
     }
-    let hex: String = b
-        .iter()
-        .rev()
-        .take(16)
-        .map(|x| format!("{x:02x}"))
-        .collect();
+    let hex: String = b.iter().rev().take(16).map(|x| format!("{x:02x}")).collect();
     Node::BigInt(format!("0x{hex}… ({} bytes)", b.len()))
 }
 
@@ -187,10 +180,8 @@ fn raw_unicode_escape(b: &[u8]) -> String {
         if b[i] == b'\\' && i + 1 < b.len() && (b[i + 1] == b'u' || b[i + 1] == b'U') {
             let n = if b[i + 1] == b'u' { 4 } else { 8 };
             if let Some(hex) = b.get(i + 2..i + 2 + n) {
-                if let Some(c) = std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|h| u32::from_str_radix(h, 16).ok())
-                    .and_then(char::from_u32)
+                if let Some(c) =
+                    std::str::from_utf8(hex).ok().and_then(|h| u32::from_str_radix(h, 16).ok()).and_then(char::from_u32)
                 {
                     out.push(c);
                     i += 2 + n;
@@ -206,10 +197,7 @@ fn raw_unicode_escape(b: &[u8]) -> String {
 
 impl Machine<'_> {
     fn err<T>(&self, detail: impl Into<String>) -> Result<T, PickleError> {
-        Err(PickleError {
-            offset: self.op_pos,
-            detail: detail.into(),
-        })
+        Err(PickleError { offset: self.op_pos, detail: detail.into() })
     }
 
     fn truncated<T>(&self) -> Result<T, PickleError> {
@@ -296,9 +284,7 @@ impl Machine<'_> {
                 Some(b) => Ok(b),
                 None => self.truncated(),
             },
-            None => self.err(format!(
-                "length {n} exceeds the {remaining} bytes left (corrupt or truncated pickle)"
-            )),
+            None => self.err(format!("length {n} exceeds the {remaining} bytes left (corrupt or truncated pickle)")),
         }
     }
 
@@ -334,10 +320,7 @@ impl Machine<'_> {
     }
     fn line_u64(&mut self) -> Result<u64, PickleError> {
         let l = self.line()?;
-        match std::str::from_utf8(l)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        {
+        match std::str::from_utf8(l).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
             Some(v) => Ok(v),
             None => self.err("expected a decimal index"),
         }
@@ -346,9 +329,7 @@ impl Machine<'_> {
     fn memo_get(&mut self, key: u64) -> Result<(), PickleError> {
         match self.memo.get(&key) {
             Some(&id) => self.push(id),
-            None => self.err(format!(
-                "memo index {key} was never stored (malformed pickle)"
-            )),
+            None => self.err(format!("memo index {key} was never stored (malformed pickle)")),
         }
     }
 
@@ -479,10 +460,7 @@ impl Machine<'_> {
                         _ => match t.parse::<i64>() {
                             Ok(v) => Node::Int(v),
                             Err(_)
-                                if !t.is_empty()
-                                    && t.trim_start_matches('-')
-                                        .bytes()
-                                        .all(|c| c.is_ascii_digit()) =>
+                                if !t.is_empty() && t.trim_start_matches('-').bytes().all(|c| c.is_ascii_digit()) =>
                             {
                                 Node::BigInt(t.to_string())
                             }
@@ -545,9 +523,7 @@ impl Machine<'_> {
                     let t = l.trim_end();
                     let q = t.chars().next();
                     let s = match q {
-                        Some(c @ ('\'' | '"')) if t.len() >= 2 && t.ends_with(c) => {
-                            t[1..t.len() - 1].to_string()
-                        }
+                        Some(c @ ('\'' | '"')) if t.len() >= 2 && t.ends_with(c) => t[1..t.len() - 1].to_string(),
                         _ => return self.err("STRING literal is not quoted"),
                     };
                     self.push_new(Node::Str(s))?
@@ -625,10 +601,7 @@ impl Machine<'_> {
                     match self.nodes.get_mut(target) {
                         Some(Node::Set(items)) => items.extend(vals),
                         Some(Node::Call(c)) => c.appended.extend(vals),
-                        _ => {
-                            return self
-                                .err("ADDITEMS on a value that is not a set (malformed pickle)")
-                        }
+                        _ => return self.err("ADDITEMS on a value that is not a set (malformed pickle)"),
                     }
                 }
                 b's' => {
@@ -743,15 +716,8 @@ impl Machine<'_> {
                     self.top()?;
                 }
                 0x97 => return self.err("out-of-band buffers (NEXT_BUFFER) are not supported"),
-                0x82..=0x84 => {
-                    return self
-                        .err("the copyreg extension registry (EXT1/EXT2/EXT4) is not supported")
-                }
-                other => {
-                    return self.err(format!(
-                        "unknown pickle opcode 0x{other:02x} (corrupt data?)"
-                    ))
-                }
+                0x82..=0x84 => return self.err("the copyreg extension registry (EXT1/EXT2/EXT4) is not supported"),
+                other => return self.err(format!("unknown pickle opcode 0x{other:02x} (corrupt data?)")),
             }
         }
     }
@@ -766,9 +732,7 @@ mod tests {
         // {'a': 1, 'b': [True, None, 2.5, -3, 'x']}, protocol 2.
         let p: &[u8] = b"\x80\x02}q\x00(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00b]q\x01(\x88NG@\x04\x00\x00\x00\x00\x00\x00J\xfd\xff\xff\xffX\x01\x00\x00\x00xeu.";
         let pk = unpickle(p).unwrap();
-        let Node::Dict(items) = &pk.nodes[pk.root] else {
-            panic!()
-        };
+        let Node::Dict(items) = &pk.nodes[pk.root] else { panic!() };
         assert_eq!(items.len(), 2);
         assert_eq!(pk.str(items[0].0), Some("a"));
         assert_eq!(pk.int(items[0].1), Some(1));
@@ -784,9 +748,7 @@ mod tests {
     fn globals_and_reduce_are_only_recorded() {
         let p: &[u8] = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00echo\x85R.";
         let pk = unpickle(p).unwrap();
-        let Node::Call(c) = &pk.nodes[pk.root] else {
-            panic!()
-        };
+        let Node::Call(c) = &pk.nodes[pk.root] else { panic!() };
         assert_eq!(pk.global_name(c.func).as_deref(), Some("posix.system"));
         assert_eq!(pk.str(pk.seq(c.args).unwrap()[0]), Some("echo"));
     }
@@ -797,9 +759,7 @@ mod tests {
         let p: &[u8] = b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x05torch\x94\x8c\x04Size\x94\x93\x94\x8a\x09\xff\xff\xff\xff\xff\xff\xff\xff\xff\x85\x94R\x94h\x04\x86.";
         let pk = unpickle(p).unwrap();
         let t = pk.seq(pk.root).unwrap();
-        let Node::Call(c) = pk.get(t[0]).unwrap() else {
-            panic!()
-        };
+        let Node::Call(c) = pk.get(t[0]).unwrap() else { panic!() };
         assert_eq!(pk.global_name(c.func).as_deref(), Some("torch.Size"));
         assert_eq!(pk.int(pk.seq(c.args).unwrap()[0]), Some(-1));
         assert_eq!(pk.get(t[1]), pk.get(t[0]));

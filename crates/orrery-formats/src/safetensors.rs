@@ -19,8 +19,8 @@ use serde_json::Value;
 
 use crate::error::FormatError;
 use crate::source::{
-    map_file, not_found_hint, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo,
-    TensorProblem, WeightSource,
+    map_file, not_found_hint, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo, TensorProblem,
+    WeightSource,
 };
 
 /// Upper bound on the JSON header, as in the reference implementation.
@@ -91,17 +91,15 @@ pub fn parse_header(file: &[u8]) -> Result<Header, String> {
     let n = u64::from_le_bytes(lb);
     let avail = (file.len() - 8) as u64;
     if n > MAX_HEADER_LEN {
-        return Err(format!("header length prefix {n} exceeds the {MAX_HEADER_LEN}-byte limit (corrupt or not a safetensors file)"));
+        return Err(format!(
+            "header length prefix {n} exceeds the {MAX_HEADER_LEN}-byte limit (corrupt or not a safetensors file)"
+        ));
     }
     if n > avail {
-        return Err(format!(
-            "header length prefix {n} exceeds the {avail} bytes after it (truncated download?)"
-        ));
+        return Err(format!("header length prefix {n} exceeds the {avail} bytes after it (truncated download?)"));
     }
     if n < 2 {
-        return Err(format!(
-            "header length {n} is too small to hold a JSON object"
-        ));
+        return Err(format!("header length {n} is too small to hold a JSON object"));
     }
     // n <= avail < usize::MAX, so these conversions and additions cannot overflow.
     let data_start = 8 + n as usize;
@@ -109,8 +107,7 @@ pub fn parse_header(file: &[u8]) -> Result<Header, String> {
     if json.first() != Some(&b'{') {
         return Err("header does not start with '{' (not a safetensors file?)".to_string());
     }
-    let root: Value =
-        serde_json::from_slice(json).map_err(|e| format!("header is not valid JSON: {e}"))?;
+    let root: Value = serde_json::from_slice(json).map_err(|e| format!("header is not valid JSON: {e}"))?;
     let Value::Object(map) = root else {
         return Err("header JSON is not an object".to_string());
     };
@@ -125,11 +122,7 @@ pub fn parse_header(file: &[u8]) -> Result<Header, String> {
             for (k, val) in m {
                 match val {
                     Value::String(s) => metadata.push((k, s)),
-                    other => {
-                        return Err(format!(
-                            "'__metadata__' value for '{k}' must be a string, found {other}"
-                        ))
-                    }
+                    other => return Err(format!("'__metadata__' value for '{k}' must be a string, found {other}")),
                 }
             }
             continue;
@@ -154,11 +147,7 @@ pub fn parse_header(file: &[u8]) -> Result<Header, String> {
         }
         reach = Some((e.end, &e.name));
     }
-    Ok(Header {
-        entries,
-        metadata,
-        data_start,
-    })
+    Ok(Header { entries, metadata, data_start })
 }
 
 fn parse_entry(name: &str, v: Value, data_len: usize) -> Result<HeaderEntry, String> {
@@ -192,32 +181,20 @@ fn parse_entry(name: &str, v: Value, data_len: usize) -> Result<HeaderEntry, Str
             .iter()
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
             .collect::<Option<Vec<usize>>>()
-            .ok_or_else(|| {
-                format!("tensor '{name}': 'shape' must be an array of non-negative integers")
-            })?,
+            .ok_or_else(|| format!("tensor '{name}': 'shape' must be an array of non-negative integers"))?,
         Some(_) => return Err(format!("tensor '{name}': 'shape' is not an array")),
         None => return Err(format!("tensor '{name}' has no 'shape'")),
     };
     let (begin, end) = match offsets {
         Some(Value::Array(a)) if a.len() == 2 => match (a[0].as_u64(), a[1].as_u64()) {
             (Some(b), Some(e)) => (b, e),
-            _ => {
-                return Err(format!(
-                    "tensor '{name}': 'data_offsets' must be two non-negative integers"
-                ))
-            }
+            _ => return Err(format!("tensor '{name}': 'data_offsets' must be two non-negative integers")),
         },
-        Some(_) => {
-            return Err(format!(
-                "tensor '{name}': 'data_offsets' must be a [begin, end] pair"
-            ))
-        }
+        Some(_) => return Err(format!("tensor '{name}': 'data_offsets' must be a [begin, end] pair")),
         None => return Err(format!("tensor '{name}' has no 'data_offsets'")),
     };
     if begin > end {
-        return Err(format!(
-            "tensor '{name}': data_offsets [{begin}, {end}] has begin after end"
-        ));
+        return Err(format!("tensor '{name}': data_offsets [{begin}, {end}] has begin after end"));
     }
     if end > data_len as u64 {
         return Err(format!(
@@ -228,9 +205,8 @@ fn parse_entry(name: &str, v: Value, data_len: usize) -> Result<HeaderEntry, Str
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .ok_or_else(|| format!("tensor '{name}': element count of shape {shape:?} overflows"))?;
-    let nbits = numel
-        .checked_mul(bits)
-        .ok_or_else(|| format!("tensor '{name}': byte size of shape {shape:?} overflows"))?;
+    let nbits =
+        numel.checked_mul(bits).ok_or_else(|| format!("tensor '{name}': byte size of shape {shape:?} overflows"))?;
     let expected = nbits.div_ceil(8);
     if expected != end - begin {
         return Err(format!(
@@ -267,24 +243,15 @@ impl SafetensorsFile {
     }
 
     /// Validates a safetensors image held in memory; `label` is used in messages.
-    pub fn from_bytes(
-        label: impl Into<PathBuf>,
-        bytes: Vec<u8>,
-    ) -> Result<SafetensorsFile, FormatError> {
+    pub fn from_bytes(label: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<SafetensorsFile, FormatError> {
         SafetensorsFile::from_shared(label, Arc::new(bytes))
     }
 
     /// Validates a safetensors image held by any shared owner (a map, a vector, …).
-    pub fn from_shared(
-        label: impl Into<PathBuf>,
-        bytes: SharedBytes,
-    ) -> Result<SafetensorsFile, FormatError> {
+    pub fn from_shared(label: impl Into<PathBuf>, bytes: SharedBytes) -> Result<SafetensorsFile, FormatError> {
         let path = label.into();
-        let header =
-            parse_header((*bytes).as_ref()).map_err(|detail| FormatError::Safetensors {
-                path: path.clone(),
-                detail,
-            })?;
+        let header = parse_header((*bytes).as_ref())
+            .map_err(|detail| FormatError::Safetensors { path: path.clone(), detail })?;
         let mut index = HashMap::new();
         let mut names = Vec::new();
         for (i, e) in header.entries.iter().enumerate() {
@@ -293,13 +260,7 @@ impl SafetensorsFile {
                 names.push(e.name.clone());
             }
         }
-        Ok(SafetensorsFile {
-            path,
-            bytes,
-            header,
-            index,
-            names,
-        })
+        Ok(SafetensorsFile { path, bytes, header, index, names })
     }
 
     pub fn header(&self) -> &Header {
@@ -338,11 +299,7 @@ impl WeightSource for SafetensorsFile {
     }
 
     fn load(&self, name: &str) -> Result<TensorBytes, FormatError> {
-        let Some(e) = self
-            .index
-            .get(name)
-            .and_then(|&i| self.header.entries.get(i))
-        else {
+        let Some(e) = self.index.get(name).and_then(|&i| self.header.entries.get(i)) else {
             return Err(FormatError::TensorNotFound {
                 path: self.path.clone(),
                 key: name.to_string(),
@@ -407,14 +364,9 @@ mod tests {
 
     #[test]
     fn parses_and_loads_zero_copy() {
-        let data: Vec<u8> = [1.0f32, 2.0, 3.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        let img = image(
-            r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#,
-            &data,
-        );
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let img =
+            image(r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}}"#, &data);
         let f = SafetensorsFile::from_bytes("mem", img).unwrap();
         assert_eq!(f.names(), vec!["a"]);
         assert_eq!(f.metadata(), &[("format".to_string(), "pt".to_string())]);
@@ -433,61 +385,29 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         let d = [0u8; 16];
-        assert!(err(
-            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,12]}}"#,
-            &d
-        )
-        .contains("needs 8 bytes"));
-        assert!(err(
-            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,24]}}"#,
-            &d
-        )
-        .contains("past"));
-        assert!(err(
-            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#,
-            &d
-        )
-        .contains("begin after end"));
-        assert!(err(
-            r#"{"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#,
-            &d
-        )
-        .contains("unknown dtype 'Q9'"));
-        assert!(err(
-            r#"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#,
-            &d
-        )
-        .contains("non-negative"));
+        assert!(err(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,12]}}"#, &d).contains("needs 8 bytes"));
+        assert!(err(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,24]}}"#, &d).contains("past"));
+        assert!(err(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#, &d).contains("begin after end"));
+        assert!(err(r#"{"a":{"dtype":"Q9","shape":[2],"data_offsets":[0,8]}}"#, &d).contains("unknown dtype 'Q9'"));
+        assert!(err(r#"{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}"#, &d).contains("non-negative"));
         // Unknown per-tensor fields are ignored, like the reference implementation does.
-        let img = image(
-            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}}"#,
-            &d,
-        );
+        let img = image(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}}"#, &d);
         assert!(SafetensorsFile::from_bytes("m", img).is_ok());
         let e = err(
             r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
             &d,
         );
         assert!(e.contains("overlaps"), "{e}");
-        assert!(err(
-            r#"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}}"#,
-            &d
-        )
-        .contains("overflows"));
+        assert!(err(r#"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}}"#, &d)
+            .contains("overflows"));
         assert!(err(r#"{"__metadata__":{"k":1}}"#, &d).contains("__metadata__"));
         assert!(err(r#"{"a":1}"#, &d).contains("not an object"));
         assert!(err(r#"{"a":"#, &d).contains("not valid JSON"));
         // Header length prefix beyond the file.
         let mut img = image("{}", &[]);
         img[0] = 200;
-        assert!(SafetensorsFile::from_bytes("m", img)
-            .unwrap_err()
-            .to_string()
-            .contains("exceeds"));
-        assert!(SafetensorsFile::from_bytes("m", vec![1, 2, 3])
-            .unwrap_err()
-            .to_string()
-            .contains("shorter"));
+        assert!(SafetensorsFile::from_bytes("m", img).unwrap_err().to_string().contains("exceeds"));
+        assert!(SafetensorsFile::from_bytes("m", vec![1, 2, 3]).unwrap_err().to_string().contains("shorter"));
     }
 
     #[test]
@@ -500,10 +420,7 @@ mod tests {
         assert_eq!(f.names(), vec!["a"]);
         assert!(f.info("d").is_none());
         let e = f.load("d").unwrap_err().to_string();
-        assert!(
-            e.contains("'d'") && e.contains("F64") && e.contains("mem.safetensors"),
-            "{e}"
-        );
+        assert!(e.contains("'d'") && e.contains("F64") && e.contains("mem.safetensors"), "{e}");
         assert_eq!(f.report().problems.len(), 1);
     }
 

@@ -37,24 +37,14 @@ impl MappedFile {
     /// bytes is an error on some platforms).
     pub fn open(path: &Path) -> Result<MappedFile, FormatError> {
         let file = File::open(path).map_err(|e| FormatError::io(path, "opening", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| FormatError::io(path, "reading metadata of", e))?
-            .len();
+        let len = file.metadata().map_err(|e| FormatError::io(path, "reading metadata of", e))?.len();
         if len == 0 {
-            return Ok(MappedFile {
-                map: None,
-                path: path.to_path_buf(),
-            });
+            return Ok(MappedFile { map: None, path: path.to_path_buf() });
         }
         // SAFETY: the map is read-only; we rely on the file not being modified while mapped,
         // which is the documented contract of this type.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, "memory-mapping", e))?;
-        Ok(MappedFile {
-            map: Some(map),
-            path: path.to_path_buf(),
-        })
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::io(path, "memory-mapping", e))?;
+        Ok(MappedFile { map: Some(map), path: path.to_path_buf() })
     }
 
     pub fn path(&self) -> &Path {
@@ -78,10 +68,7 @@ impl AsRef<[u8]> for MappedFile {
 
 impl std::fmt::Debug for MappedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappedFile")
-            .field("path", &self.path)
-            .field("len", &self.len())
-            .finish()
+        f.debug_struct("MappedFile").field("path", &self.path).field("len", &self.len()).finish()
     }
 }
 
@@ -113,11 +100,7 @@ impl TensorInfo {
 /// Where a loaded tensor's bytes live.
 pub enum TensorData {
     /// `owner.as_ref()[start..start + len]`, shared with the file map: no copy was made.
-    Mapped {
-        owner: SharedBytes,
-        start: usize,
-        len: usize,
-    },
+    Mapped { owner: SharedBytes, start: usize, len: usize },
     /// A contiguous copy (needed for strided views).
     Owned(Vec<u8>),
 }
@@ -137,10 +120,7 @@ impl TensorBytes {
                 // Sources only build Mapped data for ranges they validated against the
                 // owner; `get` keeps this non-panicking even if an owner misbehaves.
                 let all: &[u8] = (**owner).as_ref();
-                start
-                    .checked_add(*len)
-                    .and_then(|end| all.get(*start..end))
-                    .unwrap_or(&[])
+                start.checked_add(*len).and_then(|end| all.get(*start..end)).unwrap_or(&[])
             }
             TensorData::Owned(v) => v,
         }
@@ -176,28 +156,14 @@ impl TensorBytes {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         let b = self.as_bytes();
         match self.dtype {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
-                .collect(),
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+            DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
             DType::I64 => b
                 .chunks_exact(8)
-                .map(|c| {
-                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64
-                })
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
                 .collect(),
-            DType::I32 => b
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
+            DType::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect(),
             DType::U8 => b.iter().map(|&x| x as f64).collect(),
             DType::Bool => b.iter().map(|&x| if x != 0 { 1.0 } else { 0.0 }).collect(),
         }
@@ -256,11 +222,7 @@ impl SourceReport {
         self.files.extend(other.files);
         self.metadata.extend(other.metadata);
         for g in other.unknown_globals {
-            match self
-                .unknown_globals
-                .iter_mut()
-                .find(|x| x.global == g.global)
-            {
+            match self.unknown_globals.iter_mut().find(|x| x.global == g.global) {
                 Some(x) => x.keys.extend(g.keys),
                 None => self.unknown_globals.push(g),
             }
@@ -287,11 +249,7 @@ pub trait WeightSource: Send + Sync {
     }
     /// Sum of `byte_len` over all loadable tensors.
     fn total_bytes(&self) -> u64 {
-        self.names()
-            .iter()
-            .filter_map(|n| self.info(n))
-            .map(|i| i.byte_len as u64)
-            .sum()
+        self.names().iter().filter_map(|n| self.info(n)).map(|i| i.byte_len as u64).sum()
     }
     fn contains(&self, name: &str) -> bool {
         self.info(name).is_some()
@@ -306,10 +264,7 @@ impl std::fmt::Debug for dyn WeightSource {
 
 impl std::fmt::Debug for CombinedWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CombinedWeights")
-            .field("label", &self.label)
-            .field("parts", &self.parts)
-            .finish()
+        f.debug_struct("CombinedWeights").field("label", &self.label).field("parts", &self.parts).finish()
     }
 }
 
@@ -323,9 +278,7 @@ pub(crate) fn not_found_hint(names: &[String], key: &str) -> String {
     let last = key.rsplit('.').next().unwrap_or(key);
     let similar: Vec<&String> = names
         .iter()
-        .filter(|n| {
-            n.ends_with(key) || key.ends_with(n.as_str()) || n.rsplit('.').next() == Some(last)
-        })
+        .filter(|n| n.ends_with(key) || key.ends_with(n.as_str()) || n.rsplit('.').next() == Some(last))
         .take(3)
         .collect();
     if similar.is_empty() {
@@ -348,10 +301,7 @@ pub struct CombinedWeights {
 
 impl CombinedWeights {
     /// Combines `parts`; fails if two parts provide the same tensor.
-    pub fn new(
-        label: impl Into<PathBuf>,
-        parts: Vec<Box<dyn WeightSource>>,
-    ) -> Result<CombinedWeights, FormatError> {
+    pub fn new(label: impl Into<PathBuf>, parts: Vec<Box<dyn WeightSource>>) -> Result<CombinedWeights, FormatError> {
         let mut owner: HashMap<String, usize> = HashMap::new();
         let mut order = Vec::new();
         for (i, p) in parts.iter().enumerate() {
@@ -367,12 +317,7 @@ impl CombinedWeights {
                 order.push(n);
             }
         }
-        Ok(CombinedWeights {
-            label: label.into(),
-            parts,
-            owner,
-            order,
-        })
+        Ok(CombinedWeights { label: label.into(), parts, owner, order })
     }
 
     pub fn parts(&self) -> &[Box<dyn WeightSource>] {

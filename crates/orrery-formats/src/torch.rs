@@ -37,8 +37,8 @@ use crate::error::FormatError;
 use crate::layout::StridedLayout;
 use crate::pickle::{unpickle, Id, Node, Pickle};
 use crate::source::{
-    map_file, not_found_hint, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo,
-    TensorProblem, UnknownGlobal, WeightSource,
+    map_file, not_found_hint, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo, TensorProblem,
+    UnknownGlobal, WeightSource,
 };
 use crate::zip::{ZipArchive, ZipError};
 
@@ -59,9 +59,7 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 
 /// True if `data` starts like a pre-1.6 (non-zip) `torch.save` file: a pickled magic number.
 pub fn is_legacy_torch(data: &[u8]) -> bool {
-    data.first() == Some(&0x80)
-        && data.get(2..4) == Some(&[0x8a, 0x0a])
-        && data.get(4..14) == Some(&LEGACY_MAGIC)
+    data.first() == Some(&0x80) && data.get(2..4) == Some(&[0x8a, 0x0a]) && data.get(4..14) == Some(&LEGACY_MAGIC)
 }
 
 /// True if `data` is a tar archive (torch < 0.4 wrote checkpoints as tar files).
@@ -145,31 +143,19 @@ impl TorchCheckpoint {
     }
 
     /// Indexes a checkpoint image held in memory; `label` is used in messages.
-    pub fn from_bytes(
-        label: impl Into<PathBuf>,
-        bytes: Vec<u8>,
-    ) -> Result<TorchCheckpoint, FormatError> {
+    pub fn from_bytes(label: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<TorchCheckpoint, FormatError> {
         TorchCheckpoint::from_shared(label, Arc::new(bytes))
     }
 
     /// Indexes a checkpoint image held by any shared owner.
-    pub fn from_shared(
-        label: impl Into<PathBuf>,
-        bytes: SharedBytes,
-    ) -> Result<TorchCheckpoint, FormatError> {
+    pub fn from_shared(label: impl Into<PathBuf>, bytes: SharedBytes) -> Result<TorchCheckpoint, FormatError> {
         let path: PathBuf = label.into();
         let data: &[u8] = (*bytes).as_ref();
         if is_legacy_torch(data) {
-            return Err(FormatError::LegacyTorchFormat {
-                path,
-                what: "pickle stream with torch's magic number",
-            });
+            return Err(FormatError::LegacyTorchFormat { path, what: "pickle stream with torch's magic number" });
         }
         if is_tar(data) {
-            return Err(FormatError::LegacyTorchFormat {
-                path,
-                what: "tar archive from torch < 0.4",
-            });
+            return Err(FormatError::LegacyTorchFormat { path, what: "tar archive from torch < 0.4" });
         }
         let archive = ZipArchive::parse(data).map_err(|e| zip_error(&path, e))?;
         let pkl = find_data_pkl(&archive, &path)?;
@@ -180,11 +166,7 @@ impl TorchCheckpoint {
             let raw = archive.read(data, bo).map_err(|e| zip_error(&path, e))?;
             let order = String::from_utf8_lossy(raw).trim().to_string();
             if order != "little" {
-                return Err(FormatError::UnsupportedByteOrder {
-                    path,
-                    entry: bo.name.clone(),
-                    order,
-                });
+                return Err(FormatError::UnsupportedByteOrder { path, entry: bo.name.clone(), order });
             }
         }
 
@@ -210,25 +192,14 @@ impl TorchCheckpoint {
             unknown: BTreeMap::new(),
             storages: HashMap::new(),
         };
-        fl.walk(pickle.root, String::new(), 0)
-            .map_err(|detail| FormatError::Pickle {
-                path: path.clone(),
-                entry: pkl_name.clone(),
-                offset: 0,
-                detail,
-            })?;
-        let Flatten {
-            tensors,
-            index,
-            problems,
-            problem_index,
-            unknown,
-            ..
-        } = fl;
-        let unknown_globals = unknown
-            .into_iter()
-            .map(|(global, keys)| UnknownGlobal { global, keys })
-            .collect();
+        fl.walk(pickle.root, String::new(), 0).map_err(|detail| FormatError::Pickle {
+            path: path.clone(),
+            entry: pkl_name.clone(),
+            offset: 0,
+            detail,
+        })?;
+        let Flatten { tensors, index, problems, problem_index, unknown, .. } = fl;
+        let unknown_globals = unknown.into_iter().map(|(global, keys)| UnknownGlobal { global, keys }).collect();
         Ok(TorchCheckpoint {
             path,
             bytes: bytes.clone(),
@@ -266,11 +237,7 @@ impl TorchCheckpoint {
     pub fn problems(&self) -> Vec<TensorProblem> {
         self.problems
             .iter()
-            .map(|(k, p)| TensorProblem {
-                key: k.clone(),
-                file: self.path.clone(),
-                message: p.message(),
-            })
+            .map(|(k, p)| TensorProblem { key: k.clone(), file: self.path.clone(), message: p.message() })
             .collect()
     }
 
@@ -278,51 +245,28 @@ impl TorchCheckpoint {
         let path = self.path.clone();
         let key = key.to_string();
         match p {
-            Problem::UnknownGlobal(g) => FormatError::UnknownGlobal {
-                path,
-                key,
-                global: g.clone(),
-            },
-            Problem::UnsupportedDtype(d) => FormatError::UnsupportedDtype {
-                path,
-                tensor: key,
-                dtype: d.clone(),
-            },
-            Problem::Invalid(detail) => FormatError::InvalidTensor {
-                path,
-                key,
-                detail: detail.clone(),
-            },
-            Problem::Compressed { entry, method } => FormatError::CompressedEntry {
-                path,
-                entry: entry.clone(),
-                method: *method,
-            },
+            Problem::UnknownGlobal(g) => FormatError::UnknownGlobal { path, key, global: g.clone() },
+            Problem::UnsupportedDtype(d) => FormatError::UnsupportedDtype { path, tensor: key, dtype: d.clone() },
+            Problem::Invalid(detail) => FormatError::InvalidTensor { path, key, detail: detail.clone() },
+            Problem::Compressed { entry, method } => {
+                FormatError::CompressedEntry { path, entry: entry.clone(), method: *method }
+            }
         }
     }
 }
 
 fn zip_error(path: &Path, e: ZipError) -> FormatError {
     match e {
-        ZipError::Invalid { entry, detail } => FormatError::Zip {
-            path: path.to_path_buf(),
-            entry,
-            detail,
-        },
-        ZipError::Compressed { entry, method } => FormatError::CompressedEntry {
-            path: path.to_path_buf(),
-            entry,
-            method,
-        },
+        ZipError::Invalid { entry, detail } => FormatError::Zip { path: path.to_path_buf(), entry, detail },
+        ZipError::Compressed { entry, method } => {
+            FormatError::CompressedEntry { path: path.to_path_buf(), entry, method }
+        }
     }
 }
 
 /// The `data.pkl` entry: at the top level or one directory down (the directory name varies
 /// with the torch version and the file name).
-fn find_data_pkl<'a>(
-    archive: &'a ZipArchive,
-    path: &Path,
-) -> Result<&'a crate::zip::ZipEntry, FormatError> {
+fn find_data_pkl<'a>(archive: &'a ZipArchive, path: &Path) -> Result<&'a crate::zip::ZipEntry, FormatError> {
     let candidates: Vec<&crate::zip::ZipEntry> = archive
         .entries()
         .iter()
@@ -394,31 +338,20 @@ impl WeightSource for TorchCheckpoint {
             });
         };
         let data: &[u8] = (*self.bytes).as_ref();
-        let invalid = |detail: String| FormatError::InvalidTensor {
-            path: self.path.clone(),
-            key: t.name.clone(),
-            detail,
-        };
+        let invalid =
+            |detail: String| FormatError::InvalidTensor { path: self.path.clone(), key: t.name.clone(), detail };
         let entry = self
             .archive
             .find(&t.storage_entry)
             .ok_or_else(|| invalid(format!("storage entry '{}' vanished", t.storage_entry)))?;
-        let range = self
-            .archive
-            .data_range(data, entry)
-            .map_err(|e| zip_error(&self.path, e))?;
+        let range = self.archive.data_range(data, entry).map_err(|e| zip_error(&self.path, e))?;
         // Open validated storage_bytes <= entry size, and data_range checked the entry lies in
         // the file; still compute with checks.
         let storage_end = range
             .start
             .checked_add(t.storage_bytes)
             .filter(|&e| e <= range.end)
-            .ok_or_else(|| {
-                invalid(format!(
-                    "storage entry '{}' is shorter than the storage",
-                    t.storage_entry
-                ))
-            })?;
+            .ok_or_else(|| invalid(format!("storage entry '{}' is shorter than the storage", t.storage_entry)))?;
         let elem = t.dtype.size_bytes();
         if t.is_contiguous() {
             let start = t
@@ -431,11 +364,7 @@ impl WeightSource for TorchCheckpoint {
             Ok(TensorBytes {
                 dtype: t.dtype,
                 shape: t.layout.shape.clone(),
-                data: TensorData::Mapped {
-                    owner: self.bytes.clone(),
-                    start,
-                    len: t.byte_len,
-                },
+                data: TensorData::Mapped { owner: self.bytes.clone(), start, len: t.byte_len },
             })
         } else {
             let storage = data
@@ -445,11 +374,7 @@ impl WeightSource for TorchCheckpoint {
                 .layout
                 .gather(storage, elem, self.gather_limit)
                 .ok_or_else(|| invalid("strided view reaches outside its storage".to_string()))?;
-            Ok(TensorBytes {
-                dtype: t.dtype,
-                shape: t.layout.shape.clone(),
-                data: TensorData::Owned(v),
-            })
+            Ok(TensorBytes { dtype: t.dtype, shape: t.layout.shape.clone(), data: TensorData::Owned(v) })
         }
     }
 
@@ -496,15 +421,8 @@ const UNSUPPORTED_TENSOR_FUNCS: &[&str] = &[
 ];
 
 fn is_tensor_func(g: &str) -> bool {
-    matches!(
-        g,
-        REBUILD_V1
-            | REBUILD_V2
-            | REBUILD_V3
-            | REBUILD_PARAM
-            | REBUILD_PARAM_STATE
-            | REBUILD_FROM_TYPE
-    ) || UNSUPPORTED_TENSOR_FUNCS.contains(&g)
+    matches!(g, REBUILD_V1 | REBUILD_V2 | REBUILD_V3 | REBUILD_PARAM | REBUILD_PARAM_STATE | REBUILD_FROM_TYPE)
+        || UNSUPPORTED_TENSOR_FUNCS.contains(&g)
 }
 
 /// Storage types: `Ok(Some((dtype, element size)))` for supported ones, `Ok(None)` + name for
@@ -551,10 +469,10 @@ fn torch_dtype(g: &str) -> Option<Result<DType, String>> {
         "int32" | "int" => Ok(DType::I32),
         "uint8" => Ok(DType::U8),
         "bool" => Ok(DType::Bool),
-        "float64" | "double" | "int8" | "int16" | "short" | "uint16" | "uint32" | "uint64"
-        | "complex64" | "complex128" | "cfloat" | "cdouble" | "float8_e4m3fn" | "float8_e5m2"
-        | "float8_e4m3fnuz" | "float8_e5m2fnuz" | "float8_e8m0fnu" | "float4_e2m1fn_x2"
-        | "quint8" | "qint8" | "qint32" | "bits8" | "bits16" => Err(name.to_string()),
+        "float64" | "double" | "int8" | "int16" | "short" | "uint16" | "uint32" | "uint64" | "complex64"
+        | "complex128" | "cfloat" | "cdouble" | "float8_e4m3fn" | "float8_e5m2" | "float8_e4m3fnuz"
+        | "float8_e5m2fnuz" | "float8_e8m0fnu" | "float4_e2m1fn_x2" | "quint8" | "qint8" | "qint32" | "bits8"
+        | "bits16" => Err(name.to_string()),
         _ => return None,
     })
 }
@@ -642,11 +560,7 @@ impl<'a> Flatten<'a> {
             Node::Float(f) => f.to_string(),
             Node::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
             Node::Tuple(items) => {
-                let parts: Vec<String> = items
-                    .iter()
-                    .take(8)
-                    .map(|&i| self.key_str_flat(i))
-                    .collect();
+                let parts: Vec<String> = items.iter().take(8).map(|&i| self.key_str_flat(i)).collect();
                 format!("({})", parts.join(","))
             }
             _ => "<object>".to_string(),
@@ -670,11 +584,7 @@ impl<'a> Flatten<'a> {
     }
 
     fn add_problem(&mut self, key: String, p: Problem) {
-        let key = if key.is_empty() {
-            ROOT_KEY.to_string()
-        } else {
-            key
-        };
+        let key = if key.is_empty() { ROOT_KEY.to_string() } else { key };
         if self.index.contains_key(&key) || self.problem_index.contains_key(&key) {
             return;
         }
@@ -719,10 +629,7 @@ impl<'a> Flatten<'a> {
     fn walk(&mut self, id: Id, key: String, depth: usize) -> Result<(), String> {
         self.charge(WALK_COST)?;
         if depth > MAX_DEPTH {
-            self.add_problem(
-                key,
-                Problem::Invalid(format!("containers nested deeper than {MAX_DEPTH} levels")),
-            );
+            self.add_problem(key, Problem::Invalid(format!("containers nested deeper than {MAX_DEPTH} levels")));
             return Ok(());
         }
         if let Some(items) = self.dict_items(id) {
@@ -753,16 +660,10 @@ impl<'a> Flatten<'a> {
                         self.scan(c.args, &key, false);
                         match self.tensor_from(c.func, c.args, 0) {
                             Ok((dtype, layout, storage_key, storage_entry, storage_bytes)) => {
-                                let byte_len = match layout
-                                    .numel()
-                                    .and_then(|n| n.checked_mul(dtype.size_bytes()))
-                                {
+                                let byte_len = match layout.numel().and_then(|n| n.checked_mul(dtype.size_bytes())) {
                                     Some(b) => b,
                                     None => {
-                                        self.add_problem(
-                                            key,
-                                            Problem::Invalid("byte size overflows".into()),
-                                        );
+                                        self.add_problem(key, Problem::Invalid("byte size overflows".into()));
                                         return Ok(());
                                     }
                                 };
@@ -811,8 +712,7 @@ impl<'a> Flatten<'a> {
                         let has_tensor = self.scan(id, &key, true);
                         if has_tensor {
                             let culprit = if name.is_empty() {
-                                self.first_unknown_global(c.func)
-                                    .unwrap_or_else(|| "<computed callable>".into())
+                                self.first_unknown_global(c.func).unwrap_or_else(|| "<computed callable>".into())
                             } else {
                                 name
                             };
@@ -899,15 +799,10 @@ impl<'a> Flatten<'a> {
 
     fn int_arg(&self, id: Id, what: &str) -> Result<usize, Problem> {
         match self.node(id) {
-            Node::Int(i) => usize::try_from(*i).map_err(|_| {
-                Problem::Invalid(format!("{what} is negative ({i}); corrupt checkpoint"))
-            }),
-            Node::BigInt(s) => Err(Problem::Invalid(format!(
-                "{what} {s} is out of range; corrupt checkpoint"
-            ))),
-            _ => Err(Problem::Invalid(format!(
-                "{what} is not an integer; corrupt checkpoint"
-            ))),
+            Node::Int(i) => usize::try_from(*i)
+                .map_err(|_| Problem::Invalid(format!("{what} is negative ({i}); corrupt checkpoint"))),
+            Node::BigInt(s) => Err(Problem::Invalid(format!("{what} {s} is out of range; corrupt checkpoint"))),
+            _ => Err(Problem::Invalid(format!("{what} is not an integer; corrupt checkpoint"))),
         }
     }
 
@@ -916,25 +811,12 @@ impl<'a> Flatten<'a> {
             Node::Tuple(v) | Node::List(v) => v.clone(),
             // torch.Size((..)) in very old checkpoints
             Node::Call(c) if self.pk.global_name(c.func).as_deref() == Some("torch.Size") => {
-                match self
-                    .pk
-                    .seq(c.args)
-                    .and_then(|a| a.first())
-                    .and_then(|&a| self.pk.seq(a))
-                {
+                match self.pk.seq(c.args).and_then(|a| a.first()).and_then(|&a| self.pk.seq(a)) {
                     Some(v) => v.to_vec(),
-                    None => {
-                        return Err(Problem::Invalid(format!(
-                            "{what} is a malformed torch.Size"
-                        )))
-                    }
+                    None => return Err(Problem::Invalid(format!("{what} is a malformed torch.Size"))),
                 }
             }
-            _ => {
-                return Err(Problem::Invalid(format!(
-                    "{what} is not a tuple of integers; corrupt checkpoint"
-                )))
-            }
+            _ => return Err(Problem::Invalid(format!("{what} is not a tuple of integers; corrupt checkpoint"))),
         };
         items.iter().map(|&i| self.int_arg(i, what)).collect()
     }
@@ -947,18 +829,12 @@ impl<'a> Flatten<'a> {
         let Some(g) = self.pk.global_name(func) else {
             return Err(match self.first_unknown_global(func) {
                 Some(g) => Problem::UnknownGlobal(g),
-                None => Problem::Invalid(
-                    "tensor constructor is not a global; corrupt checkpoint".into(),
-                ),
+                None => Problem::Invalid("tensor constructor is not a global; corrupt checkpoint".into()),
             });
         };
         let a: Vec<Id> = match self.pk.seq(args) {
             Some(a) => a.to_vec(),
-            None => {
-                return Err(Problem::Invalid(format!(
-                    "arguments of {g} are not a tuple; corrupt checkpoint"
-                )))
-            }
+            None => return Err(Problem::Invalid(format!("arguments of {g} are not a tuple; corrupt checkpoint"))),
         };
         let need = |n: usize| -> Result<(), Problem> {
             if a.len() < n {
@@ -995,7 +871,9 @@ impl<'a> Flatten<'a> {
                         Some(Err(n)) => return Err(Problem::UnsupportedDtype(n)),
                         None => return Err(Problem::UnknownGlobal(dg)),
                     },
-                    None => return Err(Problem::Invalid("dtype argument is not a torch dtype; corrupt checkpoint".into())),
+                    None => {
+                        return Err(Problem::Invalid("dtype argument is not a torch dtype; corrupt checkpoint".into()))
+                    }
                 };
                 let layout = self.layout(a[1], a[2], a[3])?;
                 self.check_bounds(&layout, dtype, &key, storage_bytes)?;
@@ -1012,7 +890,12 @@ impl<'a> Flatten<'a> {
                 // (func, new_type, args, state)
                 need(3)?;
                 match self.pk.global_name(a[1]) {
-                    Some(t) if matches!(t.as_str(), "torch.Tensor" | "torch.nn.parameter.Parameter" | "torch.nn.Parameter") => {
+                    Some(t)
+                        if matches!(
+                            t.as_str(),
+                            "torch.Tensor" | "torch.nn.parameter.Parameter" | "torch.nn.Parameter"
+                        ) =>
+                    {
                         self.tensor_from(a[0], a[2], depth + 1)
                     }
                     Some(t) => Err(Problem::UnknownGlobal(t)),
@@ -1038,20 +921,10 @@ impl<'a> Flatten<'a> {
                 stride.len()
             )));
         }
-        Ok(StridedLayout {
-            shape,
-            stride,
-            offset,
-        })
+        Ok(StridedLayout { shape, stride, offset })
     }
 
-    fn check_bounds(
-        &self,
-        l: &StridedLayout,
-        dtype: DType,
-        key: &str,
-        storage_bytes: usize,
-    ) -> Result<(), Problem> {
+    fn check_bounds(&self, l: &StridedLayout, dtype: DType, key: &str, storage_bytes: usize) -> Result<(), Problem> {
         let elem = dtype.size_bytes();
         let need = l.storage_extent().and_then(|e| e.checked_mul(elem));
         match need {
@@ -1072,24 +945,19 @@ impl<'a> Flatten<'a> {
     /// archive entry. Returns (kind, key, entry name, storage bytes).
     fn storage(&mut self, id: Id) -> Result<(StorageKind, String, String, usize), Problem> {
         let Node::PersistentId(pid) = self.node(id) else {
-            return Err(Problem::Invalid(
-                "storage argument is not a persistent id; corrupt checkpoint".into(),
-            ));
+            return Err(Problem::Invalid("storage argument is not a persistent id; corrupt checkpoint".into()));
         };
         let parts = match self.pk.seq(*pid) {
             Some(p) if p.len() >= 5 && self.pk.str(p[0]) == Some("storage") => p.to_vec(),
-            _ => return Err(Problem::Invalid(
-                "persistent id is not ('storage', type, key, location, numel); corrupt checkpoint"
-                    .into(),
-            )),
+            _ => {
+                return Err(Problem::Invalid(
+                    "persistent id is not ('storage', type, key, location, numel); corrupt checkpoint".into(),
+                ))
+            }
         };
         let type_name = match self.pk.global_name(parts[1]) {
             Some(t) => t,
-            None => {
-                return Err(Problem::Invalid(
-                    "storage type is not a global; corrupt checkpoint".into(),
-                ))
-            }
+            None => return Err(Problem::Invalid("storage type is not a global; corrupt checkpoint".into())),
         };
         let kind = match storage_kind(&type_name) {
             Some(k) => k,
@@ -1101,11 +969,7 @@ impl<'a> Flatten<'a> {
         let key = match self.node(parts[2]) {
             Node::Str(s) => s.clone(),
             Node::Int(i) => i.to_string(),
-            _ => {
-                return Err(Problem::Invalid(
-                    "storage key is not a string; corrupt checkpoint".into(),
-                ))
-            }
+            _ => return Err(Problem::Invalid("storage key is not a string; corrupt checkpoint".into())),
         };
         let numel = self.int_arg(parts[4], "storage element count")?;
         let elem = match kind {
@@ -1114,11 +978,9 @@ impl<'a> Flatten<'a> {
             // Sizes are irrelevant: the tensor is refused anyway.
             StorageKind::Unsupported(_) => 1,
         };
-        let bytes = numel.checked_mul(elem).ok_or_else(|| {
-            Problem::Invalid(format!(
-                "storage '{key}' size overflows; corrupt checkpoint"
-            ))
-        })?;
+        let bytes = numel
+            .checked_mul(elem)
+            .ok_or_else(|| Problem::Invalid(format!("storage '{key}' size overflows; corrupt checkpoint")))?;
         match self.storages.get(&key) {
             Some((t, b)) if *t != type_name || *b != bytes => {
                 return Err(Problem::Invalid(format!(
@@ -1138,10 +1000,7 @@ impl<'a> Flatten<'a> {
             )));
         };
         if entry.method != 0 {
-            return Err(Problem::Compressed {
-                entry: entry_name,
-                method: entry.method,
-            });
+            return Err(Problem::Compressed { entry: entry_name, method: entry.method });
         }
         if entry.size < bytes as u64 {
             return Err(Problem::Invalid(format!(

@@ -40,28 +40,16 @@ pub struct ZipEntry {
 /// Why an archive or entry could not be read (the caller adds the file path).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ZipError {
-    Invalid {
-        entry: Option<String>,
-        detail: String,
-    },
-    Compressed {
-        entry: String,
-        method: u16,
-    },
+    Invalid { entry: Option<String>, detail: String },
+    Compressed { entry: String, method: u16 },
 }
 
 fn bad(detail: impl Into<String>) -> ZipError {
-    ZipError::Invalid {
-        entry: None,
-        detail: detail.into(),
-    }
+    ZipError::Invalid { entry: None, detail: detail.into() }
 }
 
 fn bad_entry(entry: &str, detail: impl Into<String>) -> ZipError {
-    ZipError::Invalid {
-        entry: Some(entry.to_string()),
-        detail: detail.into(),
-    }
+    ZipError::Invalid { entry: Some(entry.to_string()), detail: detail.into() }
 }
 
 /// The central directory of an archive. It does not borrow the bytes; methods that read data
@@ -80,10 +68,7 @@ struct Eocd {
 
 fn find_eocd(data: &[u8]) -> Result<(usize, Eocd), ZipError> {
     if data.len() < EOCD_LEN {
-        return Err(bad(format!(
-            "file is {} bytes, too short to be a zip archive (truncated?)",
-            data.len()
-        )));
+        return Err(bad(format!("file is {} bytes, too short to be a zip archive (truncated?)", data.len())));
     }
     let last = data.len() - EOCD_LEN;
     let first = last.saturating_sub(MAX_COMMENT);
@@ -111,10 +96,8 @@ fn find_eocd(data: &[u8]) -> Result<(usize, Eocd), ZipError> {
             let fields = r.array::<18>().ok_or_else(|| bad("truncated end of central directory"))?;
             Ok((pos, parse_eocd(&fields)?))
         }
-        None => Err(bad(
-            "no end-of-central-directory record found: not a zip archive, or the file is truncated \
-             (incomplete download?)",
-        )),
+        None => Err(bad("no end-of-central-directory record found: not a zip archive, or the file is truncated \
+             (incomplete download?)")),
     }
 }
 
@@ -127,11 +110,7 @@ fn parse_eocd(f: &[u8; 18]) -> Result<Eocd, ZipError> {
     if (disk != 0 && disk != 0xFFFF) || (cd_disk != 0 && cd_disk != 0xFFFF) {
         return Err(bad("multi-volume (split) zip archives are not supported"));
     }
-    Ok(Eocd {
-        entries: entries as u64,
-        cd_size: cd_size as u64,
-        cd_offset: cd_offset as u64,
-    })
+    Ok(Eocd { entries: entries as u64, cd_size: cd_size as u64, cd_offset: cd_offset as u64 })
 }
 
 fn read_zip64_eocd(data: &[u8], eocd_pos: usize) -> Result<Option<Eocd>, ZipError> {
@@ -149,9 +128,7 @@ fn read_zip64_eocd(data: &[u8], eocd_pos: usize) -> Result<Option<Eocd>, ZipErro
     })?;
     let mut r = Reader::at(data, off).ok_or_else(|| bad("internal bounds"))?;
     if r.u32() != Some(ZIP64_EOCD_SIG) {
-        return Err(bad(format!(
-            "no ZIP64 end-of-central-directory record at offset {off} (corrupt archive)"
-        )));
+        return Err(bad(format!("no ZIP64 end-of-central-directory record at offset {off} (corrupt archive)")));
     }
     let t = || bad("truncated ZIP64 end-of-central-directory record");
     let _size = r.u64().ok_or_else(t)?;
@@ -166,11 +143,7 @@ fn read_zip64_eocd(data: &[u8], eocd_pos: usize) -> Result<Option<Eocd>, ZipErro
     if disk != 0 || cd_disk != 0 {
         return Err(bad("multi-volume (split) zip archives are not supported"));
     }
-    Ok(Some(Eocd {
-        entries,
-        cd_size,
-        cd_offset,
-    }))
+    Ok(Some(Eocd { entries, cd_size, cd_offset }))
 }
 
 impl ZipArchive {
@@ -179,27 +152,19 @@ impl ZipArchive {
         let (eocd_pos, mut eocd) = find_eocd(data)?;
         if let Some(z) = read_zip64_eocd(data, eocd_pos)? {
             eocd = z;
-        } else if eocd.entries == 0xFFFF
-            || eocd.cd_size == 0xFFFF_FFFF
-            || eocd.cd_offset == 0xFFFF_FFFF
-        {
+        } else if eocd.entries == 0xFFFF || eocd.cd_size == 0xFFFF_FFFF || eocd.cd_offset == 0xFFFF_FFFF {
             return Err(bad("end-of-central-directory needs ZIP64 records, but there are none (corrupt archive)"));
         }
-        let cd_start = usize::try_from(eocd.cd_offset)
-            .map_err(|_| bad("central directory offset overflows"))?;
-        let cd_len =
-            usize::try_from(eocd.cd_size).map_err(|_| bad("central directory size overflows"))?;
-        let cd_end = cd_start
-            .checked_add(cd_len)
-            .filter(|&e| e <= data.len())
-            .ok_or_else(|| {
-                bad(format!(
-                    "central directory ({} bytes at offset {}) lies outside the {}-byte file (truncated?)",
-                    eocd.cd_size,
-                    eocd.cd_offset,
-                    data.len()
-                ))
-            })?;
+        let cd_start = usize::try_from(eocd.cd_offset).map_err(|_| bad("central directory offset overflows"))?;
+        let cd_len = usize::try_from(eocd.cd_size).map_err(|_| bad("central directory size overflows"))?;
+        let cd_end = cd_start.checked_add(cd_len).filter(|&e| e <= data.len()).ok_or_else(|| {
+            bad(format!(
+                "central directory ({} bytes at offset {}) lies outside the {}-byte file (truncated?)",
+                eocd.cd_size,
+                eocd.cd_offset,
+                data.len()
+            ))
+        })?;
         let cd = &data[cd_start..cd_end];
         let mut r = Reader::new(cd);
         let mut archive = ZipArchive::default();
@@ -209,14 +174,9 @@ impl ZipArchive {
         while i < eocd.entries {
             let entry = read_central_entry(&mut r, i)?;
             if archive.by_name.contains_key(&entry.name) {
-                return Err(bad_entry(
-                    &entry.name,
-                    "appears twice in the central directory (ambiguous archive)",
-                ));
+                return Err(bad_entry(&entry.name, "appears twice in the central directory (ambiguous archive)"));
             }
-            archive
-                .by_name
-                .insert(entry.name.clone(), archive.entries.len());
+            archive.by_name.insert(entry.name.clone(), archive.entries.len());
             archive.entries.push(entry);
             i += 1;
         }
@@ -234,16 +194,10 @@ impl ZipArchive {
     /// The byte range of a stored entry's data within `data`, found through its local header.
     pub fn data_range(&self, data: &[u8], entry: &ZipEntry) -> Result<Range<usize>, ZipError> {
         if entry.flags & 1 != 0 {
-            return Err(bad_entry(
-                &entry.name,
-                "is encrypted; encrypted archives are not supported",
-            ));
+            return Err(bad_entry(&entry.name, "is encrypted; encrypted archives are not supported"));
         }
         if entry.method != 0 {
-            return Err(ZipError::Compressed {
-                entry: entry.name.clone(),
-                method: entry.method,
-            });
+            return Err(ZipError::Compressed { entry: entry.name.clone(), method: entry.method });
         }
         if entry.compressed_size != entry.size {
             return Err(bad_entry(
@@ -257,17 +211,11 @@ impl ZipArchive {
         let off = usize::try_from(entry.local_header_offset)
             .map_err(|_| bad_entry(&entry.name, "local header offset overflows"))?;
         let mut r = Reader::at(data, off).ok_or_else(|| {
-            bad_entry(
-                &entry.name,
-                format!("local header offset {off} is past the end of the file (truncated?)"),
-            )
+            bad_entry(&entry.name, format!("local header offset {off} is past the end of the file (truncated?)"))
         })?;
         let t = || bad_entry(&entry.name, "truncated local header (truncated file?)");
         if r.u32().ok_or_else(t)? != LOCAL_SIG {
-            return Err(bad_entry(
-                &entry.name,
-                format!("no local file header at offset {off} (corrupt archive)"),
-            ));
+            return Err(bad_entry(&entry.name, format!("no local file header at offset {off} (corrupt archive)")));
         }
         r.skip(22).ok_or_else(t)?;
         let name_len = r.u16().ok_or_else(t)? as usize;
@@ -276,16 +224,12 @@ impl ZipArchive {
         if name != entry.name.as_bytes() {
             return Err(bad_entry(
                 &entry.name,
-                format!(
-                    "local header names '{}' instead (corrupt archive)",
-                    String::from_utf8_lossy(name)
-                ),
+                format!("local header names '{}' instead (corrupt archive)", String::from_utf8_lossy(name)),
             ));
         }
         r.skip(extra_len).ok_or_else(t)?;
         let start = r.pos();
-        let len =
-            usize::try_from(entry.size).map_err(|_| bad_entry(&entry.name, "size overflows"))?;
+        let len = usize::try_from(entry.size).map_err(|_| bad_entry(&entry.name, "size overflows"))?;
         let end = start.checked_add(len).filter(|&e| e <= data.len()).ok_or_else(|| {
             bad_entry(
                 &entry.name,
@@ -306,15 +250,9 @@ impl ZipArchive {
 }
 
 fn read_central_entry(r: &mut Reader<'_>, index: u64) -> Result<ZipEntry, ZipError> {
-    let t = || {
-        bad(format!(
-            "central directory entry {index} is truncated (corrupt archive)"
-        ))
-    };
+    let t = || bad(format!("central directory entry {index} is truncated (corrupt archive)"));
     if r.u32().ok_or_else(t)? != CENTRAL_SIG {
-        return Err(bad(format!(
-            "central directory entry {index} has a bad signature (corrupt archive)"
-        )));
+        return Err(bad(format!("central directory entry {index} has a bad signature (corrupt archive)")));
     }
     let _made = r.u16().ok_or_else(t)?;
     let _need = r.u16().ok_or_else(t)?;
@@ -340,8 +278,7 @@ fn read_central_entry(r: &mut Reader<'_>, index: u64) -> Result<ZipEntry, ZipErr
     let mut csize = csize32 as u64;
     let mut offset = offset32 as u64;
     let mut disk = disk16 as u32;
-    let need64 =
-        size32 == u32::MAX || csize32 == u32::MAX || offset32 == u32::MAX || disk16 == u16::MAX;
+    let need64 = size32 == u32::MAX || csize32 == u32::MAX || offset32 == u32::MAX || disk16 == u16::MAX;
     if need64 {
         let mut x = Reader::new(extra);
         let mut found = false;
@@ -350,10 +287,7 @@ fn read_central_entry(r: &mut Reader<'_>, index: u64) -> Result<ZipEntry, ZipErr
                 break;
             };
             let Some(body) = x.bytes(len as usize) else {
-                return Err(bad_entry(
-                    &name,
-                    "extra field runs past its declared length (corrupt archive)",
-                ));
+                return Err(bad_entry(&name, "extra field runs past its declared length (corrupt archive)"));
             };
             if id != 1 {
                 continue;
@@ -383,19 +317,9 @@ fn read_central_entry(r: &mut Reader<'_>, index: u64) -> Result<ZipEntry, ZipErr
         }
     }
     if disk != 0 {
-        return Err(bad_entry(
-            &name,
-            "lives on another volume; split archives are not supported",
-        ));
+        return Err(bad_entry(&name, "lives on another volume; split archives are not supported"));
     }
-    Ok(ZipEntry {
-        name,
-        method,
-        flags,
-        compressed_size: csize,
-        size,
-        local_header_offset: offset,
-    })
+    Ok(ZipEntry { name, method, flags, compressed_size: csize, size, local_header_offset: offset })
 }
 
 #[cfg(test)]
@@ -423,11 +347,7 @@ pub(crate) mod tests {
             central.extend_from_slice(&[45, 0, 45, 0, 0, 0]);
             central.extend_from_slice(&method.to_le_bytes());
             central.extend_from_slice(&[0; 8]);
-            let (s32, o32) = if zip64 {
-                (u32::MAX, u32::MAX)
-            } else {
-                (data.len() as u32, off as u32)
-            };
+            let (s32, o32) = if zip64 { (u32::MAX, u32::MAX) } else { (data.len() as u32, off as u32) };
             central.extend_from_slice(&s32.to_le_bytes());
             central.extend_from_slice(&s32.to_le_bytes());
             central.extend_from_slice(&(name.len() as u16).to_le_bytes());
@@ -466,11 +386,7 @@ pub(crate) mod tests {
         let n16 = if zip64 { u16::MAX } else { n as u16 };
         out.extend_from_slice(&n16.to_le_bytes());
         out.extend_from_slice(&n16.to_le_bytes());
-        let (cs, co) = if zip64 {
-            (u32::MAX, u32::MAX)
-        } else {
-            (central.len() as u32, cd_off as u32)
-        };
+        let (cs, co) = if zip64 { (u32::MAX, u32::MAX) } else { (central.len() as u32, cd_off as u32) };
         out.extend_from_slice(&cs.to_le_bytes());
         out.extend_from_slice(&co.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
@@ -480,19 +396,12 @@ pub(crate) mod tests {
     #[test]
     fn reads_plain_and_zip64() {
         for zip64 in [false, true] {
-            let z = build_zip(
-                &[("a/data.pkl", b"hello"), ("a/data/0", b"\x01\x02")],
-                zip64,
-                0,
-            );
+            let z = build_zip(&[("a/data.pkl", b"hello"), ("a/data/0", b"\x01\x02")], zip64, 0);
             let ar = ZipArchive::parse(&z).unwrap();
             assert_eq!(ar.entries().len(), 2);
             let e = ar.find("a/data.pkl").unwrap();
             assert_eq!(ar.read(&z, e).unwrap(), b"hello");
-            assert_eq!(
-                ar.read(&z, ar.find("a/data/0").unwrap()).unwrap(),
-                b"\x01\x02"
-            );
+            assert_eq!(ar.read(&z, ar.find("a/data/0").unwrap()).unwrap(), b"\x01\x02");
         }
     }
 
@@ -501,22 +410,12 @@ pub(crate) mod tests {
         let z = build_zip(&[("a/data.pkl", b"hello")], false, 8);
         let ar = ZipArchive::parse(&z).unwrap();
         let e = ar.find("a/data.pkl").unwrap();
-        assert_eq!(
-            ar.read(&z, e).unwrap_err(),
-            ZipError::Compressed {
-                entry: "a/data.pkl".into(),
-                method: 8
-            }
-        );
+        assert_eq!(ar.read(&z, e).unwrap_err(), ZipError::Compressed { entry: "a/data.pkl".into(), method: 8 });
     }
 
     #[test]
     fn truncations_never_panic() {
-        let z = build_zip(
-            &[("a/data.pkl", b"hello"), ("a/data/0", b"\x01\x02")],
-            true,
-            0,
-        );
+        let z = build_zip(&[("a/data.pkl", b"hello"), ("a/data/0", b"\x01\x02")], true, 0);
         for n in 0..z.len() {
             if let Ok(ar) = ZipArchive::parse(&z[..n]) {
                 for e in ar.entries() {

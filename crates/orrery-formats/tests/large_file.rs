@@ -21,10 +21,7 @@ fn vm_rss_kib() -> u64 {
 /// entries lie beyond 4 GiB and their offsets only fit in the ZIP64 fields. Override with
 /// ORRERY_BIG_PT_ELEMS (at least 250000000: the file must stay >= 2 GB).
 fn big_elems() -> u64 {
-    std::env::var("ORRERY_BIG_PT_ELEMS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(550_000_000)
+    std::env::var("ORRERY_BIG_PT_ELEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(550_000_000)
 }
 
 fn start_of(src: &dyn orrery_formats::WeightSource, name: &str) -> u64 {
@@ -46,20 +43,10 @@ fn multi_gigabyte_checkpoint_opens_without_loading_storages() {
     let t0 = Instant::now();
     let mut p = Pickler::new();
     p.raw(b"}(");
-    p.str("big.a")
-        .tensor("FloatStorage", "0", n as i64, 0, &[n as i64], &[1]);
-    p.str("big.b").tensor(
-        "FloatStorage",
-        "1",
-        n as i64,
-        0,
-        &[(n / 1000) as i64, 1000],
-        &[1000, 1],
-    );
-    p.str("small")
-        .tensor("FloatStorage", "2", 16, 0, &[4, 4], &[4, 1]);
-    p.str("small_t")
-        .tensor("FloatStorage", "2", 16, 0, &[4, 4], &[1, 4]);
+    p.str("big.a").tensor("FloatStorage", "0", n as i64, 0, &[n as i64], &[1]);
+    p.str("big.b").tensor("FloatStorage", "1", n as i64, 0, &[(n / 1000) as i64, 1000], &[1000, 1]);
+    p.str("small").tensor("FloatStorage", "2", 16, 0, &[4, 4], &[4, 1]);
+    p.str("small_t").tensor("FloatStorage", "2", 16, 0, &[4, 4], &[1, 4]);
     p.raw(b"u");
     let pickle = p.finish();
     let small: Vec<f32> = (0..16).map(|i| i as f32 * 0.25 - 1.0).collect();
@@ -100,9 +87,7 @@ fn multi_gigabyte_checkpoint_opens_without_loading_storages() {
     let a = src.info("big.a").unwrap();
     assert_eq!(a.byte_len as u64, n * 4);
     let big = src.load("big.b").unwrap();
-    let TensorData::Mapped { start, len, .. } = &big.data else {
-        panic!("big.b should be mapped")
-    };
+    let TensorData::Mapped { start, len, .. } = &big.data else { panic!("big.b should be mapped") };
     assert!(*start as u64 > n * 4, "second storage lies after the first");
     assert_eq!(*len as u64, n * 4);
     // Touch just the last element of big.b.
@@ -119,21 +104,10 @@ fn multi_gigabyte_checkpoint_opens_without_loading_storages() {
         open_s * 1e3,
         rss1 as i64 - rss0 as i64
     );
-    assert!(
-        rss1.saturating_sub(rss0) < 64 * 1024,
-        "RSS grew by {} KiB",
-        rss1 - rss0
-    );
-    assert!(
-        rss2.saturating_sub(rss0) < 64 * 1024,
-        "RSS grew by {} KiB",
-        rss2 - rss0
-    );
+    assert!(rss1.saturating_sub(rss0) < 64 * 1024, "RSS grew by {} KiB", rss1 - rss0);
+    assert!(rss2.saturating_sub(rss0) < 64 * 1024, "RSS grew by {} KiB", rss2 - rss0);
     if n * 4 * 2 > u32::MAX as u64 {
-        assert!(
-            start_of(src.as_ref(), "small") > u32::MAX as u64,
-            "'small' should lie past 4 GiB"
-        );
+        assert!(start_of(src.as_ref(), "small") > u32::MAX as u64, "'small' should lie past 4 GiB");
     }
     drop(src);
     drop(dir);

@@ -17,10 +17,7 @@ fn bin_shard(path: &std::path::Path, names: &[&str]) {
         storages.push((key, f32_bytes(&[i as f32, 10.0 + i as f32])));
     }
     p.raw(b"u");
-    let st: Vec<(&str, Vec<u8>)> = storages
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
+    let st: Vec<(&str, Vec<u8>)> = storages.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     write_checkpoint(path, &p.finish(), &st);
 }
 
@@ -43,10 +40,7 @@ fn pytorch_bin_shard_index() {
             "a.b":"pytorch_model-00001-of-00002.bin","b.w":"pytorch_model-00002-of-00002.bin"}}"#,
     )
     .unwrap();
-    assert!(matches!(
-        resolve_weights(&d.0).unwrap(),
-        WeightsLayout::Index(_)
-    ));
+    assert!(matches!(resolve_weights(&d.0).unwrap(), WeightsLayout::Index(_)));
     let src = open_weights(&d.0).unwrap();
     let mut names = src.names();
     names.sort();
@@ -63,30 +57,15 @@ fn stale_and_hostile_indexes_are_refused() {
     let idx = d.path("model.safetensors.index.json");
     std::fs::write(&idx, r#"{"weight_map":{"y":"s1.safetensors"}}"#).unwrap();
     let e = open_weights(&idx).unwrap_err().to_string();
-    assert!(
-        e.contains("'y'") && e.contains("s1.safetensors") && e.contains("no such tensor"),
-        "{e}"
-    );
+    assert!(e.contains("'y'") && e.contains("s1.safetensors") && e.contains("no such tensor"), "{e}");
     std::fs::write(&idx, r#"{"weight_map":{"x":"../../etc/passwd"}}"#).unwrap();
-    assert!(open_weights(&idx)
-        .unwrap_err()
-        .to_string()
-        .contains("not a relative path"));
+    assert!(open_weights(&idx).unwrap_err().to_string().contains("not a relative path"));
     std::fs::write(&idx, r#"{"weight_map":{"x":"/etc/passwd"}}"#).unwrap();
-    assert!(open_weights(&idx)
-        .unwrap_err()
-        .to_string()
-        .contains("not a relative path"));
+    assert!(open_weights(&idx).unwrap_err().to_string().contains("not a relative path"));
     std::fs::write(&idx, r#"{"nope":1}"#).unwrap();
-    assert!(matches!(
-        open_weights(&idx).unwrap_err(),
-        FormatError::Index { .. }
-    ));
+    assert!(matches!(open_weights(&idx).unwrap_err(), FormatError::Index { .. }));
     std::fs::write(&idx, r#"{"weight_map":{"x":"s1.safetensors"}"#).unwrap();
-    assert!(open_weights(&idx)
-        .unwrap_err()
-        .to_string()
-        .contains("not valid JSON"));
+    assert!(open_weights(&idx).unwrap_err().to_string().contains("not valid JSON"));
 }
 
 #[test]
@@ -100,18 +79,11 @@ fn indexless_shards_combine_and_ambiguity_is_explained() {
 
     st_file(&d.path("extra.safetensors"), "z");
     let e = open_weights(&d.0).unwrap_err().to_string();
-    assert!(
-        e.contains("several candidate weight files") && e.contains("extra.safetensors"),
-        "{e}"
-    );
+    assert!(e.contains("several candidate weight files") && e.contains("extra.safetensors"), "{e}");
 
     // Combining two files that both hold `x` is refused, naming both.
     st_file(&d.path("dup.safetensors"), "x");
-    let err = open_files(&[
-        d.path("model-00001-of-00002.safetensors"),
-        d.path("dup.safetensors"),
-    ])
-    .unwrap_err();
+    let err = open_files(&[d.path("model-00001-of-00002.safetensors"), d.path("dup.safetensors")]).unwrap_err();
     let e = err.to_string();
     assert!(e.contains("'x'") && e.contains("dup.safetensors"), "{e}");
 
@@ -121,8 +93,5 @@ fn indexless_shards_combine_and_ambiguity_is_explained() {
     assert_eq!(open_weights(&d2.0).unwrap().names(), vec!["w"]);
     // A .bin that is really safetensors is read by content.
     st_file(&d2.path("weights.pth"), "renamed");
-    assert_eq!(
-        open_weights(d2.path("weights.pth")).unwrap().names(),
-        vec!["renamed"]
-    );
+    assert_eq!(open_weights(d2.path("weights.pth")).unwrap().names(), vec!["renamed"]);
 }

@@ -168,20 +168,10 @@ fn seeded_random_mutations_of_pickle_streams() {
     let mut rng = Rng(0xD1CE_BA5E);
     let mut decoded = 0usize;
     let mut runs = 0usize;
-    for name in [
-        "tensors.pt",
-        "tensors_p4.pt",
-        "nested.pt",
-        "malicious_handmade.pt",
-        "unknown_global.pt",
-    ] {
+    for name in ["tensors.pt", "tensors_p4.pt", "nested.pt", "malicious_handmade.pt", "unknown_global.pt"] {
         let full = read(name);
         let ar = ZipArchive::parse(&full).unwrap();
-        let pkl_entry = ar
-            .entries()
-            .iter()
-            .find(|e| e.name.ends_with("data.pkl"))
-            .unwrap();
+        let pkl_entry = ar.entries().iter().find(|e| e.name.ends_with("data.pkl")).unwrap();
         let prefix = pkl_entry.name.trim_end_matches("data.pkl").to_string();
         let pkl = ar.read(&full, pkl_entry).unwrap().to_vec();
         let storages: Vec<(String, Vec<u8>)> = ar
@@ -202,10 +192,7 @@ fn seeded_random_mutations_of_pickle_streams() {
             // Re-wrap a sample of them into a real checkpoint (zip writing is the slow part).
             if i % 3 == 0 {
                 let path = dir.path("m.pt");
-                let st: Vec<(&str, Vec<u8>)> = storages
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.clone()))
-                    .collect();
+                let st: Vec<(&str, Vec<u8>)> = storages.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
                 write_checkpoint(&path, &p, &st);
                 exercise("pt", std::fs::read(&path).unwrap());
             }

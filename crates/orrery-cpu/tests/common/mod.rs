@@ -119,9 +119,5 @@ pub fn shape_strategy(rank: std::ops::RangeInclusive<usize>, max: usize) -> impl
 
 /// Runs `f` inside a rayon pool with `threads` workers.
 pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }

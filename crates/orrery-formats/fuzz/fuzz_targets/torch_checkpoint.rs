@@ -48,11 +48,7 @@ fn wrap(pkl: &[u8]) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let image = if data.first() == Some(&0x80) {
-        wrap(data)
-    } else {
-        data.to_vec()
-    };
+    let image = if data.first() == Some(&0x80) { wrap(data) } else { data.to_vec() };
     if let Ok(ck) = TorchCheckpoint::from_bytes("fuzz.pt", image) {
         for n in ck.names() {
             let info = ck.info(&n).unwrap();

@@ -11,10 +11,7 @@ use orrery_formats::{TensorBytes, WeightSource};
 use serde_json::Value;
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
 }
 
 pub fn expected() -> Value {
@@ -24,27 +21,17 @@ pub fn expected() -> Value {
 }
 
 pub fn usizes(v: &Value) -> Vec<usize> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
 }
 
 pub fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 /// Checks every tensor listed for `file` in expected.json: names, dtype, shape, values.
 pub fn check_values(src: &dyn WeightSource, file: &str) {
     let exp = expected();
-    let tensors = exp["files"][file]["tensors"]
-        .as_object()
-        .unwrap_or_else(|| panic!("no expectations for {file}"));
+    let tensors = exp["files"][file]["tensors"].as_object().unwrap_or_else(|| panic!("no expectations for {file}"));
     let mut names = src.names();
     names.sort();
     let mut want: Vec<String> = tensors.keys().cloned().collect();
@@ -52,11 +39,7 @@ pub fn check_values(src: &dyn WeightSource, file: &str) {
     assert_eq!(names, want, "{file}: tensor names");
     for (name, e) in tensors {
         let info = src.info(name).unwrap();
-        assert_eq!(
-            info.dtype.name(),
-            e["dtype"].as_str().unwrap(),
-            "{file}:{name} dtype"
-        );
+        assert_eq!(info.dtype.name(), e["dtype"].as_str().unwrap(), "{file}:{name} dtype");
         assert_eq!(info.shape, usizes(&e["shape"]), "{file}:{name} shape");
         let t: TensorBytes = src.load(name).unwrap();
         assert_eq!(t.dtype, info.dtype);
@@ -124,28 +107,10 @@ impl Pickler {
     }
     /// `_rebuild_tensor_v2(('storage', torch.<ty>, key, 'cpu', numel), offset, size, stride,
     /// False, OrderedDict())`
-    pub fn tensor(
-        &mut self,
-        ty: &str,
-        key: &str,
-        numel: i64,
-        offset: i64,
-        size: &[i64],
-        stride: &[i64],
-    ) -> &mut Self {
+    pub fn tensor(&mut self, ty: &str, key: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> &mut Self {
         self.global("torch._utils", "_rebuild_tensor_v2").mark();
-        self.mark()
-            .str("storage")
-            .global("torch", ty)
-            .str(key)
-            .str("cpu")
-            .int(numel)
-            .tuple()
-            .raw(b"Q");
-        self.int(offset)
-            .int_tuple(size)
-            .int_tuple(stride)
-            .raw(b"\x89");
+        self.mark().str("storage").global("torch", ty).str(key).str("cpu").int(numel).tuple().raw(b"Q");
+        self.int(offset).int_tuple(size).int_tuple(stride).raw(b"\x89");
         self.global("collections", "OrderedDict").raw(b")R");
         self.tuple().raw(b"R")
     }
@@ -168,11 +133,7 @@ impl Crc32 {
         for i in 0..256u32 {
             let mut c = i;
             for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             }
             tables[0][i as usize] = c;
         }
@@ -369,15 +330,10 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         // Cargo's per-target scratch directory: on the build disk, not a RAM-backed /tmp.
-        let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "orrery-formats-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
+        let p =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("orrery-formats-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }

@@ -13,9 +13,7 @@ pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<R
         Op::Conv(p) => conv(inputs[0], inputs[1], inputs.get(2).copied(), p, out),
         Op::ConvTranspose(p) => conv_transpose(inputs[0], inputs[1], inputs.get(2).copied(), p, out),
         Op::Pool(p) => pool(inputs[0], p, out),
-        Op::Resize {
-            mode, align_corners, ..
-        } => resize(inputs[0], *mode, *align_corners, out),
+        Op::Resize { mode, align_corners, .. } => resize(inputs[0], *mode, *align_corners, out),
         _ => return Err(format!("{op}: not a convolution-family op")),
     };
     Ok(y)
@@ -56,11 +54,8 @@ fn conv(x: &RefTensor, w: &RefTensor, bias: Option<&RefTensor>, p: &ConvParams, 
     let stride = as_3d(&p.stride, 1);
     let dil = as_3d(&p.dilation, 1);
     let pad = as_3d(&p.padding, (0, 0));
-    let (x_vol, k_vol, o_vol) = (
-        xs.iter().product::<usize>(),
-        ks.iter().product::<usize>(),
-        os.iter().product::<usize>(),
-    );
+    let (x_vol, k_vol, o_vol) =
+        (xs.iter().product::<usize>(), ks.iter().product::<usize>(), os.iter().product::<usize>());
     let mut y = vec![0.0; batch * cout * o_vol];
     for b in 0..batch {
         for co in 0..cout {
@@ -119,11 +114,8 @@ fn conv_transpose(
     let stride = as_3d(&p.stride, 1);
     let dil = as_3d(&p.dilation, 1);
     let pad = as_3d(&p.padding, 0);
-    let (x_vol, k_vol, o_vol) = (
-        xs.iter().product::<usize>(),
-        ks.iter().product::<usize>(),
-        os.iter().product::<usize>(),
-    );
+    let (x_vol, k_vol, o_vol) =
+        (xs.iter().product::<usize>(), ks.iter().product::<usize>(), os.iter().product::<usize>());
     let mut y = vec![0.0; batch * cout * o_vol];
     for b in 0..batch {
         for ci in 0..cin {
@@ -202,15 +194,11 @@ fn pool(x: &RefTensor, p: &PoolParams, out: &TensorType) -> RefTensor {
                     }
                     let v = match p.kind {
                         // NaN propagates: once taken it is never replaced (`t > NaN` is false).
-                        PoolKind::Max => taps
-                            .iter()
-                            .fold(f64::NEG_INFINITY, |m, &t| if t > m || t.is_nan() { t } else { m }),
+                        PoolKind::Max => {
+                            taps.iter().fold(f64::NEG_INFINITY, |m, &t| if t > m || t.is_nan() { t } else { m })
+                        }
                         PoolKind::Avg { count_include_pad } => {
-                            let divisor = if count_include_pad {
-                                ks.iter().product::<usize>()
-                            } else {
-                                taps.len()
-                            };
+                            let divisor = if count_include_pad { ks.iter().product::<usize>() } else { taps.len() };
                             taps.iter().sum::<f64>() / divisor as f64
                         }
                     };
@@ -375,53 +363,20 @@ mod tests {
     #[test]
     fn pools_by_hand() {
         let x = t(&[1, 1, 3], &[1., 2., 6.]);
-        let pool = |kind| {
-            Op::Pool(PoolParams {
-                kind,
-                kernel: vec![2],
-                stride: vec![2],
-                padding: vec![1],
-            })
-        };
+        let pool = |kind| Op::Pool(PoolParams { kind, kernel: vec![2], stride: vec![2], padding: vec![1] });
         // Windows: [pad, 1], [2, 6].
         assert_eq!(run(pool(PoolKind::Max), &[&x]).data, vec![1., 6.]);
-        assert_eq!(
-            run(
-                pool(PoolKind::Avg {
-                    count_include_pad: true
-                }),
-                &[&x]
-            )
-            .data,
-            vec![0.5, 4.]
-        );
-        assert_eq!(
-            run(
-                pool(PoolKind::Avg {
-                    count_include_pad: false
-                }),
-                &[&x]
-            )
-            .data,
-            vec![1., 4.]
-        );
+        assert_eq!(run(pool(PoolKind::Avg { count_include_pad: true }), &[&x]).data, vec![0.5, 4.]);
+        assert_eq!(run(pool(PoolKind::Avg { count_include_pad: false }), &[&x]).data, vec![1., 4.]);
     }
 
     #[test]
     fn nearest_resize_by_hand() {
         let x = t(&[1, 1, 2], &[1., 2.]);
-        let op = Op::Resize {
-            mode: ResizeMode::Nearest,
-            size: vec![4],
-            align_corners: false,
-        };
+        let op = Op::Resize { mode: ResizeMode::Nearest, size: vec![4], align_corners: false };
         assert_eq!(run(op, &[&x]).data, vec![1., 1., 2., 2.]);
         let x = t(&[1, 1, 3], &[1., 2., 3.]);
-        let op = Op::Resize {
-            mode: ResizeMode::Nearest,
-            size: vec![2],
-            align_corners: false,
-        };
+        let op = Op::Resize { mode: ResizeMode::Nearest, size: vec![2], align_corners: false };
         assert_eq!(run(op, &[&x]).data, vec![1., 2.]);
     }
 
@@ -429,11 +384,7 @@ mod tests {
     fn bilinear_resize_by_hand() {
         // [1, 3] → 4 columns without align_corners: sources -0.25→0, 0.25, 0.75, 1.25→(1, clamp).
         let x = t(&[1, 1, 1, 2], &[1., 3.]);
-        let op = |align_corners| Op::Resize {
-            mode: ResizeMode::Bilinear,
-            size: vec![1, 4],
-            align_corners,
-        };
+        let op = |align_corners| Op::Resize { mode: ResizeMode::Bilinear, size: vec![1, 4], align_corners };
         assert_eq!(run(op(false), &[&x]).data, vec![1., 1.5, 2.5, 3.]);
         // With align_corners the ends map onto the ends: 1, 5/3, 7/3, 3.
         let y = run(op(true), &[&x]).data;
@@ -445,11 +396,7 @@ mod tests {
     #[test]
     fn bicubic_of_a_constant_is_the_constant() {
         let x = t(&[1, 1, 2, 3], &[2.; 6]);
-        let op = Op::Resize {
-            mode: ResizeMode::Bicubic,
-            size: vec![5, 4],
-            align_corners: false,
-        };
+        let op = Op::Resize { mode: ResizeMode::Bicubic, size: vec![5, 4], align_corners: false };
         for v in run(op, &[&x]).data {
             assert!((v - 2.0).abs() < 1e-12);
         }

@@ -8,10 +8,7 @@ use crate::{AttentionMask, Op, RefTensor, TensorType};
 
 pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTensor, String> {
     match op {
-        Op::MatMul {
-            transpose_a,
-            transpose_b,
-        } => Ok(matmul(inputs[0], inputs[1], *transpose_a, *transpose_b, out)),
+        Op::MatMul { transpose_a, transpose_b } => Ok(matmul(inputs[0], inputs[1], *transpose_a, *transpose_b, out)),
         Op::Linear { .. } => Ok(linear(inputs[0], inputs[1], inputs.get(2).copied(), out)),
         Op::Attention { scale, mask } => {
             let mask = match mask {
@@ -168,31 +165,13 @@ mod tests {
     fn matmul_2x2_by_hand() {
         let a = t(&[2, 2], &[1., 2., 3., 4.]);
         let b = t(&[2, 2], &[5., 6., 7., 8.]);
-        let plain = run(
-            Op::MatMul {
-                transpose_a: false,
-                transpose_b: false,
-            },
-            &[&a, &b],
-        );
+        let plain = run(Op::MatMul { transpose_a: false, transpose_b: false }, &[&a, &b]);
         assert_eq!(plain.data, vec![19., 22., 43., 50.]);
         // aᵀ = [[1, 3], [2, 4]]: aᵀ·b = [[26, 30], [38, 44]].
-        let ta = run(
-            Op::MatMul {
-                transpose_a: true,
-                transpose_b: false,
-            },
-            &[&a, &b],
-        );
+        let ta = run(Op::MatMul { transpose_a: true, transpose_b: false }, &[&a, &b]);
         assert_eq!(ta.data, vec![26., 30., 38., 44.]);
         // bᵀ = [[5, 7], [6, 8]]: a·bᵀ = [[17, 23], [39, 53]].
-        let tb = run(
-            Op::MatMul {
-                transpose_a: false,
-                transpose_b: true,
-            },
-            &[&a, &b],
-        );
+        let tb = run(Op::MatMul { transpose_a: false, transpose_b: true }, &[&a, &b]);
         assert_eq!(tb.data, vec![17., 23., 39., 53.]);
     }
 
@@ -200,13 +179,7 @@ mod tests {
     fn matmul_broadcasts_batch_dims() {
         let a = t(&[2, 1, 1, 1], &[2., 3.]);
         let b = t(&[3, 1, 1], &[1., 10., 100.]);
-        let y = run(
-            Op::MatMul {
-                transpose_a: false,
-                transpose_b: false,
-            },
-            &[&a, &b],
-        );
+        let y = run(Op::MatMul { transpose_a: false, transpose_b: false }, &[&a, &b]);
         assert_eq!(y.shape, vec![2, 3, 1, 1]);
         assert_eq!(y.data, vec![2., 20., 200., 3., 30., 300.]);
     }
@@ -225,13 +198,7 @@ mod tests {
         let q = t(&[1, 2, 2], &[0.3, -1., 2., 5.]);
         let k = t(&[1, 1, 2], &[0.7, 0.1]);
         let v = t(&[1, 1, 3], &[1., 2., 3.]);
-        let y = run(
-            Op::Attention {
-                scale: 0.5,
-                mask: AttentionMask::None,
-            },
-            &[&q, &k, &v],
-        );
+        let y = run(Op::Attention { scale: 0.5, mask: AttentionMask::None }, &[&q, &k, &v]);
         assert_eq!(y.data, vec![1., 2., 3., 1., 2., 3.]);
     }
 
@@ -241,13 +208,7 @@ mod tests {
         let k = t(&[2, 1], &[1., -1.]);
         let v = t(&[2, 1], &[2., 4.]);
         let mask = RefTensor::new(DType::Bool, vec![2, 2], vec![1., 1., 0., 0.]);
-        let y = run(
-            Op::Attention {
-                scale: 1.0,
-                mask: AttentionMask::Boolean,
-            },
-            &[&q, &k, &v, &mask],
-        );
+        let y = run(Op::Attention { scale: 1.0, mask: AttentionMask::Boolean }, &[&q, &k, &v, &mask]);
         assert_eq!(y.data, vec![3., 0.]);
     }
 }

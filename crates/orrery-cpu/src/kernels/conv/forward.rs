@@ -121,17 +121,9 @@ pub(super) fn conv(
     let geo = Geometry::new(x.shape(), w.shape(), &od, p);
     let x = F32Operand::strided(x);
     let (w, bias) = (F32Operand::dense(w), bias.map(F32Operand::dense));
-    let weights = Weights {
-        w: w.dense_slice(),
-        bias: bias.as_ref().map(|b| b.dense_slice()),
-    };
-    let input = Input {
-        data: x.data(),
-        offset: x.offset,
-        sb: x.strides[0],
-        sc: x.strides[1],
-        s: as_3d(&x.strides[2..], 0),
-    };
+    let weights = Weights { w: w.dense_slice(), bias: bias.as_ref().map(|b| b.dense_slice()) };
+    let input =
+        Input { data: x.data(), offset: x.offset, sb: x.strides[0], sc: x.strides[1], s: as_3d(&x.strides[2..], 0) };
     let mut y = vec![0f32; out.shape.numel()];
     if y.is_empty() {
         return CpuTensor::from_vec(od, y);
@@ -160,38 +152,19 @@ fn pointwise(geo: &Geometry, x: &Input<'_>, position_stride: usize, wts: &Weight
     let positions = geo.out_volume();
     let block = geo.cout_g * positions;
     let work = geo.cout_g * positions * geo.cin_g;
-    let threads = if work >= SPLIT_ONE_GEMM_WORK {
-        Threads::Pool
-    } else {
-        Threads::Single
-    };
+    let threads = if work >= SPLIT_ONE_GEMM_WORK { Threads::Pool } else { Threads::Single };
     let one = |bg: usize, dst: &mut [f32]| {
         let (b, g) = (bg / geo.groups, bg % geo.groups);
         let dst = MatMut::dense(dst, geo.cout_g, positions);
         let bias = wts.bias.map(|bias| &bias[g * geo.cout_g..(g + 1) * geo.cout_g]);
         let lhs = MatRef::new(wts.w, g * geo.cout_g * geo.cin_g, geo.cin_g, 1);
-        let rhs = MatRef::new(
-            x.data,
-            x.offset + b * x.sb + g * geo.cin_g * x.sc,
-            x.sc,
-            position_stride,
-        );
+        let rhs = MatRef::new(x.data, x.offset + b * x.sb + g * geo.cin_g * x.sc, x.sc, position_stride);
         // SAFETY: `dst` is this (batch, group)'s own dense output block.
         unsafe {
             if let Some(bias) = bias {
                 fill_bias(dst, geo.cout_g, positions, bias);
             }
-            gemm(
-                geo.cout_g,
-                positions,
-                geo.cin_g,
-                dst,
-                lhs,
-                rhs,
-                1.0,
-                bias.is_some(),
-                threads,
-            );
+            gemm(geo.cout_g, positions, geo.cin_g, dst, lhs, rhs, 1.0, bias.is_some(), threads);
         }
     };
     match threads {
@@ -221,11 +194,7 @@ fn tiled(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
             gather_columns(col, cols, x, geo, b, g, p0);
             // Columns p0..p0+cols of rows g·Cout/g.. of batch b: owned by this task only.
             let first = (b * geo.cout + g * geo.cout_g) * positions + p0;
-            let dst = MatMut {
-                ptr: y_ptr.add(first),
-                rs: positions,
-                cs: 1,
-            };
+            let dst = MatMut { ptr: y_ptr.add(first), rs: positions, cs: 1 };
             let bias = wts.bias.map(|bias| &bias[g * geo.cout_g..(g + 1) * geo.cout_g]);
             let lhs = MatRef::new(wts.w, g * geo.cout_g * depth, depth, 1);
             let rhs = MatRef::new(col, 0, cols, 1);
@@ -235,17 +204,7 @@ fn tiled(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
                 if let Some(bias) = bias {
                     fill_bias(dst, geo.cout_g, cols, bias);
                 }
-                gemm(
-                    geo.cout_g,
-                    cols,
-                    depth,
-                    dst,
-                    lhs,
-                    rhs,
-                    1.0,
-                    bias.is_some(),
-                    Threads::Single,
-                );
+                gemm(geo.cout_g, cols, depth, dst, lhs, rhs, 1.0, bias.is_some(), Threads::Single);
             }
         });
     });
@@ -296,11 +255,8 @@ fn gather_line(dst: &mut [f32], x: &Input<'_>, line: usize, geo: &Geometry, kx: 
     let offset = (kx * geo.dilation[2]) as isize - geo.pad_before[2] as isize;
     let valid = valid_range(ox0 + dst.len(), step, offset, len);
     let (lo, hi) = (valid.start.max(ox0) - ox0, valid.end.max(ox0) - ox0);
-    let (low_edge, high_edge) = if geo.replicate && len > 0 {
-        (x.data[line], x.data[line + (len - 1) * sx])
-    } else {
-        (0.0, 0.0)
-    };
+    let (low_edge, high_edge) =
+        if geo.replicate && len > 0 { (x.data[line], x.data[line + (len - 1) * sx]) } else { (0.0, 0.0) };
     dst[..lo].fill(low_edge);
     dst[hi..].fill(high_edge);
     if lo == hi {

@@ -27,9 +27,7 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
             let [x] = inputs else { return Err(wrong_inputs()) };
             Ok(pool::pool(x, p, out))
         }
-        Op::Resize {
-            mode, align_corners, ..
-        } => {
+        Op::Resize { mode, align_corners, .. } => {
             let [x] = inputs else { return Err(wrong_inputs()) };
             Ok(resize::resize(x, *mode, *align_corners, out))
         }
@@ -86,21 +84,10 @@ pub(crate) fn unravel3(p: usize, dims: [usize; 3]) -> [usize; 3] {
 pub(crate) fn valid_range(count: usize, step: usize, offset: isize, len: usize) -> std::ops::Range<usize> {
     let (step_i, len_i) = (step as isize, len as isize);
     // First o with o·step + offset ≥ 0.
-    let lo = if offset >= 0 {
-        0
-    } else {
-        ((-offset) + step_i - 1) / step_i
-    };
+    let lo = if offset >= 0 { 0 } else { ((-offset) + step_i - 1) / step_i };
     // First o with o·step + offset ≥ len.
-    let hi = if offset >= len_i {
-        0
-    } else {
-        (len_i - offset + step_i - 1) / step_i
-    };
-    let (lo, hi) = (
-        lo.clamp(0, count as isize) as usize,
-        hi.clamp(0, count as isize) as usize,
-    );
+    let hi = if offset >= len_i { 0 } else { (len_i - offset + step_i - 1) / step_i };
+    let (lo, hi) = (lo.clamp(0, count as isize) as usize, hi.clamp(0, count as isize) as usize);
     lo..hi.max(lo)
 }
 

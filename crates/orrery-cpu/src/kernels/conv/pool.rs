@@ -66,11 +66,7 @@ impl Window {
                         }
                     }
                 }
-                let divisor = if count_include_pad {
-                    self.kernel.iter().product()
-                } else {
-                    count
-                };
+                let divisor = if count_include_pad { self.kernel.iter().product() } else { count };
                 sum / divisor as f32
             }
         }

@@ -22,11 +22,7 @@ struct AxisTaps {
 
 impl AxisTaps {
     fn identity() -> AxisTaps {
-        AxisTaps {
-            per: 1,
-            index: vec![0],
-            weight: vec![1.0],
-        }
+        AxisTaps { per: 1, index: vec![0], weight: vec![1.0] }
     }
 
     fn new(mode: ResizeMode, len_in: usize, len_out: usize, align_corners: bool) -> AxisTaps {
@@ -35,16 +31,10 @@ impl AxisTaps {
             ResizeMode::Bilinear => 2,
             ResizeMode::Bicubic => 4,
         };
-        let mut taps = AxisTaps {
-            per,
-            index: Vec::with_capacity(per * len_out),
-            weight: Vec::with_capacity(per * len_out),
-        };
+        let mut taps =
+            AxisTaps { per, index: Vec::with_capacity(per * len_out), weight: Vec::with_capacity(per * len_out) };
         for dst in 0..len_out {
-            for (i, w) in source_taps(mode, len_in, len_out, dst, align_corners)
-                .into_iter()
-                .take(per)
-            {
+            for (i, w) in source_taps(mode, len_in, len_out, dst, align_corners).into_iter().take(per) {
                 taps.index.push(i);
                 taps.weight.push(w as f32);
             }
@@ -54,10 +44,7 @@ impl AxisTaps {
 
     fn of(&self, o: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
         let r = o * self.per..(o + 1) * self.per;
-        self.index[r.clone()]
-            .iter()
-            .copied()
-            .zip(self.weight[r].iter().copied())
+        self.index[r.clone()].iter().copied().zip(self.weight[r].iter().copied())
     }
 }
 
@@ -103,14 +90,7 @@ fn source_taps(mode: ResizeMode, len_in: usize, len_out: usize, dst: usize, alig
             let base = src.floor();
             let t = src - base;
             let weights = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
-            (0..4)
-                .map(|j| {
-                    (
-                        (base as isize - 1 + j as isize).clamp(0, last as isize) as usize,
-                        weights[j],
-                    )
-                })
-                .collect()
+            (0..4).map(|j| ((base as isize - 1 + j as isize).clamp(0, last as isize) as usize, weights[j])).collect()
         }
     }
 }

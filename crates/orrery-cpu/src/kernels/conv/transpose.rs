@@ -85,24 +85,19 @@ pub(super) fn conv_transpose(
     }
     let out_vol = geo.out_volume();
     let block_channels = (TARGET_ROWS / geo.kernel_volume()).clamp(1, geo.cout_g.max(1));
-    y.par_chunks_mut(geo.cout_g * out_vol)
-        .enumerate()
-        .for_each(|(bg, group_out)| {
-            let (b, g) = (bg / geo.groups, bg % geo.groups);
-            group_out
-                .par_chunks_mut(block_channels * out_vol)
-                .enumerate()
-                .for_each(|(cb, block_out)| {
-                    let c0 = cb * block_channels;
-                    let channels = block_out.len() / out_vol;
-                    let first_channel = g * geo.cout_g + c0;
-                    for (c, plane) in block_out.chunks_mut(out_vol).enumerate() {
-                        plane.fill(bias.map_or(0.0, |bias| bias[first_channel + c]));
-                    }
-                    let task = Task { b, g, c0, channels };
-                    channel_block(&geo, &task, x, w, block_out);
-                });
+    y.par_chunks_mut(geo.cout_g * out_vol).enumerate().for_each(|(bg, group_out)| {
+        let (b, g) = (bg / geo.groups, bg % geo.groups);
+        group_out.par_chunks_mut(block_channels * out_vol).enumerate().for_each(|(cb, block_out)| {
+            let c0 = cb * block_channels;
+            let channels = block_out.len() / out_vol;
+            let first_channel = g * geo.cout_g + c0;
+            for (c, plane) in block_out.chunks_mut(out_vol).enumerate() {
+                plane.fill(bias.map_or(0.0, |bias| bias[first_channel + c]));
+            }
+            let task = Task { b, g, c0, channels };
+            channel_block(&geo, &task, x, w, block_out);
         });
+    });
     CpuTensor::from_vec(od, y)
 }
 
@@ -129,17 +124,7 @@ fn channel_block(geo: &Geometry, t: &Task, x: &[f32], w: &[f32], block_out: &mut
             let rhs = MatRef::new(x, (t.b * geo.cin + t.g * geo.cin_g) * in_vol + s0, in_vol, 1);
             // SAFETY: `col` is a dense rows×cols scratch block owned by this task.
             unsafe {
-                gemm(
-                    rows,
-                    cols,
-                    geo.cin_g,
-                    MatMut::dense(col, rows, cols),
-                    lhs,
-                    rhs,
-                    1.0,
-                    false,
-                    Threads::Single,
-                )
+                gemm(rows, cols, geo.cin_g, MatMut::dense(col, rows, cols), lhs, rhs, 1.0, false, Threads::Single)
             };
             scatter(geo, col, cols, s0, t.channels, block_out);
         }

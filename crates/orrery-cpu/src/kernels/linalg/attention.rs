@@ -89,22 +89,12 @@ impl Mask {
                         mask.to_f64_vec().iter().map(|&v| v != 0.0).collect(),
                     ),
                 };
-                (
-                    MaskValues::Keep(m.buffer().clone()),
-                    m.offset(),
-                    m.shape().to_vec(),
-                    m.strides().to_vec(),
-                )
+                (MaskValues::Keep(m.buffer().clone()), m.offset(), m.shape().to_vec(), m.strides().to_vec())
             }
         };
         let full = broadcast_strides_to(&shape, &strides, &scores);
         let r = scores.len();
-        Some(Mask {
-            values,
-            offsets: index_offsets(batch, &full[..r - 2], offset),
-            rs: full[r - 2],
-            cs: full[r - 1],
-        })
+        Some(Mask { values, offsets: index_offsets(batch, &full[..r - 2], offset), rs: full[r - 2], cs: full[r - 1] })
     }
 
     /// Applies the mask to a `rows × cols` score block (row-major, row length `cols`) whose
@@ -116,13 +106,9 @@ impl Mask {
                 MaskValues::Additive(op) => {
                     let data = op.data();
                     if self.cs == 1 {
-                        row.iter_mut()
-                            .zip(&data[start..start + cols])
-                            .for_each(|(s, m)| *s += m);
+                        row.iter_mut().zip(&data[start..start + cols]).for_each(|(s, m)| *s += m);
                     } else {
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(j, s)| *s += data[start + j * self.cs]);
+                        row.iter_mut().enumerate().for_each(|(j, s)| *s += data[start + j * self.cs]);
                     }
                 }
                 MaskValues::Keep(buf) => {
@@ -161,18 +147,11 @@ pub(super) fn attention(
     }
     let shape = BlockShape { d, lk, dv, scale };
     y.par_chunks_mut(lq * dv).enumerate().for_each(|(h, head_out)| {
-        head_out
-            .par_chunks_mut(Q_BLOCK * dv)
-            .enumerate()
-            .for_each(|(qb, block_out)| {
-                let q0 = qb * Q_BLOCK;
-                let block = QueryBlock {
-                    h,
-                    q0,
-                    rows: block_out.len() / dv,
-                };
-                attend_block(&shape, &block, &qh, &kh, &vh, mask.as_ref(), block_out);
-            });
+        head_out.par_chunks_mut(Q_BLOCK * dv).enumerate().for_each(|(qb, block_out)| {
+            let q0 = qb * Q_BLOCK;
+            let block = QueryBlock { h, q0, rows: block_out.len() / dv };
+            attend_block(&shape, &block, &qh, &kh, &vh, mask.as_ref(), block_out);
+        });
     });
     CpuTensor::from_vec(od, y)
 }
@@ -212,17 +191,7 @@ fn attend_block(
         // SAFETY: `block` is a dense rows×cols buffer owned by this task.
         unsafe {
             let dst = MatMut::dense(block, b.rows, cols);
-            gemm(
-                b.rows,
-                cols,
-                s.d,
-                dst,
-                q,
-                kh.rows_from(b.h, k0, true),
-                s.scale,
-                false,
-                Threads::Single,
-            );
+            gemm(b.rows, cols, s.d, dst, q, kh.rows_from(b.h, k0, true), s.scale, false, Threads::Single);
         }
         if let Some(mask) = mask {
             mask.apply(block, b.h, b.q0, k0, cols);
@@ -249,17 +218,7 @@ fn attend_block(
             unsafe {
                 let dst = MatMut::dense(out, b.rows, s.dv);
                 let p = MatRef::new(block, 0, cols, 1);
-                gemm(
-                    b.rows,
-                    s.dv,
-                    cols,
-                    dst,
-                    p,
-                    vh.rows_from(b.h, k0, false),
-                    1.0,
-                    true,
-                    Threads::Single,
-                );
+                gemm(b.rows, s.dv, cols, dst, p, vh.rows_from(b.h, k0, false), 1.0, true, Threads::Single);
             }
         }
     }

@@ -25,10 +25,7 @@ impl<'a> MatRef<'a> {
     /// Panics when a `rows × cols` matrix would read outside `data` (a kernel bug, not a data
     /// condition), which makes the raw-pointer GEMM call below sound.
     fn ptr(&self, rows: usize, cols: usize) -> *const f32 {
-        assert!(
-            fits(self.data.len(), self.offset, rows, cols, self.rs, self.cs),
-            "matrix view out of bounds"
-        );
+        assert!(fits(self.data.len(), self.offset, rows, cols, self.rs, self.cs), "matrix view out of bounds");
         self.data.as_ptr().wrapping_add(self.offset)
     }
 }
@@ -46,11 +43,7 @@ impl MatMut {
     /// A dense row-major `rows × cols` block at the start of `data`.
     pub fn dense(data: &mut [f32], rows: usize, cols: usize) -> MatMut {
         assert!(fits(data.len(), 0, rows, cols, cols, 1), "output block out of bounds");
-        MatMut {
-            ptr: data.as_mut_ptr(),
-            rs: cols,
-            cs: 1,
-        }
+        MatMut { ptr: data.as_mut_ptr(), rs: cols, cs: 1 }
     }
 }
 

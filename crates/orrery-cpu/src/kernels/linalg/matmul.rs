@@ -30,16 +30,10 @@ pub(super) fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &Ten
     let (ra, rb) = (a.shape.len(), b.shape.len());
     let k = if ta { a.shape[ra - 2] } else { a.shape[ra - 1] };
     let batch = &od[..r - 2];
-    let a_offsets = index_offsets(
-        batch,
-        &broadcast_strides_to(&a.shape[..ra - 2], &a.strides[..ra - 2], batch),
-        a.offset,
-    );
-    let b_offsets = index_offsets(
-        batch,
-        &broadcast_strides_to(&b.shape[..rb - 2], &b.strides[..rb - 2], batch),
-        b.offset,
-    );
+    let a_offsets =
+        index_offsets(batch, &broadcast_strides_to(&a.shape[..ra - 2], &a.strides[..ra - 2], batch), a.offset);
+    let b_offsets =
+        index_offsets(batch, &broadcast_strides_to(&b.shape[..rb - 2], &b.strides[..rb - 2], batch), b.offset);
     let (a_rs, a_cs) = matrix_strides(&a.strides, ta);
     let (b_rs, b_cs) = matrix_strides(&b.strides, tb);
     let mut y = vec![0f32; out.shape.numel()];
@@ -53,13 +47,9 @@ pub(super) fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &Ten
         unsafe { gemm(m, n, k, MatMut::dense(dst, m, n), lhs, rhs, 1.0, false, threads) };
     };
     if a_offsets.len() == 1 || m * n * k >= SPLIT_ONE_GEMM_WORK {
-        y.chunks_mut(m * n)
-            .enumerate()
-            .for_each(|(bi, dst)| one(bi, dst, Threads::Pool));
+        y.chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Pool));
     } else {
-        y.par_chunks_mut(m * n)
-            .enumerate()
-            .for_each(|(bi, dst)| one(bi, dst, Threads::Single));
+        y.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Single));
     }
     CpuTensor::from_vec(od.to_vec(), y)
 }
@@ -88,18 +78,6 @@ pub(super) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, out
     let lhs = MatRef::new(x.data(), x.offset, row_stride, x.strides[lead]);
     let rhs = MatRef::new(w.data(), w.offset, w.strides[1], w.strides[0]);
     // SAFETY: `y` is a dense rows×n buffer owned here.
-    unsafe {
-        gemm(
-            rows,
-            n,
-            k,
-            MatMut::dense(&mut y, rows, n),
-            lhs,
-            rhs,
-            1.0,
-            bias.is_some(),
-            Threads::Pool,
-        )
-    };
+    unsafe { gemm(rows, n, k, MatMut::dense(&mut y, rows, n), lhs, rhs, 1.0, bias.is_some(), Threads::Pool) };
     CpuTensor::from_vec(od, y)
 }

@@ -12,10 +12,7 @@ use orrery_ir::{AttentionMask, Op, TensorType};
 pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
     let wrong_inputs = || CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len()));
     match op {
-        Op::MatMul {
-            transpose_a,
-            transpose_b,
-        } => {
+        Op::MatMul { transpose_a, transpose_b } => {
             let [a, b] = inputs else { return Err(wrong_inputs()) };
             Ok(matmul::matmul(a, b, *transpose_a, *transpose_b, out))
         }

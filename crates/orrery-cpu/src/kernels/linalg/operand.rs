@@ -57,12 +57,7 @@ impl F32Operand {
     }
 
     fn owned(shape: Vec<usize>, data: Vec<f32>) -> F32Operand {
-        F32Operand {
-            storage: Storage::Owned(data),
-            offset: 0,
-            strides: contiguous_strides(&shape),
-            shape,
-        }
+        F32Operand { storage: Storage::Owned(data), offset: 0, strides: contiguous_strides(&shape), shape }
     }
 
     /// The whole underlying storage; index it with `offset` and `strides`.
@@ -110,13 +105,9 @@ fn widen_to_f32(t: &CpuTensor) -> Vec<f32> {
     let t = t.contiguous();
     let mut out = vec![0f32; t.numel()];
     if let Some(src) = t.data::<f16>() {
-        out.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| s.convert_to_f32_slice(d));
+        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| s.convert_to_f32_slice(d));
     } else if let Some(src) = t.data::<bf16>() {
-        out.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| s.convert_to_f32_slice(d));
+        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| s.convert_to_f32_slice(d));
     } else {
         return t.to_f32_vec();
     }
@@ -189,9 +180,6 @@ mod tests {
     fn broadcast_offsets_repeat_the_broadcast_rows() {
         let s = broadcast_strides_to(&[3, 1], &[1, 7], &[2, 3, 2]);
         assert_eq!(s, vec![0, 1, 0]);
-        assert_eq!(
-            index_offsets(&[2, 3, 2], &s, 5),
-            vec![5, 5, 6, 6, 7, 7, 5, 5, 6, 6, 7, 7]
-        );
+        assert_eq!(index_offsets(&[2, 3, 2], &s, 5), vec![5, 5, 6, 6, 7, 7, 5, 5, 6, 6, 7, 7]);
     }
 }
