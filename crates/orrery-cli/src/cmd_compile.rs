@@ -132,7 +132,6 @@ fn print_plan(plan: &Plan, dump: bool) {
     println!("flops {}", plan.flops);
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::parse_shape;

@@ -31,10 +31,7 @@ pub fn describe_specs(specs: &[InputSpec]) -> String {
 
 /// Maps user-given names to canonical spec names, refusing unknown and duplicate names and
 /// requiring every non-optional input.
-pub fn canonical_shapes(
-    specs: &[InputSpec],
-    given: &[(String, Vec<usize>)],
-) -> Result<BTreeMap<String, Vec<usize>>> {
+pub fn canonical_shapes(specs: &[InputSpec], given: &[(String, Vec<usize>)]) -> Result<BTreeMap<String, Vec<usize>>> {
     let mut shapes = BTreeMap::new();
     for (name, shape) in given {
         let Some(spec) = find_spec(specs, name) else {

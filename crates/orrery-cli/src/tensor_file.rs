@@ -9,7 +9,8 @@ use std::path::Path;
 
 /// Every tensor of a safetensors file, in name order.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, CpuTensor)>> {
-    let source = orrery_formats::open_weights(path).with_context(|| format!("reading inputs from {}", path.display()))?;
+    let source =
+        orrery_formats::open_weights(path).with_context(|| format!("reading inputs from {}", path.display()))?;
     let mut names = source.names();
     names.sort();
     names
@@ -56,9 +57,10 @@ pub fn write_f32_safetensors(path: &Path, tensors: &HashMap<String, CpuTensor>) 
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        e
-    })
-    .with_context(|| format!("writing {}", path.display()))
+    write()
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            e
+        })
+        .with_context(|| format!("writing {}", path.display()))
 }

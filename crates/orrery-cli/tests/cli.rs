@@ -42,7 +42,8 @@ fn run_ok(component: &str, input: &str, tag: &str) -> (Vec<usize>, Vec<f32>) {
     let out = tmp_dir(tag).join("out.safetensors");
     let comp = fixtures().join(component);
     let inp = fixtures().join("inputs").join(input);
-    let o = orrery(&["run", comp.to_str().unwrap(), "--inputs", inp.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let o =
+        orrery(&["run", comp.to_str().unwrap(), "--inputs", inp.to_str().unwrap(), "--output", out.to_str().unwrap()]);
     assert!(o.status.success(), "run failed: {}", stderr(&o));
     read_f32(&out, "y")
 }
@@ -50,7 +51,14 @@ fn run_ok(component: &str, input: &str, tag: &str) -> (Vec<usize>, Vec<f32>) {
 fn run_err(input: &Path) -> String {
     let out = tmp_dir("err").join("never.safetensors");
     let comp = fixtures().join("test_mlp_f32");
-    let o = orrery(&["run", comp.to_str().unwrap(), "--inputs", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let o = orrery(&[
+        "run",
+        comp.to_str().unwrap(),
+        "--inputs",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success(), "expected failure");
     assert!(!out.exists(), "no output may be written on failure");
     stderr(&o)
@@ -159,7 +167,15 @@ fn repeat_zero_reports_the_single_run() {
     let out = tmp_dir("json0").join("out.safetensors");
     let comp = fixtures().join("test_mlp_f32");
     let inp = fixtures().join("inputs/x_f32.safetensors");
-    let o = orrery(&["run", comp.to_str().unwrap(), "--inputs", inp.to_str().unwrap(), "--output", out.to_str().unwrap(), "--json"]);
+    let o = orrery(&[
+        "run",
+        comp.to_str().unwrap(),
+        "--inputs",
+        inp.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["runs_s"].as_array().unwrap().len(), 1);
 }

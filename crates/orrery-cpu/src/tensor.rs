@@ -61,8 +61,12 @@ impl MappedBytes {
         let end = start.checked_add(len)?;
         let bytes = all.get(start..end)?;
         let aligned = (bytes.as_ptr() as usize).is_multiple_of(dtype.size_bytes());
-        (aligned && dtype != DType::Bool && len.is_multiple_of(dtype.size_bytes()))
-            .then_some(MappedBytes { dtype, owner, start, len })
+        (aligned && dtype != DType::Bool && len.is_multiple_of(dtype.size_bytes())).then_some(MappedBytes {
+            dtype,
+            owner,
+            start,
+            len,
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -411,13 +415,7 @@ impl CpuTensor {
     pub fn expand(&self, shape: &[usize]) -> CpuTensor {
         let lead = shape.len() - self.shape.len();
         let strides = (0..shape.len())
-            .map(|i| {
-                if i < lead || (self.shape[i - lead] == 1 && shape[i] != 1) {
-                    0
-                } else {
-                    self.strides[i - lead]
-                }
-            })
+            .map(|i| if i < lead || (self.shape[i - lead] == 1 && shape[i] != 1) { 0 } else { self.strides[i - lead] })
             .collect();
         CpuTensor { shape: shape.to_vec(), strides, ..self.clone() }
     }

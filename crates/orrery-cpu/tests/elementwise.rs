@@ -33,24 +33,11 @@ const UNARY: [UnaryOp; 15] = [
     UnaryOp::Silu,
 ];
 
-const BINARY: [BinaryOp; 7] = [
-    BinaryOp::Add,
-    BinaryOp::Sub,
-    BinaryOp::Mul,
-    BinaryOp::Div,
-    BinaryOp::Pow,
-    BinaryOp::Max,
-    BinaryOp::Min,
-];
+const BINARY: [BinaryOp; 7] =
+    [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Pow, BinaryOp::Max, BinaryOp::Min];
 
-const COMPARE: [CompareOp; 6] = [
-    CompareOp::Eq,
-    CompareOp::Ne,
-    CompareOp::Lt,
-    CompareOp::Le,
-    CompareOp::Gt,
-    CompareOp::Ge,
-];
+const COMPARE: [CompareOp; 6] =
+    [CompareOp::Eq, CompareOp::Ne, CompareOp::Lt, CompareOp::Le, CompareOp::Gt, CompareOp::Ge];
 
 /// Random values in [-scale, scale) stored as `dtype`.
 fn rand_scaled(seed: u64, shape: &[usize], scale: f64, dtype: DType) -> CpuTensor {
@@ -71,20 +58,10 @@ fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
 
 /// A pair of shapes that broadcast to `out`: each side drops some leading dims and turns some
 /// dims into 1, as chosen by the bits of `mask_a` / `mask_b`.
-fn broadcast_pair(
-    out: &[usize],
-    mask_a: u32,
-    mask_b: u32,
-    drop_a: usize,
-    drop_b: usize,
-) -> (Vec<usize>, Vec<usize>) {
+fn broadcast_pair(out: &[usize], mask_a: u32, mask_b: u32, drop_a: usize, drop_b: usize) -> (Vec<usize>, Vec<usize>) {
     let side = |mask: u32, drop: usize| -> Vec<usize> {
         let drop = drop.min(out.len());
-        out[drop..]
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| if mask >> i & 1 == 1 { 1 } else { d })
-            .collect()
+        out[drop..].iter().enumerate().map(|(i, &d)| if mask >> i & 1 == 1 { 1 } else { d }).collect()
     };
     (side(mask_a, drop_a), side(mask_b, drop_b))
 }
@@ -194,45 +171,22 @@ fn half_casts_round_to_nearest_even() {
     assert_eq!(cast_f32(&[1.0 / 3.0], DType::BF16), vec![0.333_984_375]);
     assert_eq!(
         cast_f32(&[65504.0, 1e6, -1e6, 0.1], DType::F16),
-        vec![
-            65504.0,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            0.099_975_585_937_5
-        ]
+        vec![65504.0, f64::INFINITY, f64::NEG_INFINITY, 0.099_975_585_937_5]
     );
     // Ties go to even: 1 + 2^-8 is halfway between bf16 neighbours 1 and 1 + 2^-7.
-    assert_eq!(
-        cast_f32(&[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0], DType::BF16),
-        vec![1.0, 1.0 + 4.0 / 256.0]
-    );
+    assert_eq!(cast_f32(&[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0], DType::BF16), vec![1.0, 1.0 + 4.0 / 256.0]);
     // Round trip through f16 and back to f32 is exact for values f16 holds.
-    let halves = run(
-        &Op::Cast { to: DType::F16 },
-        &[CpuTensor::from_vec(vec![3], vec![0.5f32, -2.25, 1024.0])],
-    );
-    assert_eq!(
-        run(&Op::Cast { to: DType::F32 }, &[halves]).to_f32_vec(),
-        vec![0.5, -2.25, 1024.0]
-    );
+    let halves = run(&Op::Cast { to: DType::F16 }, &[CpuTensor::from_vec(vec![3], vec![0.5f32, -2.25, 1024.0])]);
+    assert_eq!(run(&Op::Cast { to: DType::F32 }, &[halves]).to_f32_vec(), vec![0.5, -2.25, 1024.0]);
 }
 
 #[test]
 fn float_to_int_casts_truncate_toward_zero() {
-    assert_eq!(
-        cast_f32(&[-1.7, 1.7, -0.5, 2.999], DType::I32),
-        vec![-1.0, 1.0, 0.0, 2.0]
-    );
+    assert_eq!(cast_f32(&[-1.7, 1.7, -0.5, 2.999], DType::I32), vec![-1.0, 1.0, 0.0, 2.0]);
     assert_eq!(cast_f32(&[-1.7, 1.7], DType::I64), vec![-1.0, 1.0]);
     // As in torch: truncate, then wrap to 8 bits (-1 → 255, 300 → 44).
-    assert_eq!(
-        cast_f32(&[-1.7, 300.0, 255.9], DType::U8),
-        vec![255.0, 44.0, 255.0]
-    );
-    assert_eq!(
-        cast_f32(&[0.0, -0.0, 0.25, f32::NAN], DType::Bool),
-        vec![0.0, 0.0, 1.0, 1.0]
-    );
+    assert_eq!(cast_f32(&[-1.7, 300.0, 255.9], DType::U8), vec![255.0, 44.0, 255.0]);
+    assert_eq!(cast_f32(&[0.0, -0.0, 0.25, f32::NAN], DType::Bool), vec![0.0, 0.0, 1.0, 1.0]);
 }
 
 #[test]
@@ -240,11 +194,7 @@ fn gelu_is_accurate_in_both_tails() {
     // x·Φ(x) for x = -8, 0.5, 3: relative accuracy survives the far left tail.
     let x = CpuTensor::from_vec(vec![3], vec![-8.0f32, 0.5, 3.0]);
     let y = run(&Op::Unary(UnaryOp::GeluErf), &[x]).to_f64_vec();
-    let want = [
-        -4.976_768_459_417_456e-15,
-        0.345_731_230_637_006_56,
-        2.995_950_305_905_11,
-    ];
+    let want = [-4.976_768_459_417_456e-15, 0.345_731_230_637_006_56, 2.995_950_305_905_11];
     for (g, w) in y.iter().zip(want) {
         assert!(((g - w) / w).abs() < 1e-6, "gelu gave {g}, want {w}");
     }
@@ -258,9 +208,7 @@ fn nan_propagates_through_max_min_clamp_and_relu() {
     assert!(max[0].is_nan() && max[1].is_nan() && max[2] == 2.0);
     let min = run(&Op::Binary(BinaryOp::Min), &[a.clone(), b]).to_f32_vec();
     assert!(min[0].is_nan() && min[1].is_nan() && min[2] == 1.0);
-    assert!(
-        run(&Op::Clamp { min: 0.0, max: 1.0 }, std::slice::from_ref(&a)).to_f32_vec()[0].is_nan()
-    );
+    assert!(run(&Op::Clamp { min: 0.0, max: 1.0 }, std::slice::from_ref(&a)).to_f32_vec()[0].is_nan());
     assert!(run(&Op::Unary(UnaryOp::Relu), &[a]).to_f32_vec()[0].is_nan());
 }
 
@@ -271,22 +219,10 @@ fn large_and_row_broadcast_shapes_cross_chunk_boundaries() {
     for b_shape in [vec![20_000], vec![3, 1], vec![], vec![1, 1]] {
         let b = rand_f32(2, &b_shape);
         check_op(&Op::Binary(BinaryOp::Add), &[a.clone(), b.clone()], F32_TOL);
-        check_op(
-            &Op::Binary(BinaryOp::Mul),
-            &[b, as_permuted_view(&a, &[1, 0])],
-            F32_TOL,
-        );
+        check_op(&Op::Binary(BinaryOp::Mul), &[b, as_permuted_view(&a, &[1, 0])], F32_TOL);
     }
-    check_op(
-        &Op::Unary(UnaryOp::Silu),
-        &[rand_f32(3, &[70_001])],
-        F32_TOL,
-    );
-    check_op(
-        &Op::Cast { to: DType::BF16 },
-        &[as_sliced_view(&rand_f32(4, &[50, 999]), 1)],
-        0.0,
-    );
+    check_op(&Op::Unary(UnaryOp::Silu), &[rand_f32(3, &[70_001])], F32_TOL);
+    check_op(&Op::Cast { to: DType::BF16 }, &[as_sliced_view(&rand_f32(4, &[50, 999]), 1)], 0.0);
 }
 
 #[test]
@@ -296,9 +232,6 @@ fn where_and_compare_on_bool_tensors() {
     let eq = run(&Op::Compare(CompareOp::Eq), &[a.clone(), b.clone()]);
     assert_eq!(eq.dtype(), DType::Bool);
     assert_eq!(eq.to_f64_vec(), vec![1.0, 0.0, 1.0, 0.0]);
-    let picked = run(
-        &Op::Where,
-        &[a, b, CpuTensor::from_bools(vec![], vec![false])],
-    );
+    let picked = run(&Op::Where, &[a, b, CpuTensor::from_bools(vec![], vec![false])]);
     assert_eq!(picked.to_f64_vec(), vec![1.0, 0.0, 1.0, 0.0]);
 }

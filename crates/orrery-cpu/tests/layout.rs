@@ -25,10 +25,7 @@ fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
 
 /// Random values of `dtype` (integers in ±100, bools about half true).
 fn rand_of(dtype: DType, seed: u64, shape: &[usize]) -> CpuTensor {
-    let v: Vec<f64> = values(seed, shape.iter().product())
-        .iter()
-        .map(|x| (x * 100.0).round())
-        .collect();
+    let v: Vec<f64> = values(seed, shape.iter().product()).iter().map(|x| (x * 100.0).round()).collect();
     let v: Vec<f64> = match dtype {
         DType::F32 | DType::F16 | DType::BF16 => values(seed, v.len()),
         DType::U8 => v.iter().map(|x| x.abs()).collect(),
@@ -53,9 +50,7 @@ fn indices(seed: u64, n: usize, size: usize, allow_negative: bool, dtype: DType)
     let v: Vec<f64> = values(seed, n)
         .iter()
         .map(|x| {
-            let k = ((x + 1.0) / 2.0 * size as f64)
-                .floor()
-                .min(size as f64 - 1.0);
+            let k = ((x + 1.0) / 2.0 * size as f64).floor().min(size as f64 - 1.0);
             if allow_negative && x.to_bits() % 2 == 0 {
                 k - size as f64
             } else {
@@ -161,91 +156,43 @@ proptest! {
 fn index_errors_name_the_index_and_the_dim() {
     let x = rand_f32(1, &[2, 3]);
     let bad = CpuTensor::from_vec(vec![2], vec![0i64, 5]);
-    let err = run(&Op::IndexSelect { axis: 1 }, &[x.clone(), bad])
-        .unwrap_err()
-        .to_string();
+    let err = run(&Op::IndexSelect { axis: 1 }, &[x.clone(), bad]).unwrap_err().to_string();
     assert!(err.contains("index 5") && err.contains("dim 1"), "{err}");
     let too_negative = CpuTensor::from_vec(vec![1], vec![-4i32]);
-    let err = run(&Op::IndexSelect { axis: 1 }, &[x.clone(), too_negative])
-        .unwrap_err()
-        .to_string();
+    let err = run(&Op::IndexSelect { axis: 1 }, &[x.clone(), too_negative]).unwrap_err().to_string();
     assert!(err.contains("index -4") && err.contains("dim 1"), "{err}");
     // gather follows torch: negative indices are out of range.
     let gather_idx = CpuTensor::from_vec(vec![2, 1], vec![0i64, -1]);
-    let err = run(&Op::Gather { axis: 1 }, &[x.clone(), gather_idx])
-        .unwrap_err()
-        .to_string();
+    let err = run(&Op::Gather { axis: 1 }, &[x.clone(), gather_idx]).unwrap_err().to_string();
     assert!(err.contains("index -1") && err.contains("dim 1"), "{err}");
     let gather_idx = CpuTensor::from_vec(vec![1, 1], vec![2i64]);
-    let err = run(&Op::Gather { axis: 0 }, &[x, gather_idx])
-        .unwrap_err()
-        .to_string();
+    let err = run(&Op::Gather { axis: 0 }, &[x, gather_idx]).unwrap_err().to_string();
     assert!(err.contains("index 2") && err.contains("dim 0"), "{err}");
 }
 
 #[test]
 fn embedding_widens_half_tables() {
     // A bf16 table: rows are widened exactly (1/3 is stored as 0.333984375).
-    let table = CpuTensor::from_f64(
-        DType::BF16,
-        vec![3, 2],
-        &[1.0 / 3.0, -2.0, 0.5, 7.0, 1e-3, 3.0],
-    );
+    let table = CpuTensor::from_f64(DType::BF16, vec![3, 2], &[1.0 / 3.0, -2.0, 0.5, 7.0, 1e-3, 3.0]);
     let ids = CpuTensor::from_vec(vec![2, 2], vec![2i32, 0, 0, 1]);
     let y = check_op(&Op::Embedding, &[table.clone(), ids], 0.0);
     assert_eq!(y.shape(), &[2, 2, 2]);
     assert_eq!(y.to_f64_vec()[2..4], [0.333_984_375, -2.0]);
-    let f16_table = layout(
-        &CpuTensor::from_f64(DType::F16, vec![5, 3], &values(2, 15)),
-        1,
-        0,
-    );
+    let f16_table = layout(&CpuTensor::from_f64(DType::F16, vec![5, 3], &values(2, 15)), 1, 0);
     let ids = CpuTensor::from_vec(vec![4], vec![4u8, 0, 3, 3]);
     check_op(&Op::Embedding, &[f16_table, ids.clone()], 0.0);
     check_op(&Op::Embedding, &[rand_f32(3, &[5, 70_000]), ids], 0.0);
-    let err = run(
-        &Op::Embedding,
-        &[table, CpuTensor::from_vec(vec![1], vec![3i64])],
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run(&Op::Embedding, &[table, CpuTensor::from_vec(vec![1], vec![3i64])]).unwrap_err().to_string();
     assert!(err.contains("id 3") && err.contains("3 rows"), "{err}");
 }
 
 #[test]
 fn arange_in_each_dtype() {
     for dtype in [DType::F32, DType::I64, DType::I32] {
-        check_op(
-            &Op::Arange {
-                start: -2.0,
-                step: 0.75,
-                len: 9,
-                dtype,
-            },
-            &[],
-            0.0,
-        );
-        check_op(
-            &Op::Arange {
-                start: 5.0,
-                step: -1.0,
-                len: 0,
-                dtype,
-            },
-            &[],
-            0.0,
-        );
+        check_op(&Op::Arange { start: -2.0, step: 0.75, len: 9, dtype }, &[], 0.0);
+        check_op(&Op::Arange { start: 5.0, step: -1.0, len: 0, dtype }, &[], 0.0);
     }
-    let y = run(
-        &Op::Arange {
-            start: 1.5,
-            step: -1.0,
-            len: 4,
-            dtype: DType::I64,
-        },
-        &[],
-    )
-    .unwrap();
+    let y = run(&Op::Arange { start: 1.5, step: -1.0, len: 4, dtype: DType::I64 }, &[]).unwrap();
     assert_eq!(y.to_f64_vec(), vec![1.0, 0.0, 0.0, -1.0]);
 }
 
@@ -254,31 +201,10 @@ fn large_tensors_cross_chunk_boundaries() {
     let a = rand_f32(1, &[3, 7001]);
     let b = as_permuted_view(&rand_f32(2, &[3, 5001]), &[1, 0]);
     check_op(&Op::Concat { axis: 1 }, &[a.clone(), b.clone()], 0.0);
-    check_op(
-        &Op::Concat { axis: 0 },
-        &[a.reshape(&[7001, 3]), b.reshape(&[5001, 3])],
-        0.0,
-    );
-    check_op(
-        &Op::Concat { axis: 0 },
-        &[a.clone(), as_sliced_view(&rand_f32(3, &[1, 7001]), 1)],
-        0.0,
-    );
-    check_op(
-        &Op::Pad {
-            pads: vec![(2, 2), (1000, 5)],
-            mode: PadMode::Reflect,
-        },
-        std::slice::from_ref(&a),
-        0.0,
-    );
-    check_op(
-        &Op::Repeat {
-            repeats: vec![2, 1, 3],
-        },
-        std::slice::from_ref(&a),
-        0.0,
-    );
+    check_op(&Op::Concat { axis: 0 }, &[a.reshape(&[7001, 3]), b.reshape(&[5001, 3])], 0.0);
+    check_op(&Op::Concat { axis: 0 }, &[a.clone(), as_sliced_view(&rand_f32(3, &[1, 7001]), 1)], 0.0);
+    check_op(&Op::Pad { pads: vec![(2, 2), (1000, 5)], mode: PadMode::Reflect }, std::slice::from_ref(&a), 0.0);
+    check_op(&Op::Repeat { repeats: vec![2, 1, 3] }, std::slice::from_ref(&a), 0.0);
     let idx = indices(4, 20_000, 7001, true, DType::I64);
     check_op(&Op::IndexSelect { axis: 1 }, &[a, idx], 0.0);
 }

@@ -27,10 +27,7 @@ fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
 
 /// Random values `offset + scale·u`, u in [-1, 1).
 fn input(seed: u64, shape: &[usize], scale: f64, offset: f64) -> CpuTensor {
-    let v: Vec<f64> = values(seed, shape.iter().product())
-        .iter()
-        .map(|x| offset + scale * x)
-        .collect();
+    let v: Vec<f64> = values(seed, shape.iter().product()).iter().map(|x| offset + scale * x).collect();
     CpuTensor::from_f64(DType::F32, shape.to_vec(), &v)
 }
 
@@ -109,59 +106,19 @@ fn long_rows_and_large_groups() {
     let x = input(1, &[3, 40_000], 1.0, 50.0);
     let w = input(2, &[40_000], 1.0, 1.0);
     let b = input(3, &[40_000], 1.0, 0.0);
-    check_op(
-        &Op::LayerNorm {
-            eps: 1e-5,
-            affine: true,
-        },
-        &[x.clone(), w.clone(), b],
-        NORM_TOL,
-    );
-    check_op(
-        &Op::RmsNorm {
-            eps: 1e-6,
-            has_weight: true,
-        },
-        &[x, w],
-        NORM_TOL,
-    );
-    check_op(
-        &Op::LayerNorm {
-            eps: 1e-5,
-            affine: false,
-        },
-        &[input(4, &[20_000, 3], 1.0, 0.0)],
-        NORM_TOL,
-    );
+    check_op(&Op::LayerNorm { eps: 1e-5, affine: true }, &[x.clone(), w.clone(), b], NORM_TOL);
+    check_op(&Op::RmsNorm { eps: 1e-6, has_weight: true }, &[x, w], NORM_TOL);
+    check_op(&Op::LayerNorm { eps: 1e-5, affine: false }, &[input(4, &[20_000, 3], 1.0, 0.0)], NORM_TOL);
     let img = input(5, &[2, 64, 33, 35], 3.0, -20.0);
-    check_op(
-        &Op::GroupNorm {
-            groups: 32,
-            eps: 1e-6,
-            affine: false,
-        },
-        std::slice::from_ref(&img),
-        NORM_TOL,
-    );
-    check_op(
-        &Op::GroupNorm {
-            groups: 1,
-            eps: 1e-6,
-            affine: false,
-        },
-        &[img],
-        NORM_TOL,
-    );
+    check_op(&Op::GroupNorm { groups: 32, eps: 1e-6, affine: false }, std::slice::from_ref(&img), NORM_TOL);
+    check_op(&Op::GroupNorm { groups: 1, eps: 1e-6, affine: false }, &[img], NORM_TOL);
 }
 
 #[test]
 fn layer_norm_of_a_constant_row_is_zero() {
     // Variance 0 with eps > 0 gives exactly 0 (then the bias), not NaN.
     let x = CpuTensor::from_vec(vec![1, 4], vec![7.5f32; 4]);
-    let op = Op::LayerNorm {
-        eps: 1e-5,
-        affine: false,
-    };
+    let op = Op::LayerNorm { eps: 1e-5, affine: false };
     let out = op.infer(&[x.ty()]).unwrap();
     let y = orrery_cpu::execute(&op, &[&x], &out).unwrap();
     assert_eq!(y.to_f32_vec(), vec![0.0; 4]);

@@ -36,10 +36,7 @@ fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
 
 /// Random values scaled by 4 and shifted by 1, so sums do not hover around zero.
 fn input(seed: u64, shape: &[usize]) -> CpuTensor {
-    let v: Vec<f64> = values(seed, shape.iter().product())
-        .iter()
-        .map(|x| 4.0 * x + 1.0)
-        .collect();
+    let v: Vec<f64> = values(seed, shape.iter().product()).iter().map(|x| 4.0 * x + 1.0).collect();
     CpuTensor::from_f64(orrery_ir::DType::F32, shape.to_vec(), &v)
 }
 
@@ -81,56 +78,17 @@ fn long_rows_and_columns() {
     // over a long row and over a leading axis.
     let row = input(1, &[2, 200_003]);
     for f in REDUCE {
-        check_op(
-            &Op::Reduce {
-                op: f,
-                axes: vec![1],
-                keepdim: false,
-            },
-            std::slice::from_ref(&row),
-            tol(f),
-        );
-        check_op(
-            &Op::Reduce {
-                op: f,
-                axes: vec![0, 1],
-                keepdim: true,
-            },
-            std::slice::from_ref(&row),
-            tol(f),
-        );
+        check_op(&Op::Reduce { op: f, axes: vec![1], keepdim: false }, std::slice::from_ref(&row), tol(f));
+        check_op(&Op::Reduce { op: f, axes: vec![0, 1], keepdim: true }, std::slice::from_ref(&row), tol(f));
     }
     let cols = input(2, &[1000, 300]);
     for f in REDUCE {
-        check_op(
-            &Op::Reduce {
-                op: f,
-                axes: vec![0],
-                keepdim: true,
-            },
-            std::slice::from_ref(&cols),
-            tol(f),
-        );
+        check_op(&Op::Reduce { op: f, axes: vec![0], keepdim: true }, std::slice::from_ref(&cols), tol(f));
     }
-    check_op(
-        &Op::ArgMax {
-            axis: 0,
-            keepdim: false,
-        },
-        std::slice::from_ref(&cols),
-        0.0,
-    );
-    check_op(
-        &Op::Softmax { axis: 0 },
-        std::slice::from_ref(&cols),
-        SOFTMAX_TOL,
-    );
+    check_op(&Op::ArgMax { axis: 0, keepdim: false }, std::slice::from_ref(&cols), 0.0);
+    check_op(&Op::Softmax { axis: 0 }, std::slice::from_ref(&cols), SOFTMAX_TOL);
     check_op(&Op::LogSoftmax { axis: 0 }, &[cols], SOFTMAX_TOL);
-    check_op(
-        &Op::Softmax { axis: 1 },
-        &[input(3, &[3, 100_000])],
-        SOFTMAX_TOL,
-    );
+    check_op(&Op::Softmax { axis: 1 }, &[input(3, &[3, 100_000])], SOFTMAX_TOL);
 }
 
 #[test]
@@ -138,24 +96,8 @@ fn non_adjacent_axes_of_a_4d_tensor() {
     let x = input(4, &[4, 5, 6, 7]);
     for axes in [vec![0, 2], vec![1, 3], vec![0, 3], vec![0, 1, 3]] {
         for keepdim in [false, true] {
-            check_op(
-                &Op::Reduce {
-                    op: ReduceOp::Sum,
-                    axes: axes.clone(),
-                    keepdim,
-                },
-                std::slice::from_ref(&x),
-                SUM_TOL,
-            );
-            check_op(
-                &Op::Reduce {
-                    op: ReduceOp::Max,
-                    axes: axes.clone(),
-                    keepdim,
-                },
-                std::slice::from_ref(&x),
-                0.0,
-            );
+            check_op(&Op::Reduce { op: ReduceOp::Sum, axes: axes.clone(), keepdim }, std::slice::from_ref(&x), SUM_TOL);
+            check_op(&Op::Reduce { op: ReduceOp::Max, axes: axes.clone(), keepdim }, std::slice::from_ref(&x), 0.0);
         }
     }
 }
@@ -167,54 +109,22 @@ fn nan_wins_max_and_argmax() {
         let out = op.infer(&[x.ty()]).unwrap();
         orrery_cpu::execute(&op, &[&x], &out).unwrap().to_f64_vec()
     };
-    let max = run(Op::Reduce {
-        op: ReduceOp::Max,
-        axes: vec![1],
-        keepdim: false,
-    });
+    let max = run(Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdim: false });
     assert!(max[0].is_nan() && max[1] == 6.0);
-    assert_eq!(
-        run(Op::ArgMax {
-            axis: 1,
-            keepdim: false
-        }),
-        vec![1.0, 2.0]
-    );
-    assert_eq!(
-        run(Op::ArgMax {
-            axis: 0,
-            keepdim: true
-        }),
-        vec![1.0, 0.0, 1.0]
-    );
+    assert_eq!(run(Op::ArgMax { axis: 1, keepdim: false }), vec![1.0, 2.0]);
+    assert_eq!(run(Op::ArgMax { axis: 0, keepdim: true }), vec![1.0, 0.0, 1.0]);
 }
 
 #[test]
 fn max_over_an_empty_axis_is_an_error() {
     let x = CpuTensor::from_vec(vec![3, 0], Vec::<f32>::new());
-    let op = Op::Reduce {
-        op: ReduceOp::Max,
-        axes: vec![1],
-        keepdim: false,
-    };
+    let op = Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdim: false };
     let out = op.infer(&[x.ty()]).unwrap();
     assert!(orrery_cpu::execute(&op, &[&x], &out).is_err());
     // Sum over nothing is 0, mean is NaN (0/0), as in torch.
-    let sum = Op::Reduce {
-        op: ReduceOp::Sum,
-        axes: vec![1],
-        keepdim: false,
-    };
+    let sum = Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdim: false };
     check_op(&sum, std::slice::from_ref(&x), 0.0);
-    check_op(
-        &Op::Reduce {
-            op: ReduceOp::Mean,
-            axes: vec![1],
-            keepdim: false,
-        },
-        &[x],
-        0.0,
-    );
+    check_op(&Op::Reduce { op: ReduceOp::Mean, axes: vec![1], keepdim: false }, &[x], 0.0);
 }
 
 /// Bits of the CPU output of `op` on `inputs`, computed in a pool of `threads` workers.
@@ -239,45 +149,15 @@ fn reductions_and_norms_are_bit_identical_for_any_thread_count() {
     let cases: Vec<(Op, Vec<CpuTensor>)> = vec![
         (Op::Softmax { axis: 1 }, vec![x.clone()]),
         (Op::Softmax { axis: 0 }, vec![x.clone()]),
-        (
-            Op::LayerNorm {
-                eps: 1e-5,
-                affine: true,
-            },
-            vec![x.clone(), w, b],
-        ),
-        (
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![1],
-                keepdim: false,
-            },
-            vec![long.clone()],
-        ),
-        (
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![0, 1],
-                keepdim: false,
-            },
-            vec![long],
-        ),
-        (
-            Op::Reduce {
-                op: ReduceOp::Mean,
-                axes: vec![0],
-                keepdim: false,
-            },
-            vec![x],
-        ),
+        (Op::LayerNorm { eps: 1e-5, affine: true }, vec![x.clone(), w, b]),
+        (Op::Reduce { op: ReduceOp::Sum, axes: vec![1], keepdim: false }, vec![long.clone()]),
+        (Op::Reduce { op: ReduceOp::Sum, axes: vec![0, 1], keepdim: false }, vec![long]),
+        (Op::Reduce { op: ReduceOp::Mean, axes: vec![0], keepdim: false }, vec![x]),
     ];
     for (op, inputs) in &cases {
         let one = bits_with_threads(1, op, inputs);
         for threads in [2, 4] {
-            assert!(
-                one == bits_with_threads(threads, op, inputs),
-                "{op} differs between 1 and {threads} threads"
-            );
+            assert!(one == bits_with_threads(threads, op, inputs), "{op} differs between 1 and {threads} threads");
         }
     }
 }

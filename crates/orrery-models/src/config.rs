@@ -67,9 +67,9 @@ impl ComponentConfig {
     pub fn torch_dtype(&self) -> Result<Option<DType>, ModelError> {
         match self.opt_str("torch_dtype")? {
             None => Ok(None),
-            Some(s) => DType::parse(s.trim_start_matches("torch.")).map(Some).ok_or_else(|| {
-                self.err(format!("`torch_dtype` {s:?} is not one of float32, float16, bfloat16"))
-            }),
+            Some(s) => DType::parse(s.trim_start_matches("torch."))
+                .map(Some)
+                .ok_or_else(|| self.err(format!("`torch_dtype` {s:?} is not one of float32, float16, bfloat16"))),
         }
     }
 }

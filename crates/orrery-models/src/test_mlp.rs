@@ -72,7 +72,12 @@ impl Component for OrreryTestMlp {
         }])
     }
 
-    fn build(&self, method: &str, shapes: &BTreeMap<String, Vec<usize>>, weights: &WeightTypes) -> Result<Graph, ModelError> {
+    fn build(
+        &self,
+        method: &str,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        weights: &WeightTypes,
+    ) -> Result<Graph, ModelError> {
         let specs = self.inputs(method)?;
         let x_shape = shapes.get("x").ok_or_else(|| ModelError::InputShape {
             name: "x".into(),

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 fn filled(shape: &[usize], seed: u32) -> CpuTensor {
     let n: usize = shape.iter().product();
-    let data = (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) - 0.5);
+    let data = (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) - 0.5);
     CpuTensor::from_vec(shape.to_vec(), data.collect())
 }
 

@@ -56,7 +56,10 @@ impl Session {
 
     /// Runs the plan once. `inputs` must name every graph input exactly once, with exactly the
     /// declared dtype and shape (callers convert accepted dtypes first).
-    pub fn run(&self, inputs: &HashMap<String, CpuTensor>) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
+    pub fn run(
+        &self,
+        inputs: &HashMap<String, CpuTensor>,
+    ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
         let graph = &self.plan.graph;
         for name in inputs.keys() {
             let is_input = graph.find(name).is_some_and(|id| matches!(graph.node(id).kind, NodeKind::Input));

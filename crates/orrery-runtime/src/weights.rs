@@ -28,10 +28,7 @@ impl WeightResolver for FormatWeights {
     fn resolve(&self, name: &str, expected: &TensorType) -> Result<CpuTensor, String> {
         let info = self.source.info(name).ok_or_else(|| "not found in the checkpoint".to_string())?;
         if info.dtype != expected.dtype || info.shape != expected.shape.dims() {
-            return Err(format!(
-                "the checkpoint has {}{:?}, the model expects {expected}",
-                info.dtype, info.shape
-            ));
+            return Err(format!("the checkpoint has {}{:?}, the model expects {expected}", info.dtype, info.shape));
         }
         tensor_from_source(self.source.as_ref(), name)
     }

@@ -2,39 +2,22 @@
 //! (concat, pad, repeat, index_select, gather, embedding, arange) write a dense output, in
 //! parallel over fixed-size chunks, copying runs of adjacent elements where they can.
 
-use super::elementwise::strided::{
-    dense, densified, map_view, tensor_from, typed, with_scalar_type, Scalar, CHUNK,
-};
+use super::elementwise::strided::{dense, densified, map_view, tensor_from, typed, with_scalar_type, Scalar, CHUNK};
 use crate::{CpuError, CpuTensor};
 use half::{bf16, f16};
 use orrery_ir::{DType, Op, PadMode, TensorType};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
-pub(super) fn execute(
-    op: &Op,
-    inputs: &[&CpuTensor],
-    out: &TensorType,
-) -> Result<CpuTensor, CpuError> {
-    if let Op::Arange {
-        start,
-        step,
-        len,
-        dtype,
-    } = op
-    {
+pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
+    if let Op::Arange { start, step, len, dtype } = op {
         return Ok(arange(*start, *step, *len, *dtype));
     }
     let x = inputs[0];
     match op {
         Op::Reshape { shape } => Ok(densified(x).reshape(shape)),
         Op::Permute { perm } => Ok(x.permute(perm)),
-        Op::Slice {
-            axis,
-            start,
-            end,
-            step,
-        } => Ok(x.slice(*axis, *start, *end, *step)),
+        Op::Slice { axis, start, end, step } => Ok(x.slice(*axis, *start, *end, *step)),
         Op::Expand { shape } => Ok(x.expand(shape)),
         Op::Concat { axis } => {
             with_scalar_type!(out.dtype, T => concat::<T>(op, inputs, *axis, out))
@@ -73,10 +56,7 @@ pub(super) fn execute(
             DType::F32 => embedding::<f32>(op, x, inputs[1], out),
             DType::F16 => embedding::<f16>(op, x, inputs[1], out),
             DType::BF16 => embedding::<bf16>(op, x, inputs[1], out),
-            other => Err(CpuError::kernel(
-                op,
-                format!("table must be f32, f16 or bf16, got {other}"),
-            )),
+            other => Err(CpuError::kernel(op, format!("table must be f32, f16 or bf16, got {other}"))),
         },
         _ => Err(CpuError::kernel(op, "not a layout op")),
     }
@@ -86,24 +66,14 @@ pub(super) fn execute(
 fn arange(start: f64, step: f64, len: usize, dtype: DType) -> CpuTensor {
     let value = |i: usize| start + i as f64 * step;
     match dtype {
-        DType::I64 => CpuTensor::from_vec(
-            vec![len],
-            (0..len).map(|i| value(i) as i64).collect::<Vec<_>>(),
-        ),
-        DType::I32 => CpuTensor::from_vec(
-            vec![len],
-            (0..len).map(|i| value(i) as i64 as i32).collect::<Vec<_>>(),
-        ),
-        _ => CpuTensor::from_vec(
-            vec![len],
-            (0..len).map(|i| value(i) as f32).collect::<Vec<_>>(),
-        ),
+        DType::I64 => CpuTensor::from_vec(vec![len], (0..len).map(|i| value(i) as i64).collect::<Vec<_>>()),
+        DType::I32 => CpuTensor::from_vec(vec![len], (0..len).map(|i| value(i) as i64 as i32).collect::<Vec<_>>()),
+        _ => CpuTensor::from_vec(vec![len], (0..len).map(|i| value(i) as f32).collect::<Vec<_>>()),
     }
 }
 
 fn dense_data<'a, T: Scalar>(op: &Op, t: &'a CpuTensor) -> Result<Cow<'a, [T]>, CpuError> {
-    dense::<T>(t)
-        .ok_or_else(|| CpuError::kernel(op, format!("input buffer does not hold {}", t.dtype())))
+    dense::<T>(t).ok_or_else(|| CpuError::kernel(op, format!("input buffer does not hold {}", t.dtype())))
 }
 
 /// Index tensors of any integer dtype, as i64 in row-major order.
@@ -112,73 +82,45 @@ fn index_values(op: &Op, t: &CpuTensor) -> Result<Vec<i64>, CpuError> {
         DType::I64 => map_view(t, typed::<i64>(op, t)?, |v| v),
         DType::I32 => map_view(t, typed::<i32>(op, t)?, |v| v as i64),
         DType::U8 => map_view(t, typed::<u8>(op, t)?, |v| v as i64),
-        other => {
-            return Err(CpuError::kernel(
-                op,
-                format!("indices must be i64, i32 or u8, got {other}"),
-            ))
-        }
+        other => return Err(CpuError::kernel(op, format!("indices must be i64, i32 or u8, got {other}"))),
     })
 }
 
 /// Checks `v` against a dim of size `size`; negative values count from the end only where the
 /// op allows it (index_select does; gather and embedding, like torch, do not).
-fn resolve_index(
-    op: &Op,
-    v: i64,
-    size: usize,
-    axis: usize,
-    negative_from_end: bool,
-) -> Result<usize, CpuError> {
-    let resolved = if v < 0 && negative_from_end {
-        v + size as i64
-    } else {
-        v
-    };
+fn resolve_index(op: &Op, v: i64, size: usize, axis: usize, negative_from_end: bool) -> Result<usize, CpuError> {
+    let resolved = if v < 0 && negative_from_end { v + size as i64 } else { v };
     if resolved < 0 || resolved >= size as i64 {
-        return Err(CpuError::kernel(
-            op,
-            format!("index {v} is out of range for dim {axis} of size {size}"),
-        ));
+        return Err(CpuError::kernel(op, format!("index {v} is out of range for dim {axis} of size {size}")));
     }
     Ok(resolved as usize)
 }
 
-fn concat<T: Scalar>(
-    op: &Op,
-    inputs: &[&CpuTensor],
-    axis: usize,
-    out: &TensorType,
-) -> Result<CpuTensor, CpuError> {
+fn concat<T: Scalar>(op: &Op, inputs: &[&CpuTensor], axis: usize, out: &TensorType) -> Result<CpuTensor, CpuError> {
     let dims = out.shape.dims();
     let inner: usize = dims[axis + 1..].iter().product();
-    let parts = inputs
-        .iter()
-        .map(|t| dense_data::<T>(op, t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let parts = inputs.iter().map(|t| dense_data::<T>(op, t)).collect::<Result<Vec<_>, _>>()?;
     // Each output row (one index of the dims before `axis`) is the inputs' rows side by side.
     let widths: Vec<usize> = inputs.iter().map(|t| t.shape()[axis] * inner).collect();
     let row: usize = widths.iter().sum();
     let mut data = vec![T::default(); out.shape.numel()];
-    data.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let mut pos = c * CHUNK;
-            let mut dst = chunk;
-            while !dst.is_empty() {
-                let (o, mut col) = (pos / row, pos % row);
-                let mut k = 0;
-                while col >= widths[k] {
-                    col -= widths[k];
-                    k += 1;
-                }
-                let take = (widths[k] - col).min(dst.len());
-                let (head, rest) = std::mem::take(&mut dst).split_at_mut(take);
-                head.copy_from_slice(&parts[k][o * widths[k] + col..][..take]);
-                dst = rest;
-                pos += take;
+    data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let mut pos = c * CHUNK;
+        let mut dst = chunk;
+        while !dst.is_empty() {
+            let (o, mut col) = (pos / row, pos % row);
+            let mut k = 0;
+            while col >= widths[k] {
+                col -= widths[k];
+                k += 1;
             }
-        });
+            let take = (widths[k] - col).min(dst.len());
+            let (head, rest) = std::mem::take(&mut dst).split_at_mut(take);
+            head.copy_from_slice(&parts[k][o * widths[k] + col..][..take]);
+            dst = rest;
+            pos += take;
+        }
+    });
     Ok(tensor_from(dims, out.dtype, data))
 }
 
@@ -228,26 +170,23 @@ fn remap<T: Scalar>(
     let runs = runs_of(&maps[last]);
     let row_len = dims[last];
     let rows_per_chunk = (CHUNK / row_len).max(1);
-    data.par_chunks_mut(rows_per_chunk * row_len)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            for (r, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
-                let mut rest = c * rows_per_chunk + r;
-                let mut base = Some(0);
-                for a in (0..last).rev() {
-                    let i = rest % dims[a];
-                    rest /= dims[a];
-                    base = base.zip(maps[a][i]).map(|(b, s)| b + s * in_strides[a]);
-                }
-                let Some(base) = base else { continue }; // a fill row: `data` starts as fill
-                for run in &runs {
-                    if let Some(s) = run.source {
-                        dst[run.start..run.start + run.len]
-                            .copy_from_slice(&src[base + s..base + s + run.len]);
-                    }
+    data.par_chunks_mut(rows_per_chunk * row_len).enumerate().for_each(|(c, chunk)| {
+        for (r, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
+            let mut rest = c * rows_per_chunk + r;
+            let mut base = Some(0);
+            for a in (0..last).rev() {
+                let i = rest % dims[a];
+                rest /= dims[a];
+                base = base.zip(maps[a][i]).map(|(b, s)| b + s * in_strides[a]);
+            }
+            let Some(base) = base else { continue }; // a fill row: `data` starts as fill
+            for run in &runs {
+                if let Some(s) = run.source {
+                    dst[run.start..run.start + run.len].copy_from_slice(&src[base + s..base + s + run.len]);
                 }
             }
-        });
+        }
+    });
     Ok(tensor_from(dims, out.dtype, data))
 }
 
@@ -256,17 +195,10 @@ fn runs_of(map: &[Option<usize>]) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     for (i, &source) in map.iter().enumerate() {
         match runs.last_mut() {
-            Some(run)
-                if run.source.map(|s| s + run.len) == source
-                    || (run.source.is_none() && source.is_none()) =>
-            {
+            Some(run) if run.source.map(|s| s + run.len) == source || (run.source.is_none() && source.is_none()) => {
                 run.len += 1;
             }
-            _ => runs.push(Run {
-                start: i,
-                len: 1,
-                source,
-            }),
+            _ => runs.push(Run { start: i, len: 1, source }),
         }
     }
     runs
@@ -290,15 +222,13 @@ fn index_select<T: Scalar>(
     if !data.is_empty() {
         // Output rows of `inner` elements: row q is (outer index q / n, pick q % n).
         let rows_per_chunk = (CHUNK / inner).max(1);
-        data.par_chunks_mut(rows_per_chunk * inner)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                for (r, dst) in chunk.chunks_exact_mut(inner).enumerate() {
-                    let q = c * rows_per_chunk + r;
-                    let (o, pick) = (q / picks.len(), picks[q % picks.len()]);
-                    dst.copy_from_slice(&src[(o * d + pick) * inner..][..inner]);
-                }
-            });
+        data.par_chunks_mut(rows_per_chunk * inner).enumerate().for_each(|(c, chunk)| {
+            for (r, dst) in chunk.chunks_exact_mut(inner).enumerate() {
+                let q = c * rows_per_chunk + r;
+                let (o, pick) = (q / picks.len(), picks[q % picks.len()]);
+                dst.copy_from_slice(&src[(o * d + pick) * inner..][..inner]);
+            }
+        });
     }
     Ok(tensor_from(out.shape.dims(), out.dtype, data))
 }
@@ -324,26 +254,24 @@ fn gather<T: Scalar>(
     let mut data = vec![T::default(); out.shape.numel()];
     if !data.is_empty() {
         let rows_per_chunk = (CHUNK / row_len).max(1);
-        data.par_chunks_mut(rows_per_chunk * row_len)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                for (r, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
-                    let row = c * rows_per_chunk + r;
-                    let mut rest = row;
-                    let mut base = x.offset();
-                    for a in (0..last).rev() {
-                        if a != axis {
-                            base += rest % dims[a] * strides[a];
-                        }
-                        rest /= dims[a];
+        data.par_chunks_mut(rows_per_chunk * row_len).enumerate().for_each(|(c, chunk)| {
+            for (r, dst) in chunk.chunks_exact_mut(row_len).enumerate() {
+                let row = c * rows_per_chunk + r;
+                let mut rest = row;
+                let mut base = x.offset();
+                for a in (0..last).rev() {
+                    if a != axis {
+                        base += rest % dims[a] * strides[a];
                     }
-                    let along = if axis == last { 0 } else { strides[last] };
-                    let picks = &picks[row * row_len..][..row_len];
-                    for (j, (y, &v)) in dst.iter_mut().zip(picks).enumerate() {
-                        *y = buf[base + j * along + v as usize * strides[axis]];
-                    }
+                    rest /= dims[a];
                 }
-            });
+                let along = if axis == last { 0 } else { strides[last] };
+                let picks = &picks[row * row_len..][..row_len];
+                for (j, (y, &v)) in dst.iter_mut().zip(picks).enumerate() {
+                    *y = buf[base + j * along + v as usize * strides[axis]];
+                }
+            }
+        });
     }
     Ok(tensor_from(dims, out.dtype, data))
 }
@@ -371,38 +299,27 @@ impl Widen for bf16 {
     }
 }
 
-fn embedding<T: Widen>(
-    op: &Op,
-    table: &CpuTensor,
-    ids: &CpuTensor,
-    out: &TensorType,
-) -> Result<CpuTensor, CpuError> {
+fn embedding<T: Widen>(op: &Op, table: &CpuTensor, ids: &CpuTensor, out: &TensorType) -> Result<CpuTensor, CpuError> {
     let (vocab, width) = (table.shape()[0], table.shape()[1]);
     let rows = index_values(op, ids)?
         .into_iter()
         .map(|v| {
-            resolve_index(op, v, vocab, 0, false).map_err(|_| {
-                CpuError::kernel(
-                    op,
-                    format!("id {v} is out of range for a table of {vocab} rows"),
-                )
-            })
+            resolve_index(op, v, vocab, 0, false)
+                .map_err(|_| CpuError::kernel(op, format!("id {v} is out of range for a table of {vocab} rows")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let src = dense_data::<T>(op, table)?;
     let mut data = vec![0f32; out.shape.numel()];
     if !data.is_empty() {
         let rows_per_chunk = (CHUNK / width).max(1);
-        data.par_chunks_mut(rows_per_chunk * width)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                for (r, dst) in chunk.chunks_exact_mut(width).enumerate() {
-                    let row = rows[c * rows_per_chunk + r];
-                    for (y, &v) in dst.iter_mut().zip(&src[row * width..][..width]) {
-                        *y = v.widen();
-                    }
+        data.par_chunks_mut(rows_per_chunk * width).enumerate().for_each(|(c, chunk)| {
+            for (r, dst) in chunk.chunks_exact_mut(width).enumerate() {
+                let row = rows[c * rows_per_chunk + r];
+                for (y, &v) in dst.iter_mut().zip(&src[row * width..][..width]) {
+                    *y = v.widen();
                 }
-            });
+            }
+        });
     }
     Ok(CpuTensor::from_vec(out.shape.0.clone(), data))
 }

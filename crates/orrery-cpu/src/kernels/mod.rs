@@ -7,8 +7,8 @@ mod linalg;
 mod norm;
 mod reduce;
 
-pub(crate) use elementwise::dense_copy;
 use crate::{CpuError, CpuTensor};
+pub(crate) use elementwise::dense_copy;
 use orrery_ir::{Op, TensorType};
 
 /// Runs `op` on `inputs`; `out` is the type the IR inferred for the result.

@@ -13,31 +13,21 @@ use orrery_ir::{Op, RopeStyle, TensorType};
 use rayon::prelude::*;
 use std::borrow::Cow;
 
-pub(super) fn execute(
-    op: &Op,
-    inputs: &[&CpuTensor],
-    out: &TensorType,
-) -> Result<CpuTensor, CpuError> {
+pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
     let dims = out.shape.dims().to_vec();
     let x = f32_data(op, inputs[0])?;
     // Per-channel parameters, dense. Rope reads its cos/sin tables through their (usually
     // broadcast) views instead, so they are not densified.
     let params = match op {
         Op::Rope { .. } => Vec::new(),
-        _ => inputs[1..]
-            .iter()
-            .map(|t| f32_data(op, t))
-            .collect::<Result<Vec<_>, _>>()?,
+        _ => inputs[1..].iter().map(|t| f32_data(op, t)).collect::<Result<Vec<_>, _>>()?,
     };
     let mut y = vec![0f32; x.len()];
     if !y.is_empty() {
         match op {
             Op::LayerNorm { eps, .. } => {
                 let d = dims[dims.len() - 1];
-                let (w, b) = (
-                    params.first().map(|p| &p[..]),
-                    params.get(1).map(|p| &p[..]),
-                );
+                let (w, b) = (params.first().map(|p| &p[..]), params.get(1).map(|p| &p[..]));
                 for_rows(&x, &mut y, d, |x, y| layer_norm_row(x, y, *eps, w, b));
             }
             Op::RmsNorm { eps, .. } => {
@@ -45,9 +35,7 @@ pub(super) fn execute(
                 let w = params.first().map(|p| &p[..]);
                 for_rows(&x, &mut y, d, |x, y| rms_norm_row(x, y, *eps, w));
             }
-            Op::GroupNorm { groups, eps, .. } => {
-                group_norm(&x, &mut y, &dims, *groups, *eps, &params)
-            }
+            Op::GroupNorm { groups, eps, .. } => group_norm(&x, &mut y, &dims, *groups, *eps, &params),
             Op::BatchNorm { eps, .. } => batch_norm(&x, &mut y, &dims, *eps, &params),
             Op::Rope { style } => rope(op, &x, &mut y, &dims, [inputs[1], inputs[2]], *style)?,
             _ => return Err(CpuError::kernel(op, "not a normalisation")),
@@ -57,21 +45,18 @@ pub(super) fn execute(
 }
 
 fn f32_data<'a>(op: &Op, t: &'a CpuTensor) -> Result<Cow<'a, [f32]>, CpuError> {
-    dense::<f32>(t)
-        .ok_or_else(|| CpuError::kernel(op, format!("input of dtype {} is not f32", t.dtype())))
+    dense::<f32>(t).ok_or_else(|| CpuError::kernel(op, format!("input of dtype {} is not f32", t.dtype())))
 }
 
 /// Calls `f(x_row, y_row)` for every row of length `d`, rows handed out in groups of about
 /// [`CHUNK`] elements.
 fn for_rows(x: &[f32], y: &mut [f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
     let per_chunk = (CHUNK / d).max(1) * d;
-    y.par_chunks_mut(per_chunk)
-        .zip(x.par_chunks(per_chunk))
-        .for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-                f(xr, yr);
-            }
-        });
+    y.par_chunks_mut(per_chunk).zip(x.par_chunks(per_chunk)).for_each(|(yc, xc)| {
+        for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
+            f(xr, yr);
+        }
+    });
 }
 
 /// `Σ (x - mean)²` in f64, eight interleaved lanes.
@@ -104,11 +89,7 @@ fn stats(xs: &[f32], eps: f64) -> Stats {
     let mean = sum_f64(xs) / n;
     let var = sum_sq_dev(xs, mean) / n;
     let mean_hi = mean as f32;
-    Stats {
-        mean_hi,
-        mean_lo: (mean - mean_hi as f64) as f32,
-        rstd: 1.0 / (var + eps).sqrt(),
-    }
+    Stats { mean_hi, mean_lo: (mean - mean_hi as f64) as f32, rstd: 1.0 / (var + eps).sqrt() }
 }
 
 impl Stats {
@@ -155,14 +136,7 @@ fn rms_norm_row(x: &[f32], y: &mut [f32], eps: f64, w: Option<&[f32]>) {
 
 /// x `[N, C, *]`: each (sample, group) is one contiguous block of `C/groups` channels, and one
 /// task.
-fn group_norm(
-    x: &[f32],
-    y: &mut [f32],
-    dims: &[usize],
-    groups: usize,
-    eps: f64,
-    params: &[Cow<[f32]>],
-) {
+fn group_norm(x: &[f32], y: &mut [f32], dims: &[usize], groups: usize, eps: f64, params: &[Cow<[f32]>]) {
     let channels = dims[1];
     let spatial: usize = dims[2..].iter().product();
     let per_group = channels / groups;
@@ -170,27 +144,20 @@ fn group_norm(
     if block == 0 {
         return;
     }
-    y.par_chunks_mut(block)
-        .zip(x.par_chunks(block))
-        .enumerate()
-        .for_each(|(task, (yb, xb))| {
-            let s = stats(xb, eps);
-            let first_channel = task % groups * per_group;
-            for (k, (yc, xc)) in yb
-                .chunks_exact_mut(spatial)
-                .zip(xb.chunks_exact(spatial))
-                .enumerate()
-            {
-                let c = first_channel + k;
-                let (scale, shift) = match params {
-                    [w, b] => ((s.rstd * w[c] as f64) as f32, b[c]),
-                    _ => (s.rstd as f32, 0.0),
-                };
-                for (y, &x) in yc.iter_mut().zip(xc) {
-                    *y = s.centered(x) * scale + shift;
-                }
+    y.par_chunks_mut(block).zip(x.par_chunks(block)).enumerate().for_each(|(task, (yb, xb))| {
+        let s = stats(xb, eps);
+        let first_channel = task % groups * per_group;
+        for (k, (yc, xc)) in yb.chunks_exact_mut(spatial).zip(xb.chunks_exact(spatial)).enumerate() {
+            let c = first_channel + k;
+            let (scale, shift) = match params {
+                [w, b] => ((s.rstd * w[c] as f64) as f32, b[c]),
+                _ => (s.rstd as f32, 0.0),
+            };
+            for (y, &x) in yc.iter_mut().zip(xc) {
+                *y = s.centered(x) * scale + shift;
             }
-        });
+        }
+    });
 }
 
 /// Inference batch norm: per channel `(x - mean[c]) · (w[c] / √(var[c] + eps)) + b[c]`.
@@ -202,27 +169,20 @@ fn batch_norm(x: &[f32], y: &mut [f32], dims: &[usize], eps: f64, params: &[Cow<
     }
     let (mean, var) = (&params[0], &params[1]);
     let per_chunk = (CHUNK / spatial).max(1) * spatial;
-    y.par_chunks_mut(per_chunk)
-        .zip(x.par_chunks(per_chunk))
-        .enumerate()
-        .for_each(|(i, (yc, xc))| {
-            let first_row = i * per_chunk / spatial;
-            for (r, (yr, xr)) in yc
-                .chunks_exact_mut(spatial)
-                .zip(xc.chunks_exact(spatial))
-                .enumerate()
-            {
-                let c = (first_row + r) % channels;
-                let inv_std = 1.0 / (var[c] as f64 + eps).sqrt();
-                let (scale, shift) = match params {
-                    [_, _, w, b] => ((inv_std * w[c] as f64) as f32, b[c]),
-                    _ => (inv_std as f32, 0.0),
-                };
-                for (y, &x) in yr.iter_mut().zip(xr) {
-                    *y = (x - mean[c]) * scale + shift;
-                }
+    y.par_chunks_mut(per_chunk).zip(x.par_chunks(per_chunk)).enumerate().for_each(|(i, (yc, xc))| {
+        let first_row = i * per_chunk / spatial;
+        for (r, (yr, xr)) in yc.chunks_exact_mut(spatial).zip(xc.chunks_exact(spatial)).enumerate() {
+            let c = (first_row + r) % channels;
+            let inv_std = 1.0 / (var[c] as f64 + eps).sqrt();
+            let (scale, shift) = match params {
+                [_, _, w, b] => ((inv_std * w[c] as f64) as f32, b[c]),
+                _ => (inv_std as f32, 0.0),
+            };
+            for (y, &x) in yr.iter_mut().zip(xr) {
+                *y = (x - mean[c]) * scale + shift;
             }
-        });
+        }
+    });
 }
 
 /// `y = x · cos + rotate(x) · sin` row by row; cos and sin are read through their broadcast
@@ -239,29 +199,21 @@ fn rope(
     let [cos, sin] = tables.map(|t| t.expand(dims));
     let (cos_buf, sin_buf) = (typed::<f32>(op, tables[0])?, typed::<f32>(op, tables[1])?);
     let per_chunk = (CHUNK / d).max(1) * d;
-    y.par_chunks_mut(per_chunk)
-        .zip(x.par_chunks(per_chunk))
-        .enumerate()
-        .for_each(|(i, (yc, xc))| {
-            let first_row = i * per_chunk / d;
-            let (mut cos_scratch, mut sin_scratch) = (Vec::new(), Vec::new());
-            for (r, (yr, xr)) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).enumerate() {
-                let c = table_row(&cos, cos_buf, first_row + r, &mut cos_scratch);
-                let s = table_row(&sin, sin_buf, first_row + r, &mut sin_scratch);
-                rope_row(xr, yr, c, s, style);
-            }
-        });
+    y.par_chunks_mut(per_chunk).zip(x.par_chunks(per_chunk)).enumerate().for_each(|(i, (yc, xc))| {
+        let first_row = i * per_chunk / d;
+        let (mut cos_scratch, mut sin_scratch) = (Vec::new(), Vec::new());
+        for (r, (yr, xr)) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)).enumerate() {
+            let c = table_row(&cos, cos_buf, first_row + r, &mut cos_scratch);
+            let s = table_row(&sin, sin_buf, first_row + r, &mut sin_scratch);
+            rope_row(xr, yr, c, s, style);
+        }
+    });
     Ok(())
 }
 
 /// Row `row` (counting rows row-major over all dims but the last) of a broadcast view whose
 /// buffer is `buf`: borrowed when its elements are adjacent, else gathered into `scratch`.
-fn table_row<'a>(
-    view: &CpuTensor,
-    buf: &'a [f32],
-    row: usize,
-    scratch: &'a mut Vec<f32>,
-) -> &'a [f32] {
+fn table_row<'a>(view: &CpuTensor, buf: &'a [f32], row: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
     let (dims, strides) = (view.shape(), view.strides());
     let last = dims.len() - 1;
     let mut rest = row;
@@ -293,11 +245,8 @@ fn rope_row(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], style: RopeStyle) {
             }
         }
         RopeStyle::Interleaved => {
-            for (((y, x), c), s) in y
-                .chunks_exact_mut(2)
-                .zip(x.chunks_exact(2))
-                .zip(c.chunks_exact(2))
-                .zip(s.chunks_exact(2))
+            for (((y, x), c), s) in
+                y.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(c.chunks_exact(2)).zip(s.chunks_exact(2))
             {
                 y[0] = x[0] * c[0] - x[1] * s[0];
                 y[1] = x[1] * c[1] + x[0] * s[1];

@@ -22,11 +22,7 @@ const BLOCK: usize = 4 * CHUNK;
 /// Columns folded together by one task in the `inner > 1` layout.
 const TILE: usize = 256;
 
-pub(super) fn execute(
-    op: &Op,
-    inputs: &[&CpuTensor],
-    out: &TensorType,
-) -> Result<CpuTensor, CpuError> {
+pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
     let x = inputs[0];
     let dims = out.shape.dims().to_vec();
     match op {
@@ -58,85 +54,51 @@ struct Split {
 
 /// x's data in `[outer, len, inner]` layout for reducing `axes`. The output elements, in
 /// `(outer, inner)` order, are the kept axes in row-major order, as the op's output wants.
-fn to_split<'a>(
-    op: &Op,
-    x: &'a CpuTensor,
-    axes: &[usize],
-) -> Result<(Cow<'a, [f32]>, Split), CpuError> {
+fn to_split<'a>(op: &Op, x: &'a CpuTensor, axes: &[usize]) -> Result<(Cow<'a, [f32]>, Split), CpuError> {
     let dims = x.shape();
     // Size-1 dims may count as kept or reduced; ignoring them lets more cases stay copy-free.
     let real: Vec<usize> = (0..dims.len()).filter(|&a| dims[a] != 1).collect();
     let reduced: Vec<usize> = real.iter().copied().filter(|a| axes.contains(a)).collect();
     let product = |list: &[usize]| list.iter().map(|&a| dims[a]).product::<usize>();
     let first = real.iter().position(|a| axes.contains(a));
-    let adjacent =
-        first.is_none_or(|p| real[p..p + reduced.len()].iter().all(|a| axes.contains(a)));
+    let adjacent = first.is_none_or(|p| real[p..p + reduced.len()].iter().all(|a| axes.contains(a)));
     let (view, split) = if adjacent {
         let p = first.unwrap_or(real.len());
-        let split = Split {
-            outer: product(&real[..p]),
-            len: product(&reduced),
-            inner: product(&real[p + reduced.len()..]),
-        };
+        let split =
+            Split { outer: product(&real[..p]), len: product(&reduced), inner: product(&real[p + reduced.len()..]) };
         (Cow::Borrowed(x), split)
     } else {
         let kept: Vec<usize> = (0..dims.len()).filter(|a| !axes.contains(a)).collect();
         let perm: Vec<usize> = kept.iter().chain(axes).copied().collect();
-        let split = Split {
-            outer: product(&kept),
-            len: product(axes),
-            inner: 1,
-        };
+        let split = Split { outer: product(&kept), len: product(axes), inner: 1 };
         (Cow::Owned(x.permute(&perm)), split)
     };
     let data = match view {
         Cow::Borrowed(v) => dense::<f32>(v),
         Cow::Owned(v) => dense::<f32>(&v).map(|d| Cow::Owned(d.into_owned())),
     };
-    let data = data
-        .ok_or_else(|| CpuError::kernel(op, format!("input of dtype {} is not f32", x.dtype())))?;
+    let data = data.ok_or_else(|| CpuError::kernel(op, format!("input of dtype {} is not f32", x.dtype())))?;
     Ok((data, split))
 }
 
 fn reduce(op: &Op, f: ReduceOp, data: &[f32], s: Split) -> Result<Vec<f32>, CpuError> {
     if s.len == 0 && s.outer * s.inner > 0 && matches!(f, ReduceOp::Max | ReduceOp::Min) {
-        return Err(CpuError::kernel(
-            op,
-            "the reduced axes hold no elements, so there is no maximum or minimum",
-        ));
+        return Err(CpuError::kernel(op, "the reduced axes hold no elements, so there is no maximum or minimum"));
     }
     let n = s.len as f64;
     Ok(match (f, s.inner) {
-        (ReduceOp::Sum, 1) => fold_rows(data, s, sum_f64, |a, b| a + b)
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        (ReduceOp::Mean, 1) => fold_rows(data, s, sum_f64, |a, b| a + b)
-            .into_iter()
-            .map(|v| (v / n) as f32)
-            .collect(),
+        (ReduceOp::Sum, 1) => fold_rows(data, s, sum_f64, |a, b| a + b).into_iter().map(|v| v as f32).collect(),
+        (ReduceOp::Mean, 1) => fold_rows(data, s, sum_f64, |a, b| a + b).into_iter().map(|v| (v / n) as f32).collect(),
         (ReduceOp::Max, 1) => fold_rows(data, s, max_f32, nan_max),
         (ReduceOp::Min, 1) => fold_rows(data, s, min_f32, nan_min),
-        (ReduceOp::Sum, _) => fold_columns(data, s, |_| 0.0, |acc, v, _| *acc += v as f64)
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        (ReduceOp::Mean, _) => fold_columns(data, s, |_| 0.0, |acc, v, _| *acc += v as f64)
-            .into_iter()
-            .map(|v| (v / n) as f32)
-            .collect(),
-        (ReduceOp::Max, _) => fold_columns(
-            data,
-            s,
-            |_| f32::NEG_INFINITY,
-            |acc, v, _| *acc = nan_max(*acc, v),
-        ),
-        (ReduceOp::Min, _) => fold_columns(
-            data,
-            s,
-            |_| f32::INFINITY,
-            |acc, v, _| *acc = nan_min(*acc, v),
-        ),
+        (ReduceOp::Sum, _) => {
+            fold_columns(data, s, |_| 0.0, |acc, v, _| *acc += v as f64).into_iter().map(|v| v as f32).collect()
+        }
+        (ReduceOp::Mean, _) => {
+            fold_columns(data, s, |_| 0.0, |acc, v, _| *acc += v as f64).into_iter().map(|v| (v / n) as f32).collect()
+        }
+        (ReduceOp::Max, _) => fold_columns(data, s, |_| f32::NEG_INFINITY, |acc, v, _| *acc = nan_max(*acc, v)),
+        (ReduceOp::Min, _) => fold_columns(data, s, |_| f32::INFINITY, |acc, v, _| *acc = nan_min(*acc, v)),
     })
 }
 
@@ -159,10 +121,7 @@ fn fold_rows<A: Copy + Send>(
             leaf(&row[start..(start + BLOCK).min(s.len)])
         })
         .collect();
-    partials
-        .chunks(blocks)
-        .map(|p| p[1..].iter().fold(p[0], |a, &b| combine(a, b)))
-        .collect()
+    partials.chunks(blocks).map(|p| p[1..].iter().fold(p[0], |a, &b| combine(a, b))).collect()
 }
 
 /// For each output `(o, i)` of the `inner > 1` layout, starts from `init(flat)` and applies
@@ -178,19 +137,17 @@ fn fold_columns<A: Copy + Send>(
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(s.inner)
-        .enumerate()
-        .for_each(|(o, row)| {
-            row.par_chunks_mut(TILE).enumerate().for_each(|(t, tile)| {
-                let first = t * TILE;
-                for r in 0..s.len {
-                    let src = &data[(o * s.len + r) * s.inner + first..][..tile.len()];
-                    for (j, (acc, &v)) in tile.iter_mut().zip(src).enumerate() {
-                        step(acc, v, o * s.inner + first + j);
-                    }
+    out.par_chunks_mut(s.inner).enumerate().for_each(|(o, row)| {
+        row.par_chunks_mut(TILE).enumerate().for_each(|(t, tile)| {
+            let first = t * TILE;
+            for r in 0..s.len {
+                let src = &data[(o * s.len + r) * s.inner + first..][..tile.len()];
+                for (j, (acc, &v)) in tile.iter_mut().zip(src).enumerate() {
+                    step(acc, v, o * s.inner + first + j);
                 }
-            });
+            }
         });
+    });
     out
 }
 
@@ -274,23 +231,21 @@ fn argmax_columns(data: &[f32], s: Split) -> Vec<i64> {
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(s.inner)
-        .enumerate()
-        .for_each(|(o, row)| {
-            row.par_chunks_mut(TILE).enumerate().for_each(|(t, tile)| {
-                let first = t * TILE;
-                let mut best = data[o * s.len * s.inner + first..][..tile.len()].to_vec();
-                for r in 1..s.len {
-                    let src = &data[(o * s.len + r) * s.inner + first..][..tile.len()];
-                    for ((b, idx), &v) in best.iter_mut().zip(tile.iter_mut()).zip(src) {
-                        if beats(v, *b) {
-                            *b = v;
-                            *idx = r as i64;
-                        }
+    out.par_chunks_mut(s.inner).enumerate().for_each(|(o, row)| {
+        row.par_chunks_mut(TILE).enumerate().for_each(|(t, tile)| {
+            let first = t * TILE;
+            let mut best = data[o * s.len * s.inner + first..][..tile.len()].to_vec();
+            for r in 1..s.len {
+                let src = &data[(o * s.len + r) * s.inner + first..][..tile.len()];
+                for ((b, idx), &v) in best.iter_mut().zip(tile.iter_mut()).zip(src) {
+                    if beats(v, *b) {
+                        *b = v;
+                        *idx = r as i64;
                     }
                 }
-            });
+            }
         });
+    });
     out
 }
 
@@ -303,46 +258,24 @@ fn softmax(data: &[f32], s: Split, log: bool) -> Vec<f32> {
     }
     if s.inner == 1 {
         let rows_per_chunk = (CHUNK / s.len).max(1);
-        out.par_chunks_mut(rows_per_chunk * s.len)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let first = c * rows_per_chunk * s.len;
-                for (y, x) in chunk
-                    .chunks_exact_mut(s.len)
-                    .zip(data[first..].chunks_exact(s.len))
-                {
-                    softmax_row(x, y, log);
-                }
-            });
+        out.par_chunks_mut(rows_per_chunk * s.len).enumerate().for_each(|(c, chunk)| {
+            let first = c * rows_per_chunk * s.len;
+            for (y, x) in chunk.chunks_exact_mut(s.len).zip(data[first..].chunks_exact(s.len)) {
+                softmax_row(x, y, log);
+            }
+        });
         return out;
     }
-    let max = fold_columns(
-        data,
-        s,
-        |_| f32::NEG_INFINITY,
-        |acc, v, _| *acc = nan_max(*acc, v),
-    );
-    let sum = fold_columns(
-        data,
-        s,
-        |_| 0f64,
-        |acc, v, flat| *acc += exp_f32(v - max[flat]) as f64,
-    );
+    let max = fold_columns(data, s, |_| f32::NEG_INFINITY, |acc, v, _| *acc = nan_max(*acc, v));
+    let sum = fold_columns(data, s, |_| 0f64, |acc, v, flat| *acc += exp_f32(v - max[flat]) as f64);
     // Per column: ln Σ for log-softmax, 1/Σ for softmax.
-    let scale: Vec<f64> = sum
-        .iter()
-        .map(|&t| if log { t.ln() } else { 1.0 / t })
-        .collect();
+    let scale: Vec<f64> = sum.iter().map(|&t| if log { t.ln() } else { 1.0 / t }).collect();
     out.par_chunks_mut(s.inner).enumerate().for_each(|(q, y)| {
         let base = q / s.len * s.inner;
         let x = &data[q * s.inner..][..s.inner];
         let (max, scale) = (&max[base..base + s.inner], &scale[base..base + s.inner]);
         for (((y, &v), &m), &k) in y.iter_mut().zip(x).zip(max).zip(scale) {
-            *y = if log {
-                (v as f64 - m as f64 - k) as f32
-            } else {
-                (exp_f32(v - m) as f64 * k) as f32
-            };
+            *y = if log { (v as f64 - m as f64 - k) as f32 } else { (exp_f32(v - m) as f64 * k) as f32 };
         }
     });
     out

@@ -120,9 +120,7 @@ impl Op {
                 }
                 Ok(tt(DType::I64, reduced_dims(inputs[0].shape.dims(), &[*axis], *keepdim)))
             }
-            Op::MatMul { transpose_a, transpose_b } => {
-                infer_matmul(inputs, *transpose_a, *transpose_b)
-            }
+            Op::MatMul { transpose_a, transpose_b } => infer_matmul(inputs, *transpose_a, *transpose_b),
             Op::Linear { has_bias } => infer_linear(inputs, *has_bias),
             Op::Softmax { axis } | Op::LogSoftmax { axis } => {
                 want_inputs(inputs, 1..=1)?;
@@ -242,9 +240,7 @@ impl Op {
                     return Err(format!("axis {axis} out of range for {}", inputs[0].shape));
                 };
                 if *step == 0 || start > end || *end > d {
-                    return Err(format!(
-                        "slice {start}..{end} step {step} is invalid for axis {axis} of size {d}"
-                    ));
+                    return Err(format!("slice {start}..{end} step {step} is invalid for axis {axis} of size {d}"));
                 }
                 let mut out = dims.to_vec();
                 out[*axis] = (end - start).div_ceil(*step);
@@ -262,9 +258,8 @@ impl Op {
                 out[*axis] = 0;
                 for (i, t) in inputs.iter().enumerate() {
                     let same_rank = t.shape.rank() == first.shape.rank();
-                    let others_match = same_rank
-                        && (0..out.len())
-                            .all(|a| a == *axis || t.shape.dims()[a] == first.shape.dims()[a]);
+                    let others_match =
+                        same_rank && (0..out.len()).all(|a| a == *axis || t.shape.dims()[a] == first.shape.dims()[a]);
                     if t.dtype != first.dtype || !others_match {
                         return Err(format!(
                             "input {i} ({} {}) does not match input 0 ({} {}) outside axis {axis}",
@@ -292,9 +287,7 @@ impl Op {
                         PadMode::Reflect => lo < d && hi < d || lo + hi == 0,
                     };
                     if !ok {
-                        return Err(format!(
-                            "{mode:?} padding ({lo}, {hi}) is too large for axis {a} of size {d}"
-                        ));
+                        return Err(format!("{mode:?} padding ({lo}, {hi}) is too large for axis {a} of size {d}"));
                     }
                     out.push(d + lo + hi);
                 }
@@ -319,11 +312,8 @@ impl Op {
                     ));
                 }
                 let lead = repeats.len() - dims.len();
-                let out = repeats
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &r)| r * if i < lead { 1 } else { dims[i - lead] })
-                    .collect();
+                let out =
+                    repeats.iter().enumerate().map(|(i, &r)| r * if i < lead { 1 } else { dims[i - lead] }).collect();
                 Ok(tt(inputs[0].dtype, out))
             }
             Op::IndexSelect { axis } => {
@@ -350,8 +340,7 @@ impl Op {
                         idx.shape, x.shape
                     ));
                 }
-                let fits = (0..x.shape.rank())
-                    .all(|a| a == *axis || idx.shape.dims()[a] <= x.shape.dims()[a]);
+                let fits = (0..x.shape.rank()).all(|a| a == *axis || idx.shape.dims()[a] <= x.shape.dims()[a]);
                 if !fits {
                     return Err(format!("index {} exceeds input {}", idx.shape, x.shape));
                 }
@@ -420,14 +409,10 @@ fn infer_matmul(inputs: &[TensorType], ta: bool, tb: bool) -> Infer {
     let (m, ka) = if ta { (ad[ra - 1], ad[ra - 2]) } else { (ad[ra - 2], ad[ra - 1]) };
     let (kb, n) = if tb { (bd[rb - 1], bd[rb - 2]) } else { (bd[rb - 2], bd[rb - 1]) };
     if ka != kb {
-        return Err(format!(
-            "contraction dims differ: lhs {} gives K={ka}, rhs {} gives K={kb}",
-            a.shape, b.shape
-        ));
+        return Err(format!("contraction dims differ: lhs {} gives K={ka}, rhs {} gives K={kb}", a.shape, b.shape));
     }
-    let batch = broadcast_shapes(&ad[..ra - 2], &bd[..rb - 2]).ok_or_else(|| {
-        format!("batch dims of {} and {} do not broadcast", a.shape, b.shape)
-    })?;
+    let batch = broadcast_shapes(&ad[..ra - 2], &bd[..rb - 2])
+        .ok_or_else(|| format!("batch dims of {} and {} do not broadcast", a.shape, b.shape))?;
     let mut out = batch;
     out.extend([m, n]);
     Ok(tt(DType::F32, out))
@@ -481,10 +466,7 @@ fn infer_attention(inputs: &[TensorType], mask: AttentionMask) -> Infer {
     let r = q.shape.rank();
     let (qd, kd, vd) = (q.shape.dims(), k.shape.dims(), v.shape.dims());
     if kd.len() != r || vd.len() != r || qd[..r - 2] != kd[..r - 2] || qd[..r - 2] != vd[..r - 2] {
-        return Err(format!(
-            "q {}, k {} and v {} must share their leading dims",
-            q.shape, k.shape, v.shape
-        ));
+        return Err(format!("q {}, k {} and v {} must share their leading dims", q.shape, k.shape, v.shape));
     }
     if qd[r - 1] != kd[r - 1] || kd[r - 2] != vd[r - 2] {
         return Err(format!(
@@ -535,10 +517,7 @@ fn infer_conv(inputs: &[TensorType], p: &ConvParams) -> Infer {
     let (xd, wd) = (x.shape.dims(), w.shape.dims());
     let (cin, cout) = (xd[1], wd[0]);
     if p.groups == 0 || cin % p.groups != 0 || cout % p.groups != 0 || wd[1] * p.groups != cin {
-        return Err(format!(
-            "weight {} does not fit {cin} input channels in {} groups",
-            w.shape, p.groups
-        ));
+        return Err(format!("weight {} does not fit {cin} input channels in {} groups", w.shape, p.groups));
     }
     if let Some(b) = inputs.get(2) {
         want_float(b, "bias")?;
@@ -555,7 +534,9 @@ fn infer_conv(inputs: &[TensorType], p: &ConvParams) -> Infer {
             .ok_or_else(|| {
                 format!(
                     "kernel {} (dilation {}) does not fit spatial dim {i} of size {} padded by ({lo}, {hi})",
-                    wd[2 + i], p.dilation[i], xd[2 + i]
+                    wd[2 + i],
+                    p.dilation[i],
+                    xd[2 + i]
                 )
             })?;
         out.push(len);
@@ -581,10 +562,7 @@ fn infer_conv_transpose(inputs: &[TensorType], p: &ConvTransposeParams) -> Infer
     spatial_len(n, p.output_padding.len(), "output_padding")?;
     let (xd, wd) = (x.shape.dims(), w.shape.dims());
     if p.groups == 0 || xd[1] != wd[0] || wd[0] % p.groups != 0 {
-        return Err(format!(
-            "weight {} does not fit {} input channels in {} groups",
-            w.shape, xd[1], p.groups
-        ));
+        return Err(format!("weight {} does not fit {} input channels in {} groups", w.shape, xd[1], p.groups));
     }
     let cout = wd[1] * p.groups;
     if let Some(b) = inputs.get(2) {

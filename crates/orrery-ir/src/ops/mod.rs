@@ -344,10 +344,7 @@ impl Op {
 
     /// True for ops whose output can be a strided view of their first input (no copy).
     pub fn is_view(&self) -> bool {
-        matches!(
-            self,
-            Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Expand { .. }
-        )
+        matches!(self, Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Expand { .. })
     }
 }
 
@@ -383,11 +380,7 @@ impl fmt::Display for Op {
                 "{{stride={:?}, dil={:?}, pad={:?}, out_pad={:?}, groups={}, bias={}}}",
                 p.stride, p.dilation, p.padding, p.output_padding, p.groups, p.has_bias
             ),
-            Op::Pool(p) => write!(
-                f,
-                "{{kernel={:?}, stride={:?}, pad={:?}}}",
-                p.kernel, p.stride, p.padding
-            ),
+            Op::Pool(p) => write!(f, "{{kernel={:?}, stride={:?}, pad={:?}}}", p.kernel, p.stride, p.padding),
             Op::Resize { mode, size, align_corners } => {
                 write!(f, "{{{mode:?}, size={size:?}, align_corners={align_corners}}}")
             }

@@ -12,9 +12,7 @@ pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<R
         Op::Unary(f) => x.data.iter().map(|&v| unary(*f, v)).collect(),
         Op::Clamp { min, max } => x.data.iter().map(|&v| clamp(v, *min, *max)).collect(),
         Op::Binary(f) => broadcast_map(out, inputs, |v| binary(*f, v[0], v[1])),
-        Op::Compare(c) => broadcast_map(out, inputs, |v| {
-            f64::from(u8::from(compare(*c, v[0], v[1])))
-        }),
+        Op::Compare(c) => broadcast_map(out, inputs, |v| f64::from(u8::from(compare(*c, v[0], v[1])))),
         Op::Where => broadcast_map(out, inputs, |v| if v[0] != 0.0 { v[1] } else { v[2] }),
         Op::Cast { to } => x.data.iter().map(|&v| cast_value(v, *to)).collect(),
         _ => return Err(format!("{op} is not an elementwise op")),
@@ -34,22 +32,15 @@ pub(super) fn unravel(mut flat: usize, dims: &[usize]) -> Vec<usize> {
 
 /// Flat row-major position of `index` in a tensor with `dims`.
 pub(super) fn ravel(index: &[usize], dims: &[usize]) -> usize {
-    index
-        .iter()
-        .zip(dims)
-        .fold(0, |flat, (&i, &d)| flat * d + i)
+    index.iter().zip(dims).fold(0, |flat, (&i, &d)| flat * d + i)
 }
 
 /// The element of `t` that numpy broadcasting places at `out_index` of a (larger) output:
 /// missing leading dims are ignored and size-1 dims repeat.
 pub(super) fn broadcast_get(t: &RefTensor, out_index: &[usize]) -> f64 {
     let lead = out_index.len() - t.shape.len();
-    let index: Vec<usize> = t
-        .shape
-        .iter()
-        .enumerate()
-        .map(|(a, &d)| if d == 1 { 0 } else { out_index[lead + a] })
-        .collect();
+    let index: Vec<usize> =
+        t.shape.iter().enumerate().map(|(a, &d)| if d == 1 { 0 } else { out_index[lead + a] }).collect();
     t.data[ravel(&index, &t.shape)]
 }
 
@@ -188,11 +179,7 @@ mod tests {
             (-3.0, -0.999_977_909_503_001_4),
             (1e-3, 1.128_378_790_969_236_5e-3),
         ] {
-            assert!(
-                (erf(x) - want).abs() <= 1e-15 * want.abs(),
-                "erf({x}) = {}",
-                erf(x)
-            );
+            assert!((erf(x) - want).abs() <= 1e-15 * want.abs(), "erf({x}) = {}", erf(x));
         }
     }
 
@@ -220,9 +207,6 @@ mod tests {
     fn broadcast_reads_repeat_size_one_dims() {
         let t = RefTensor::new(DType::F32, vec![3, 1], vec![1.0, 2.0, 3.0]);
         assert_eq!(broadcast_get(&t, &[5, 2, 7]), 3.0);
-        assert_eq!(
-            unravel(ravel(&[1, 2, 3], &[2, 3, 4]), &[2, 3, 4]),
-            vec![1, 2, 3]
-        );
+        assert_eq!(unravel(ravel(&[1, 2, 3], &[2, 3, 4]), &[2, 3, 4]), vec![1, 2, 3]);
     }
 }

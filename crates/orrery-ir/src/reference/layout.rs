@@ -8,14 +8,9 @@ pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<R
     let dims = out.shape.dims();
     let data = match op {
         Op::Reshape { .. } => inputs[0].data.clone(),
-        Op::Arange {
-            start,
-            step,
-            len,
-            dtype,
-        } => (0..*len)
-            .map(|i| cast_value(start + i as f64 * step, *dtype))
-            .collect(),
+        Op::Arange { start, step, len, dtype } => {
+            (0..*len).map(|i| cast_value(start + i as f64 * step, *dtype)).collect()
+        }
         Op::Concat { axis } => concat(inputs, *axis, dims),
         Op::Embedding => embedding(inputs[0], inputs[1])?,
         _ => {
@@ -32,9 +27,7 @@ pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<R
                         }
                         x.data[ravel(&src, &x.shape)]
                     }
-                    Op::Slice {
-                        axis, start, step, ..
-                    } => {
+                    Op::Slice { axis, start, step, .. } => {
                         let mut src = index.clone();
                         src[*axis] = start + index[*axis] * step;
                         x.data[ravel(&src, &x.shape)]
@@ -42,29 +35,18 @@ pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<R
                     Op::Expand { .. } => broadcast_get(x, &index),
                     Op::Repeat { .. } => {
                         let lead = index.len() - x.shape.len();
-                        let src: Vec<usize> = x
-                            .shape
-                            .iter()
-                            .enumerate()
-                            .map(|(a, &d)| index[lead + a] % d)
-                            .collect();
+                        let src: Vec<usize> = x.shape.iter().enumerate().map(|(a, &d)| index[lead + a] % d).collect();
                         x.data[ravel(&src, &x.shape)]
                     }
                     Op::Pad { pads, mode } => pad_value(x, &index, pads, *mode),
                     Op::IndexSelect { axis } => {
                         let mut src = index.clone();
-                        src[*axis] = resolve_index(
-                            inputs[1].data[index[*axis]],
-                            x.shape[*axis],
-                            *axis,
-                            true,
-                        )?;
+                        src[*axis] = resolve_index(inputs[1].data[index[*axis]], x.shape[*axis], *axis, true)?;
                         x.data[ravel(&src, &x.shape)]
                     }
                     Op::Gather { axis } => {
                         let mut src = index.clone();
-                        src[*axis] =
-                            resolve_index(inputs[1].data[flat], x.shape[*axis], *axis, false)?;
+                        src[*axis] = resolve_index(inputs[1].data[flat], x.shape[*axis], *axis, false)?;
                         x.data[ravel(&src, &x.shape)]
                     }
                     _ => return Err(format!("{op} is not a layout op")),
@@ -79,22 +61,11 @@ pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<R
 
 /// The position an index value selects along a dim of size `size`; negative values count from
 /// the end only where the op allows it (index_select does, gather follows torch and does not).
-pub(super) fn resolve_index(
-    value: f64,
-    size: usize,
-    axis: usize,
-    negative_from_end: bool,
-) -> Result<usize, String> {
+pub(super) fn resolve_index(value: f64, size: usize, axis: usize, negative_from_end: bool) -> Result<usize, String> {
     let v = value as i64;
-    let resolved = if v < 0 && negative_from_end {
-        v + size as i64
-    } else {
-        v
-    };
+    let resolved = if v < 0 && negative_from_end { v + size as i64 } else { v };
     if resolved < 0 || resolved >= size as i64 {
-        return Err(format!(
-            "index {v} is out of range for dim {axis} of size {size}"
-        ));
+        return Err(format!("index {v} is out of range for dim {axis} of size {size}"));
     }
     Ok(resolved as usize)
 }
@@ -140,9 +111,7 @@ fn embedding(table: &RefTensor, ids: &RefTensor) -> Result<Vec<f64>, String> {
     for &id in &ids.data {
         let row = id as i64;
         if row < 0 || row >= vocab as i64 {
-            return Err(format!(
-                "id {row} is out of range for a table of {vocab} rows"
-            ));
+            return Err(format!("id {row} is out of range for a table of {vocab} rows"));
         }
         let row = row as usize;
         data.extend_from_slice(&table.data[row * width..(row + 1) * width]);
@@ -168,33 +137,12 @@ mod tests {
     #[test]
     fn pads_reflect_replicate_and_fill() {
         let x = t(DType::F32, &[3], &[1.0, 2.0, 3.0]);
-        let reflect = run(
-            Op::Pad {
-                pads: vec![(2, 2)],
-                mode: PadMode::Reflect,
-            },
-            &[&x],
-        )
-        .unwrap();
+        let reflect = run(Op::Pad { pads: vec![(2, 2)], mode: PadMode::Reflect }, &[&x]).unwrap();
         assert_eq!(reflect.data, vec![3.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0]);
-        let replicate = run(
-            Op::Pad {
-                pads: vec![(2, 1)],
-                mode: PadMode::Replicate,
-            },
-            &[&x],
-        )
-        .unwrap();
+        let replicate = run(Op::Pad { pads: vec![(2, 1)], mode: PadMode::Replicate }, &[&x]).unwrap();
         assert_eq!(replicate.data, vec![1.0, 1.0, 1.0, 2.0, 3.0, 3.0]);
         let ints = t(DType::I32, &[2], &[5.0, 6.0]);
-        let fill = run(
-            Op::Pad {
-                pads: vec![(1, 0)],
-                mode: PadMode::Constant(-1.5),
-            },
-            &[&ints],
-        )
-        .unwrap();
+        let fill = run(Op::Pad { pads: vec![(1, 0)], mode: PadMode::Constant(-1.5) }, &[&ints]).unwrap();
         assert_eq!(fill.data, vec![-1.0, 5.0, 6.0]);
     }
 
@@ -214,13 +162,7 @@ mod tests {
     #[test]
     fn repeat_tiles_and_grows_rank() {
         let x = t(DType::F32, &[2], &[1.0, 2.0]);
-        let y = run(
-            Op::Repeat {
-                repeats: vec![2, 2],
-            },
-            &[&x],
-        )
-        .unwrap();
+        let y = run(Op::Repeat { repeats: vec![2, 2] }, &[&x]).unwrap();
         assert_eq!(y.shape, vec![2, 4]);
         assert_eq!(y.data, vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
     }

@@ -80,9 +80,5 @@ pub fn eval_graph(
         };
         values[i] = Some(value);
     }
-    Ok(graph
-        .outputs()
-        .iter()
-        .map(|(name, id)| (name.clone(), values[id.0].clone().expect("evaluated")))
-        .collect())
+    Ok(graph.outputs().iter().map(|(name, id)| (name.clone(), values[id.0].clone().expect("evaluated"))).collect())
 }

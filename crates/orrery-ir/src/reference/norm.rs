@@ -7,25 +7,14 @@ use crate::{Op, RefTensor, RopeStyle, TensorType};
 pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTensor, String> {
     let x = inputs[0];
     let data = match op {
-        Op::LayerNorm { eps, .. } => {
-            layer_norm(x, *eps, inputs.get(1).copied(), inputs.get(2).copied())
-        }
+        Op::LayerNorm { eps, .. } => layer_norm(x, *eps, inputs.get(1).copied(), inputs.get(2).copied()),
         Op::RmsNorm { eps, .. } => rms_norm(x, *eps, inputs.get(1).copied()),
-        Op::GroupNorm { groups, eps, .. } => group_norm(
-            x,
-            *groups,
-            *eps,
-            inputs.get(1).copied(),
-            inputs.get(2).copied(),
-        ),
-        Op::BatchNorm { eps, .. } => batch_norm(
-            x,
-            *eps,
-            inputs[1],
-            inputs[2],
-            inputs.get(3).copied(),
-            inputs.get(4).copied(),
-        ),
+        Op::GroupNorm { groups, eps, .. } => {
+            group_norm(x, *groups, *eps, inputs.get(1).copied(), inputs.get(2).copied())
+        }
+        Op::BatchNorm { eps, .. } => {
+            batch_norm(x, *eps, inputs[1], inputs[2], inputs.get(3).copied(), inputs.get(4).copied())
+        }
         Op::Rope { style } => rope(x, inputs[1], inputs[2], *style),
         _ => return Err(format!("{op} is not a normalisation")),
     };
@@ -60,8 +49,7 @@ fn layer_norm(x: &RefTensor, eps: f64, w: Option<&RefTensor>, b: Option<&RefTens
 fn rms_norm(x: &RefTensor, eps: f64, w: Option<&RefTensor>) -> Vec<f64> {
     let mut y = vec![0.0; x.numel()];
     for line in lines(&x.shape, x.shape.len() - 1) {
-        let mean_square =
-            line.iter().map(|&p| x.data[p] * x.data[p]).sum::<f64>() / line.len() as f64;
+        let mean_square = line.iter().map(|&p| x.data[p] * x.data[p]).sum::<f64>() / line.len() as f64;
         for (i, &p) in line.iter().enumerate() {
             y[p] = x.data[p] / (mean_square + eps).sqrt() * param(w, i, 1.0);
         }
@@ -71,13 +59,7 @@ fn rms_norm(x: &RefTensor, eps: f64, w: Option<&RefTensor>) -> Vec<f64> {
 
 /// x `[N, C, *]`: the elements of sample n whose channel lies in group g are normalised
 /// together.
-fn group_norm(
-    x: &RefTensor,
-    groups: usize,
-    eps: f64,
-    w: Option<&RefTensor>,
-    b: Option<&RefTensor>,
-) -> Vec<f64> {
+fn group_norm(x: &RefTensor, groups: usize, eps: f64, w: Option<&RefTensor>, b: Option<&RefTensor>) -> Vec<f64> {
     let (n, c) = (x.shape[0], x.shape[1]);
     let spatial: usize = x.shape[2..].iter().product();
     let per_group = c / groups;
@@ -91,8 +73,7 @@ fn group_norm(
             let (mean, var) = mean_var(&values);
             for &p in &positions {
                 let ch = p / spatial % c;
-                y[p] =
-                    (x.data[p] - mean) / (var + eps).sqrt() * param(w, ch, 1.0) + param(b, ch, 0.0);
+                y[p] = (x.data[p] - mean) / (var + eps).sqrt() * param(w, ch, 1.0) + param(b, ch, 0.0);
             }
         }
     }
@@ -112,8 +93,7 @@ fn batch_norm(
     (0..x.numel())
         .map(|p| {
             let ch = p / spatial % c;
-            (x.data[p] - mean.data[ch]) / (var.data[ch] + eps).sqrt() * param(w, ch, 1.0)
-                + param(b, ch, 0.0)
+            (x.data[p] - mean.data[ch]) / (var.data[ch] + eps).sqrt() * param(w, ch, 1.0) + param(b, ch, 0.0)
         })
         .collect()
 }
@@ -165,25 +145,10 @@ mod tests {
         let w = t(&[4], &[2.0; 4]);
         let b = t(&[4], &[1.0; 4]);
         let s = 1.25f64.sqrt();
-        let y = run(
-            Op::LayerNorm {
-                eps: 0.0,
-                affine: true,
-            },
-            &[&x, &w, &b],
-        );
-        assert_close(
-            &y,
-            &[1.0 - 3.0 / s, 1.0 - 1.0 / s, 1.0 + 1.0 / s, 1.0 + 3.0 / s],
-        );
+        let y = run(Op::LayerNorm { eps: 0.0, affine: true }, &[&x, &w, &b]);
+        assert_close(&y, &[1.0 - 3.0 / s, 1.0 - 1.0 / s, 1.0 + 1.0 / s, 1.0 + 3.0 / s]);
         // RMS of [3, 4] is √12.5.
-        let r = run(
-            Op::RmsNorm {
-                eps: 0.0,
-                has_weight: false,
-            },
-            &[&t(&[2], &[3.0, 4.0])],
-        );
+        let r = run(Op::RmsNorm { eps: 0.0, has_weight: false }, &[&t(&[2], &[3.0, 4.0])]);
         assert_close(&r, &[3.0 / 12.5f64.sqrt(), 4.0 / 12.5f64.sqrt()]);
     }
 
@@ -191,24 +156,11 @@ mod tests {
     fn group_norm_normalises_each_group_of_channels() {
         // [1, 4, 1], two groups: {1, 3} and {10, 30}, each with mean ± 1 deviation.
         let x = t(&[1, 4, 1], &[1.0, 3.0, 10.0, 30.0]);
-        let y = run(
-            Op::GroupNorm {
-                groups: 2,
-                eps: 0.0,
-                affine: false,
-            },
-            &[&x],
-        );
+        let y = run(Op::GroupNorm { groups: 2, eps: 0.0, affine: false }, &[&x]);
         assert_close(&y, &[-1.0, 1.0, -1.0, 1.0]);
         let mean = t(&[4], &[1.0, 2.0, 3.0, 4.0]);
         let var = t(&[4], &[4.0; 4]);
-        let z = run(
-            Op::BatchNorm {
-                eps: 0.0,
-                affine: false,
-            },
-            &[&x, &mean, &var],
-        );
+        let z = run(Op::BatchNorm { eps: 0.0, affine: false }, &[&x, &mean, &var]);
         assert_close(&z, &[0.0, 0.5, 3.5, 13.0]);
     }
 
@@ -219,19 +171,9 @@ mod tests {
         let cos = t(&[1], &[0.5]);
         let sin = t(&[1], &[2.0]);
         // rotate_half(x) = [-3, -4, 1, 2]; interleaved rotate(x) = [-2, 1, -4, 3].
-        let half = run(
-            Op::Rope {
-                style: RopeStyle::RotateHalf,
-            },
-            &[&x, &cos, &sin],
-        );
+        let half = run(Op::Rope { style: RopeStyle::RotateHalf }, &[&x, &cos, &sin]);
         assert_close(&half, &[0.5 - 6.0, 1.0 - 8.0, 1.5 + 2.0, 2.0 + 4.0]);
-        let inter = run(
-            Op::Rope {
-                style: RopeStyle::Interleaved,
-            },
-            &[&x, &cos, &sin],
-        );
+        let inter = run(Op::Rope { style: RopeStyle::Interleaved }, &[&x, &cos, &sin]);
         assert_close(&inter, &[0.5 - 4.0, 1.0 + 2.0, 1.5 - 8.0, 2.0 + 6.0]);
     }
 }

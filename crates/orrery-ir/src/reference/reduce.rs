@@ -7,10 +7,7 @@ pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<R
     let x = inputs[0];
     let data = match op {
         Op::Reduce { op: f, axes, .. } => reduce(x, *f, axes)?,
-        Op::ArgMax { axis, .. } => lines(&x.shape, *axis)
-            .iter()
-            .map(|line| argmax(x, line))
-            .collect(),
+        Op::ArgMax { axis, .. } => lines(&x.shape, *axis).iter().map(|line| argmax(x, line)).collect(),
         Op::Softmax { axis } => along_lines(x, *axis, softmax),
         Op::LogSoftmax { axis } => along_lines(x, *axis, log_softmax),
         _ => return Err(format!("{op} is not a reduction")),
@@ -48,20 +45,12 @@ fn along_lines(x: &RefTensor, axis: usize, f: fn(&[f64]) -> Vec<f64>) -> Vec<f64
 /// Reduces `axes`. Every input element is folded into the output element whose index is its
 /// own with the reduced axes set to 0, which is the same flat order with or without keepdim.
 fn reduce(x: &RefTensor, f: ReduceOp, axes: &[usize]) -> Result<Vec<f64>, String> {
-    let kept: Vec<usize> = x
-        .shape
-        .iter()
-        .enumerate()
-        .map(|(a, &d)| if axes.contains(&a) { 1 } else { d })
-        .collect();
+    let kept: Vec<usize> = x.shape.iter().enumerate().map(|(a, &d)| if axes.contains(&a) { 1 } else { d }).collect();
     let count: usize = axes.iter().map(|&a| x.shape[a]).product();
     let n_out: usize = kept.iter().product();
     if count == 0 && n_out > 0 && matches!(f, ReduceOp::Max | ReduceOp::Min) {
         let name = if f == ReduceOp::Max { "max" } else { "min" };
-        return Err(format!(
-            "{name} over axes {axes:?} of shape {:?}, which hold no elements",
-            x.shape
-        ));
+        return Err(format!("{name} over axes {axes:?} of shape {:?}, which hold no elements", x.shape));
     }
     let mut groups: Vec<Vec<f64>> = vec![Vec::new(); n_out];
     for (flat, &v) in x.data.iter().enumerate() {
@@ -130,11 +119,7 @@ mod tests {
     fn softmax_of_one_two_three() {
         // e^k / (e + e² + e³) for k = 1, 2, 3.
         let y = softmax(&[1.0, 2.0, 3.0]);
-        for (got, want) in y.iter().zip([
-            0.090_030_573_170_380_46,
-            0.244_728_471_054_797_64,
-            0.665_240_955_774_821_9,
-        ]) {
+        for (got, want) in y.iter().zip([0.090_030_573_170_380_46, 0.244_728_471_054_797_64, 0.665_240_955_774_821_9]) {
             assert!((got - want).abs() < 1e-15);
         }
         let l = log_softmax(&[1.0, 2.0, 3.0]);
@@ -144,41 +129,19 @@ mod tests {
     #[test]
     fn reductions_over_non_adjacent_axes() {
         // x[i, j, k] = 100i + 10j + k over [2, 3, 2]; summing axes 0 and 2 leaves j.
-        let data: Vec<f64> = (0..12)
-            .map(|f| (100 * (f / 6) + 10 * (f / 2 % 3) + f % 2) as f64)
-            .collect();
+        let data: Vec<f64> = (0..12).map(|f| (100 * (f / 6) + 10 * (f / 2 % 3) + f % 2) as f64).collect();
         let x = t(&[2, 3, 2], &data);
-        let y = run(
-            Op::Reduce {
-                op: ReduceOp::Sum,
-                axes: vec![0, 2],
-                keepdim: true,
-            },
-            &x,
-        );
+        let y = run(Op::Reduce { op: ReduceOp::Sum, axes: vec![0, 2], keepdim: true }, &x);
         assert_eq!(y.shape, vec![1, 3, 1]);
         assert_eq!(y.data, vec![202.0, 242.0, 282.0]);
-        let m = run(
-            Op::Reduce {
-                op: ReduceOp::Max,
-                axes: vec![1],
-                keepdim: false,
-            },
-            &x,
-        );
+        let m = run(Op::Reduce { op: ReduceOp::Max, axes: vec![1], keepdim: false }, &x);
         assert_eq!(m.data, vec![20.0, 21.0, 120.0, 121.0]);
     }
 
     #[test]
     fn argmax_takes_the_first_maximum() {
         let x = t(&[2, 3], &[1.0, 5.0, 5.0, 2.0, f64::NAN, 9.0]);
-        let y = run(
-            Op::ArgMax {
-                axis: 1,
-                keepdim: false,
-            },
-            &x,
-        );
+        let y = run(Op::ArgMax { axis: 1, keepdim: false }, &x);
         assert_eq!(y.data, vec![1.0, 1.0]);
     }
 }

@@ -173,9 +173,11 @@ fn pointwise(geo: &Geometry, x: &Input<'_>, position_stride: usize, wts: &Weight
     }
 }
 
-/// Output positions per tile: about [`TILE_FLOATS`] gathered values, within fixed bounds.
+/// Output positions per tile: about [`TILE_FLOATS`] gathered values, within fixed bounds, and a
+/// multiple of 16 (the GEMM micro-kernel's height once `gemm` transposes the problem) so that
+/// only the last tile runs edge kernels.
 fn tile_width(depth: usize, positions: usize) -> usize {
-    (TILE_FLOATS / depth.max(1)).clamp(64, 1024).min(positions).max(1)
+    ((TILE_FLOATS / depth.max(1)).clamp(64, 1024) / 16 * 16).min(positions).max(1)
 }
 
 /// General convolution: parallel over (batch, group, tile of output positions).

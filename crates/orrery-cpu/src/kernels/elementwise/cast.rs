@@ -78,11 +78,6 @@ fn cast_from<S: CastSource>(x: &CpuTensor, to: DType) -> Option<CpuTensor> {
     })
 }
 
-fn convert<S: Scalar, D: Scalar>(
-    x: &CpuTensor,
-    src: &[S],
-    to: DType,
-    f: impl Fn(S) -> D + Sync,
-) -> CpuTensor {
+fn convert<S: Scalar, D: Scalar>(x: &CpuTensor, src: &[S], to: DType, f: impl Fn(S) -> D + Sync) -> CpuTensor {
     tensor_from(x.shape(), to, map_view(x, src, f))
 }

@@ -24,9 +24,7 @@ pub(in crate::kernels) fn exp_f32(x: f32) -> f32 {
     let p = 1.0
         + r * (1.0
             + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // 2^n as two factors so that n in [-150, 128] never leaves the normal exponent range;
     // the second product rounds once into subnormals or overflows to inf.
     let n = t.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
@@ -234,10 +232,7 @@ mod tests {
             worst_tanh = worst_tanh.max(ulps(gelu_tanh(x), (xd / (1.0 + (-2.0 * u).exp())) as f32));
             worst_silu = worst_silu.max(ulps(silu(x), (xd / (1.0 + (-xd).exp())) as f32));
         }
-        assert!(
-            worst_tanh <= 4 && worst_silu <= 4,
-            "worst errors {worst_tanh} and {worst_silu} ulp"
-        );
+        assert!(worst_tanh <= 4 && worst_silu <= 4, "worst errors {worst_tanh} and {worst_silu} ulp");
     }
 
     #[test]

@@ -6,39 +6,25 @@ mod cast;
 pub(in crate::kernels) mod math;
 pub(in crate::kernels) mod strided;
 
-pub(crate) use strided::dense_copy;
 use crate::{CpuError, CpuTensor};
 use math::{exp_f32, gelu_erf, gelu_tanh, nan_max, nan_min, relu, rsqrt, sigmoid, silu};
 use orrery_ir::{BinaryOp, CompareOp, DType, Op, TensorType, UnaryOp};
+pub(crate) use strided::dense_copy;
 use strided::{map_view, tensor_from, typed, with_scalar_type, zip_broadcast, Broadcast, Scalar};
 
-pub(super) fn execute(
-    op: &Op,
-    inputs: &[&CpuTensor],
-    out: &TensorType,
-) -> Result<CpuTensor, CpuError> {
+pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
     let dims = out.shape.dims();
     match op {
         Op::Unary(f) => unary(op, *f, inputs[0]),
         Op::Clamp { min, max } => {
             let (lo, hi) = (*min as f32, *max as f32);
-            map_f32(op, inputs[0], move |x| {
-                if x.is_nan() {
-                    x
-                } else {
-                    x.max(lo).min(hi)
-                }
-            })
+            map_f32(op, inputs[0], move |x| if x.is_nan() { x } else { x.max(lo).min(hi) })
         }
         Op::Binary(f) => binary(op, *f, inputs[0], inputs[1], dims),
         Op::Compare(c) => compare(op, *c, inputs[0], inputs[1], dims),
         Op::Where => with_scalar_type!(out.dtype, T => select::<T>(op, inputs, out)),
-        Op::Cast { to } => cast::cast(inputs[0], *to).ok_or_else(|| {
-            CpuError::kernel(
-                op,
-                format!("input buffer does not hold {}", inputs[0].dtype()),
-            )
-        }),
+        Op::Cast { to } => cast::cast(inputs[0], *to)
+            .ok_or_else(|| CpuError::kernel(op, format!("input buffer does not hold {}", inputs[0].dtype()))),
         _ => Err(CpuError::kernel(op, "not an elementwise op")),
     }
 }
@@ -70,13 +56,7 @@ fn unary(op: &Op, f: UnaryOp, x: &CpuTensor) -> Result<CpuTensor, CpuError> {
     }
 }
 
-fn binary(
-    op: &Op,
-    f: BinaryOp,
-    a: &CpuTensor,
-    b: &CpuTensor,
-    dims: &[usize],
-) -> Result<CpuTensor, CpuError> {
+fn binary(op: &Op, f: BinaryOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) -> Result<CpuTensor, CpuError> {
     let a = (a, typed::<f32>(op, a)?);
     let b = (b, typed::<f32>(op, b)?);
     let out = match f {
@@ -91,13 +71,7 @@ fn binary(
     Ok(CpuTensor::from_vec(dims.to_vec(), out))
 }
 
-fn compare(
-    op: &Op,
-    c: CompareOp,
-    a: &CpuTensor,
-    b: &CpuTensor,
-    dims: &[usize],
-) -> Result<CpuTensor, CpuError> {
+fn compare(op: &Op, c: CompareOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) -> Result<CpuTensor, CpuError> {
     with_scalar_type!(a.dtype(), T => {
         let a = (a, typed::<T>(op, a)?);
         let b = (b, typed::<T>(op, b)?);
@@ -114,30 +88,15 @@ fn compare(
 }
 
 /// `cond ? a : b` with all three broadcast to the output.
-fn select<T: Scalar>(
-    op: &Op,
-    inputs: &[&CpuTensor],
-    out: &TensorType,
-) -> Result<CpuTensor, CpuError> {
+fn select<T: Scalar>(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
     let (cond, a, b) = (inputs[0], inputs[1], inputs[2]);
-    let (xc, xa, xb) = (
-        typed::<u8>(op, cond)?,
-        typed::<T>(op, a)?,
-        typed::<T>(op, b)?,
-    );
+    let (xc, xa, xb) = (typed::<u8>(op, cond)?, typed::<T>(op, a)?, typed::<T>(op, b)?);
     let dims = out.shape.dims();
     let mut data = vec![T::default(); out.shape.numel()];
-    Broadcast::new(dims, [cond, a, b]).par_segments(
-        &mut data,
-        |dst, _, [oc, oa, ob], [sc, sa, sb]| {
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = if xc[oc + i * sc] != 0 {
-                    xa[oa + i * sa]
-                } else {
-                    xb[ob + i * sb]
-                };
-            }
-        },
-    );
+    Broadcast::new(dims, [cond, a, b]).par_segments(&mut data, |dst, _, [oc, oa, ob], [sc, sa, sb]| {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = if xc[oc + i * sc] != 0 { xa[oa + i * sa] } else { xb[ob + i * sb] };
+        }
+    });
     Ok(tensor_from(dims, out.dtype, data))
 }

@@ -18,9 +18,7 @@ use std::ops::Range;
 pub(in crate::kernels) const CHUNK: usize = 16 * 1024;
 
 /// A Rust type that stores the elements of some dtype; `u8` stores both u8 and bool.
-pub(in crate::kernels) trait Scalar:
-    Copy + Default + PartialOrd + Send + Sync + 'static
-{
+pub(in crate::kernels) trait Scalar: Copy + Default + PartialOrd + Send + Sync + 'static {
     /// The whole buffer as a typed slice; views index it with their own offset and strides.
     fn buffer_slice(buf: &Buffer) -> Option<&[Self]>;
     /// Wraps dense data as a buffer of `dtype` (which tells u8 from bool).
@@ -114,27 +112,14 @@ pub(in crate::kernels) fn buffer_of<T: Scalar>(t: &CpuTensor) -> Option<&[T]> {
 
 /// The whole buffer behind `t` as `T`s, or an error naming `op` when the buffer does not hold
 /// the dtype the op expects (a tensor that does not match its declared type).
-pub(in crate::kernels) fn typed<'a, T: Scalar>(
-    op: &Op,
-    t: &'a CpuTensor,
-) -> Result<&'a [T], CpuError> {
+pub(in crate::kernels) fn typed<'a, T: Scalar>(op: &Op, t: &'a CpuTensor) -> Result<&'a [T], CpuError> {
     buffer_of::<T>(t).ok_or_else(|| {
-        CpuError::kernel(
-            op,
-            format!(
-                "input of dtype {} is not held in the buffer type the kernel needs",
-                t.dtype()
-            ),
-        )
+        CpuError::kernel(op, format!("input of dtype {} is not held in the buffer type the kernel needs", t.dtype()))
     })
 }
 
 /// A tensor built from dense row-major data.
-pub(in crate::kernels) fn tensor_from<T: Scalar>(
-    shape: &[usize],
-    dtype: DType,
-    data: Vec<T>,
-) -> CpuTensor {
+pub(in crate::kernels) fn tensor_from<T: Scalar>(shape: &[usize], dtype: DType, data: Vec<T>) -> CpuTensor {
     CpuTensor::from_buffer(shape.to_vec(), T::into_buffer(data, dtype))
 }
 
@@ -143,9 +128,7 @@ pub(in crate::kernels) fn tensor_from<T: Scalar>(
 pub(in crate::kernels) fn dense<T: Scalar>(t: &CpuTensor) -> Option<Cow<'_, [T]>> {
     let all = buffer_of::<T>(t)?;
     if t.is_contiguous() {
-        return all
-            .get(t.offset()..t.offset() + t.numel())
-            .map(Cow::Borrowed);
+        return all.get(t.offset()..t.offset() + t.numel()).map(Cow::Borrowed);
     }
     let walk = Broadcast::new(t.shape(), [t]);
     let mut out = vec![T::default(); t.numel()];
@@ -217,11 +200,7 @@ unsafe fn map_dense_avx2<S: Copy, D>(dst: &mut [D], src: &[S], f: &impl Fn(S) ->
 /// `f(a, b)` over the broadcast shape `dims`, dense row-major, computed in parallel. `xa` and
 /// `xb` are the whole buffers of the views `a` and `b`. Same-shape dense operands and row
 /// broadcasts (one side stride 0) get loops the compiler vectorises.
-pub(in crate::kernels) fn zip_broadcast<
-    A: Copy + Sync,
-    B: Copy + Sync,
-    D: Clone + Default + Send,
->(
+pub(in crate::kernels) fn zip_broadcast<A: Copy + Sync, B: Copy + Sync, D: Clone + Default + Send>(
     dims: &[usize],
     (a, xa): (&CpuTensor, &[A]),
     (b, xb): (&CpuTensor, &[B]),
@@ -259,12 +238,7 @@ pub(in crate::kernels) fn zip_broadcast<
 }
 
 /// `dst[i] = src[start + i·stride]`.
-pub(in crate::kernels) fn copy_strided<T: Copy>(
-    dst: &mut [T],
-    src: &[T],
-    start: usize,
-    stride: usize,
-) {
+pub(in crate::kernels) fn copy_strided<T: Copy>(dst: &mut [T], src: &[T], start: usize, stride: usize) {
     if stride == 1 {
         dst.copy_from_slice(&src[start..start + dst.len()]);
     } else {
@@ -297,40 +271,30 @@ impl Broadcast<1> {
         const TILE: usize = 32;
         let k = self.dims.len();
         let strides = &self.strides[0];
-        if k < 2
-            || strides[k - 1] == 1
-            || strides[k - 2] != 1
-            || self.dims[k - 2] < TILE / 4
-            || out.is_empty()
-        {
+        if k < 2 || strides[k - 1] == 1 || strides[k - 2] != 1 || self.dims[k - 2] < TILE / 4 || out.is_empty() {
             return false;
         }
         let (rows, cols, col_stride) = (self.dims[k - 2], self.dims[k - 1], strides[k - 1]);
-        out.par_chunks_mut(rows * cols)
-            .enumerate()
-            .for_each(|(o, plane)| {
-                let mut rest = o;
-                let mut base = self.offsets[0];
-                for axis in (0..k - 2).rev() {
-                    base += rest % self.dims[axis] * strides[axis];
-                    rest /= self.dims[axis];
-                }
-                plane
-                    .par_chunks_mut(TILE * cols)
-                    .enumerate()
-                    .for_each(|(b, block)| {
-                        let first_row = base + b * TILE;
-                        let n_rows = block.len() / cols;
-                        for c0 in (0..cols).step_by(TILE) {
-                            for r in 0..n_rows {
-                                let dst = &mut block[r * cols + c0..r * cols + cols.min(c0 + TILE)];
-                                for (j, d) in dst.iter_mut().enumerate() {
-                                    *d = src[first_row + r + (c0 + j) * col_stride];
-                                }
-                            }
+        out.par_chunks_mut(rows * cols).enumerate().for_each(|(o, plane)| {
+            let mut rest = o;
+            let mut base = self.offsets[0];
+            for axis in (0..k - 2).rev() {
+                base += rest % self.dims[axis] * strides[axis];
+                rest /= self.dims[axis];
+            }
+            plane.par_chunks_mut(TILE * cols).enumerate().for_each(|(b, block)| {
+                let first_row = base + b * TILE;
+                let n_rows = block.len() / cols;
+                for c0 in (0..cols).step_by(TILE) {
+                    for r in 0..n_rows {
+                        let dst = &mut block[r * cols + c0..r * cols + cols.min(c0 + TILE)];
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = src[first_row + r + (c0 + j) * col_stride];
                         }
-                    });
+                    }
+                }
             });
+        });
         true
     }
 }
@@ -345,8 +309,8 @@ impl<const N: usize> Broadcast<N> {
             if size == 1 {
                 continue;
             }
-            let merges = !dims.is_empty()
-                && (0..N).all(|k| strides[k].last() == Some(&(views[k].strides()[axis] * size)));
+            let merges =
+                !dims.is_empty() && (0..N).all(|k| strides[k].last() == Some(&(views[k].strides()[axis] * size)));
             if merges {
                 if let Some(last) = dims.last_mut() {
                     *last *= size;
@@ -369,11 +333,7 @@ impl<const N: usize> Broadcast<N> {
                 s.push(0);
             }
         }
-        Broadcast {
-            dims,
-            strides,
-            offsets: views.map(|v| v.offset()),
-        }
+        Broadcast { dims, strides, offsets: views.map(|v| v.offset()) }
     }
 
     fn inner_len(&self) -> usize {
@@ -396,11 +356,7 @@ impl<const N: usize> Broadcast<N> {
         }
         let mut offs = self.offsets;
         for (k, off) in offs.iter_mut().enumerate() {
-            *off += index
-                .iter()
-                .zip(&self.strides[k])
-                .map(|(i, s)| i * s)
-                .sum::<usize>();
+            *off += index.iter().zip(&self.strides[k]).map(|(i, s)| i * s).sum::<usize>();
         }
         for _ in rows {
             f(offs);
@@ -433,32 +389,25 @@ impl<const N: usize> Broadcast<N> {
             return;
         }
         debug_assert_eq!(out.len(), self.numel());
-        let inner_strides: [usize; N] =
-            std::array::from_fn(|k| self.strides[k][self.dims.len() - 1]);
-        let chunk_len = if inner >= CHUNK {
-            CHUNK
-        } else {
-            CHUNK / inner * inner
-        };
-        out.par_chunks_mut(chunk_len)
-            .enumerate()
-            .for_each(|(ci, chunk)| {
-                let start = ci * chunk_len;
-                let rows = start / inner..(start + chunk.len()).div_ceil(inner);
-                let mut col = start % inner;
-                let mut flat = start;
-                let mut remaining = chunk;
-                self.for_each_row(rows, |mut offs| {
-                    let take = (inner - col).min(remaining.len());
-                    for (k, off) in offs.iter_mut().enumerate() {
-                        *off += col * inner_strides[k];
-                    }
-                    let (dst, rest) = std::mem::take(&mut remaining).split_at_mut(take);
-                    f(dst, flat, offs, inner_strides);
-                    remaining = rest;
-                    flat += take;
-                    col = 0;
-                });
+        let inner_strides: [usize; N] = std::array::from_fn(|k| self.strides[k][self.dims.len() - 1]);
+        let chunk_len = if inner >= CHUNK { CHUNK } else { CHUNK / inner * inner };
+        out.par_chunks_mut(chunk_len).enumerate().for_each(|(ci, chunk)| {
+            let start = ci * chunk_len;
+            let rows = start / inner..(start + chunk.len()).div_ceil(inner);
+            let mut col = start % inner;
+            let mut flat = start;
+            let mut remaining = chunk;
+            self.for_each_row(rows, |mut offs| {
+                let take = (inner - col).min(remaining.len());
+                for (k, off) in offs.iter_mut().enumerate() {
+                    *off += col * inner_strides[k];
+                }
+                let (dst, rest) = std::mem::take(&mut remaining).split_at_mut(take);
+                f(dst, flat, offs, inner_strides);
+                remaining = rest;
+                flat += take;
+                col = 0;
             });
+        });
     }
 }
