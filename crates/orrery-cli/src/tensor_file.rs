@@ -2,9 +2,10 @@
 
 use anyhow::{Context, Result};
 use orrery_cpu::CpuTensor;
+use orrery_formats::{write_safetensors, TensorToWrite};
+use orrery_ir::DType;
 use orrery_runtime::tensor_from_source;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
 
 /// Every tensor of a safetensors file, in name order.
@@ -23,44 +24,22 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, CpuTensor)>> {
         .collect()
 }
 
-/// Writes `tensors` as f32 safetensors, atomically: a temporary file in the same folder is
-/// renamed over `path` only once complete, so a failure never leaves a truncated file.
+/// Writes `tensors` as f32 safetensors in name order, atomically (see
+/// [`orrery_formats::write_safetensors`]).
 pub fn write_f32_safetensors(path: &Path, tensors: &HashMap<String, CpuTensor>) -> Result<()> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    let mut blobs = Vec::with_capacity(names.len());
-    for name in &names {
-        let t = &tensors[*name];
-        let data: Vec<u8> = t.to_f32_vec().iter().flat_map(|v| v.to_le_bytes()).collect();
-        header.insert(
-            (*name).clone(),
-            serde_json::json!({"dtype": "F32", "shape": t.shape(), "data_offsets": [offset, offset + data.len()]}),
-        );
-        offset += data.len();
-        blobs.push(data);
-    }
-    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
-    // Pad so the data starts 8-byte aligned, as the reference implementation does.
-    while (8 + header.len()) % 8 != 0 {
-        header.push(b' ');
-    }
-    let tmp = path.with_extension("safetensors.partial");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        f.write_all(&(header.len() as u64).to_le_bytes())?;
-        f.write_all(&header)?;
-        for b in &blobs {
-            f.write_all(b)?;
-        }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write()
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            e
+    let data: Vec<(Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|n| {
+            let t = &tensors[*n];
+            (t.shape().to_vec(), t.to_f32_vec().iter().flat_map(|v| v.to_le_bytes()).collect())
         })
-        .with_context(|| format!("writing {}", path.display()))
+        .collect();
+    let list: Vec<TensorToWrite> = names
+        .iter()
+        .zip(&data)
+        .map(|(name, (shape, bytes))| TensorToWrite { name, dtype: DType::F32, shape, data: bytes })
+        .collect();
+    Ok(write_safetensors(path, &list)?)
 }

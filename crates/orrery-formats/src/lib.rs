@@ -20,6 +20,7 @@ pub mod layout;
 pub mod pickle;
 mod reader;
 pub mod safetensors;
+mod safetensors_write;
 pub mod source;
 pub mod torch;
 pub mod zip;
@@ -30,6 +31,7 @@ pub use index::{open_index, ShardIndex};
 pub use inspect::{describe_folder, inspect, inspect_source, Component, FolderDescription, Inspection};
 pub use layout::StridedLayout;
 pub use safetensors::SafetensorsFile;
+pub use safetensors_write::{write_safetensors, TensorToWrite};
 pub use source::{
     map_file, CombinedWeights, MappedFile, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo,
     TensorProblem, UnknownGlobal, WeightSource,

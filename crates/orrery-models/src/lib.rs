@@ -18,4 +18,4 @@ pub use component::{load_component, Component, InputKind, InputSpec};
 pub use config::ComponentConfig;
 pub use error::ModelError;
 pub use test_mlp::OrreryTestMlp;
-pub use weight_types::WeightTypes;
+pub use weight_types::{WeightLookup, WeightTypes};

@@ -3,11 +3,14 @@
 use crate::ModelError;
 use orrery_ir::{DType, GraphBuilder, NodeId};
 
+/// Looks up a weight's stored dtype and shape by checkpoint key.
+pub type WeightLookup<'a> = &'a dyn Fn(&str) -> Option<(DType, Vec<usize>)>;
+
 /// Tells a model builder the stored dtype of each weight and checks the shapes the config
 /// implies against the checkpoint, so mismatches surface when building, naming the tensor.
 pub enum WeightTypes<'a> {
     /// Weights from a checkpoint: `lookup(name)` gives its stored dtype and shape.
-    Checkpoint(&'a dyn Fn(&str) -> Option<(DType, Vec<usize>)>),
+    Checkpoint(WeightLookup<'a>),
     /// No weights at hand (`orrery compile` on a config): every weight is declared as `dtype`.
     Assumed(DType),
 }

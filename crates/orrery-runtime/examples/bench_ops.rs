@@ -19,10 +19,13 @@ fn filled(shape: &[usize], seed: u32) -> CpuTensor {
     CpuTensor::from_vec(shape.to_vec(), data.collect())
 }
 
+/// Input names with their shapes.
+type CaseInputs = Vec<(&'static str, Vec<usize>)>;
+
 /// The graph of one case plus its inputs.
-fn case(name: &str) -> Option<(Graph, Vec<(&'static str, Vec<usize>)>)> {
+fn case(name: &str) -> Option<(Graph, CaseInputs)> {
     let mut b = GraphBuilder::new();
-    let inputs: Vec<(&'static str, Vec<usize>)>;
+    let inputs: CaseInputs;
     if let Some(n) = name.strip_prefix("gemm").and_then(|s| s.parse::<usize>().ok()) {
         inputs = vec![("a", vec![n, n]), ("b", vec![n, n])];
         let a = b.input("a", DType::F32, [n, n]).ok()?;
