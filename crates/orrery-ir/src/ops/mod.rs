@@ -135,7 +135,8 @@ pub enum RopeStyle {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttentionMask {
     None,
-    /// f32, added to the scaled scores.
+    /// f32, added to the scaled scores. A row whose entries are all -inf gives zeros (torch
+    /// gives NaN there; zeros keep padded rows harmless downstream).
     Additive,
     /// bool, `true` = attend (torch SDPA convention). A row with nothing to attend gives zeros.
     Boolean,
@@ -188,8 +189,9 @@ pub enum Op {
     Compare(CompareOp),
     /// `y = cond ? a : b` with broadcasting over all three; cond bool; a, b of one dtype.
     Where,
-    /// Converts to `to`. Float → int truncates toward zero (torch); → bool is `x != 0`;
-    /// → f16/bf16 rounds to nearest even.
+    /// Converts to `to`. Float → int truncates toward zero (torch; NaN gives 0, values out of
+    /// the target's range wrap like torch's u8 casts); → bool is `x != 0`; → f16/bf16 rounds to
+    /// nearest even (integers go through f32 first, as torch does).
     Cast { to: DType },
     /// Reduces `axes` (sorted, distinct); x f32. Mean divides by the reduced count. Keeps the
     /// reduced axes as size 1 when `keepdim`.
@@ -255,9 +257,11 @@ pub enum Op {
     /// Indices may be negative (counted from the end); out-of-range is an error at run time.
     IndexSelect { axis: usize },
     /// torch `gather`: `y[i..] = x[i.. with axis replaced by index[i..]]`; index has x's rank and
-    /// dims ≤ x's except along `axis`; y has index's shape and x's dtype.
+    /// dims ≤ x's except along `axis`; y has index's shape and x's dtype. Negative or
+    /// out-of-range indices are errors at run time (as in torch).
     Gather { axis: usize },
     /// Embedding lookup: table `[V, D]` (f32/f16/bf16, widened), ids integer `[...]`; y `[..., D]` f32.
+    /// An id outside `0..V` is an error at run time.
     Embedding,
     /// `start + i·step` for `i < len`, as `dtype` (f32, i64 or i32). No inputs.
     Arange { start: f64, step: f64, len: usize, dtype: DType },
