@@ -4,6 +4,7 @@ crates/orrery-runtime/examples/bench_ops.rs).
     .venv-ref/bin/python tools/bench/torch_ops.py <case> [--threads N] [--runs R]
 """
 import json
+import resource
 import sys
 import time
 
@@ -43,7 +44,8 @@ def main():
                 times.append(dt)
     median = sorted(times)[len(times) // 2]
     print(json.dumps({"impl": "torch", "case": name, "threads": threads, "median_s": round(median, 6),
-                      "gflops": round(flops / median / 1e9, 1), "runs_s": times}))
+                      "gflops": round(flops / median / 1e9, 1),
+                      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "runs_s": times}))
 
 
 main()

@@ -86,7 +86,8 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"runs_s\": {times:?}}}",
-        flops / median / 1e9
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"peak_rss_bytes\": {}, \"runs_s\": {times:?}}}",
+        flops / median / 1e9,
+        orrery_runtime::peak_rss_bytes().unwrap_or(0)
     );
 }
