@@ -37,31 +37,44 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     diff / scale
 }
 
+/// `orrery run <component> --inputs <input> --output <output> <extra…>`.
+fn run_cli(component: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        component.to_str().unwrap(),
+        "--inputs",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    orrery(&args)
+}
+
 /// Runs the component on an input file and returns (output shape, values).
 fn run_ok(component: &str, input: &str, tag: &str) -> (Vec<usize>, Vec<f32>) {
     let out = tmp_dir(tag).join("out.safetensors");
-    let comp = fixtures().join(component);
-    let inp = fixtures().join("inputs").join(input);
-    let o =
-        orrery(&["run", comp.to_str().unwrap(), "--inputs", inp.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let o = run_cli(&fixtures().join(component), &fixtures().join("inputs").join(input), &out, &[]);
     assert!(o.status.success(), "run failed: {}", stderr(&o));
     read_f32(&out, "y")
 }
 
 fn run_err(input: &Path) -> String {
     let out = tmp_dir("err").join("never.safetensors");
-    let comp = fixtures().join("test_mlp_f32");
-    let o = orrery(&[
-        "run",
-        comp.to_str().unwrap(),
-        "--inputs",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_cli(&fixtures().join("test_mlp_f32"), input, &out, &[]);
     assert!(!o.status.success(), "expected failure");
     assert!(!out.exists(), "no output may be written on failure");
     stderr(&o)
+}
+
+/// Runs the f32 component on the f32 input with `--json` plus `extra`; returns stdout.
+fn run_json(tag: &str, extra: &[&str]) -> String {
+    let out = tmp_dir(tag).join("out.safetensors");
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let o = run_cli(&fixtures().join("test_mlp_f32"), &fixtures().join("inputs/x_f32.safetensors"), &out, &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    String::from_utf8(o.stdout).unwrap()
 }
 
 // Tolerance: f32 kernels against torch f32 on the same data: 1e-5 relative.
@@ -131,24 +144,7 @@ fn integer_input_where_float_expected_is_refused() {
 
 #[test]
 fn repeat_json_reports_exactly_the_repeated_runs() {
-    let out = tmp_dir("json").join("out.safetensors");
-    let comp = fixtures().join("test_mlp_f32");
-    let inp = fixtures().join("inputs/x_f32.safetensors");
-    let o = orrery(&[
-        "run",
-        comp.to_str().unwrap(),
-        "--inputs",
-        inp.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--repeat",
-        "3",
-        "--threads",
-        "2",
-        "--json",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let stdout = String::from_utf8(o.stdout).unwrap();
+    let stdout = run_json("json", &["--repeat", "3", "--threads", "2"]);
     // Nothing but one JSON object on stdout.
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("stdout is one JSON object");
     assert_eq!(stdout.trim().lines().count(), 1);
@@ -164,19 +160,8 @@ fn repeat_json_reports_exactly_the_repeated_runs() {
 
 #[test]
 fn repeat_zero_reports_the_single_run() {
-    let out = tmp_dir("json0").join("out.safetensors");
-    let comp = fixtures().join("test_mlp_f32");
-    let inp = fixtures().join("inputs/x_f32.safetensors");
-    let o = orrery(&[
-        "run",
-        comp.to_str().unwrap(),
-        "--inputs",
-        inp.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stdout = run_json("json0", &[]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["runs_s"].as_array().unwrap().len(), 1);
 }
 

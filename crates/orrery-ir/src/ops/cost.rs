@@ -88,17 +88,11 @@ impl Op {
                     }
             }
             Op::Cast { .. } => out_n,
-            Op::Reshape { .. }
-            | Op::Permute { .. }
-            | Op::Slice { .. }
-            | Op::Concat { .. }
-            | Op::Pad { .. }
-            | Op::Expand { .. }
-            | Op::Repeat { .. }
-            | Op::IndexSelect { .. }
-            | Op::Gather { .. }
-            | Op::Embedding
-            | Op::Arange { .. } => 0,
+            // Data movement only.
+            op => {
+                debug_assert_eq!(op.family(), OpFamily::Layout);
+                0
+            }
         };
         let bytes = match self {
             // A view moves nothing: the consumer reads the source in place.

@@ -176,6 +176,23 @@ pub struct PoolParams {
     pub padding: Vec<usize>,
 }
 
+/// Groups of ops that share a reference module and a kernel module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpFamily {
+    /// Unary, clamp, binary, compare, where, cast.
+    Elementwise,
+    /// Reductions, argmax, softmax, log-softmax.
+    Reduce,
+    /// Layer, RMS, group and batch norm; rotary embedding.
+    Norm,
+    /// Data movement without arithmetic: views, concat, pad, repeat, indexing, arange.
+    Layout,
+    /// Matmul, linear, attention.
+    Linalg,
+    /// Convolutions, pooling, resize.
+    Conv,
+}
+
 /// An operator with its parameters. Inputs are positional; each variant documents them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -343,6 +360,35 @@ impl Op {
             Op::Gather { .. } => "gather",
             Op::Embedding => "embedding",
             Op::Arange { .. } => "arange",
+        }
+    }
+
+    /// The family the op belongs to: each family has one reference module and one kernel
+    /// module per backend, so dispatch is by family.
+    pub fn family(&self) -> OpFamily {
+        match self {
+            Op::Unary(_) | Op::Clamp { .. } | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Cast { .. } => {
+                OpFamily::Elementwise
+            }
+            Op::Reduce { .. } | Op::ArgMax { .. } | Op::Softmax { .. } | Op::LogSoftmax { .. } => OpFamily::Reduce,
+            Op::LayerNorm { .. }
+            | Op::RmsNorm { .. }
+            | Op::GroupNorm { .. }
+            | Op::BatchNorm { .. }
+            | Op::Rope { .. } => OpFamily::Norm,
+            Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Pad { .. }
+            | Op::Expand { .. }
+            | Op::Repeat { .. }
+            | Op::IndexSelect { .. }
+            | Op::Gather { .. }
+            | Op::Embedding
+            | Op::Arange { .. } => OpFamily::Layout,
+            Op::MatMul { .. } | Op::Linear { .. } | Op::Attention { .. } => OpFamily::Linalg,
+            Op::Conv(_) | Op::ConvTranspose(_) | Op::Pool(_) | Op::Resize { .. } => OpFamily::Conv,
         }
     }
 
