@@ -16,24 +16,22 @@ use proptest::prelude::*;
 
 const TOL: f64 = 1e-5;
 
-fn rand_of(dtype: DType, seed: u64, shape: &[usize]) -> CpuTensor {
-    let n = shape.iter().product();
-    CpuTensor::from_f64(dtype, shape.to_vec(), &values(seed, n))
-}
-
-fn weight_dtype(i: u8) -> DType {
-    [DType::F32, DType::F16, DType::BF16][i as usize % 3]
-}
-
-/// The same values as `t` through another layout: `kind` 0 is dense, 1 reversed-permuted, 2..
-/// strided along an axis.
-fn view(t: &CpuTensor, kind: u8) -> CpuTensor {
-    let r = t.shape().len();
-    match kind % 3 {
-        0 => t.clone(),
-        1 => as_permuted_view(t, &(0..r).rev().collect::<Vec<_>>()),
-        _ => as_sliced_view(t, (kind as usize / 3) % r),
+/// Inputs of a (transposed) convolution: x (random f32 seen through layout `vx`), a weight and,
+/// if `bias` gives its length, a bias, both of `weight_dtype(dtype)`.
+fn conv_inputs(
+    seed: u64,
+    x_shape: &[usize],
+    vx: u8,
+    w_shape: &[usize],
+    bias: Option<usize>,
+    dtype: u8,
+) -> Vec<CpuTensor> {
+    let x = view(&rand_f32(seed, x_shape), vx);
+    let mut inputs = vec![x, rand_of(weight_dtype(dtype), seed ^ 1, w_shape)];
+    if let Some(n) = bias {
+        inputs.push(rand_of(weight_dtype(dtype), seed ^ 2, &[n]));
     }
+    inputs
 }
 
 /// Per spatial dim: (kernel, stride, dilation, pad before, pad after, extra input length).
@@ -78,12 +76,7 @@ proptest! {
             groups,
             has_bias,
         });
-        let x = view(&rand_f32(seed, &x_shape), vx);
-        let mut inputs = vec![x, rand_of(weight_dtype(dtype), seed ^ 1, &w_shape)];
-        if has_bias {
-            inputs.push(rand_of(weight_dtype(dtype), seed ^ 2, &[cout]));
-        }
-        check_op(&op, &inputs, TOL);
+        check_op(&op, &conv_inputs(seed, &x_shape, vx, &w_shape, has_bias.then_some(cout), dtype), TOL);
     }
 
     #[test]
@@ -119,12 +112,7 @@ proptest! {
             groups,
             has_bias,
         });
-        let x = view(&rand_f32(seed, &x_shape), vx);
-        let mut inputs = vec![x, rand_of(weight_dtype(dtype), seed ^ 1, &w_shape)];
-        if has_bias {
-            inputs.push(rand_of(weight_dtype(dtype), seed ^ 2, &[cout]));
-        }
-        check_op(&op, &inputs, TOL);
+        check_op(&op, &conv_inputs(seed, &x_shape, vx, &w_shape, has_bias.then_some(cout), dtype), TOL);
     }
 
     #[test]
@@ -235,20 +223,24 @@ fn depthwise_conv_with_replicate_padding() {
     check_op(&op, &[x, w], TOL);
 }
 
-#[test]
-fn conv_transpose_upsampling_layers() {
-    // 2× upsampling (kernel 4, stride 2, padding 1) in 2-d and a 3-d one with output padding.
-    let p2 = ConvTransposeParams {
+/// A 2-d transposed convolution that upsamples 2× (kernel 4, stride 2, padding 1).
+fn upsample_2x(has_bias: bool) -> Op {
+    Op::ConvTranspose(ConvTransposeParams {
         stride: vec![2, 2],
         dilation: vec![1, 1],
         padding: vec![1, 1],
         output_padding: vec![0, 0],
         groups: 1,
-        has_bias: true,
-    };
+        has_bias,
+    })
+}
+
+#[test]
+fn conv_transpose_upsampling_layers() {
+    // 2× upsampling (kernel 4, stride 2, padding 1) in 2-d and a 3-d one with output padding.
     let x = rand_f32(16, &[1, 6, 9, 7]);
     let (w, b) = (rand_of(DType::BF16, 17, &[6, 5, 4, 4]), rand_f32(18, &[5]));
-    check_op(&Op::ConvTranspose(p2), &[x, w, b], TOL);
+    check_op(&upsample_2x(true), &[x, w, b], TOL);
     let p3 = ConvTransposeParams {
         stride: vec![1, 2, 2],
         dilation: vec![1, 1, 1],
@@ -279,31 +271,16 @@ fn resize_scaling_cases() {
     check_op(&Op::Resize { mode: ResizeMode::Nearest, size: vec![5, 2, 7], align_corners: false }, &[x], 0.0);
 }
 
-fn bits(t: &CpuTensor) -> Vec<u32> {
-    t.to_f32_vec().iter().map(|v| v.to_bits()).collect()
-}
-
 #[test]
 fn convolutions_do_not_depend_on_the_thread_count() {
-    let run = |op: &Op, inputs: &[&CpuTensor]| {
-        let tys: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
-        let out = op.infer(&tys).expect("valid op");
-        bits(&orrery_cpu::execute(op, inputs, &out).expect("kernel runs"))
-    };
+    let run = |op: &Op, inputs: &[&CpuTensor]| bits(&run_cpu(op, inputs));
     let x = rand_f32(23, &[1, 32, 40, 40]);
     let w3 = rand_f32(24, &[32, 32, 3, 3]);
     let w1 = rand_f32(25, &[64, 32, 1, 1]);
     let wt = rand_f32(26, &[32, 16, 4, 4]);
     let conv3 = conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Zeros, 1, false);
     let conv1 = conv_op(&[1, 1], &[(0, 0), (0, 0)], ConvPadMode::Zeros, 1, false);
-    let convt = Op::ConvTranspose(ConvTransposeParams {
-        stride: vec![2, 2],
-        dilation: vec![1, 1],
-        padding: vec![1, 1],
-        output_padding: vec![0, 0],
-        groups: 1,
-        has_bias: false,
-    });
+    let convt = upsample_2x(false);
     let pool = Op::Pool(PoolParams {
         kind: PoolKind::Avg { count_include_pad: false },
         kernel: vec![3, 3],

@@ -46,16 +46,6 @@ fn rand_scaled(seed: u64, shape: &[usize], scale: f64, dtype: DType) -> CpuTenso
     CpuTensor::from_f64(dtype, shape.to_vec(), &v)
 }
 
-/// The same tensor, dense (0), stored transposed (1) or as a strided slice (2).
-fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
-    let rank = t.shape().len();
-    match variant {
-        1 if rank >= 2 => as_permuted_view(t, &(0..rank).rev().collect::<Vec<_>>()),
-        2 if rank >= 1 => as_sliced_view(t, axis_seed % rank),
-        _ => t.clone(),
-    }
-}
-
 /// A pair of shapes that broadcast to `out`: each side drops some leading dims and turns some
 /// dims into 1, as chosen by the bits of `mask_a` / `mask_b`.
 fn broadcast_pair(out: &[usize], mask_a: u32, mask_b: u32, drop_a: usize, drop_b: usize) -> (Vec<usize>, Vec<usize>) {

@@ -13,18 +13,8 @@ use orrery_ir::{DType, Op, PadMode};
 use proptest::prelude::*;
 use std::sync::Arc;
 
-/// The same tensor, dense (0), stored transposed (1) or as a strided slice (2).
-fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
-    let rank = t.shape().len();
-    match variant {
-        1 if rank >= 2 => as_permuted_view(t, &(0..rank).rev().collect::<Vec<_>>()),
-        2 if rank >= 1 => as_sliced_view(t, axis_seed % rank),
-        _ => t.clone(),
-    }
-}
-
 /// Random values of `dtype` (integers in ±100, bools about half true).
-fn rand_of(dtype: DType, seed: u64, shape: &[usize]) -> CpuTensor {
+fn rand_typed(dtype: DType, seed: u64, shape: &[usize]) -> CpuTensor {
     let v: Vec<f64> = values(seed, shape.iter().product()).iter().map(|x| (x * 100.0).round()).collect();
     let v: Vec<f64> = match dtype {
         DType::F32 | DType::F16 | DType::BF16 => values(seed, v.len()),
@@ -66,7 +56,7 @@ proptest! {
 
     #[test]
     fn views_match_reference_and_share_the_buffer(shape in shape_strategy(1..=4, 6), seed: u64, dtype in 0usize..7, axis: usize, step in 1usize..3) {
-        let x = rand_of(pick_dtype(dtype), seed, &shape);
+        let x = rand_typed(pick_dtype(dtype), seed, &shape);
         let rank = shape.len();
         let axis = axis % rank;
         let perm: Vec<usize> = (0..rank).rev().collect();
@@ -76,7 +66,7 @@ proptest! {
         let x1 = {
             let mut s = shape.clone();
             s[axis] = 1;
-            rand_of(pick_dtype(dtype), seed, &s)
+            rand_typed(pick_dtype(dtype), seed, &s)
         };
         let mut target = vec![2];
         target.extend_from_slice(&shape);
@@ -101,7 +91,7 @@ proptest! {
         let inputs: Vec<CpuTensor> = sizes.iter().enumerate().map(|(i, &n)| {
             let mut s = shape.clone();
             s[axis] = n;
-            let t = rand_of(pick_dtype(dtype), seed + i as u64, &s);
+            let t = rand_typed(pick_dtype(dtype), seed + i as u64, &s);
             if n > 0 { layout(&t, variant, i) } else { t }
         }).collect();
         check_op(&Op::Concat { axis }, &inputs, 0.0);
@@ -109,7 +99,7 @@ proptest! {
 
     #[test]
     fn pad_in_all_modes(shape in shape_strategy(1..=4, 5), pads_seed in prop::collection::vec((0usize..4, 0usize..4), 4), seed: u64, variant in 0u8..3, dtype in 0usize..7, value in -3.0f64..3.0) {
-        let x = layout(&rand_of(DType::F32, seed, &shape), variant, seed as usize);
+        let x = layout(&rand_typed(DType::F32, seed, &shape), variant, seed as usize);
         let pads: Vec<(usize, usize)> = shape.iter().zip(&pads_seed).map(|(_, &p)| p).collect();
         check_op(&Op::Pad { pads: pads.clone(), mode: PadMode::Constant(value) }, std::slice::from_ref(&x), 0.0);
         check_op(&Op::Pad { pads: pads.clone(), mode: PadMode::Replicate }, std::slice::from_ref(&x), 0.0);
@@ -117,7 +107,7 @@ proptest! {
         let reflect: Vec<(usize, usize)> = shape.iter().zip(&pads).map(|(&d, &(a, b))| (a % d, b % d)).collect();
         check_op(&Op::Pad { pads: reflect, mode: PadMode::Reflect }, &[x], 0.0);
         // Constant padding of any dtype casts the value to it.
-        let other = layout(&rand_of(pick_dtype(dtype), seed, &shape), variant, 0);
+        let other = layout(&rand_typed(pick_dtype(dtype), seed, &shape), variant, 0);
         check_op(&Op::Pad { pads, mode: PadMode::Constant(value) }, &[other], 0.0);
     }
 
@@ -127,7 +117,7 @@ proptest! {
         while repeats.len() < shape.len() {
             repeats.push(1);
         }
-        let x = layout(&rand_of(pick_dtype(dtype), seed, &shape), variant, 0);
+        let x = layout(&rand_typed(pick_dtype(dtype), seed, &shape), variant, 0);
         check_op(&Op::Repeat { repeats }, &[x], 0.0);
     }
 
@@ -135,7 +125,7 @@ proptest! {
     fn index_select_with_negative_indices(shape in shape_strategy(1..=4, 5), n in 0usize..7, axis: usize, seed: u64, dtype in 0usize..7, idx_dtype in 0usize..3, variant in 0u8..3) {
         let axis = axis % shape.len();
         let idx_dtype = [DType::I64, DType::I32, DType::U8][idx_dtype];
-        let x = layout(&rand_of(pick_dtype(dtype), seed, &shape), variant, 0);
+        let x = layout(&rand_typed(pick_dtype(dtype), seed, &shape), variant, 0);
         let idx = indices(seed ^ 9, n, shape[axis], idx_dtype != DType::U8, idx_dtype);
         check_op(&Op::IndexSelect { axis }, &[x, idx], 0.0);
     }
@@ -147,7 +137,7 @@ proptest! {
         let idx_shape: Vec<usize> = shape.iter().enumerate().map(|(a, &d)| if a == axis { n } else { (d - shrink[a] % d).max(1) }).collect();
         let flat = indices(seed ^ 3, idx_shape.iter().product(), shape[axis], false, DType::I64);
         let idx = flat.reshape(&idx_shape);
-        let x = layout(&rand_of(pick_dtype(dtype), seed, &shape), variant, 1);
+        let x = layout(&rand_typed(pick_dtype(dtype), seed, &shape), variant, 1);
         check_op(&Op::Gather { axis }, &[x, idx], 0.0);
     }
 }

@@ -21,27 +21,6 @@ fn matmul(transpose_a: bool, transpose_b: bool) -> Op {
     Op::MatMul { transpose_a, transpose_b }
 }
 
-/// Random values of `dtype` (f16/bf16 rounded at construction, so the reference sees them too).
-fn rand_of(dtype: DType, seed: u64, shape: &[usize]) -> CpuTensor {
-    let n = shape.iter().product();
-    CpuTensor::from_f64(dtype, shape.to_vec(), &values(seed, n))
-}
-
-fn weight_dtype(i: u8) -> DType {
-    [DType::F32, DType::F16, DType::BF16][i as usize % 3]
-}
-
-/// The same values as `t` through another layout: `kind` 0 is dense, 1 reversed-permuted, 2..
-/// strided along an axis.
-fn view(t: &CpuTensor, kind: u8) -> CpuTensor {
-    let r = t.shape().len();
-    match kind % 3 {
-        0 => t.clone(),
-        1 => as_permuted_view(t, &(0..r).rev().collect::<Vec<_>>()),
-        _ => as_sliced_view(t, (kind as usize / 3) % r),
-    }
-}
-
 /// Batch dims of an operand broadcast against `batch`: dims flagged in `ones` become 1 and the
 /// first `drop` dims are left out.
 fn operand_batch(batch: &[usize], ones: &[bool], drop: usize) -> Vec<usize> {
@@ -210,17 +189,6 @@ fn attention_with_heads_permuted_in_place() {
     check_op(&Op::Attention { scale: 0.25, mask: AttentionMask::Additive }, &[q, k, v, mask], TOL);
 }
 
-/// Runs `op` through the CPU backend (panics on error).
-fn run(op: &Op, inputs: &[&CpuTensor]) -> CpuTensor {
-    let tys: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
-    let out = op.infer(&tys).expect("valid op");
-    orrery_cpu::execute(op, inputs, &out).expect("kernel runs")
-}
-
-fn bits(t: &CpuTensor) -> Vec<u32> {
-    t.to_f32_vec().iter().map(|v| v.to_bits()).collect()
-}
-
 /// A small graph-like chain (attention, then a convolution over its output) and large GEMMs
 /// (split over threads inside `gemm`), evaluated in pools of 1, 2 and 3 threads: outputs must be
 /// bit-identical.
@@ -247,11 +215,11 @@ fn outputs_do_not_depend_on_the_thread_count() {
         has_bias: false,
     });
     let chain = || {
-        let h = run(&attention, &[&q, &k, &v, &mask]);
-        let y = run(&conv, &[&h, &w]);
-        let big = run(&matmul(false, false), &[&a, &b]);
-        let lin = run(&Op::Linear { has_bias: false }, &[&x, &lw]);
-        let packing = run(&matmul(false, false), &[&c, &d]);
+        let h = run_cpu(&attention, &[&q, &k, &v, &mask]);
+        let y = run_cpu(&conv, &[&h, &w]);
+        let big = run_cpu(&matmul(false, false), &[&a, &b]);
+        let lin = run_cpu(&Op::Linear { has_bias: false }, &[&x, &lw]);
+        let packing = run_cpu(&matmul(false, false), &[&c, &d]);
         [bits(&h), bits(&y), bits(&big), bits(&lin), bits(&packing)]
     };
     let one = with_threads(1, chain);

@@ -15,16 +15,6 @@ use proptest::prelude::*;
 const NORM_TOL: f64 = 1e-5;
 const ROPE_TOL: f64 = 1e-6;
 
-/// The same tensor, dense (0), stored transposed (1) or as a strided slice (2).
-fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
-    let rank = t.shape().len();
-    match variant {
-        1 if rank >= 2 => as_permuted_view(t, &(0..rank).rev().collect::<Vec<_>>()),
-        2 if rank >= 1 => as_sliced_view(t, axis_seed % rank),
-        _ => t.clone(),
-    }
-}
-
 /// Random values `offset + scale·u`, u in [-1, 1).
 fn input(seed: u64, shape: &[usize], scale: f64, offset: f64) -> CpuTensor {
     let v: Vec<f64> = values(seed, shape.iter().product()).iter().map(|x| offset + scale * x).collect();

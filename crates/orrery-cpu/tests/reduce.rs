@@ -24,16 +24,6 @@ fn tol(f: ReduceOp) -> f64 {
     }
 }
 
-/// The same tensor, dense (0), stored transposed (1) or as a strided slice (2).
-fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
-    let rank = t.shape().len();
-    match variant {
-        1 if rank >= 2 => as_permuted_view(t, &(0..rank).rev().collect::<Vec<_>>()),
-        2 if rank >= 1 => as_sliced_view(t, axis_seed % rank),
-        _ => t.clone(),
-    }
-}
-
 /// Random values scaled by 4 and shifted by 1, so sums do not hover around zero.
 fn input(seed: u64, shape: &[usize]) -> CpuTensor {
     let v: Vec<f64> = values(seed, shape.iter().product()).iter().map(|x| 4.0 * x + 1.0).collect();
@@ -129,14 +119,8 @@ fn max_over_an_empty_axis_is_an_error() {
 
 /// Bits of the CPU output of `op` on `inputs`, computed in a pool of `threads` workers.
 fn bits_with_threads(threads: usize, op: &Op, inputs: &[CpuTensor]) -> Vec<u32> {
-    let tys: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
-    let out = op.infer(&tys).unwrap();
     let args: Vec<&CpuTensor> = inputs.iter().collect();
-    with_threads(threads, || orrery_cpu::execute(op, &args, &out).unwrap())
-        .to_f32_vec()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
+    bits(&with_threads(threads, || run_cpu(op, &args)))
 }
 
 #[test]

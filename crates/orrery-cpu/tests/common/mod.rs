@@ -28,6 +28,18 @@ pub fn rand_f32(seed: u64, shape: &[usize]) -> CpuTensor {
     CpuTensor::from_f64(DType::F32, shape.to_vec(), &values(seed, n))
 }
 
+/// Random values in [-1, 1) stored as `dtype` (f16/bf16 rounded at construction, so the
+/// reference sees the same values).
+pub fn rand_of(dtype: DType, seed: u64, shape: &[usize]) -> CpuTensor {
+    let n = shape.iter().product();
+    CpuTensor::from_f64(dtype, shape.to_vec(), &values(seed, n))
+}
+
+/// A weight dtype picked by `i`: f32, f16 or bf16.
+pub fn weight_dtype(i: u8) -> DType {
+    [DType::F32, DType::F16, DType::BF16][i as usize % 3]
+}
+
 /// The same logical tensor made non-contiguous: stored permuted, then viewed back through the
 /// inverse permutation. `perm` must be a permutation of the rank.
 pub fn as_permuted_view(t: &CpuTensor, perm: &[usize]) -> CpuTensor {
@@ -64,6 +76,29 @@ pub fn as_sliced_view(t: &CpuTensor, axis: usize) -> CpuTensor {
     let v = bt.slice(axis, 1, 2 * d + 1, 2);
     assert_eq!(v.shape(), t.shape());
     v
+}
+
+/// The same tensor, dense (0), stored transposed (1) or as a strided slice (2) along an axis
+/// picked by `axis_seed`. Variants a tensor's rank does not allow (a transpose below rank 2, a
+/// slice of a scalar) give it back dense.
+pub fn layout(t: &CpuTensor, variant: u8, axis_seed: usize) -> CpuTensor {
+    let rank = t.shape().len();
+    match variant {
+        1 if rank >= 2 => as_permuted_view(t, &(0..rank).rev().collect::<Vec<_>>()),
+        2 if rank >= 1 => as_sliced_view(t, axis_seed % rank),
+        _ => t.clone(),
+    }
+}
+
+/// The same values as `t` through another layout: `kind % 3` is 0 for dense, 1 for
+/// reversed-permuted, 2 for strided along axis `(kind / 3) % rank`. `t` must have rank ≥ 1.
+pub fn view(t: &CpuTensor, kind: u8) -> CpuTensor {
+    let r = t.shape().len();
+    match kind % 3 {
+        0 => t.clone(),
+        1 => as_permuted_view(t, &(0..r).rev().collect::<Vec<_>>()),
+        _ => as_sliced_view(t, (kind as usize / 3) % r),
+    }
 }
 
 pub fn to_ref(t: &CpuTensor) -> RefTensor {
@@ -110,6 +145,18 @@ pub fn check_op(op: &Op, inputs: &[CpuTensor], tol: f64) -> CpuTensor {
     let err = rel_err(&got.to_f64_vec(), &expected.data);
     assert!(err <= tol, "{op}: relative error {err:e} > {tol:e} for inputs {tys:?}");
     got
+}
+
+/// Runs `op` on the CPU backend only (panics if the op rejects the inputs or the kernel fails).
+pub fn run_cpu(op: &Op, inputs: &[&CpuTensor]) -> CpuTensor {
+    let tys: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
+    let out = op.infer(&tys).expect("valid op");
+    orrery_cpu::execute(op, inputs, &out).expect("kernel runs")
+}
+
+/// The bit patterns of an f32 tensor's values, for exact (determinism) comparisons.
+pub fn bits(t: &CpuTensor) -> Vec<u32> {
+    t.to_f32_vec().iter().map(|v| v.to_bits()).collect()
 }
 
 /// A shape of `rank` dims, each in 1..=max (size 1 and odd sizes included).

@@ -31,6 +31,38 @@ fn at3(dims: [usize; 3], z: usize, y: usize, x: usize) -> usize {
     (z * dims[1] + y) * dims[2] + x
 }
 
+/// The spatial geometry of a windowed op, widened to 3-d (see [`as_3d`]): input, kernel and
+/// output dims, stride and dilation, and the element counts of one input plane, one kernel and
+/// one output plane.
+struct Spatial {
+    xs: [usize; 3],
+    ks: [usize; 3],
+    os: [usize; 3],
+    stride: [usize; 3],
+    dil: [usize; 3],
+    x_vol: usize,
+    k_vol: usize,
+    o_vol: usize,
+}
+
+impl Spatial {
+    /// From the full input and output shapes (`[N, C, spatial…]`), the kernel's spatial dims,
+    /// and the per-dim stride and dilation (an empty dilation means 1).
+    fn new(x: &[usize], kernel: &[usize], out: &[usize], stride: &[usize], dilation: &[usize]) -> Spatial {
+        let (xs, ks, os) = (as_3d(&x[2..], 1), as_3d(kernel, 1), as_3d(&out[2..], 1));
+        Spatial {
+            xs,
+            ks,
+            os,
+            stride: as_3d(stride, 1),
+            dil: as_3d(dilation, 1),
+            x_vol: xs.iter().product(),
+            k_vol: ks.iter().product(),
+            o_vol: os.iter().product(),
+        }
+    }
+}
+
 /// Where padded position `pos` reads from an axis of length `len`: itself when inside,
 /// nothing for zero padding, the nearest edge element for replicate padding.
 fn source(pos: isize, len: usize, mode: ConvPadMode) -> Option<usize> {
@@ -48,14 +80,9 @@ fn source(pos: isize, len: usize, mode: ConvPadMode) -> Option<usize> {
 fn conv(x: &RefTensor, w: &RefTensor, bias: Option<&RefTensor>, p: &ConvParams, out: &TensorType) -> RefTensor {
     let (batch, cin, cout) = (x.shape[0], x.shape[1], w.shape[0]);
     let (cin_g, cout_g) = (cin / p.groups, cout / p.groups);
-    let xs = as_3d(&x.shape[2..], 1);
-    let ks = as_3d(&w.shape[2..], 1);
-    let os = as_3d(&out.shape.dims()[2..], 1);
-    let stride = as_3d(&p.stride, 1);
-    let dil = as_3d(&p.dilation, 1);
+    let Spatial { xs, ks, os, stride, dil, x_vol, k_vol, o_vol } =
+        Spatial::new(&x.shape, &w.shape[2..], out.shape.dims(), &p.stride, &p.dilation);
     let pad = as_3d(&p.padding, (0, 0));
-    let (x_vol, k_vol, o_vol) =
-        (xs.iter().product::<usize>(), ks.iter().product::<usize>(), os.iter().product::<usize>());
     let mut y = vec![0.0; batch * cout * o_vol];
     for b in 0..batch {
         for co in 0..cout {
@@ -108,14 +135,9 @@ fn conv_transpose(
     let (batch, cin) = (x.shape[0], x.shape[1]);
     let cout = out.shape.dims()[1];
     let (cin_g, cout_g) = (cin / p.groups, cout / p.groups);
-    let xs = as_3d(&x.shape[2..], 1);
-    let ks = as_3d(&w.shape[2..], 1);
-    let os = as_3d(&out.shape.dims()[2..], 1);
-    let stride = as_3d(&p.stride, 1);
-    let dil = as_3d(&p.dilation, 1);
+    let Spatial { xs, ks, os, stride, dil, x_vol, k_vol, o_vol } =
+        Spatial::new(&x.shape, &w.shape[2..], out.shape.dims(), &p.stride, &p.dilation);
     let pad = as_3d(&p.padding, 0);
-    let (x_vol, k_vol, o_vol) =
-        (xs.iter().product::<usize>(), ks.iter().product::<usize>(), os.iter().product::<usize>());
     let mut y = vec![0.0; batch * cout * o_vol];
     for b in 0..batch {
         for ci in 0..cin {
@@ -163,12 +185,9 @@ fn conv_transpose(
 /// ignores them; average counts them in the divisor only with `count_include_pad`.
 fn pool(x: &RefTensor, p: &PoolParams, out: &TensorType) -> RefTensor {
     let planes = x.shape[0] * x.shape[1];
-    let xs = as_3d(&x.shape[2..], 1);
-    let ks = as_3d(&p.kernel, 1);
-    let os = as_3d(&out.shape.dims()[2..], 1);
-    let stride = as_3d(&p.stride, 1);
+    let Spatial { xs, ks, os, stride, x_vol, k_vol, o_vol, .. } =
+        Spatial::new(&x.shape, &p.kernel, out.shape.dims(), &p.stride, &[]);
     let pad = as_3d(&p.padding, 0);
-    let (x_vol, o_vol) = (xs.iter().product::<usize>(), os.iter().product::<usize>());
     let mut y = vec![0.0; planes * o_vol];
     for plane in 0..planes {
         for oz in 0..os[0] {
@@ -198,7 +217,7 @@ fn pool(x: &RefTensor, p: &PoolParams, out: &TensorType) -> RefTensor {
                             taps.iter().fold(f64::NEG_INFINITY, |m, &t| if t > m || t.is_nan() { t } else { m })
                         }
                         PoolKind::Avg { count_include_pad } => {
-                            let divisor = if count_include_pad { ks.iter().product::<usize>() } else { taps.len() };
+                            let divisor = if count_include_pad { k_vol } else { taps.len() };
                             taps.iter().sum::<f64>() / divisor as f64
                         }
                     };
@@ -308,17 +327,7 @@ fn resize(x: &RefTensor, mode: ResizeMode, align_corners: bool, out: &TensorType
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DType;
-
-    fn t(shape: &[usize], data: &[f64]) -> RefTensor {
-        RefTensor::new(DType::F32, shape.to_vec(), data.to_vec())
-    }
-
-    fn run(op: Op, inputs: &[&RefTensor]) -> RefTensor {
-        let tys: Vec<TensorType> = inputs.iter().map(|x| x.ty()).collect();
-        let out = op.infer(&tys).expect("valid inputs");
-        eval(&op, inputs, &out).expect("reference evaluates")
-    }
+    use crate::reference::test_util::{run, t};
 
     fn conv1d(padding: (usize, usize), pad_mode: ConvPadMode) -> Op {
         Op::Conv(ConvParams {

@@ -149,17 +149,8 @@ fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::test_util::{run, t};
     use crate::DType;
-
-    fn t(shape: &[usize], data: &[f64]) -> RefTensor {
-        RefTensor::new(DType::F32, shape.to_vec(), data.to_vec())
-    }
-
-    fn run(op: Op, inputs: &[&RefTensor]) -> RefTensor {
-        let tys: Vec<TensorType> = inputs.iter().map(|x| x.ty()).collect();
-        let out = op.infer(&tys).expect("valid inputs");
-        eval(&op, inputs, &out).expect("reference evaluates")
-    }
 
     #[test]
     fn matmul_2x2_by_hand() {

@@ -82,3 +82,22 @@ pub fn eval_graph(
     }
     Ok(graph.outputs().iter().map(|(name, id)| (name.clone(), values[id.0].clone().expect("evaluated"))).collect())
 }
+
+/// Helpers shared by the unit tests of the op modules.
+#[cfg(test)]
+mod test_util {
+    use super::{eval_op, RefTensor};
+    use crate::{DType, Op, TensorType};
+
+    /// An f32 tensor of the given values.
+    pub(super) fn t(shape: &[usize], data: &[f64]) -> RefTensor {
+        RefTensor::new(DType::F32, shape.to_vec(), data.to_vec())
+    }
+
+    /// Infers `op`'s output type from `inputs` and evaluates it (panics on either error).
+    pub(super) fn run(op: Op, inputs: &[&RefTensor]) -> RefTensor {
+        let tys: Vec<TensorType> = inputs.iter().map(|x| x.ty()).collect();
+        let out = op.infer(&tys).expect("valid inputs");
+        eval_op(&op, inputs, &out).expect("reference evaluates")
+    }
+}

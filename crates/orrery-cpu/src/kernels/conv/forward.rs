@@ -11,7 +11,7 @@
 //! Determinism: tiles have sizes fixed by the problem shape and each output element is one
 //! GEMM dot product over the whole `Cin/g · Kvol` range, so no reduction depends on threads.
 
-use super::{as_3d, unravel3, valid_range, with_scratch};
+use super::{as_3d, unravel3, valid_range, with_scratch, Spatial};
 use crate::kernels::linalg::blas::{gemm, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::{F32Operand, SharedMut};
 use crate::CpuTensor;
@@ -31,12 +31,7 @@ pub(super) struct Geometry {
     groups: usize,
     cin_g: usize,
     cout_g: usize,
-    in_dims: [usize; 3],
-    kernel: [usize; 3],
-    out_dims: [usize; 3],
-    stride: [usize; 3],
-    dilation: [usize; 3],
-    pad_before: [usize; 3],
+    sp: Spatial,
     replicate: bool,
 }
 
@@ -49,42 +44,25 @@ impl Geometry {
             groups: p.groups,
             cin_g: x[1] / p.groups,
             cout_g: w[0] / p.groups,
-            in_dims: as_3d(&x[2..], 1),
-            kernel: as_3d(&w[2..], 1),
-            out_dims: as_3d(&y[2..], 1),
-            stride: as_3d(&p.stride, 1),
-            dilation: as_3d(&p.dilation, 1),
-            pad_before: as_3d(&pads, 0),
+            sp: Spatial::new(&x[2..], &w[2..], &y[2..], &p.stride, &p.dilation, &pads),
             replicate: p.pad_mode == ConvPadMode::Replicate,
         }
     }
 
-    fn kernel_volume(&self) -> usize {
-        self.kernel.iter().product()
-    }
-
     /// Rows of the gathered column matrix (the GEMM's k).
     fn depth(&self) -> usize {
-        self.cin_g * self.kernel_volume()
-    }
-
-    fn out_volume(&self) -> usize {
-        self.out_dims.iter().product()
+        self.cin_g * self.sp.kernel_volume()
     }
 
     /// A 1×1 kernel with stride 1 and no padding: output positions are input positions.
     fn is_pointwise(&self) -> bool {
-        self.kernel == [1; 3] && self.stride == [1; 3] && self.pad_before == [0; 3] && self.out_dims == self.in_dims
-    }
-
-    /// Padded position `o·stride + k·dil - pad` along `axis`.
-    fn source_pos(&self, axis: usize, o: usize, k: usize) -> isize {
-        (o * self.stride[axis] + k * self.dilation[axis]) as isize - self.pad_before[axis] as isize
+        let sp = &self.sp;
+        sp.kernel == [1; 3] && sp.stride == [1; 3] && sp.pad == [0; 3] && sp.out_dims == sp.in_dims
     }
 
     /// Which input row a padded position reads: itself, the border (replicate), or none (zeros).
     fn source(&self, axis: usize, pos: isize) -> Option<usize> {
-        let len = self.in_dims[axis];
+        let len = self.sp.in_dims[axis];
         if (0..len as isize).contains(&pos) {
             Some(pos as usize)
         } else if self.replicate && len > 0 {
@@ -149,7 +127,7 @@ unsafe fn fill_bias(dst: MatMut, rows: usize, cols: usize, bias: &[f32]) {
 
 /// 1×1 convolution: `y[b, group] = W_g · x[b, group]` with x's positions as GEMM columns.
 fn pointwise(geo: &Geometry, x: &Input<'_>, position_stride: usize, wts: &Weights<'_>, y: &mut [f32]) {
-    let positions = geo.out_volume();
+    let positions = geo.sp.out_volume();
     let block = geo.cout_g * positions;
     let work = geo.cout_g * positions * geo.cin_g;
     let threads = if work >= SPLIT_ONE_GEMM_WORK { Threads::Pool } else { Threads::Single };
@@ -182,7 +160,7 @@ fn tile_width(depth: usize, positions: usize) -> usize {
 
 /// General convolution: parallel over (batch, group, tile of output positions).
 fn tiled(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
-    let positions = geo.out_volume();
+    let positions = geo.sp.out_volume();
     let depth = geo.depth();
     let width = tile_width(depth, positions);
     let tiles = positions.div_ceil(width);
@@ -216,7 +194,7 @@ fn tiled(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
 /// positions `p0..p0 + cols` of batch `b`, group `g`; row order is (channel, kz, ky, kx), the
 /// order of the weights.
 fn gather_columns(col: &mut [f32], cols: usize, x: &Input<'_>, geo: &Geometry, b: usize, g: usize, p0: usize) {
-    let [k0, k1, k2] = geo.kernel;
+    let [k0, k1, k2] = geo.sp.kernel;
     let mut rows = col.chunks_exact_mut(cols);
     for ci in 0..geo.cin_g {
         let channel = x.offset + b * x.sb + (g * geo.cin_g + ci) * x.sc;
@@ -237,11 +215,11 @@ fn gather_columns(col: &mut [f32], cols: usize, x: &Input<'_>, geo: &Geometry, b
 fn gather_row(row: &mut [f32], x: &Input<'_>, channel: usize, geo: &Geometry, k: [usize; 3], p0: usize) {
     let mut j = 0;
     while j < row.len() {
-        let [oz, oy, ox0] = unravel3(p0 + j, geo.out_dims);
-        let run = (geo.out_dims[2] - ox0).min(row.len() - j);
+        let [oz, oy, ox0] = unravel3(p0 + j, geo.sp.out_dims);
+        let run = (geo.sp.out_dims[2] - ox0).min(row.len() - j);
         let dst = &mut row[j..j + run];
-        let iz = geo.source(0, geo.source_pos(0, oz, k[0]));
-        let iy = geo.source(1, geo.source_pos(1, oy, k[1]));
+        let iz = geo.source(0, geo.sp.position(0, oz, k[0]));
+        let iy = geo.source(1, geo.sp.position(1, oy, k[1]));
         match (iz, iy) {
             (Some(iz), Some(iy)) => gather_line(dst, x, channel + iz * x.s[0] + iy * x.s[1], geo, k[2], ox0),
             _ => dst.fill(0.0),
@@ -253,8 +231,9 @@ fn gather_row(row: &mut [f32], x: &Input<'_>, channel: usize, geo: &Geometry, k:
 /// Output positions `ox0..ox0 + dst.len()` of one line, kernel column `kx`, reading the input
 /// line starting at `line`.
 fn gather_line(dst: &mut [f32], x: &Input<'_>, line: usize, geo: &Geometry, kx: usize, ox0: usize) {
-    let (step, len, sx) = (geo.stride[2], geo.in_dims[2], x.s[2]);
-    let offset = (kx * geo.dilation[2]) as isize - geo.pad_before[2] as isize;
+    let (step, len, sx) = (geo.sp.stride[2], geo.sp.in_dims[2], x.s[2]);
+    // Output position `ox` reads input `ox·step + offset`.
+    let offset = geo.sp.position(2, 0, kx);
     let valid = valid_range(ox0 + dst.len(), step, offset, len);
     let (lo, hi) = (valid.start.max(ox0) - ox0, valid.end.max(ox0) - ox0);
     let (low_edge, high_edge) =

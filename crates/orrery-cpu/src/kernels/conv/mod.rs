@@ -74,6 +74,59 @@ pub(crate) fn as_3d<T: Copy>(v: &[T], fill: T) -> [T; 3] {
     out
 }
 
+/// The spatial geometry of a windowed kernel (convolution, transposed convolution, pooling),
+/// every entry widened to 3 dims by [`as_3d`].
+struct Spatial {
+    in_dims: [usize; 3],
+    kernel: [usize; 3],
+    out_dims: [usize; 3],
+    stride: [usize; 3],
+    dilation: [usize; 3],
+    /// Padding before the first element (padding after only shapes `out_dims`).
+    pad: [usize; 3],
+}
+
+impl Spatial {
+    /// From the spatial dims of the input, kernel and output and the per-dim stride, dilation
+    /// (empty: 1 everywhere) and leading padding.
+    fn new(
+        input: &[usize],
+        kernel: &[usize],
+        output: &[usize],
+        stride: &[usize],
+        dilation: &[usize],
+        pad: &[usize],
+    ) -> Spatial {
+        Spatial {
+            in_dims: as_3d(input, 1),
+            kernel: as_3d(kernel, 1),
+            out_dims: as_3d(output, 1),
+            stride: as_3d(stride, 1),
+            dilation: as_3d(dilation, 1),
+            pad: as_3d(pad, 0),
+        }
+    }
+
+    fn kernel_volume(&self) -> usize {
+        self.kernel.iter().product()
+    }
+
+    fn in_volume(&self) -> usize {
+        self.in_dims.iter().product()
+    }
+
+    fn out_volume(&self) -> usize {
+        self.out_dims.iter().product()
+    }
+
+    /// `o·stride + k·dil - pad` along `axis`: the padded input position that tap `k` of output
+    /// `o` reads (convolution, pooling), or the output position that input `o` reaches through
+    /// tap `k` (transposed convolution).
+    fn position(&self, axis: usize, o: usize, k: usize) -> isize {
+        (o * self.stride[axis] + k * self.dilation[axis]) as isize - self.pad[axis] as isize
+    }
+}
+
 /// (z, y, x) of flat position `p` in a `[_, h, w]` volume.
 pub(crate) fn unravel3(p: usize, dims: [usize; 3]) -> [usize; 3] {
     [p / (dims[1] * dims[2]), (p / dims[2]) % dims[1], p % dims[2]]

@@ -2,7 +2,7 @@
 //! has no weights to share, so there is no GEMM to form). Work is split into fixed chunks of
 //! output elements; every window is summed in the same (z, y, x) order.
 
-use super::{as_3d, unravel3};
+use super::{as_3d, unravel3, Spatial};
 use crate::kernels::linalg::operand::{index_offsets, F32Operand};
 use crate::CpuTensor;
 use orrery_ir::{PoolKind, PoolParams, TensorType};
@@ -13,27 +13,24 @@ const CHUNK: usize = 4096;
 
 struct Window {
     kind: PoolKind,
-    in_dims: [usize; 3],
     /// Input strides of the spatial dims.
     in_strides: [usize; 3],
-    kernel: [usize; 3],
-    stride: [usize; 3],
-    pad: [usize; 3],
-    out_dims: [usize; 3],
+    /// Window geometry (dilation 1).
+    sp: Spatial,
 }
 
 impl Window {
     /// Kernel taps `k` along `axis` whose input position `o·stride - pad + k` is inside.
     fn taps(&self, axis: usize, o: usize) -> (std::ops::Range<usize>, isize) {
-        let start = (o * self.stride[axis]) as isize - self.pad[axis] as isize;
+        let start = self.sp.position(axis, o, 0);
         let lo = (-start).max(0) as usize;
-        let hi = (self.in_dims[axis] as isize - start).clamp(0, self.kernel[axis] as isize) as usize;
+        let hi = (self.sp.in_dims[axis] as isize - start).clamp(0, self.sp.kernel[axis] as isize) as usize;
         (lo.min(hi)..hi, start)
     }
 
     /// The pooled value of output position `o` (flat, within a plane) of the plane at `base`.
     fn value(&self, data: &[f32], base: usize, o: usize) -> f32 {
-        let out = unravel3(o, self.out_dims);
+        let out = unravel3(o, self.sp.out_dims);
         let (rz, sz) = self.taps(0, out[0]);
         let (ry, sy) = self.taps(1, out[1]);
         let (rx, sx) = self.taps(2, out[2]);
@@ -66,7 +63,7 @@ impl Window {
                         }
                     }
                 }
-                let divisor = if count_include_pad { self.kernel.iter().product() } else { count };
+                let divisor = if count_include_pad { self.sp.kernel_volume() } else { count };
                 sum / divisor as f32
             }
         }
@@ -78,15 +75,11 @@ pub(super) fn pool(x: &CpuTensor, p: &PoolParams, out: &TensorType) -> CpuTensor
     let x = F32Operand::strided(x);
     let window = Window {
         kind: p.kind,
-        in_dims: as_3d(&x.shape[2..], 1),
         in_strides: as_3d(&x.strides[2..], 0),
-        kernel: as_3d(&p.kernel, 1),
-        stride: as_3d(&p.stride, 1),
-        pad: as_3d(&p.padding, 0),
-        out_dims: as_3d(&od[2..], 1),
+        sp: Spatial::new(&x.shape[2..], &p.kernel, &od[2..], &p.stride, &[], &p.padding),
     };
     let planes = index_offsets(&x.shape[..2], &x.strides[..2], x.offset);
-    let out_vol: usize = window.out_dims.iter().product();
+    let out_vol = window.sp.out_volume();
     let data = x.data();
     let mut y = vec![0f32; out.shape.numel()];
     y.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, dst)| {

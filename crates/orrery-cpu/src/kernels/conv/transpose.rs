@@ -7,7 +7,7 @@
 //! always visits tiles, taps and positions in the same order, the sums are bit-identical for
 //! any number of threads.
 
-use super::{as_3d, unravel3, valid_range, with_scratch};
+use super::{unravel3, valid_range, with_scratch, Spatial};
 use crate::kernels::linalg::blas::{gemm, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::F32Operand;
 use crate::CpuTensor;
@@ -24,34 +24,12 @@ struct Geometry {
     groups: usize,
     cin_g: usize,
     cout_g: usize,
-    in_dims: [usize; 3],
-    kernel: [usize; 3],
-    out_dims: [usize; 3],
-    stride: [usize; 3],
-    dilation: [usize; 3],
-    pad: [usize; 3],
+    sp: Spatial,
 }
 
 impl Geometry {
-    fn kernel_volume(&self) -> usize {
-        self.kernel.iter().product()
-    }
-
-    fn in_volume(&self) -> usize {
-        self.in_dims.iter().product()
-    }
-
-    fn out_volume(&self) -> usize {
-        self.out_dims.iter().product()
-    }
-
-    /// Output position `i·stride + k·dil - pad` along `axis`.
-    fn target(&self, axis: usize, i: usize, k: usize) -> isize {
-        (i * self.stride[axis] + k * self.dilation[axis]) as isize - self.pad[axis] as isize
-    }
-
     fn inside(&self, axis: usize, o: isize) -> Option<usize> {
-        (0..self.out_dims[axis] as isize).contains(&o).then_some(o as usize)
+        (0..self.sp.out_dims[axis] as isize).contains(&o).then_some(o as usize)
     }
 }
 
@@ -69,12 +47,7 @@ pub(super) fn conv_transpose(
         groups: p.groups,
         cin_g: xd[1] / p.groups,
         cout_g: wd[1],
-        in_dims: as_3d(&xd[2..], 1),
-        kernel: as_3d(&wd[2..], 1),
-        out_dims: as_3d(&od[2..], 1),
-        stride: as_3d(&p.stride, 1),
-        dilation: as_3d(&p.dilation, 1),
-        pad: as_3d(&p.padding, 0),
+        sp: Spatial::new(&xd[2..], &wd[2..], &od[2..], &p.stride, &p.dilation, &p.padding),
     };
     let (x, w) = (F32Operand::dense(x), F32Operand::dense(w));
     let bias = bias.map(F32Operand::dense);
@@ -83,8 +56,8 @@ pub(super) fn conv_transpose(
     if y.is_empty() {
         return CpuTensor::from_vec(od, y);
     }
-    let out_vol = geo.out_volume();
-    let block_channels = (TARGET_ROWS / geo.kernel_volume()).clamp(1, geo.cout_g.max(1));
+    let out_vol = geo.sp.out_volume();
+    let block_channels = (TARGET_ROWS / geo.sp.kernel_volume()).clamp(1, geo.cout_g.max(1));
     y.par_chunks_mut(geo.cout_g * out_vol).enumerate().for_each(|(bg, group_out)| {
         let (b, g) = (bg / geo.groups, bg % geo.groups);
         group_out.par_chunks_mut(block_channels * out_vol).enumerate().for_each(|(cb, block_out)| {
@@ -111,8 +84,8 @@ struct Task {
 
 /// Accumulates every contribution to the task's `channels × out_vol` block.
 fn channel_block(geo: &Geometry, t: &Task, x: &[f32], w: &[f32], block_out: &mut [f32]) {
-    let in_vol = geo.in_volume();
-    let kvol = geo.kernel_volume();
+    let in_vol = geo.sp.in_volume();
+    let kvol = geo.sp.kernel_volume();
     let rows = t.channels * kvol;
     let tile = (TILE_FLOATS / rows.max(1)).clamp(16, 4096).min(in_vol).max(1);
     // lhs (row, ci) = w[g·Cin/g + ci, c0 + row / kvol, row % kvol]; rows are contiguous in w.
@@ -134,8 +107,8 @@ fn channel_block(geo: &Geometry, t: &Task, x: &[f32], w: &[f32], block_out: &mut
 /// Adds `col` (rows (channel, kz, ky, kx) × columns = input positions `s0..s0 + cols`) into the
 /// output planes it lands on.
 fn scatter(geo: &Geometry, col: &[f32], cols: usize, s0: usize, channels: usize, block_out: &mut [f32]) {
-    let out_vol = geo.out_volume();
-    let [k0, k1, k2] = geo.kernel;
+    let out_vol = geo.sp.out_volume();
+    let [k0, k1, k2] = geo.sp.kernel;
     let mut rows = col.chunks_exact(cols);
     for plane in block_out.chunks_mut(out_vol).take(channels) {
         for kz in 0..k0 {
@@ -152,16 +125,17 @@ fn scatter(geo: &Geometry, col: &[f32], cols: usize, s0: usize, channels: usize,
 
 /// One kernel tap of one channel: input positions `s0..` walked one input line at a time.
 fn scatter_row(geo: &Geometry, row: &[f32], s0: usize, k: [usize; 3], plane: &mut [f32]) {
-    let (step, out_w) = (geo.stride[2], geo.out_dims[2]);
-    let offset = (k[2] * geo.dilation[2]) as isize - geo.pad[2] as isize;
+    let (step, out_w) = (geo.sp.stride[2], geo.sp.out_dims[2]);
+    // Input position `ix` lands on output `ix·step + offset`.
+    let offset = geo.sp.position(2, 0, k[2]);
     let mut j = 0;
     while j < row.len() {
-        let [iz, iy, ix0] = unravel3(s0 + j, geo.in_dims);
-        let run = (geo.in_dims[2] - ix0).min(row.len() - j);
-        let oz = geo.inside(0, geo.target(0, iz, k[0]));
-        let oy = geo.inside(1, geo.target(1, iy, k[1]));
+        let [iz, iy, ix0] = unravel3(s0 + j, geo.sp.in_dims);
+        let run = (geo.sp.in_dims[2] - ix0).min(row.len() - j);
+        let oz = geo.inside(0, geo.sp.position(0, iz, k[0]));
+        let oy = geo.inside(1, geo.sp.position(1, iy, k[1]));
         if let (Some(oz), Some(oy)) = (oz, oy) {
-            let line = &mut plane[(oz * geo.out_dims[1] + oy) * out_w..][..out_w];
+            let line = &mut plane[(oz * geo.sp.out_dims[1] + oy) * out_w..][..out_w];
             let valid = valid_range(ix0 + run, step, offset, out_w);
             for ix in valid.start.max(ix0)..valid.end.max(ix0) {
                 line[((ix * step) as isize + offset) as usize] += row[j + ix - ix0];
