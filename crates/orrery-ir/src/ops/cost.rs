@@ -31,16 +31,8 @@ impl Op {
         let out_n = output.shape.numel() as u64;
         let moved: u64 = inputs.iter().map(TensorType::size_bytes).sum::<u64>() + output.size_bytes();
         let flops = match self {
-            Op::Unary(u) => {
-                let per = match u {
-                    UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu => 1,
-                    UnaryOp::Reciprocal | UnaryOp::Sqrt | UnaryOp::Rsqrt => 2,
-                    UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos => 8,
-                    UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Silu => 10,
-                    UnaryOp::GeluErf | UnaryOp::GeluTanh => 14,
-                };
-                per * out_n
-            }
+            Op::Unary(u) => unary_flops(*u) * out_n,
+            Op::Fused(p) => p.steps.iter().map(|s| s.flops()).sum::<u64>() * out_n,
             Op::Clamp { .. } => 2 * out_n,
             Op::Binary(BinaryOp::Pow) => 16 * out_n,
             Op::Binary(_) | Op::Compare(_) | Op::Where => out_n,
@@ -102,5 +94,16 @@ impl Op {
             _ => moved,
         };
         Cost { flops, bytes }
+    }
+}
+
+/// FLOPs per element of a unary function (transcendental ones count their polynomial).
+pub(crate) fn unary_flops(u: UnaryOp) -> u64 {
+    match u {
+        UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu => 1,
+        UnaryOp::Reciprocal | UnaryOp::Sqrt | UnaryOp::Rsqrt => 2,
+        UnaryOp::Exp | UnaryOp::Log | UnaryOp::Sin | UnaryOp::Cos => 8,
+        UnaryOp::Tanh | UnaryOp::Sigmoid | UnaryOp::Silu => 10,
+        UnaryOp::GeluErf | UnaryOp::GeluTanh => 14,
     }
 }

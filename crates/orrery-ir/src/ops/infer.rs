@@ -358,6 +358,19 @@ impl Op {
                 out.push(table.shape.dims()[1]);
                 Ok(tt(DType::F32, out))
             }
+            Op::Fused(p) => {
+                p.validate()?;
+                if inputs.len() != p.n_inputs {
+                    return Err(format!("the program takes {} inputs, got {}", p.n_inputs, inputs.len()));
+                }
+                let mut dims: Vec<usize> = vec![];
+                for (i, t) in inputs.iter().enumerate() {
+                    want_f32(t, &format!("input {i}"))?;
+                    dims = broadcast_shapes(&dims, t.shape.dims())
+                        .ok_or_else(|| format!("input {i} {} does not broadcast with {dims:?}", t.shape))?;
+                }
+                Ok(tt(DType::F32, dims))
+            }
             Op::Arange { len, dtype, .. } => {
                 want_inputs(inputs, 0..=0)?;
                 if !matches!(dtype, DType::F32 | DType::I64 | DType::I32) {

@@ -12,9 +12,11 @@
 //! are widened to f32 inside the kernel). Shape ops accept every dtype.
 
 mod cost;
+mod fused;
 mod infer;
 
 pub use cost::Cost;
+pub use fused::{FusedProgram, FusedStep};
 
 use crate::DType;
 use std::fmt;
@@ -191,6 +193,8 @@ pub enum OpFamily {
     Linalg,
     /// Convolutions, pooling, resize.
     Conv,
+    /// Programs made of several elementwise functions.
+    Fused,
 }
 
 /// An operator with its parameters. Inputs are positional; each variant documents them.
@@ -282,6 +286,10 @@ pub enum Op {
     Embedding,
     /// `start + i·step` for `i < len`, as `dtype` (f32, i64 or i32). No inputs.
     Arange { start: f64, step: f64, len: usize, dtype: DType },
+    /// A fused elementwise program (made by the fusion pass, or by hand): all inputs f32, y f32
+    /// of the broadcast shape of all inputs. Each step rounds to f32 like the unfused ops, so
+    /// results equal the unfused graph's bit for bit when the kernels' scalar functions agree.
+    Fused(FusedProgram),
 }
 
 impl Op {
@@ -360,6 +368,7 @@ impl Op {
             Op::Gather { .. } => "gather",
             Op::Embedding => "embedding",
             Op::Arange { .. } => "arange",
+            Op::Fused(_) => "fused",
         }
     }
 
@@ -389,6 +398,7 @@ impl Op {
             | Op::Arange { .. } => OpFamily::Layout,
             Op::MatMul { .. } | Op::Linear { .. } | Op::Attention { .. } => OpFamily::Linalg,
             Op::Conv(_) | Op::ConvTranspose(_) | Op::Pool(_) | Op::Resize { .. } => OpFamily::Conv,
+            Op::Fused(_) => OpFamily::Fused,
         }
     }
 
@@ -447,6 +457,7 @@ impl fmt::Display for Op {
             Op::Arange { start, step, len, dtype } => {
                 write!(f, "{{start={start}, step={step}, len={len}, {dtype}}}")
             }
+            Op::Fused(p) => write!(f, "{{{p}}}"),
             Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Embedding => Ok(()),
         }
     }

@@ -45,7 +45,7 @@ pub(super) fn broadcast_get(t: &RefTensor, out_index: &[usize]) -> f64 {
 }
 
 /// `f(values of every input at that position)` for every position of the broadcast output.
-fn broadcast_map(out: &TensorType, inputs: &[&RefTensor], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+pub(super) fn broadcast_map(out: &TensorType, inputs: &[&RefTensor], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
     let dims = out.shape.dims();
     (0..out.shape.numel())
         .map(|flat| {

@@ -1,6 +1,6 @@
 //! Dispatch of reference evaluation: one module per op family.
 
-use super::{conv, elementwise, layout, linalg, norm, reduce};
+use super::{conv, elementwise, fused, layout, linalg, norm, reduce};
 use crate::{Op, OpFamily, RefTensor, TensorType};
 
 /// Evaluates one op on f64 data. `out` is the type the op inferred; errors are data-dependent
@@ -13,5 +13,6 @@ pub fn eval_op(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTe
         OpFamily::Layout => layout::eval(op, inputs, out),
         OpFamily::Linalg => linalg::eval(op, inputs, out),
         OpFamily::Conv => conv::eval(op, inputs, out),
+        OpFamily::Fused => fused::eval(op, inputs, out),
     }
 }

@@ -7,6 +7,7 @@
 mod conv;
 mod elementwise;
 mod eval;
+mod fused;
 mod layout;
 mod linalg;
 mod norm;

@@ -18,7 +18,7 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
         Op::Unary(f) => unary(op, *f, inputs[0]),
         Op::Clamp { min, max } => {
             let (lo, hi) = (*min as f32, *max as f32);
-            map_f32(op, inputs[0], move |x| if x.is_nan() { x } else { x.max(lo).min(hi) })
+            map_f32(op, inputs[0], move |x| clamp_value(x, lo, hi))
         }
         Op::Binary(f) => binary(op, *f, inputs[0], inputs[1], dims),
         Op::Compare(c) => compare(op, *c, inputs[0], inputs[1], dims),
@@ -99,4 +99,58 @@ fn select<T: Scalar>(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result
         }
     });
     Ok(tensor_from(dims, out.dtype, data))
+}
+
+/// `dst[i] = f(src[i])` with the same scalar functions as the unfused unary kernels (so fused
+/// programs give the same bits); one loop per function so each inlines.
+pub(in crate::kernels) fn unary_slice(f: UnaryOp, src: &[f32], dst: &mut [f32]) {
+    fn map(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f(s);
+        }
+    }
+    match f {
+        UnaryOp::Neg => map(src, dst, |v| -v),
+        UnaryOp::Abs => map(src, dst, f32::abs),
+        UnaryOp::Exp => map(src, dst, exp_f32),
+        UnaryOp::Log => map(src, dst, f32::ln),
+        UnaryOp::Sqrt => map(src, dst, f32::sqrt),
+        UnaryOp::Rsqrt => map(src, dst, rsqrt),
+        UnaryOp::Reciprocal => map(src, dst, |v| 1.0 / v),
+        UnaryOp::Sin => map(src, dst, f32::sin),
+        UnaryOp::Cos => map(src, dst, f32::cos),
+        UnaryOp::Tanh => map(src, dst, f32::tanh),
+        UnaryOp::Sigmoid => map(src, dst, sigmoid),
+        UnaryOp::Relu => map(src, dst, relu),
+        UnaryOp::GeluErf => map(src, dst, gelu_erf),
+        UnaryOp::GeluTanh => map(src, dst, gelu_tanh),
+        UnaryOp::Silu => map(src, dst, silu),
+    }
+}
+
+/// `dst[i] = a[i] ∘ b[i]` with the unfused binary kernels' scalar functions.
+pub(in crate::kernels) fn binary_slice(f: BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) {
+    fn zip(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+        for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+            *d = f(x, y);
+        }
+    }
+    match f {
+        BinaryOp::Add => zip(a, b, dst, |x, y| x + y),
+        BinaryOp::Sub => zip(a, b, dst, |x, y| x - y),
+        BinaryOp::Mul => zip(a, b, dst, |x, y| x * y),
+        BinaryOp::Div => zip(a, b, dst, |x, y| x / y),
+        BinaryOp::Pow => zip(a, b, dst, f32::powf),
+        BinaryOp::Max => zip(a, b, dst, nan_max),
+        BinaryOp::Min => zip(a, b, dst, nan_min),
+    }
+}
+
+/// The clamp kernel's scalar function (NaN passes through).
+pub(in crate::kernels) fn clamp_value(x: f32, lo: f32, hi: f32) -> f32 {
+    if x.is_nan() {
+        x
+    } else {
+        x.max(lo).min(hi)
+    }
 }
