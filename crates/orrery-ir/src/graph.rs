@@ -55,6 +55,17 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// A graph from its parts, as rewrite passes rebuild one. Nothing is checked here: call
+    /// [`Graph::verify`] before trusting the result.
+    pub fn from_parts(nodes: Vec<Node>, outputs: Vec<(String, NodeId)>) -> Graph {
+        Graph { nodes, outputs }
+    }
+
+    /// The nodes and named outputs, for rebuilding (see [`Graph::from_parts`]).
+    pub fn into_parts(self) -> (Vec<Node>, Vec<(String, NodeId)>) {
+        (self.nodes, self.outputs)
+    }
+
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }

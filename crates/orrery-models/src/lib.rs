@@ -9,6 +9,7 @@
 //! anything.
 
 mod component;
+pub mod cosmos;
 mod config;
 mod error;
 mod test_mlp;
