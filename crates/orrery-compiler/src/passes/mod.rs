@@ -17,12 +17,14 @@ mod canonicalize;
 mod const_fold;
 mod cse;
 mod dce;
+mod fuse_elementwise;
 pub mod patch;
 
 pub use canonicalize::Canonicalize;
 pub use const_fold::{ConstFold, MAX_FOLD_ELEMENTS};
 pub use cse::Cse;
 pub use dce::Dce;
+pub use fuse_elementwise::FuseElementwise;
 pub use patch::{Patch, Value};
 
 use orrery_ir::{Graph, IrError};
@@ -95,6 +97,13 @@ impl Optimizer {
     /// Canonicalisation, constant folding, common-subexpression and dead-code elimination.
     pub fn default_rules() -> Vec<Box<dyn Rule>> {
         vec![Box::new(Canonicalize), Box::new(ConstFold), Box::new(Cse), Box::new(Dce)]
+    }
+
+    /// The default rules, then fusion (which runs on the simplified graph).
+    pub fn fusing_rules() -> Vec<Box<dyn Rule>> {
+        let mut rules = Optimizer::default_rules();
+        rules.push(Box::new(FuseElementwise));
+        rules
     }
 
     /// Stop after exactly `n` rewrites (or at the fixpoint, if it comes first).
