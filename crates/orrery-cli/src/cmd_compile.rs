@@ -3,7 +3,7 @@
 
 use crate::component_plan::{canonical_shapes, plan};
 use anyhow::{bail, Result};
-use orrery_compiler::Plan;
+use orrery_compiler::{CompileOptions, Kernel, Passes, Plan, Storage};
 use orrery_ir::DType;
 use orrery_models::{load_component, WeightTypes};
 use std::path::PathBuf;
@@ -22,12 +22,28 @@ pub struct CompileArgs {
     /// `bf16` or `f32`.
     #[arg(long, default_value = "stored")]
     weight_dtype: String,
-    /// Print the whole graph and every kernel.
+    /// Print the whole graph, then every kernel with its output's place in the arena.
     #[arg(long)]
     dump: bool,
     /// Print exactly `kernels`, `weight_bytes`, `arena_bytes` and `flops` as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Rewrite passes before planning: `none`, `simplify` (canonicalise, fold constants, CSE,
+    /// DCE) or `fuse` (simplify plus elementwise fusion).
+    #[arg(long, default_value = "fuse", value_parser = parse_passes)]
+    passes: Passes,
+    /// Stop the optimizer after N rewrites (to bisect a bad rewrite; `--dump` lists them).
+    #[arg(long)]
+    stop_after_rewrites: Option<usize>,
+}
+
+fn parse_passes(s: &str) -> Result<Passes, String> {
+    match s {
+        "none" => Ok(Passes::None),
+        "simplify" => Ok(Passes::Simplify),
+        "fuse" => Ok(Passes::Fuse),
+        other => Err(format!("`{other}` is not one of none, simplify, fuse")),
+    }
 }
 
 /// Parses `NAME=D0xD1x…` (a scalar is `NAME=` with no dims, or `NAME=1`).
@@ -47,6 +63,11 @@ fn parse_shape(s: &str) -> Result<(String, Vec<usize>), String> {
 }
 
 pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
+    let options = CompileOptions {
+        passes: args.passes,
+        stop_after_rewrites: args.stop_after_rewrites,
+        ..CompileOptions::default()
+    };
     let component = load_component(&args.component)?;
     let specs = component.inputs(&args.method)?;
     let shapes = canonical_shapes(&specs, &args.shapes)?;
@@ -68,7 +89,7 @@ pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
     let plan = match (&source, args.weight_dtype.as_str()) {
         (Some(source), _) => {
             let lookup = |name: &str| source.info(name).map(|i| (i.dtype, i.shape.clone()));
-            plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Checkpoint(&lookup))?
+            plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Checkpoint(&lookup), &options)?
         }
         (None, flag) => {
             let dtype = match flag {
@@ -76,7 +97,7 @@ pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
                 "f32" => DType::F32,
                 _ => component.config_dtype().unwrap_or(DType::F32),
             };
-            plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Assumed(dtype))?
+            plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Assumed(dtype), &options)?
         }
     };
     if args.json {
@@ -99,6 +120,9 @@ fn plan_json(plan: &Plan) -> serde_json::Value {
                 "output": k.output.to_string(),
                 "flops": k.cost.flops,
                 "bytes": k.cost.bytes,
+                "offset": k.buffer.map(|b| b.offset),
+                "size": k.buffer.map(|b| b.size),
+                "storage": storage(plan, k),
             })
         })
         .collect();
@@ -110,15 +134,39 @@ fn plan_json(plan: &Plan) -> serde_json::Value {
     })
 }
 
+/// Where a kernel's output lives: `arena`, `in-place over <name>`, `view of <name>`, or
+/// `outside the arena` (a view of a graph input, weight or constant).
+fn storage(plan: &Plan, k: &Kernel) -> String {
+    let name = |id: orrery_ir::NodeId| plan.graph.node(id).name.clone();
+    match k.buffer.map(|b| b.storage) {
+        Some(Storage::Owned) => "arena".into(),
+        Some(Storage::InPlace { over }) => format!("in-place over {}", name(over)),
+        Some(Storage::View { of }) => format!("view of {}", name(of)),
+        None => "outside the arena".into(),
+    }
+}
+
 fn print_plan(plan: &Plan, dump: bool) {
     if dump {
-        println!("# graph\n{}", plan.graph);
+        println!("# graph (after {} rewrites)\n{}", plan.rewrites.len(), plan.graph);
+        if !plan.rewrites.is_empty() {
+            println!("# rewrites");
+            for (i, r) in plan.rewrites.iter().enumerate() {
+                println!("{:>4} {}: {}", i + 1, r.rule, r.label);
+            }
+        }
     }
     println!("# kernels");
     for k in &plan.kernels {
         let inputs: Vec<&str> = k.inputs.iter().map(|i| plan.graph.node(*i).name.as_str()).collect();
+        let place = match (k.buffer, storage(plan, k)) {
+            (Some(b), s) if !matches!(b.storage, Storage::View { .. }) => {
+                format!("@{}+{} ({s})", b.offset, b.size)
+            }
+            (_, s) => s,
+        };
         println!(
-            "{:<32} {:<48} ({}) -> {}  flops={} bytes={}",
+            "{:<32} {:<48} ({}) -> {} {place}  flops={} bytes={}",
             k.name,
             k.op,
             inputs.join(", "),
@@ -129,6 +177,7 @@ fn print_plan(plan: &Plan, dump: bool) {
     }
     println!("weight_bytes {}", plan.weight_bytes);
     println!("arena_bytes {}", plan.arena_bytes);
+    println!("peak_live_bytes {}", plan.peak_live_bytes);
     println!("flops {}", plan.flops);
 }
 

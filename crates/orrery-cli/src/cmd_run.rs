@@ -5,6 +5,7 @@ use crate::bind::convert;
 use crate::component_plan::{canonical_shapes, describe_specs, find_spec, plan};
 use crate::tensor_file::{read_tensors, write_f32_safetensors};
 use anyhow::{bail, Context, Result};
+use orrery_compiler::CompileOptions;
 use orrery_models::{load_component, WeightTypes};
 use orrery_runtime::{peak_rss_bytes, resolve_threads, FormatWeights, Session};
 use std::collections::HashMap;
@@ -60,7 +61,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
 
     let compile_start = Instant::now();
     let lookup = |name: &str| source.info(name).map(|i| (i.dtype, i.shape.clone()));
-    let plan = plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Checkpoint(&lookup))?;
+    let plan =
+        plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Checkpoint(&lookup), &CompileOptions::default())?;
     let compile_s = compile_start.elapsed().as_secs_f64();
 
     let (threads, thread_source) = resolve_threads(args.threads);

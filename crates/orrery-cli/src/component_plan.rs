@@ -1,7 +1,7 @@
 //! Shared by `run` and `compile`: choose the component, map shapes, build and compile.
 
 use anyhow::{bail, Context, Result};
-use orrery_compiler::Plan;
+use orrery_compiler::{CompileOptions, Plan};
 use orrery_models::{Component, InputSpec, WeightTypes};
 use std::collections::BTreeMap;
 
@@ -55,9 +55,10 @@ pub fn plan(
     method: &str,
     shapes: &BTreeMap<String, Vec<usize>>,
     weights: &WeightTypes,
+    options: &CompileOptions,
 ) -> Result<Plan> {
     let graph = component
         .build(method, shapes, weights)
         .with_context(|| format!("building {} `{method}`", component.class_name()))?;
-    Ok(orrery_compiler::compile(graph)?)
+    Ok(orrery_compiler::compile_with(graph, options)?)
 }

@@ -181,12 +181,31 @@ fn compile_json_has_exactly_the_contract_fields() {
     assert_eq!(keys, ["arena_bytes", "flops", "kernels", "weight_bytes"]);
     // fc1 (16·8 + 16) and fc2 (4·16 + 4) parameters in f32.
     assert_eq!(v["weight_bytes"], 212 * 4);
-    // fc1, act and fc2 outputs for a batch of 3, f32.
-    assert_eq!(v["arena_bytes"], (3 * 16 + 3 * 16 + 3 * 4) * 4);
-    assert_eq!(v["kernels"].as_array().unwrap().len(), 3);
+    // The planned arena for a batch of 3, f32, 64-byte aligned buffers: fc1 [3, 16] (192
+    // bytes) at 0; act (GELU) runs in place over fc1, which dies there; fc2 [3, 4] (48
+    // bytes) cannot reuse act's buffer (act is its input), so it goes at 192: 192 + 64.
+    assert_eq!(v["arena_bytes"], 256);
+    let kernels = v["kernels"].as_array().unwrap();
+    assert_eq!(kernels.len(), 3);
+    let place: Vec<String> =
+        kernels.iter().map(|k| format!("{} {} {}", k["offset"], k["size"], k["storage"])).collect();
+    assert_eq!(place, [r#"0 192 "arena""#, r#"0 192 "in-place over fc1""#, r#"192 48 "arena""#]);
     // 2·M·N·K + bias per linear, 14 per GELU element.
     let flops = 3 * 16 * (2 * 8 + 1) + 3 * 16 * 14 + 3 * 4 * (2 * 16 + 1);
     assert_eq!(v["flops"], flops);
+}
+
+#[test]
+fn compile_dump_shows_each_kernel_with_its_arena_place() {
+    let component = fixtures().join("test_mlp_f32");
+    let o = orrery(&["compile", component.to_str().unwrap(), "--shape", "x=3x8", "--dump"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}"));
+    assert!(line("fc1 ").contains("@0+192 (arena)"), "{text}");
+    assert!(line("act ").contains("@0+192 (in-place over fc1)"), "{text}");
+    assert!(line("fc2 ").contains("@192+48 (arena)") && line("fc2 ").contains("flops="), "{text}");
+    assert!(text.contains("arena_bytes 256") && text.contains("peak_live_bytes 240"), "{text}");
 }
 
 #[test]

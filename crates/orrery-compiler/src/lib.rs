@@ -1,17 +1,24 @@
 //! orrery-compiler: turns a [`Graph`] into a [`Plan`], the ahead-of-time schedule the runtime
 //! executes.
 //!
-//! Today a plan is the verified graph, one kernel per op node in graph order, each value's
-//! last use (so the runtime frees it at once), and the totals `orrery compile` reports. The
-//! rewrite passes (fusion) and the static memory planner slot in here: the runtime consumes
-//! only the `Plan`, so they change nothing downstream.
+//! A plan is the verified graph, one kernel per op node in graph order, each value's last use
+//! (so the runtime frees it at once), the static memory plan (every activation's offset in
+//! one arena, `memory.rs`) and the totals `orrery compile` reports. Plans are cached per
+//! input shapes by [`PlanCache`]. Before planning, the rewrite passes (`passes/`: simplification and
+//! elementwise fusion) run to a fixpoint; the runtime consumes only the `Plan`.
 //!
 //! Architecture invariant: everything the runtime does is decided here, before any data
-//! exists: kernel order, frees and memory totals. The compiler never touches tensors or files.
+//! exists: kernel order, frees and memory. The compiler never touches tensors or files.
 
+mod memory;
+pub mod passes;
 mod plan;
 
-pub use plan::{compile, Kernel, Plan};
+pub use memory::{
+    can_run_in_place, plan_memory, validate, BufferSlot, DeviceLimits, MemoryOptions, MemoryPlan, Storage, ARENA_ALIGN,
+};
+pub use passes::{optimize, OptimizeOptions, Optimizer, PassError, RewriteLog};
+pub use plan::{compile, compile_with, CompileOptions, Kernel, Passes, Plan, PlanCache, PlanKey};
 
 use thiserror::Error;
 
@@ -19,4 +26,14 @@ use thiserror::Error;
 pub enum CompileError {
     #[error("invalid graph: {0}")]
     InvalidGraph(#[from] orrery_ir::IrError),
+    #[error(
+        "the plan needs an activation arena of {needed} bytes but the device allows {limit} bytes; \
+         compile for smaller input shapes (batch, frames or resolution)"
+    )]
+    ArenaTooLarge { needed: u64, limit: u64 },
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    /// A memory plan failed validation: a planner bug, never a user error.
+    #[error("invalid memory plan (a compiler bug): {0}")]
+    InvalidPlan(String),
 }

@@ -1,7 +1,12 @@
-//! The plan: kernels in execution order with their costs and the values they release.
+//! The plan: kernels in execution order with their costs, the values they release and where
+//! their outputs live in the activation arena; and the cache of plans per input shapes.
 
+use crate::memory::{plan_memory, validate, BufferSlot, MemoryOptions, MemoryPlan, Storage};
+use crate::passes::{optimize, OptimizeOptions, RewriteLog};
 use crate::CompileError;
 use orrery_ir::{Cost, Graph, NodeId, NodeKind, TensorType};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// One kernel launch: an op node of the graph.
 #[derive(Clone, Debug)]
@@ -14,39 +19,96 @@ pub struct Kernel {
     pub inputs: Vec<NodeId>,
     pub output: TensorType,
     pub cost: Cost,
-    /// True when the output is a view of an input (no memory of its own).
+    /// True when the output is a view of an input (no memory of its own). A reshape of a
+    /// strided value copies, so it is not a view here even though its op is one.
     pub is_view: bool,
+    /// Where the output lives in the arena (offset, size, and whether it is in place over an
+    /// input or a view of one); `None` for a view of a graph input, weight or constant.
+    pub buffer: Option<BufferSlot>,
     /// Values whose last use is this kernel: the runtime releases them right after it.
     pub frees: Vec<NodeId>,
 }
 
 /// An executable schedule for one graph at fixed input shapes.
+///
+/// The memory plan is computed and validated, but the CPU runtime does not execute into the
+/// arena yet: kernels still allocate their own outputs and release them per `Kernel::frees`.
+/// `arena_bytes` is what the runtime will need once it does.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub graph: Graph,
     pub kernels: Vec<Kernel>,
     /// Bytes of every weight the graph reads, in its stored dtype.
     pub weight_bytes: u64,
-    /// Activation memory the plan needs. Until the static memory planner lands this is the sum
-    /// of every op output that owns memory (views excluded): an upper bound.
+    /// Bytes of the planned activation arena (`memory.arena_bytes`).
     pub arena_bytes: u64,
+    /// The most activation bytes live at once: the lower bound `arena_bytes` is measured by.
+    pub peak_live_bytes: u64,
     pub flops: u64,
+    /// Every value's slot in the arena.
+    pub memory: MemoryPlan,
+    /// The rewrites the optimizer applied, in order (empty with `Passes::None`).
+    pub rewrites: RewriteLog,
 }
 
-/// Verifies `graph` and schedules it.
+/// Which rewrite passes [`compile_with`] runs before planning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Passes {
+    /// The graph as built (to compare against, or to bisect a bad rewrite).
+    None,
+    /// Canonicalisation, constant folding, CSE and DCE.
+    Simplify,
+    /// `Simplify` plus elementwise fusion.
+    #[default]
+    Fuse,
+}
+
+/// What [`compile_with`] may assume about the target, and which passes it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CompileOptions {
+    pub memory: MemoryOptions,
+    pub passes: Passes,
+    /// Stop the optimizer after this many rewrites (bisecting a bad rule).
+    pub stop_after_rewrites: Option<usize>,
+}
+
+/// Optimizes (simplify + fuse), schedules and plans `graph` with the default options (no arena
+/// limit, in place on).
 pub fn compile(graph: Graph) -> Result<Plan, CompileError> {
+    compile_with(graph, &CompileOptions::default())
+}
+
+/// Verifies `graph`, schedules it and plans its memory. The memory plan is always validated
+/// ([`validate`]: O(n log n) in the number of nodes, negligible next to planning), so no
+/// plan with overlapping live buffers ever leaves the compiler.
+pub fn compile_with(graph: Graph, options: &CompileOptions) -> Result<Plan, CompileError> {
     graph.verify()?;
+    let (graph, rewrites) = match options.passes {
+        Passes::None => (graph, RewriteLog::new()),
+        level => optimize(
+            graph,
+            &OptimizeOptions {
+                stop_after: options.stop_after_rewrites,
+                verify_each: cfg!(debug_assertions),
+                fuse: level == Passes::Fuse,
+            },
+        )?,
+    };
     let last_use = last_uses(&graph);
-    let mut kernels = Vec::new();
     let mut frees_at: Vec<Vec<NodeId>> = vec![Vec::new(); graph.len()];
     for (value, user) in last_use.iter().enumerate() {
         if let Some(user) = user {
             frees_at[user.0].push(NodeId(value));
         }
     }
+    let steps: Vec<NodeId> = graph.ids().filter(|id| graph.node(*id).op().is_some()).collect();
+    let memory = plan_memory(&graph, &steps, &options.memory)?;
+    validate(&memory, &graph)?;
+    let mut kernels = Vec::new();
     for (id, node) in graph.ids().zip(graph.nodes()) {
         let NodeKind::Op(op) = &node.kind else { continue };
         let in_types: Vec<TensorType> = node.inputs.iter().map(|i| graph.node(*i).ty.clone()).collect();
+        let buffer = memory.slot(id).copied();
         kernels.push(Kernel {
             node: id,
             name: node.name.clone(),
@@ -54,14 +116,23 @@ pub fn compile(graph: Graph) -> Result<Plan, CompileError> {
             inputs: node.inputs.clone(),
             output: node.ty.clone(),
             cost: op.cost(&in_types, &node.ty),
-            is_view: op.is_view(),
+            is_view: op.is_view() && !matches!(buffer.map(|b| b.storage), Some(Storage::Owned)),
+            buffer,
             frees: std::mem::take(&mut frees_at[id.0]),
         });
     }
     let weight_bytes = graph.weights().map(|(_, n)| n.ty.size_bytes()).sum();
-    let arena_bytes = kernels.iter().filter(|k| !k.is_view).map(|k| k.output.size_bytes()).sum();
     let flops = kernels.iter().map(|k| k.cost.flops).sum();
-    Ok(Plan { graph, kernels, weight_bytes, arena_bytes, flops })
+    Ok(Plan {
+        rewrites,
+        graph,
+        kernels,
+        weight_bytes,
+        arena_bytes: memory.arena_bytes,
+        peak_live_bytes: memory.peak_live_bytes,
+        flops,
+        memory,
+    })
 }
 
 /// For each value, the op node that uses it last, or `None` when it must outlive the run
@@ -82,6 +153,60 @@ fn last_uses(graph: &Graph) -> Vec<Option<NodeId>> {
     last
 }
 
+/// What a cached plan is for. `component` identifies the graph builder and everything
+/// besides method and shapes that changes the graph (e.g. the config path and weight dtype);
+/// the caller picks it and must keep it distinct for different graphs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PlanKey {
+    pub component: String,
+    pub method: String,
+    /// Input name → dims.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+}
+
+/// Plans per (component, method, input shapes), shared as `Arc`s: a pipeline running many
+/// denoising steps at one resolution compiles each component once. Thread-safe.
+#[derive(Debug, Default)]
+pub struct PlanCache {
+    options: CompileOptions,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+}
+
+impl PlanCache {
+    pub fn new(options: CompileOptions) -> PlanCache {
+        PlanCache { options, plans: Mutex::default() }
+    }
+
+    /// The plan for `key`, building its graph with `build` and compiling it on a miss.
+    /// The lock is not held while building, so two threads missing on one key may both
+    /// compile; the first to finish is kept and returned to both.
+    pub fn get_or_compile<E: From<CompileError>>(
+        &self,
+        key: PlanKey,
+        build: impl FnOnce() -> Result<Graph, E>,
+    ) -> Result<Arc<Plan>, E> {
+        if let Some(plan) = self.lock().get(&key) {
+            return Ok(plan.clone());
+        }
+        let plan = Arc::new(compile_with(build()?, &self.options)?);
+        Ok(self.lock().entry(key).or_insert(plan).clone())
+    }
+
+    /// How many plans are cached.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PlanKey, Arc<Plan>>> {
+        // A panic while holding the lock cannot leave the map half-updated (one insert).
+        self.plans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,8 +224,12 @@ mod tests {
         let plan = compile(b.finish().unwrap()).unwrap();
         assert_eq!(plan.kernels.len(), 3);
         assert_eq!(plan.weight_bytes, 16 * 8 * 2);
-        // fc and act own 4·16 f32 each; the reshape is a view.
-        assert_eq!(plan.arena_bytes, 2 * 4 * 16 * 4);
+        // fc owns 4·16 f32; act runs in place over it (fc dies there); the reshape is a view.
+        assert_eq!(plan.arena_bytes, 4 * 16 * 4);
+        assert_eq!(plan.peak_live_bytes, 4 * 16 * 4);
+        assert_eq!(plan.kernels[1].buffer.unwrap().storage, Storage::InPlace { over: h });
+        assert_eq!(plan.kernels[2].buffer.unwrap().storage, Storage::View { of: a });
+        assert!(plan.kernels[2].is_view);
         assert_eq!(plan.flops, 4 * 16 * 2 * 8 + 4 * 16);
         assert_eq!(plan.kernels[0].frees, vec![x]);
         assert_eq!(plan.kernels[1].frees, vec![h]);

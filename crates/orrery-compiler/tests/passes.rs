@@ -331,7 +331,7 @@ fn stopping_at_n_applies_exactly_n_rewrites() {
     }
     let (_, log) = Optimizer::new(vec![Box::new(Canonicalize)]).stopping_at(100).run(g.clone()).unwrap();
     assert_eq!(log.len(), 5, "the fixpoint comes first");
-    let (_, log) = optimize(g, &OptimizeOptions { stop_after: Some(3), verify_each: true }).unwrap();
+    let (_, log) = optimize(g, &OptimizeOptions { stop_after: Some(3), verify_each: true, fuse: false }).unwrap();
     assert_eq!(log.len(), 3);
 }
 
@@ -352,7 +352,7 @@ fn optimize_reaches_a_fixpoint() {
     b.output("out", sum).unwrap();
     let g = b.finish().unwrap();
 
-    let options = OptimizeOptions { stop_after: None, verify_each: true };
+    let options = OptimizeOptions { stop_after: None, verify_each: true, fuse: false };
     let (opt, log) = optimize(g.clone(), &options).unwrap();
     assert!(!log.is_empty());
     assert_eq!(op_names(&opt), ["matmul", "mul", "add"], "{opt}\n{log:?}");
@@ -571,7 +571,7 @@ proptest! {
     #[test]
     fn optimize_keeps_random_dags_valid_and_equal(steps in prop::collection::vec(step(), 1..16), n_outputs in 1usize..4) {
         let g = random_graph(&steps, n_outputs);
-        let (opt, log) = optimize(g.clone(), &OptimizeOptions { stop_after: None, verify_each: true })
+        let (opt, log) = optimize(g.clone(), &OptimizeOptions { stop_after: None, verify_each: true, fuse: false })
             .map_err(|e| TestCaseError::fail(format!("{e}\n{g}")))?;
         opt.verify().unwrap();
         prop_assert_eq!(output_names(&opt), output_names(&g));

@@ -9,8 +9,8 @@
 //! anything.
 
 mod component;
-pub mod cosmos;
 mod config;
+pub mod cosmos;
 mod error;
 mod test_mlp;
 mod weight_types;

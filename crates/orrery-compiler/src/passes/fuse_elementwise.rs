@@ -15,7 +15,8 @@ use std::collections::HashMap;
 pub struct FuseElementwise;
 
 fn is_fusible(node: &Node) -> bool {
-    node.ty.dtype == DType::F32 && matches!(node.op(), Some(Op::Unary(_) | Op::Clamp { .. } | Op::Binary(_) | Op::Fused(_)))
+    node.ty.dtype == DType::F32
+        && matches!(node.op(), Some(Op::Unary(_) | Op::Clamp { .. } | Op::Binary(_) | Op::Fused(_)))
 }
 
 impl Rule for FuseElementwise {
@@ -56,8 +57,7 @@ fn grow_group(graph: &Graph, uses: &[usize], root: NodeId) -> Vec<NodeId> {
                 continue;
             }
             // Every use of `o` must come from the group (a graph output counts as a use).
-            let inside: usize =
-                members.iter().map(|m| graph.node(*m).inputs.iter().filter(|&&i| i == o).count()).sum();
+            let inside: usize = members.iter().map(|m| graph.node(*m).inputs.iter().filter(|&&i| i == o).count()).sum();
             if inside == uses[o.0] {
                 members.push(o);
                 added = true;

@@ -79,6 +79,8 @@ pub struct OptimizeOptions {
     pub stop_after: Option<usize>,
     /// Verify the graph after every applied patch (tests); the result is always verified.
     pub verify_each: bool,
+    /// Also fuse elementwise groups ([`Optimizer::fusing_rules`]).
+    pub fuse: bool,
 }
 
 /// Runs rules to a fixpoint.
@@ -178,7 +180,8 @@ impl Optimizer {
 
 /// Optimizes `graph` with the default rules ([`Optimizer::default_rules`]).
 pub fn optimize(graph: Graph, options: &OptimizeOptions) -> Result<(Graph, RewriteLog), PassError> {
-    let mut optimizer = Optimizer::new(Optimizer::default_rules()).verify_each(options.verify_each);
+    let rules = if options.fuse { Optimizer::fusing_rules() } else { Optimizer::default_rules() };
+    let mut optimizer = Optimizer::new(rules).verify_each(options.verify_each);
     if let Some(n) = options.stop_after {
         optimizer = optimizer.stopping_at(n);
     }

@@ -9,7 +9,11 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub enum FusedStep {
     Unary(UnaryOp, usize),
-    Clamp { min: f64, max: f64, x: usize },
+    Clamp {
+        min: f64,
+        max: f64,
+        x: usize,
+    },
     Binary(BinaryOp, usize, usize),
     /// An f32 constant, broadcast like a scalar.
     Const(f64),

@@ -65,7 +65,9 @@ pub fn dit_block(
         let p = format!("{prefix}.{norm}");
         let (h, gate) = adaln_zero(b, w, &p, cfg, x, act, inp.temb)?;
         let y = match sub {
-            Sub::SelfAttn => attention(b, w, &format!("{prefix}.attn1"), cfg, h, h, Some((inp.rope_cos, inp.rope_sin)))?,
+            Sub::SelfAttn => {
+                attention(b, w, &format!("{prefix}.attn1"), cfg, h, h, Some((inp.rope_cos, inp.rope_sin)))?
+            }
             Sub::CrossAttn => attention(b, w, &format!("{prefix}.attn2"), cfg, h, inp.text, None)?,
             Sub::Mlp => mlp(b, w, &format!("{prefix}.ff"), cfg, h)?,
         };
