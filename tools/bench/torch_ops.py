@@ -24,7 +24,64 @@ def case(name):
     if name == "conv":
         x, w = torch.rand(1, 256, 64, 64) - 0.5, torch.rand(256, 256, 3, 3) - 0.5
         return (lambda: torch.nn.functional.conv2d(x, w, padding=1)), 2.0 * 256 * 64 * 64 * 256 * 9
+    if name in ("dit", "dit_unfused"):
+        return dit_block_case()
     raise SystemExit(f"unknown case {name}")
+
+
+def dit_block_case():
+    """One Cosmos DiT block in plain eager torch (same math as orrery_models::cosmos::dit_block):
+    hidden 1024 = 8 heads x 128, 2048 tokens, 512 text tokens, no biases."""
+    F = torch.nn.functional
+    L, LT, D, H, HD = 2048, 512, 1024, 8, 128
+
+    def w(*shape):
+        return (torch.rand(*shape) - 0.5) / shape[-1] ** 0.5
+
+    x, emb, temb = torch.rand(1, L, D) - 0.5, torch.rand(1, D) - 0.5, torch.rand(1, 3 * D) - 0.5
+    text, pos = torch.rand(1, LT, 1024) - 0.5, torch.rand(L, D) - 0.5
+    cos, sin = torch.rand(L, HD), torch.rand(L, HD)
+    mods = [(w(256, D), w(3 * D, 256)) for _ in range(3)]
+    attn = [dict(q=w(D, D), k=w(D, c), v=w(D, c), o=w(D, D), nq=1 + w(HD), nk=1 + w(HD)) for c in (D, 1024)]
+    ff1, ff2 = w(4 * D, D), w(D, 4 * D)
+
+    def rms(t, weight):
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-5) * weight
+
+    def rope(t):
+        t1, t2 = t[..., : HD // 2], t[..., HD // 2 :]
+        return t * cos + torch.cat([-t2, t1], -1) * sin
+
+    def mha(h, ctx, p, use_rope):
+        def heads(t):
+            return t.unflatten(2, (H, HD)).transpose(1, 2)
+
+        q, k, v = heads(F.linear(h, p["q"])), heads(F.linear(ctx, p["k"])), heads(F.linear(ctx, p["v"]))
+        q, k = rms(q, p["nq"]), rms(k, p["nk"])
+        if use_rope:
+            q, k = rope(q), rope(k)
+        o = F.scaled_dot_product_attention(q, k, v, scale=HD**-0.5)
+        return F.linear(o.transpose(1, 2).flatten(2), p["o"])
+
+    def block():
+        h0 = x + pos
+        act = F.silu(emb)
+        out = h0
+        for i, (w1, w2) in enumerate(mods):
+            shift, scale, gate = (F.linear(F.linear(act, w1), w2) + temb).unsqueeze(1).chunk(3, -1)
+            h = F.layer_norm(out, (D,), eps=1e-6) * (1 + scale) + shift
+            if i == 0:
+                y = mha(h, h, attn[0], True)
+            elif i == 1:
+                y = mha(h, text, attn[1], False)
+            else:
+                y = F.linear(F.gelu(F.linear(h, ff1)), ff2)
+            out = out + gate * y
+        return out
+
+    flops = 2 * L * D * D * 4 + 2 * L * D * D * 2 + 2 * LT * D * 1024 * 2 + 2 * L * D * 4 * D * 2
+    flops += 2 * H * L * L * HD * 2 + 2 * H * L * LT * HD * 2
+    return block, flops
 
 
 def main():

@@ -3,11 +3,15 @@
 //! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]`
 //! prints one JSON line: the case, median and all run times (first, warm-up run excluded) and
 //! the achieved GFLOP/s. Cases: `gemm<N>` (N³ f32), `attn<L>` (16 heads × 64, self-attention
-//! of length L), `conv` (3×3, 256→256 channels at 64×64). `tools/bench/compare.sh` interleaves
+//! of length L), `conv` (3×3, 256→256 channels at 64×64), `dit` / `dit_unfused` (one Cosmos DiT
+//! block, hidden 1024, 2048 tokens, text 512, compiled with and without the rewrite passes). `tools/bench/compare.sh` interleaves
 //! these runs with `tools/bench/torch_ops.py` on the same shapes.
 
 use orrery_cpu::CpuTensor;
+use orrery_compiler::{CompileOptions, Passes};
 use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, Graph, GraphBuilder, Op};
+use orrery_models::cosmos::{dit_block, DitBlockConfig, DitBlockInputs};
+use orrery_models::WeightTypes;
 use orrery_runtime::{MemoryWeights, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +58,39 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
         };
         let y = b.op("conv", Op::Conv(p), &[x, w]).ok()?;
         b.output("y", y).ok()?;
+    } else if name == "dit" || name == "dit_unfused" {
+        // One Cosmos DiT block: hidden 1024 (8 heads × 128), 2048 tokens, 512 text tokens.
+        let (len, text_len, d) = (2048, 512, 1024);
+        let cfg = DitBlockConfig {
+            dim: d,
+            heads: 8,
+            head_dim: 128,
+            mlp_hidden: 4 * d,
+            text_dim: 1024,
+            adaln_lora_dim: 256,
+            qk_norm_eps: 1e-5,
+        };
+        inputs = vec![
+            ("x", vec![1, len, d]),
+            ("emb", vec![1, d]),
+            ("temb", vec![1, 3 * d]),
+            ("text", vec![1, text_len, 1024]),
+            ("rope_cos", vec![len, 128]),
+            ("rope_sin", vec![len, 128]),
+            ("pos_emb", vec![len, d]),
+        ];
+        let ids: Vec<_> = inputs.iter().map(|(n, s)| b.input(n, DType::F32, s.clone())).collect::<Result<_, _>>().ok()?;
+        let inp = DitBlockInputs {
+            x: ids[0],
+            emb: ids[1],
+            temb: ids[2],
+            text: ids[3],
+            rope_cos: ids[4],
+            rope_sin: ids[5],
+            pos_emb: Some(ids[6]),
+        };
+        let y = dit_block(&mut b, &WeightTypes::Assumed(DType::F32), "blk", &cfg, &inp).ok()?;
+        b.output("y", y).ok()?;
     } else {
         return None;
     }
@@ -67,12 +104,24 @@ fn main() {
     let threads: usize = flag("--threads").unwrap_or(2);
     let runs: usize = flag("--runs").unwrap_or(5);
     let Some((graph, inputs)) = case(&name) else {
-        eprintln!("unknown case `{name}`: use gemm<N>, attn<L> or conv");
+        eprintln!("unknown case `{name}`: use gemm<N>, attn<L>, conv, dit or dit_unfused");
         std::process::exit(2);
     };
-    let plan = orrery_compiler::compile(graph).expect("valid case graph");
+    // Weights (the DiT cases have some): deterministic values scaled by 1/√fan-in.
+    let mut weights = MemoryWeights::new();
+    for (i, (_, node)) in graph.weights().enumerate() {
+        let dims = node.ty.shape.dims();
+        let scale = 1.0 / (*dims.last().unwrap_or(&1) as f32).sqrt();
+        let t = filled(dims, 1000 + i as u32);
+        let data: Vec<f32> = t.to_f32_vec().iter().map(|v| v * scale).collect();
+        weights.insert(&node.name, CpuTensor::from_vec(dims.to_vec(), data));
+    }
+    let passes = if name.ends_with("_unfused") { Passes::None } else { Passes::Fuse };
+    let options = CompileOptions { passes, ..CompileOptions::default() };
+    let plan = orrery_compiler::compile_with(graph, &options).expect("valid case graph");
     let flops = plan.flops as f64;
-    let session = Session::new(plan, Arc::new(MemoryWeights::new()), threads).expect("thread pool");
+    let (n_kernels, arena) = (plan.kernels.iter().filter(|k| !k.is_view).count(), plan.arena_bytes);
+    let session = Session::new(plan, Arc::new(weights), threads).expect("thread pool");
     let feed: HashMap<String, CpuTensor> =
         inputs.iter().enumerate().map(|(i, (n, s))| (n.to_string(), filled(s, i as u32))).collect();
     let mut times = Vec::new();
@@ -86,7 +135,7 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"peak_rss_bytes\": {}, \"runs_s\": {times:?}}}",
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"peak_rss_bytes\": {}, \"runs_s\": {times:?}}}",
         flops / median / 1e9,
         orrery_runtime::peak_rss_bytes().unwrap_or(0)
     );
