@@ -181,31 +181,53 @@ fn compile_json_has_exactly_the_contract_fields() {
     assert_eq!(keys, ["arena_bytes", "flops", "kernels", "weight_bytes"]);
     // fc1 (16·8 + 16) and fc2 (4·16 + 4) parameters in f32.
     assert_eq!(v["weight_bytes"], 212 * 4);
-    // The planned arena for a batch of 3, f32, 64-byte aligned buffers: fc1 [3, 16] (192
-    // bytes) at 0; act (GELU) runs in place over fc1, which dies there; fc2 [3, 4] (48
-    // bytes) cannot reuse act's buffer (act is its input), so it goes at 192: 192 + 64.
+    // The default passes fuse the GELU into fc1's epilogue: two kernels. The planned arena
+    // for a batch of 3, f32, 64-byte aligned buffers: fc1+GELU [3, 16] (192 bytes) at 0, fc2
+    // [3, 4] (48 bytes) at 192 (its input is still live): 192 + 64.
     assert_eq!(v["arena_bytes"], 256);
-    let kernels = v["kernels"].as_array().unwrap();
-    assert_eq!(kernels.len(), 3);
-    let place: Vec<String> =
-        kernels.iter().map(|k| format!("{} {} {}", k["offset"], k["size"], k["storage"])).collect();
-    assert_eq!(place, [r#"0 192 "arena""#, r#"0 192 "in-place over fc1""#, r#"192 48 "arena""#]);
-    // 2·M·N·K + bias per linear, 14 per GELU element.
+    let place = |v: &serde_json::Value| -> Vec<String> {
+        let kernels = v["kernels"].as_array().unwrap();
+        kernels.iter().map(|k| format!("{} {} {} {}", k["name"], k["offset"], k["size"], k["storage"])).collect()
+    };
+    assert_eq!(place(&v), [r#""act.epilogue" 0 192 "arena""#, r#""fc2" 192 48 "arena""#]);
+    // 2·M·N·K + bias per linear, 14 per GELU element; fusion moves flops, never adds any.
     let flops = 3 * 16 * (2 * 8 + 1) + 3 * 16 * 14 + 3 * 4 * (2 * 16 + 1);
     assert_eq!(v["flops"], flops);
+    // Unfused, the GELU runs in place over fc1, which dies there: the same arena.
+    let unfused = compile_json(&fixtures().join("test_mlp_f32"), &["--passes", "none"]);
+    assert_eq!(
+        place(&unfused),
+        [r#""fc1" 0 192 "arena""#, r#""act" 0 192 "in-place over fc1""#, r#""fc2" 192 48 "arena""#]
+    );
+    assert_eq!(unfused["arena_bytes"], 256);
+    assert_eq!(unfused["flops"], flops);
 }
 
 #[test]
 fn compile_dump_shows_each_kernel_with_its_arena_place() {
     let component = fixtures().join("test_mlp_f32");
-    let o = orrery(&["compile", component.to_str().unwrap(), "--shape", "x=3x8", "--dump"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = String::from_utf8_lossy(&o.stdout);
-    let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}"));
-    assert!(line("fc1 ").contains("@0+192 (arena)"), "{text}");
-    assert!(line("act ").contains("@0+192 (in-place over fc1)"), "{text}");
-    assert!(line("fc2 ").contains("@192+48 (arena)") && line("fc2 ").contains("flops="), "{text}");
+    let dump = |extra: &[&str]| {
+        let mut args = vec!["compile", component.to_str().unwrap(), "--shape", "x=3x8", "--dump"];
+        args.extend_from_slice(extra);
+        let o = orrery(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = dump(&["--passes", "none"]);
+    let line = |text: &str, name: &str| {
+        text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}")).to_string()
+    };
+    assert!(line(&text, "fc1 ").contains("@0+192 (arena)"), "{text}");
+    assert!(line(&text, "act ").contains("@0+192 (in-place over fc1)"), "{text}");
+    assert!(line(&text, "fc2 ").contains("@192+48 (arena)") && line(&text, "fc2 ").contains("flops="), "{text}");
     assert!(text.contains("arena_bytes 256") && text.contains("peak_live_bytes 240"), "{text}");
+    // With the default passes the dump lists the rewrites and the fused kernel traces back
+    // to its source node by name.
+    let fused = dump(&[]);
+    assert!(fused.contains("fuse_epilogue: fuse act into the epilogue of fc1"), "{fused}");
+    assert!(line(&fused, "act.epilogue ").contains("@0+192 (arena)"), "{fused}");
+    // Bisecting: stopping after 0 rewrites gives the unfused kernels.
+    assert!(dump(&["--stop-after-rewrites", "0"]).lines().any(|l| l.starts_with("act ")));
 }
 
 #[test]

@@ -58,7 +58,7 @@ pub enum Passes {
     None,
     /// Canonicalisation, constant folding, CSE and DCE.
     Simplify,
-    /// `Simplify` plus elementwise fusion.
+    /// `Simplify` plus elementwise and epilogue fusion.
     #[default]
     Fuse,
 }
@@ -221,7 +221,9 @@ mod tests {
         let a = b.unary("act", UnaryOp::Relu, h).unwrap();
         let r = b.reshape("flat", a, &[64]).unwrap();
         b.output("y", r).unwrap();
-        let plan = compile(b.finish().unwrap()).unwrap();
+        // Unfused: with fusion the relu would become the linear's epilogue.
+        let options = CompileOptions { passes: Passes::Simplify, ..CompileOptions::default() };
+        let plan = compile_with(b.finish().unwrap(), &options).unwrap();
         assert_eq!(plan.kernels.len(), 3);
         assert_eq!(plan.weight_bytes, 16 * 8 * 2);
         // fc owns 4·16 f32; act runs in place over it (fc dies there); the reshape is a view.

@@ -363,6 +363,16 @@ impl CpuTensor {
         }
     }
 
+    /// The f32 elements in row-major order, taking the buffer without a copy when this
+    /// tensor is its dense, only owner (a kernel's fresh output), else copied.
+    pub(crate) fn into_f32_vec(mut self) -> Vec<f32> {
+        let whole = self.is_contiguous() && self.offset == 0 && self.buf.len() == self.numel();
+        if let (true, Some(Buffer::F32(v))) = (whole, Arc::get_mut(&mut self.buf)) {
+            return std::mem::take(v);
+        }
+        self.to_f32_vec()
+    }
+
     /// All elements, in row-major order of the view, widened to f32.
     pub fn to_f32_vec(&self) -> Vec<f32> {
         if let Some(d) = self.data::<f32>() {

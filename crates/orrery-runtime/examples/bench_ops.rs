@@ -7,8 +7,8 @@
 //! block, hidden 1024, 2048 tokens, text 512, compiled with and without the rewrite passes). `tools/bench/compare.sh` interleaves
 //! these runs with `tools/bench/torch_ops.py` on the same shapes.
 
-use orrery_cpu::CpuTensor;
 use orrery_compiler::{CompileOptions, Passes};
+use orrery_cpu::CpuTensor;
 use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, Graph, GraphBuilder, Op};
 use orrery_models::cosmos::{dit_block, DitBlockConfig, DitBlockInputs};
 use orrery_models::WeightTypes;
@@ -79,7 +79,8 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
             ("rope_sin", vec![len, 128]),
             ("pos_emb", vec![len, d]),
         ];
-        let ids: Vec<_> = inputs.iter().map(|(n, s)| b.input(n, DType::F32, s.clone())).collect::<Result<_, _>>().ok()?;
+        let ids: Vec<_> =
+            inputs.iter().map(|(n, s)| b.input(n, DType::F32, s.clone())).collect::<Result<_, _>>().ok()?;
         let inp = DitBlockInputs {
             x: ids[0],
             emb: ids[1],

@@ -18,14 +18,18 @@ mod const_fold;
 mod cse;
 mod dce;
 mod fuse_elementwise;
+mod fuse_epilogue;
 pub mod patch;
+mod recognize_attention;
 
 pub use canonicalize::Canonicalize;
 pub use const_fold::{ConstFold, MAX_FOLD_ELEMENTS};
 pub use cse::Cse;
 pub use dce::Dce;
 pub use fuse_elementwise::FuseElementwise;
+pub use fuse_epilogue::FuseEpilogue;
 pub use patch::{Patch, Value};
+pub use recognize_attention::RecognizeAttention;
 
 use orrery_ir::{Graph, IrError};
 use thiserror::Error;
@@ -101,10 +105,15 @@ impl Optimizer {
         vec![Box::new(Canonicalize), Box::new(ConstFold), Box::new(Cse), Box::new(Dce)]
     }
 
-    /// The default rules, then fusion (which runs on the simplified graph).
+    /// The default rules, then fusion (which runs on the simplified graph): attention
+    /// recognition first (elementwise fusion would otherwise swallow its scale and mask), then
+    /// elementwise groups, then those groups folded into the epilogue of the op that feeds them.
+    /// Each rule runs to exhaustion within a sweep, so this order holds.
     pub fn fusing_rules() -> Vec<Box<dyn Rule>> {
         let mut rules = Optimizer::default_rules();
+        rules.push(Box::new(RecognizeAttention));
         rules.push(Box::new(FuseElementwise));
+        rules.push(Box::new(FuseEpilogue));
         rules
     }
 

@@ -9,11 +9,11 @@ use rayon::prelude::*;
 
 /// Output elements per task: fixed (never derived from the thread count), small enough that
 /// the scratch vectors of a long program stay in L2.
-const CHUNK: usize = 2048;
+pub(super) const CHUNK: usize = 2048;
 
 /// One input as seen from the output: its buffer, offset and per-output-axis strides (0 where
 /// broadcast).
-struct Source<'a> {
+pub(super) struct Source<'a> {
     data: &'a [f32],
     offset: usize,
     strides: Vec<usize>,
@@ -22,16 +22,29 @@ struct Source<'a> {
 pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
     let Op::Fused(program) = op else { return Err(CpuError::kernel(op, "not a fused program")) };
     let dims = out.shape.dims();
-    let sources = inputs
+    let sources = sources(op, inputs, dims)?;
+    let mut y = vec![0f32; out.shape.numel()];
+    y.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
+        let mut scratch = Scratch::new(program, chunk.len());
+        let values = scratch.values(chunk.len());
+        for (src, dst) in sources.iter().zip(values.iter_mut()) {
+            gather(src, dims, i * CHUNK, dst);
+        }
+        run_steps(program, values);
+        chunk.copy_from_slice(&values[values.len() - 1]);
+    });
+    Ok(CpuTensor::from_vec(dims.to_vec(), y))
+}
+
+/// `inputs` (f32) as read from an output of shape `dims`.
+pub(super) fn sources<'a>(op: &Op, inputs: &[&'a CpuTensor], dims: &[usize]) -> Result<Vec<Source<'a>>, CpuError> {
+    inputs
         .iter()
         .map(|t| {
             let data = f32::slice(t.buffer()).ok_or_else(|| CpuError::kernel(op, "inputs must be f32"))?;
             Ok(Source { data, offset: t.offset(), strides: broadcast_strides(t, dims) })
         })
-        .collect::<Result<Vec<_>, CpuError>>()?;
-    let mut y = vec![0f32; out.shape.numel()];
-    y.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| run_chunk(program, &sources, dims, i * CHUNK, chunk));
-    Ok(CpuTensor::from_vec(dims.to_vec(), y))
+        .collect()
 }
 
 /// The strides of `t` read as a tensor of the output's `dims`.
@@ -42,13 +55,29 @@ fn broadcast_strides(t: &CpuTensor, dims: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-fn run_chunk(program: &FusedProgram, sources: &[Source], dims: &[usize], start: usize, out: &mut [f32]) {
-    let len = out.len();
-    let n_values = program.n_inputs + program.steps.len();
-    let mut values: Vec<Vec<f32>> = (0..n_values).map(|_| vec![0f32; len]).collect();
-    for (src, dst) in sources.iter().zip(values.iter_mut()) {
-        gather(src, dims, start, dst);
+/// One vector per program value (inputs, then steps), reused chunk after chunk by one task.
+pub(super) struct Scratch {
+    values: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    /// Room for chunks of up to `len` elements.
+    pub(super) fn new(program: &FusedProgram, len: usize) -> Scratch {
+        Scratch { values: (0..program.n_inputs + program.steps.len()).map(|_| vec![0f32; len]).collect() }
     }
+
+    /// The value vectors, each cut (or grown) to `len` elements.
+    pub(super) fn values(&mut self, len: usize) -> &mut [Vec<f32>] {
+        for v in &mut self.values {
+            v.resize(len, 0.0);
+        }
+        &mut self.values
+    }
+}
+
+/// Runs the steps over one chunk whose inputs are already in `values[..n_inputs]`; the result
+/// is the last vector.
+pub(super) fn run_steps(program: &FusedProgram, values: &mut [Vec<f32>]) {
     for (i, step) in program.steps.iter().enumerate() {
         let (done, rest) = values.split_at_mut(program.n_inputs + i);
         let dst = &mut rest[0];
@@ -64,7 +93,26 @@ fn run_chunk(program: &FusedProgram, sources: &[Source], dims: &[usize], start: 
             FusedStep::Const(c) => dst.fill(c as f32),
         }
     }
-    out.copy_from_slice(&values[n_values - 1]);
+}
+
+/// An epilogue over one run of output positions `start..start + data.len()`: `data` holds the
+/// base op's values there (the program's input 0) and receives the program's result; input
+/// `1 + i` is gathered from `extras[i]`.
+pub(super) fn apply_in_place(
+    program: &FusedProgram,
+    extras: &[Source],
+    dims: &[usize],
+    start: usize,
+    data: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let values = scratch.values(data.len());
+    values[0].copy_from_slice(data);
+    for (src, dst) in extras.iter().zip(values[1..].iter_mut()) {
+        gather(src, dims, start, dst);
+    }
+    run_steps(program, values);
+    data.copy_from_slice(&values[values.len() - 1]);
 }
 
 /// Copies `dst.len()` output-order elements of `src`, starting at flat output position

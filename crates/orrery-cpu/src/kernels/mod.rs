@@ -2,6 +2,7 @@
 
 mod conv;
 mod elementwise;
+mod epilogue;
 mod fused;
 mod layout;
 mod linalg;
@@ -22,6 +23,7 @@ pub fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTe
         OpFamily::Linalg => linalg::execute(op, inputs, out),
         OpFamily::Conv => conv::execute(op, inputs, out),
         OpFamily::Fused => fused::execute(op, inputs, out),
+        OpFamily::Epilogue => epilogue::execute(op, inputs, out),
     }?;
     debug_assert_eq!(result.shape(), out.shape.dims(), "{op} produced a wrong shape");
     debug_assert_eq!(result.dtype(), out.dtype, "{op} produced a wrong dtype");

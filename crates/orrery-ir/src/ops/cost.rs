@@ -33,6 +33,13 @@ impl Op {
         let flops = match self {
             Op::Unary(u) => unary_flops(*u) * out_n,
             Op::Fused(p) => p.steps.iter().map(|s| s.flops()).sum::<u64>() * out_n,
+            // The base's own FLOPs plus the program's per output element; the bytes (below)
+            // are every input once and the output once, as for any other op.
+            Op::Epilogue { base, program } => {
+                let n_base = base.epilogue_base_inputs().unwrap_or(inputs.len()).min(inputs.len());
+                base.cost(&inputs[..n_base], output).flops
+                    + program.steps.iter().map(|s| s.flops()).sum::<u64>() * out_n
+            }
             Op::Clamp { .. } => 2 * out_n,
             Op::Binary(BinaryOp::Pow) => 16 * out_n,
             Op::Binary(_) | Op::Compare(_) | Op::Where => out_n,

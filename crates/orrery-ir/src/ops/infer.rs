@@ -371,6 +371,7 @@ impl Op {
                 }
                 Ok(tt(DType::F32, dims))
             }
+            Op::Epilogue { base, program } => infer_epilogue(inputs, base, program),
             Op::Arange { len, dtype, .. } => {
                 want_inputs(inputs, 0..=0)?;
                 if !matches!(dtype, DType::F32 | DType::I64 | DType::I32) {
@@ -392,6 +393,35 @@ pub(crate) fn reduced_dims(dims: &[usize], axes: &[usize], keepdim: bool) -> Vec
             (true, false) => None,
         })
         .collect()
+}
+
+fn infer_epilogue(inputs: &[TensorType], base: &Op, program: &FusedProgram) -> Infer {
+    let Some(n_base) = base.epilogue_base_inputs() else {
+        return Err(format!(
+            "the base {base} cannot take an epilogue (linear, matmul, conv, layer_norm, rms_norm or rope)"
+        ));
+    };
+    program.validate()?;
+    if program.n_inputs == 0 {
+        return Err("the program must take the base's output as its input 0".into());
+    }
+    let n_extra = program.n_inputs - 1;
+    if inputs.len() != n_base + n_extra {
+        return Err(format!(
+            "expects {n_base} base input(s) and {n_extra} extra operand(s), got {} inputs",
+            inputs.len()
+        ));
+    }
+    let out = base.infer(&inputs[..n_base]).map_err(|e| format!("base {base}: {e}"))?;
+    want_f32(&out, "the base's output")?;
+    for (i, t) in inputs[n_base..].iter().enumerate() {
+        want_f32(t, &format!("extra operand {i}"))?;
+        let fits = broadcast_shapes(out.shape.dims(), t.shape.dims()).is_some_and(|d| d == out.shape.dims());
+        if !fits {
+            return Err(format!("extra operand {i} {} does not broadcast to the base's output {}", t.shape, out.shape));
+        }
+    }
+    Ok(out)
 }
 
 fn infer_where(inputs: &[TensorType]) -> Infer {

@@ -195,6 +195,9 @@ pub enum OpFamily {
     Conv,
     /// Programs made of several elementwise functions.
     Fused,
+    /// A matmul, linear, convolution, normalisation or rotary op followed by an elementwise
+    /// program over its output ([`Op::Epilogue`]).
+    Epilogue,
 }
 
 /// An operator with its parameters. Inputs are positional; each variant documents them.
@@ -290,6 +293,15 @@ pub enum Op {
     /// of the broadcast shape of all inputs. Each step rounds to f32 like the unfused ops, so
     /// results equal the unfused graph's bit for bit when the kernels' scalar functions agree.
     Fused(FusedProgram),
+    /// Epilogue fusion: `y = program(base(inputs[..n]), inputs[n..])`, one kernel. The base is
+    /// [`Op::Linear`], [`Op::MatMul`], [`Op::Conv`], [`Op::LayerNorm`], [`Op::RmsNorm`] or
+    /// [`Op::Rope`] (never another epilogue); `n` is the base's own input count, derived from
+    /// its parameters ([`Op::epilogue_base_inputs`]), so it is not stored. The program's input
+    /// 0 is the base's output, its inputs `1..` are `inputs[n..]` (f32, broadcast to the base's
+    /// output shape, which is also y's shape: the extra operands may not grow it). y f32.
+    /// Each step rounds to f32 as in [`Op::Fused`], so the result equals running the base op
+    /// and then the program, bit for bit, when the kernels agree.
+    Epilogue { base: Box<Op>, program: FusedProgram },
 }
 
 impl Op {
@@ -369,6 +381,7 @@ impl Op {
             Op::Embedding => "embedding",
             Op::Arange { .. } => "arange",
             Op::Fused(_) => "fused",
+            Op::Epilogue { .. } => "epilogue",
         }
     }
 
@@ -399,6 +412,21 @@ impl Op {
             Op::MatMul { .. } | Op::Linear { .. } | Op::Attention { .. } => OpFamily::Linalg,
             Op::Conv(_) | Op::ConvTranspose(_) | Op::Pool(_) | Op::Resize { .. } => OpFamily::Conv,
             Op::Fused(_) => OpFamily::Fused,
+            Op::Epilogue { .. } => OpFamily::Epilogue,
+        }
+    }
+
+    /// The number of inputs `self` takes when it is the base of an [`Op::Epilogue`], or `None`
+    /// when it cannot be one (only linear, matmul, conv, layer norm, RMS norm and rope can).
+    pub fn epilogue_base_inputs(&self) -> Option<usize> {
+        match self {
+            Op::Linear { has_bias } => Some(2 + usize::from(*has_bias)),
+            Op::MatMul { .. } => Some(2),
+            Op::Conv(p) => Some(2 + usize::from(p.has_bias)),
+            Op::LayerNorm { affine, .. } => Some(1 + 2 * usize::from(*affine)),
+            Op::RmsNorm { has_weight, .. } => Some(1 + usize::from(*has_weight)),
+            Op::Rope { .. } => Some(3),
+            _ => None,
         }
     }
 
@@ -458,6 +486,7 @@ impl fmt::Display for Op {
                 write!(f, "{{start={start}, step={step}, len={len}, {dtype}}}")
             }
             Op::Fused(p) => write!(f, "{{{p}}}"),
+            Op::Epilogue { base, program } => write!(f, "{{{base}; {program}}}"),
             Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Embedding => Ok(()),
         }
     }

@@ -14,5 +14,6 @@ pub fn eval_op(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTe
         OpFamily::Linalg => linalg::eval(op, inputs, out),
         OpFamily::Conv => conv::eval(op, inputs, out),
         OpFamily::Fused => fused::eval(op, inputs, out),
+        OpFamily::Epilogue => fused::eval_epilogue(op, inputs, out),
     }
 }

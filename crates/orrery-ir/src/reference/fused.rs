@@ -2,10 +2,16 @@
 //! the same scalar functions as the unfused reference ops.
 
 use super::elementwise::{binary, broadcast_map, clamp, unary};
-use crate::{FusedStep, Op, RefTensor, TensorType};
+use super::eval_op;
+use crate::{FusedProgram, FusedStep, Op, RefTensor, TensorType};
 
 pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTensor, String> {
     let Op::Fused(program) = op else { return Err(format!("{op} is not a fused program")) };
+    Ok(run_program(program, inputs, out))
+}
+
+/// `program` over `inputs` (broadcast to `out`), interpreted per output element.
+pub(super) fn run_program(program: &FusedProgram, inputs: &[&RefTensor], out: &TensorType) -> RefTensor {
     let data = broadcast_map(out, inputs, |values| {
         let mut v = values.to_vec();
         for step in &program.steps {
@@ -19,7 +25,21 @@ pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<R
         }
         *v.last().expect("validated: at least one step")
     });
-    Ok(RefTensor::new(out.dtype, out.shape.0.clone(), data))
+    RefTensor::new(out.dtype, out.shape.0.clone(), data)
+}
+
+/// [`Op::Epilogue`]: the base op by its own reference, then the program over
+/// `[base output, extra operands...]`.
+pub(super) fn eval_epilogue(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTensor, String> {
+    let Op::Epilogue { base, program } = op else { return Err(format!("{op} is not an epilogue")) };
+    let n_base = base.epilogue_base_inputs().ok_or_else(|| format!("{base} cannot take an epilogue"))?;
+    if inputs.len() < n_base {
+        return Err(format!("expects at least {n_base} inputs, got {}", inputs.len()));
+    }
+    let base_out = eval_op(base, &inputs[..n_base], out)?;
+    let mut args: Vec<&RefTensor> = vec![&base_out];
+    args.extend_from_slice(&inputs[n_base..]);
+    Ok(run_program(program, &args, out))
 }
 
 #[cfg(test)]
@@ -48,5 +68,30 @@ mod tests {
         let y = eval(&op, &[&x, &scale, &shift], &ty).unwrap();
         assert_eq!(y.data, vec![1.5, 0.0, 0.5, 4.5, 10.5, 0.5]);
         assert_eq!(op.to_string(), "fused{v3=1; v4=add(v3, v1); v5=mul(v0, v4); v6=add(v5, v2); v7=relu(v6)}");
+    }
+
+    #[test]
+    fn epilogue_runs_the_base_then_the_program() {
+        // relu(x·wᵀ + r) with x [2, 2], w [2, 2] (identity and a swap), r [2].
+        let program = FusedProgram {
+            n_inputs: 2,
+            steps: vec![FusedStep::Binary(BinaryOp::Add, 0, 1), FusedStep::Unary(UnaryOp::Relu, 2)],
+        };
+        let op = Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program };
+        let x = RefTensor::new(DType::F32, vec![2, 2], vec![1., -2., 3., 4.]);
+        let w = RefTensor::new(DType::F32, vec![2, 2], vec![0., 1., 1., 0.]);
+        let r = RefTensor::new(DType::F32, vec![2], vec![0.5, 0.5]);
+        let ty = op.infer(&[x.ty(), w.ty(), r.ty()]).unwrap();
+        let y = eval_epilogue(&op, &[&x, &w, &r], &ty).unwrap();
+        assert_eq!(y.data, vec![0.0, 1.5, 4.5, 3.5]);
+        assert_eq!(op.to_string(), "epilogue{linear{bias=false}; v2=add(v0, v1); v3=relu(v2)}");
+        // Extra operands may not grow the base's shape, and only the listed bases are allowed.
+        let big = RefTensor::new(DType::F32, vec![3, 2, 2], vec![0.; 12]);
+        assert!(op.infer(&[x.ty(), w.ty(), big.ty()]).unwrap_err().contains("does not broadcast"));
+        let bad = Op::Epilogue {
+            base: Box::new(Op::Unary(UnaryOp::Exp)),
+            program: FusedProgram { n_inputs: 1, steps: vec![FusedStep::Unary(UnaryOp::Relu, 0)] },
+        };
+        assert!(bad.infer(&[x.ty()]).unwrap_err().contains("cannot take an epilogue"));
     }
 }

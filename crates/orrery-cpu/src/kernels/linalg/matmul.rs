@@ -1,7 +1,7 @@
 //! MatMul and Linear: strided GEMM calls, no operand copies for f32 views.
 
 use super::blas::{gemm, MatMut, MatRef, Threads};
-use super::operand::{broadcast_strides_to, index_offsets, F32Operand};
+use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
 use crate::CpuTensor;
 use orrery_ir::TensorType;
 use rayon::prelude::*;
@@ -20,64 +20,224 @@ fn matrix_strides(strides: &[usize], transpose: bool) -> (usize, usize) {
     }
 }
 
+/// The GEMMs of one MatMul or Linear: `count()` products of an m×k by a k×n matrix, product
+/// `i` into the dense m×n block at `i·m·n` of the row-major output, plus Linear's bias row.
+struct Gemms {
+    a: F32Operand,
+    b: F32Operand,
+    bias: Option<F32Operand>,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_offsets: Vec<usize>,
+    b_offsets: Vec<usize>,
+    a_strides: (usize, usize),
+    b_strides: (usize, usize),
+}
+
+impl Gemms {
+    /// Batched `a · b` with broadcast batch dims. Transposes, permutations and broadcasts of
+    /// f32 operands are absorbed into GEMM strides; f16/bf16 `b` is widened once.
+    fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &TensorType) -> Gemms {
+        let (a, b) = (F32Operand::strided(a), F32Operand::strided(b));
+        let od = out.shape.dims();
+        let r = od.len();
+        let (m, n) = (od[r - 2], od[r - 1]);
+        let (ra, rb) = (a.shape.len(), b.shape.len());
+        let k = if ta { a.shape[ra - 2] } else { a.shape[ra - 1] };
+        let batch = &od[..r - 2];
+        let a_offsets =
+            index_offsets(batch, &broadcast_strides_to(&a.shape[..ra - 2], &a.strides[..ra - 2], batch), a.offset);
+        let b_offsets =
+            index_offsets(batch, &broadcast_strides_to(&b.shape[..rb - 2], &b.strides[..rb - 2], batch), b.offset);
+        let (a_strides, b_strides) = (matrix_strides(&a.strides, ta), matrix_strides(&b.strides, tb));
+        Gemms { a, b, bias: None, m, n, k, a_offsets, b_offsets, a_strides, b_strides }
+    }
+
+    /// torch `linear`: every leading row of x times `wᵀ`. x's leading dims are read through
+    /// one stride when its layout allows (else x is made dense once); w `[N, K]` is read
+    /// transposed through its strides.
+    fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, out: &TensorType) -> Gemms {
+        let (n, k) = (w.shape()[0], w.shape()[1]);
+        let rows = out.shape.numel() / n.max(1);
+        let lead = x.shape().len() - 1;
+        let strided = F32Operand::strided(x);
+        let (x, row_stride) = match strided.collapsed_stride(0..lead) {
+            Some(s) => (strided, s),
+            None => (F32Operand::dense(x), k),
+        };
+        let w = F32Operand::strided(w);
+        let (a_offsets, b_offsets) = (vec![x.offset], vec![w.offset]);
+        let (a_strides, b_strides) = ((row_stride, x.strides[lead]), (w.strides[1], w.strides[0]));
+        let bias = bias.map(F32Operand::dense);
+        Gemms { a: x, b: w, bias, m: rows, n, k, a_offsets, b_offsets, a_strides, b_strides }
+    }
+
+    fn count(&self) -> usize {
+        self.a_offsets.len()
+    }
+
+    /// Rows `r0..` and columns `c0..` of product `i`'s operands.
+    fn operands(&self, i: usize, r0: usize, c0: usize) -> (MatRef<'_>, MatRef<'_>) {
+        let lhs =
+            MatRef::new(self.a.data(), self.a_offsets[i] + r0 * self.a_strides.0, self.a_strides.0, self.a_strides.1);
+        let rhs =
+            MatRef::new(self.b.data(), self.b_offsets[i] + c0 * self.b_strides.1, self.b_strides.0, self.b_strides.1);
+        (lhs, rhs)
+    }
+
+    fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_ref().map(F32Operand::dense_slice)
+    }
+
+    /// Computes every product into the dense output `y` (the bias pre-fills it and the GEMM
+    /// accumulates).
+    fn run(&self, y: &mut [f32]) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        if m * n == 0 {
+            return;
+        }
+        if let Some(bias) = self.bias() {
+            for row in y.chunks_mut(n) {
+                row.copy_from_slice(bias);
+            }
+        }
+        let accumulate = self.bias.is_some();
+        let one = |bi: usize, dst: &mut [f32], threads: Threads| {
+            let (lhs, rhs) = self.operands(bi, 0, 0);
+            // SAFETY: `dst` is this product's own dense m×n block.
+            unsafe { gemm(m, n, k, MatMut::dense(dst, m, n), lhs, rhs, 1.0, accumulate, threads) };
+        };
+        if self.count() == 1 || m * n * k >= SPLIT_ONE_GEMM_WORK {
+            y.chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Pool));
+        } else {
+            y.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Single));
+        }
+    }
+
+    /// Like [`Gemms::run`], then `epilogue` over every output element, tile by tile while the
+    /// tile is in cache. See [`TILE_ROWS`] for why the tiling leaves the bits unchanged.
+    fn run_with_epilogue<E: Epilogue>(&self, y: &mut [f32], epilogue: &E) {
+        let (m, n, k) = (self.m, self.n, self.k);
+        if m * n == 0 {
+            return;
+        }
+        let (rows, cols) = (blocks(m, TILE_ROWS), blocks(n, TILE_COLS));
+        let tiled = general_gemm(m, n, k) && general_gemm(rows[0].1, cols[0].1, k);
+        if !tiled && self.count() == 1 {
+            // One GEMM over all threads, then the epilogue in parallel chunks (a second pass).
+            self.run(y);
+            y.par_chunks_mut(EPILOGUE_CHUNK).enumerate().for_each(|(i, chunk)| {
+                let mut scratch = epilogue.scratch(chunk.len());
+                epilogue.apply(i * EPILOGUE_CHUNK, chunk, &mut scratch);
+            });
+            return;
+        }
+        let (rows, cols) = if tiled { (rows, cols) } else { (vec![(0, m)], vec![(0, n)]) };
+        let mut tiles = Vec::with_capacity(self.count() * rows.len() * cols.len());
+        for bi in 0..self.count() {
+            for &r in &rows {
+                tiles.extend(cols.iter().map(|&c| (bi, r, c)));
+            }
+        }
+        let out = SharedMut(y.as_mut_ptr());
+        let bias = self.bias();
+        tiles.par_iter().for_each(|&(bi, (r0, tr), (c0, tc))| {
+            let start = bi * m * n + r0 * n + c0;
+            // SAFETY (for every slice and the GEMM below): tiles are disjoint blocks of `y`,
+            // which outlives this parallel loop; row `r` of this tile is `y[start + r·n..][..tc]`.
+            let row = |r: usize| unsafe { std::slice::from_raw_parts_mut(out.add(start + r * n), tc) };
+            if let Some(bias) = bias {
+                for r in 0..tr {
+                    row(r).copy_from_slice(&bias[c0..c0 + tc]);
+                }
+            }
+            let (lhs, rhs) = self.operands(bi, r0, c0);
+            let dst = MatMut { ptr: out.add(start), rs: n, cs: 1 };
+            unsafe { gemm(tr, tc, k, dst, lhs, rhs, 1.0, bias.is_some(), Threads::Single) };
+            let mut scratch = epilogue.scratch(tc);
+            for r in 0..tr {
+                epilogue.apply(start + r * n, row(r), &mut scratch);
+            }
+        });
+    }
+}
+
+/// Output rows per epilogue tile. A tile's GEMM is the same arithmetic as the whole matrix's
+/// when both take `gemm` 0.19's general path (k split into blocks that depend on k and the
+/// caches only; the m/n tiling never changes an element's order of accumulation): both at
+/// least 2×2, more than 256 elements and one side above 64 ([`general_gemm`]); the remainder
+/// is folded into the last tile, so no tile is smaller than the first. Otherwise the whole
+/// matrix is one GEMM and the epilogue a second pass. Either way the result equals the unfused
+/// GEMM's bit for bit (checked by `tests/epilogue.rs`), and tiles never depend on threads.
+const TILE_ROWS: usize = 128;
+/// Output columns per epilogue tile (a 128 × 512 f32 tile is 256 KiB, about an L2).
+const TILE_COLS: usize = 512;
+/// Output elements per task when the epilogue runs as a second pass.
+const EPILOGUE_CHUNK: usize = 2048;
+
+/// True when `gemm` 0.19 runs an m×n×k product through its general blocked kernel, not one
+/// of its small-size special cases (k ≤ 2, a vector side, ≤ 16×16 outputs, both sides ≤ 64).
+fn general_gemm(m: usize, n: usize, k: usize) -> bool {
+    k > 2 && m >= 2 && n >= 2 && m * n > 256 && (m > 64 || n > 64)
+}
+
+/// `len` split into `(start, size)` blocks of `block`, the last taking the remainder (one
+/// block when `len ≤ block`).
+fn blocks(len: usize, block: usize) -> Vec<(usize, usize)> {
+    let count = (len / block).max(1);
+    (0..count).map(|i| (i * block, if i + 1 == count { len - i * block } else { block })).collect()
+}
+
+/// An elementwise epilogue over a run of output positions, applied in place.
+pub(crate) trait Epilogue: Sync {
+    type Scratch;
+    /// Per-task scratch for runs of up to `len` elements.
+    fn scratch(&self, len: usize) -> Self::Scratch;
+    /// Replaces `data`, the op's values at flat output positions `start..start + data.len()`,
+    /// by the epilogue's results there.
+    fn apply(&self, start: usize, data: &mut [f32], scratch: &mut Self::Scratch);
+}
+
 /// Batched `a · b` with broadcast batch dims. Transposes, permutations and broadcasts of f32
 /// operands are absorbed into GEMM strides; f16/bf16 `b` is widened once.
 pub(super) fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &TensorType) -> CpuTensor {
-    let (a, b) = (F32Operand::strided(a), F32Operand::strided(b));
-    let od = out.shape.dims();
-    let r = od.len();
-    let (m, n) = (od[r - 2], od[r - 1]);
-    let (ra, rb) = (a.shape.len(), b.shape.len());
-    let k = if ta { a.shape[ra - 2] } else { a.shape[ra - 1] };
-    let batch = &od[..r - 2];
-    let a_offsets =
-        index_offsets(batch, &broadcast_strides_to(&a.shape[..ra - 2], &a.strides[..ra - 2], batch), a.offset);
-    let b_offsets =
-        index_offsets(batch, &broadcast_strides_to(&b.shape[..rb - 2], &b.strides[..rb - 2], batch), b.offset);
-    let (a_rs, a_cs) = matrix_strides(&a.strides, ta);
-    let (b_rs, b_cs) = matrix_strides(&b.strides, tb);
     let mut y = vec![0f32; out.shape.numel()];
-    if m * n == 0 {
-        return CpuTensor::from_vec(od.to_vec(), y);
-    }
-    let one = |bi: usize, dst: &mut [f32], threads: Threads| {
-        let lhs = MatRef::new(a.data(), a_offsets[bi], a_rs, a_cs);
-        let rhs = MatRef::new(b.data(), b_offsets[bi], b_rs, b_cs);
-        // SAFETY: `dst` is this batch's own dense m×n block.
-        unsafe { gemm(m, n, k, MatMut::dense(dst, m, n), lhs, rhs, 1.0, false, threads) };
-    };
-    if a_offsets.len() == 1 || m * n * k >= SPLIT_ONE_GEMM_WORK {
-        y.chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Pool));
-    } else {
-        y.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Single));
-    }
-    CpuTensor::from_vec(od.to_vec(), y)
+    Gemms::matmul(a, b, ta, tb, out).run(&mut y);
+    CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
 
-/// torch `linear`: every leading row of x times `wᵀ`, plus the bias. x's leading dims are read
-/// through one stride when its layout allows (else x is made dense once); w `[N, K]` is read
-/// transposed through its strides; the bias pre-fills the output and the GEMM accumulates.
+/// torch `linear`: every leading row of x times `wᵀ`, plus the bias. The bias pre-fills the
+/// output and the GEMM accumulates.
 pub(super) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, out: &TensorType) -> CpuTensor {
-    let od = out.shape.dims().to_vec();
-    let (n, k) = (w.shape()[0], w.shape()[1]);
-    let rows = out.shape.numel() / n.max(1);
-    let lead = x.shape().len() - 1;
-    let strided = F32Operand::strided(x);
-    let (x, row_stride) = match strided.collapsed_stride(0..lead) {
-        Some(s) => (strided, s),
-        None => (F32Operand::dense(x), k),
-    };
-    let w = F32Operand::strided(w);
-    let mut y = vec![0f32; rows * n];
-    if let Some(bias) = bias {
-        let bias = F32Operand::dense(bias);
-        for row in y.chunks_mut(n.max(1)) {
-            row.copy_from_slice(bias.dense_slice());
-        }
-    }
-    let lhs = MatRef::new(x.data(), x.offset, row_stride, x.strides[lead]);
-    let rhs = MatRef::new(w.data(), w.offset, w.strides[1], w.strides[0]);
-    // SAFETY: `y` is a dense rows×n buffer owned here.
-    unsafe { gemm(rows, n, k, MatMut::dense(&mut y, rows, n), lhs, rhs, 1.0, bias.is_some(), Threads::Pool) };
-    CpuTensor::from_vec(od, y)
+    let mut y = vec![0f32; out.shape.numel()];
+    Gemms::linear(x, w, bias, out).run(&mut y);
+    CpuTensor::from_vec(out.shape.dims().to_vec(), y)
+}
+
+/// [`matmul`] followed by `epilogue`, fused tile by tile.
+pub(crate) fn matmul_epilogue<E: Epilogue>(
+    a: &CpuTensor,
+    b: &CpuTensor,
+    ta: bool,
+    tb: bool,
+    out: &TensorType,
+    epilogue: &E,
+) -> CpuTensor {
+    let mut y = vec![0f32; out.shape.numel()];
+    Gemms::matmul(a, b, ta, tb, out).run_with_epilogue(&mut y, epilogue);
+    CpuTensor::from_vec(out.shape.dims().to_vec(), y)
+}
+
+/// [`linear`] followed by `epilogue`, fused tile by tile.
+pub(crate) fn linear_epilogue<E: Epilogue>(
+    x: &CpuTensor,
+    w: &CpuTensor,
+    bias: Option<&CpuTensor>,
+    out: &TensorType,
+    epilogue: &E,
+) -> CpuTensor {
+    let mut y = vec![0f32; out.shape.numel()];
+    Gemms::linear(x, w, bias, out).run_with_epilogue(&mut y, epilogue);
+    CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }

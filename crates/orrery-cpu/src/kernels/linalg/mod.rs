@@ -3,7 +3,7 @@
 mod attention;
 pub(crate) mod blas;
 mod fast_exp;
-mod matmul;
+pub(crate) mod matmul;
 pub(crate) mod operand;
 
 use crate::{CpuError, CpuTensor};

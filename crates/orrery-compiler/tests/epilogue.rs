@@ -1,0 +1,175 @@
+//! Epilogue fusion: elementwise consumers of linear / matmul / norm outputs become one
+//! `epilogue` node; outputs are unchanged (f64 reference before vs after, ≤ 1e-12 relative).
+
+use orrery_compiler::passes::{FuseEpilogue, Optimizer};
+use orrery_ir::reference::eval_graph;
+use orrery_ir::{DType, Graph, GraphBuilder, Op, RefTensor, RopeStyle, UnaryOp};
+use std::collections::HashMap;
+
+fn fill(shape: &[usize], seed: u64) -> RefTensor {
+    let n: usize = shape.iter().product();
+    let data = (0..n).map(|i| (((i as u64 + 1) * (seed * 2 + 7919)) % 1000) as f64 / 500.0 - 1.0).collect();
+    RefTensor::new(DType::F32, shape.to_vec(), data)
+}
+
+fn fused(graph: Graph) -> Graph {
+    Optimizer::new(Optimizer::fusing_rules()).verify_each(true).run(graph).unwrap().0
+}
+
+fn ops(graph: &Graph) -> Vec<String> {
+    graph.nodes().iter().filter_map(|n| n.op().map(|o| format!("{}:{}", n.name, o.name()))).collect()
+}
+
+/// Random values for every graph input.
+fn inputs_of(graph: &Graph) -> HashMap<String, RefTensor> {
+    graph.inputs().enumerate().map(|(i, (_, n))| (n.name.clone(), fill(n.ty.shape.dims(), i as u64 + 1))).collect()
+}
+
+fn assert_same_outputs(before: &Graph, after: &Graph) {
+    let inputs = inputs_of(before);
+    let no_weights = |_: &str| None;
+    let a = eval_graph(before, &inputs, &no_weights).unwrap();
+    let b = eval_graph(after, &inputs, &no_weights).unwrap();
+    for (name, ta) in &a {
+        let tb = &b[name];
+        assert_eq!(ta.shape, tb.shape, "{name}");
+        let scale = ta.data.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
+        for (x, y) in ta.data.iter().zip(&tb.data) {
+            assert!((x - y).abs() / scale <= 1e-12, "{name}: {x} vs {y}");
+        }
+    }
+}
+
+/// The program and base of the epilogue node named `name`.
+fn epilogue<'a>(graph: &'a Graph, name: &str) -> (&'a Op, String) {
+    let node = graph.node(graph.find(name).unwrap_or_else(|| panic!("{name} in {:?}", ops(graph))));
+    let Some(Op::Epilogue { base, program }) = node.op() else { panic!("{name} is {:?}", node.op()) };
+    (base, program.to_string())
+}
+
+#[test]
+fn linear_bias_and_gelu_fuse_into_the_linear() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, [2, 5, 8]).unwrap();
+    let w = g.input("w", DType::F32, [6, 8]).unwrap();
+    let b = g.input("b", DType::F32, [6]).unwrap();
+    let h = g.linear("proj", x, w, None).unwrap();
+    let h = g.add("biased", h, b).unwrap();
+    let y = g.unary("act", UnaryOp::GeluErf, h).unwrap();
+    g.output("y", y).unwrap();
+    let before = g.finish().unwrap();
+    let after = fused(before.clone());
+    assert_eq!(ops(&after), vec!["act.fused.epilogue:epilogue"]);
+    let (base, program) = epilogue(&after, "act.fused.epilogue");
+    assert_eq!(*base, Op::Linear { has_bias: false });
+    assert_eq!(program, "v2=add(v0, v1); v3=gelu(v2)");
+    assert_same_outputs(&before, &after);
+}
+
+#[test]
+fn gated_residual_renumbers_the_base_to_input_zero() {
+    // x + gate·linear(h): the linear is the program's third operand before the rewrite.
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, [2, 5, 8]).unwrap();
+    let gate = g.input("gate", DType::F32, [2, 1, 8]).unwrap();
+    let h = g.input("h", DType::F32, [2, 5, 12]).unwrap();
+    let w = g.input("w", DType::F32, [8, 12]).unwrap();
+    let bias = g.input("bias", DType::F32, [8]).unwrap();
+    let out = g.linear("out_proj", h, w, Some(bias)).unwrap();
+    let gated = g.mul("gated", gate, out).unwrap();
+    let y = g.add("y", x, gated).unwrap();
+    g.output("y", y).unwrap();
+    let before = g.finish().unwrap();
+    let after = fused(before.clone());
+    assert_eq!(ops(&after), vec!["y.fused.epilogue:epilogue"]);
+    let (base, program) = epilogue(&after, "y.fused.epilogue");
+    assert_eq!(*base, Op::Linear { has_bias: true });
+    assert_eq!(program, "v3=mul(v1, v0); v4=add(v2, v3)");
+    let node = after.node(after.find("y.fused.epilogue").unwrap());
+    let names: Vec<&str> = node.inputs.iter().map(|&i| after.node(i).name.as_str()).collect();
+    assert_eq!(names, ["h", "w", "bias", "gate", "x"]);
+    assert_same_outputs(&before, &after);
+}
+
+#[test]
+fn adaln_modulation_fuses_into_the_layer_norm() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, [2, 7, 16]).unwrap();
+    let scale = g.input("scale", DType::F32, [2, 1, 16]).unwrap();
+    let shift = g.input("shift", DType::F32, [2, 1, 16]).unwrap();
+    let one = g.scalar("one", 1.0);
+    let n = g.op("norm", Op::LayerNorm { eps: 1e-6, affine: false }, &[x]).unwrap();
+    let s = g.add("one_plus_scale", scale, one).unwrap();
+    let m = g.mul("modulated", n, s).unwrap();
+    let y = g.add("y", m, shift).unwrap();
+    g.output("y", y).unwrap();
+    let before = g.finish().unwrap();
+    let after = fused(before.clone());
+    // 1 + scale is [2, 1, 16]: computed once outside, then read broadcast by the epilogue.
+    let names = ops(&after);
+    assert!(names.contains(&"y.fused.epilogue:epilogue".to_string()), "{names:?}");
+    assert_eq!(names.len(), 2, "{names:?}");
+    let (base, _) = epilogue(&after, "y.fused.epilogue");
+    assert_eq!(*base, Op::LayerNorm { eps: 1e-6, affine: false });
+    assert_same_outputs(&before, &after);
+}
+
+#[test]
+fn rms_norm_feeding_rope_is_not_an_epilogue() {
+    // Rope is not elementwise, so the normalised q stays a separate kernel.
+    let mut g = GraphBuilder::new();
+    let q = g.input("q", DType::F32, [2, 4, 8]).unwrap();
+    let w = g.input("w", DType::F32, [8]).unwrap();
+    let cos = g.input("cos", DType::F32, [4, 8]).unwrap();
+    let sin = g.input("sin", DType::F32, [4, 8]).unwrap();
+    let n = g.op("q_norm", Op::RmsNorm { eps: 1e-6, has_weight: true }, &[q, w]).unwrap();
+    let y = g.op("q_rope", Op::Rope { style: RopeStyle::RotateHalf }, &[n, cos, sin]).unwrap();
+    g.output("y", y).unwrap();
+    let before = g.finish().unwrap();
+    let after = fused(before.clone());
+    assert_eq!(ops(&after), vec!["q_norm:rms_norm", "q_rope:rope"]);
+}
+
+#[test]
+fn shared_bases_and_growing_broadcasts_do_not_fuse() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, [5, 8]).unwrap();
+    let w = g.input("w", DType::F32, [6, 8]).unwrap();
+    let big = g.input("big", DType::F32, [3, 5, 6]).unwrap();
+    // `shared` has two consumers: it must stay materialised.
+    let shared = g.linear("shared", x, w, None).unwrap();
+    let a = g.unary("a", UnaryOp::Relu, shared).unwrap();
+    let b = g.unary("b", UnaryOp::Tanh, shared).unwrap();
+    // `grown`'s consumer broadcasts it up to [3, 5, 6].
+    let grown = g.linear("grown", x, w, None).unwrap();
+    let c = g.add("c", grown, big).unwrap();
+    // A base that is itself a graph output.
+    let out = g.linear("out", x, w, None).unwrap();
+    let d = g.unary("d", UnaryOp::Silu, out).unwrap();
+    for (name, v) in [("a", a), ("b", b), ("c", c), ("out", out), ("d", d)] {
+        g.output(name, v).unwrap();
+    }
+    let before = g.finish().unwrap();
+    let (after, log) = Optimizer::new(vec![Box::new(FuseEpilogue)]).verify_each(true).run(before.clone()).unwrap();
+    assert!(log.is_empty(), "{log:?}");
+    assert_eq!(ops(&after).len(), 7);
+}
+
+#[test]
+fn a_base_read_twice_by_its_consumer_fuses() {
+    // linear(x)² + r: both reads of the base become input 0.
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", DType::F32, [3, 4]).unwrap();
+    let w = g.input("w", DType::F32, [4, 4]).unwrap();
+    let r = g.input("r", DType::F32, [4]).unwrap();
+    let h = g.matmul("h", x, w).unwrap();
+    let sq = g.mul("sq", h, h).unwrap();
+    let y = g.add("y", r, sq).unwrap();
+    g.output("y", y).unwrap();
+    let before = g.finish().unwrap();
+    let after = fused(before.clone());
+    assert_eq!(ops(&after), vec!["y.fused.epilogue:epilogue"]);
+    let (_, program) = epilogue(&after, "y.fused.epilogue");
+    assert_eq!(program, "v2=mul(v0, v0); v3=add(v1, v2)");
+    assert_same_outputs(&before, &after);
+}
