@@ -126,10 +126,23 @@ fn main() {
     let feed: HashMap<String, CpuTensor> =
         inputs.iter().enumerate().map(|(i, (n, s))| (n.to_string(), filled(s, i as u32))).collect();
     let mut times = Vec::new();
+    let mut per_kernel: Vec<f64> = Vec::new();
     for i in 0..=runs {
         let (_, stats) = session.run(&feed).expect("case runs");
         if i > 0 {
             times.push(stats.seconds);
+            per_kernel.resize(stats.kernel_seconds.len(), 0.0);
+            per_kernel.iter_mut().zip(&stats.kernel_seconds).for_each(|(a, b)| *a += b / runs as f64);
+        }
+    }
+    // ORRERY_PROFILE=1: mean time per kernel on stderr, slowest first.
+    if std::env::var_os("ORRERY_PROFILE").is_some() {
+        let plan = session.plan();
+        let mut rows: Vec<(f64, &str, &str)> =
+            plan.kernels.iter().zip(&per_kernel).map(|(k, t)| (*t, k.name.as_str(), k.op.as_str())).collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (t, name, op) in rows {
+            eprintln!("{:>9.3} ms  {name:<40} {}", t * 1e3, op.chars().take(90).collect::<String>());
         }
     }
     let mut sorted = times.clone();

@@ -12,6 +12,8 @@ use std::time::Instant;
 #[derive(Clone, Debug, Default)]
 pub struct RunStats {
     pub seconds: f64,
+    /// Wall time of each kernel, in plan order (`Plan::kernels`).
+    pub kernel_seconds: Vec<f64>,
     /// Bytes of weights resolved during this run (0 once they are cached).
     pub weights_resolved_bytes: u64,
 }
@@ -105,8 +107,10 @@ impl Session {
                 let op = node.op().expect("kernels are op nodes");
                 let args: Vec<&CpuTensor> =
                     kernel.inputs.iter().map(|i| values[i.0].as_ref().expect("bound above")).collect();
+                let started = Instant::now();
                 let out = orrery_cpu::execute(op, &args, &node.ty)
                     .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?;
+                stats.kernel_seconds.push(started.elapsed().as_secs_f64());
                 values[kernel.node.0] = Some(out);
                 for freed in &kernel.frees {
                     values[freed.0] = None;

@@ -123,7 +123,11 @@ impl Gemms {
             return;
         }
         let (rows, cols) = (blocks(m, TILE_ROWS), blocks(n, TILE_COLS));
-        let tiled = general_gemm(m, n, k) && general_gemm(rows[0].1, cols[0].1, k);
+        // Big products run as one GEMM over all threads and the epilogue as a second pass:
+        // tiling them repacks the weight panel once per row tile (gemm has no epilogue hook),
+        // which measured slower than the extra pass on a Cosmos DiT block at 2048 tokens
+        // (whole block 641 ms tiled vs 605 ms untiled, medians of 9, noisy machine).
+        let tiled = general_gemm(m, n, k) && general_gemm(rows[0].1, cols[0].1, k) && m * n * k < SPLIT_ONE_GEMM_WORK;
         if !tiled && self.count() == 1 {
             // One GEMM over all threads, then the epilogue in parallel chunks (a second pass).
             self.run(y);
