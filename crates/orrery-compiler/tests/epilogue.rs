@@ -1,44 +1,11 @@
 //! Epilogue fusion: elementwise consumers of linear / matmul / norm outputs become one
 //! `epilogue` node; outputs are unchanged (f64 reference before vs after, ≤ 1e-12 relative).
 
+mod common;
+
+use common::{assert_same_outputs, fused, ops};
 use orrery_compiler::passes::{FuseEpilogue, Optimizer};
-use orrery_ir::reference::eval_graph;
-use orrery_ir::{DType, Graph, GraphBuilder, Op, RefTensor, RopeStyle, UnaryOp};
-use std::collections::HashMap;
-
-fn fill(shape: &[usize], seed: u64) -> RefTensor {
-    let n: usize = shape.iter().product();
-    let data = (0..n).map(|i| (((i as u64 + 1) * (seed * 2 + 7919)) % 1000) as f64 / 500.0 - 1.0).collect();
-    RefTensor::new(DType::F32, shape.to_vec(), data)
-}
-
-fn fused(graph: Graph) -> Graph {
-    Optimizer::new(Optimizer::fusing_rules()).verify_each(true).run(graph).unwrap().0
-}
-
-fn ops(graph: &Graph) -> Vec<String> {
-    graph.nodes().iter().filter_map(|n| n.op().map(|o| format!("{}:{}", n.name, o.name()))).collect()
-}
-
-/// Random values for every graph input.
-fn inputs_of(graph: &Graph) -> HashMap<String, RefTensor> {
-    graph.inputs().enumerate().map(|(i, (_, n))| (n.name.clone(), fill(n.ty.shape.dims(), i as u64 + 1))).collect()
-}
-
-fn assert_same_outputs(before: &Graph, after: &Graph) {
-    let inputs = inputs_of(before);
-    let no_weights = |_: &str| None;
-    let a = eval_graph(before, &inputs, &no_weights).unwrap();
-    let b = eval_graph(after, &inputs, &no_weights).unwrap();
-    for (name, ta) in &a {
-        let tb = &b[name];
-        assert_eq!(ta.shape, tb.shape, "{name}");
-        let scale = ta.data.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
-        for (x, y) in ta.data.iter().zip(&tb.data) {
-            assert!((x - y).abs() / scale <= 1e-12, "{name}: {x} vs {y}");
-        }
-    }
-}
+use orrery_ir::{DType, Graph, GraphBuilder, Op, RopeStyle, UnaryOp};
 
 /// The program and base of the epilogue node named `name`.
 fn epilogue<'a>(graph: &'a Graph, name: &str) -> (&'a Op, String) {

@@ -35,25 +35,78 @@ fn map_f32(op: &Op, x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<CpuT
     Ok(CpuTensor::from_vec(x.shape().to_vec(), map_view(x, src, f)))
 }
 
-/// One instantiation of [`map_f32`] per function, so that each loop inlines its function.
+/// Expands `$body` once per unary function with `$g` bound to its scalar function, so each
+/// instantiation inlines it. The one table of scalar functions for the unfused kernels and
+/// fused programs alike (which is what makes them agree bit for bit).
+macro_rules! with_unary_fn {
+    ($f:expr, $g:ident => $body:expr) => {
+        match $f {
+            UnaryOp::Neg => {
+                let $g = |v: f32| -v;
+                $body
+            }
+            UnaryOp::Abs => {
+                let $g = f32::abs;
+                $body
+            }
+            UnaryOp::Exp => {
+                let $g = exp_f32;
+                $body
+            }
+            UnaryOp::Log => {
+                let $g = f32::ln;
+                $body
+            }
+            UnaryOp::Sqrt => {
+                let $g = f32::sqrt;
+                $body
+            }
+            UnaryOp::Rsqrt => {
+                let $g = rsqrt;
+                $body
+            }
+            UnaryOp::Reciprocal => {
+                let $g = |v: f32| 1.0 / v;
+                $body
+            }
+            UnaryOp::Sin => {
+                let $g = f32::sin;
+                $body
+            }
+            UnaryOp::Cos => {
+                let $g = f32::cos;
+                $body
+            }
+            UnaryOp::Tanh => {
+                let $g = f32::tanh;
+                $body
+            }
+            UnaryOp::Sigmoid => {
+                let $g = sigmoid;
+                $body
+            }
+            UnaryOp::Relu => {
+                let $g = relu;
+                $body
+            }
+            UnaryOp::GeluErf => {
+                let $g = gelu_erf;
+                $body
+            }
+            UnaryOp::GeluTanh => {
+                let $g = gelu_tanh;
+                $body
+            }
+            UnaryOp::Silu => {
+                let $g = silu;
+                $body
+            }
+        }
+    };
+}
+
 fn unary(op: &Op, f: UnaryOp, x: &CpuTensor) -> Result<CpuTensor, CpuError> {
-    match f {
-        UnaryOp::Neg => map_f32(op, x, |v| -v),
-        UnaryOp::Abs => map_f32(op, x, f32::abs),
-        UnaryOp::Exp => map_f32(op, x, exp_f32),
-        UnaryOp::Log => map_f32(op, x, f32::ln),
-        UnaryOp::Sqrt => map_f32(op, x, f32::sqrt),
-        UnaryOp::Rsqrt => map_f32(op, x, rsqrt),
-        UnaryOp::Reciprocal => map_f32(op, x, |v| 1.0 / v),
-        UnaryOp::Sin => map_f32(op, x, f32::sin),
-        UnaryOp::Cos => map_f32(op, x, f32::cos),
-        UnaryOp::Tanh => map_f32(op, x, f32::tanh),
-        UnaryOp::Sigmoid => map_f32(op, x, sigmoid),
-        UnaryOp::Relu => map_f32(op, x, relu),
-        UnaryOp::GeluErf => map_f32(op, x, gelu_erf),
-        UnaryOp::GeluTanh => map_f32(op, x, gelu_tanh),
-        UnaryOp::Silu => map_f32(op, x, silu),
-    }
+    with_unary_fn!(f, g => map_f32(op, x, g))
 }
 
 fn binary(op: &Op, f: BinaryOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) -> Result<CpuTensor, CpuError> {
@@ -104,28 +157,11 @@ fn select<T: Scalar>(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result
 /// `dst[i] = f(src[i])` with the same scalar functions as the unfused unary kernels (so fused
 /// programs give the same bits); one loop per function so each inlines.
 pub(in crate::kernels) fn unary_slice(f: UnaryOp, src: &[f32], dst: &mut [f32]) {
-    fn map(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
+    with_unary_fn!(f, g => {
         for (d, &s) in dst.iter_mut().zip(src) {
-            *d = f(s);
+            *d = g(s);
         }
-    }
-    match f {
-        UnaryOp::Neg => map(src, dst, |v| -v),
-        UnaryOp::Abs => map(src, dst, f32::abs),
-        UnaryOp::Exp => map(src, dst, exp_f32),
-        UnaryOp::Log => map(src, dst, f32::ln),
-        UnaryOp::Sqrt => map(src, dst, f32::sqrt),
-        UnaryOp::Rsqrt => map(src, dst, rsqrt),
-        UnaryOp::Reciprocal => map(src, dst, |v| 1.0 / v),
-        UnaryOp::Sin => map(src, dst, f32::sin),
-        UnaryOp::Cos => map(src, dst, f32::cos),
-        UnaryOp::Tanh => map(src, dst, f32::tanh),
-        UnaryOp::Sigmoid => map(src, dst, sigmoid),
-        UnaryOp::Relu => map(src, dst, relu),
-        UnaryOp::GeluErf => map(src, dst, gelu_erf),
-        UnaryOp::GeluTanh => map(src, dst, gelu_tanh),
-        UnaryOp::Silu => map(src, dst, silu),
-    }
+    })
 }
 
 /// `dst[i] = a[i] ∘ b[i]` with the unfused binary kernels' scalar functions.
