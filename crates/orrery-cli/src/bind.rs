@@ -27,7 +27,7 @@ pub fn convert(spec: &InputSpec, t: &CpuTensor) -> Result<CpuTensor> {
             if !matches!(dt, DType::I64 | DType::I32) {
                 bail!("input `{}` is {dt}{:?}, expected integers (i64 or i32) of {}", spec.name, t.shape(), expected());
             }
-            Ok(CpuTensor::from_vec(t.shape().to_vec(), t.to_f64_vec().into_iter().map(|v| v as i64).collect()))
+            Ok(CpuTensor::from_vec(t.shape().to_vec(), int_values(t)))
         }
         InputKind::Mask => {
             if dt.is_float() {
@@ -37,7 +37,7 @@ pub fn convert(spec: &InputSpec, t: &CpuTensor) -> Result<CpuTensor> {
                     expected()
                 );
             }
-            let bits = t.to_f64_vec().into_iter().map(|v| i64::from(v != 0.0)).collect();
+            let bits = int_values(t).into_iter().map(|v| i64::from(v != 0)).collect();
             Ok(CpuTensor::from_vec(t.shape().to_vec(), bits))
         }
         InputKind::Scalar => {
@@ -51,6 +51,20 @@ pub fn convert(spec: &InputSpec, t: &CpuTensor) -> Result<CpuTensor> {
             Ok(CpuTensor::from_vec(vec![], vec![t.to_f64_vec()[0] as f32]))
         }
     }
+}
+
+/// The elements of an integer or bool tensor as i64, exactly (no trip through f64, which
+/// would round ids above 2^53).
+fn int_values(t: &CpuTensor) -> Vec<i64> {
+    let t = t.contiguous();
+    match t.dtype() {
+        DType::I64 => t.data::<i64>().map(<[i64]>::to_vec),
+        DType::I32 => t.data::<i32>().map(|d| d.iter().map(|&v| i64::from(v)).collect()),
+        DType::U8 => t.data::<u8>().map(|d| d.iter().map(|&v| i64::from(v)).collect()),
+        DType::Bool => t.bool_data().map(|d| d.iter().map(|&v| i64::from(v)).collect()),
+        _ => None,
+    }
+    .unwrap_or_else(|| t.to_f64_vec().into_iter().map(|v| v as i64).collect())
 }
 
 fn to_dtype_f32(t: &CpuTensor) -> CpuTensor {
@@ -78,6 +92,13 @@ mod tests {
         let f = CpuTensor::from_vec(vec![2], vec![1f32, 0.]);
         let err = convert(&spec(InputKind::Mask), &f).unwrap_err().to_string();
         assert!(err.contains("0/1 integers"), "{err}");
+    }
+
+    #[test]
+    fn large_integer_ids_survive_exactly() {
+        let big = (1i64 << 53) + 1;
+        let t = CpuTensor::from_vec(vec![2], vec![big, -3]);
+        assert_eq!(convert(&spec(InputKind::Int), &t).unwrap().data::<i64>().unwrap(), &[big, -3]);
     }
 
     #[test]

@@ -1,21 +1,14 @@
 //! Outputs must be bit-identical across thread counts: a small attention + conv graph run with
 //! 1, 2 and 3 worker threads.
 
+mod common;
+
+use common::values;
 use orrery_cpu::CpuTensor;
 use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, GraphBuilder, Op};
 use orrery_runtime::{MemoryWeights, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-fn pseudo_random(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 #[test]
 fn attention_and_conv_graph_is_bit_identical_across_thread_counts() {
@@ -43,13 +36,13 @@ fn attention_and_conv_graph_is_bit_identical_across_thread_counts() {
     let plan = orrery_compiler::compile(b.finish().unwrap()).unwrap();
 
     let mut weights = MemoryWeights::new();
-    let wv: Vec<f64> = pseudo_random(4, 8 * heads * 9).into_iter().map(f64::from).collect();
+    let wv: Vec<f64> = values(4, 8 * heads * 9, 1.0).into_iter().map(f64::from).collect();
     weights.insert("conv.weight", CpuTensor::from_f64(DType::BF16, vec![8, heads, 3, 3], &wv));
-    weights.insert("conv.bias", CpuTensor::from_vec(vec![8], pseudo_random(5, 8)));
+    weights.insert("conv.bias", CpuTensor::from_vec(vec![8], values(5, 8, 1.0)));
     let weights = Arc::new(weights);
     let mut inputs = HashMap::new();
     for (i, name) in ["q", "k", "v"].into_iter().enumerate() {
-        let data = pseudo_random(i as u64 + 1, heads * len * dim);
+        let data = values(i as u64 + 1, heads * len * dim, 1.0);
         inputs.insert(name.to_string(), CpuTensor::from_vec(vec![1, heads, len, dim], data));
     }
 

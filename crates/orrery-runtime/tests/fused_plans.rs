@@ -2,6 +2,9 @@
 //! fusion): same outputs (the fused kernels use the unfused kernels' scalar functions, so they
 //! agree bit for bit; the acceptance bound is 1e-6 relative), fewer kernels.
 
+mod common;
+
+use common::values;
 use orrery_compiler::passes::Optimizer;
 use orrery_compiler::{CompileOptions, Passes};
 use orrery_cpu::CpuTensor;
@@ -11,18 +14,6 @@ use orrery_models::WeightTypes;
 use orrery_runtime::{MemoryWeights, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn block_graph() -> Graph {
     let cfg = DitBlockConfig {

@@ -8,12 +8,11 @@
 //! place over its output, chunk by chunk in parallel: one kernel and no extra buffer, but a
 //! second pass over memory (fusing the program into those kernels' inner loops is later work).
 
-use super::fused::{apply_in_place, sources, Scratch, Source, CHUNK};
-use super::linalg::matmul::{linear_epilogue, matmul_epilogue, Epilogue};
+use super::fused::{apply_in_place, sources, Scratch, Source};
+use super::linalg::matmul::{apply_epilogue_pass, linear_epilogue, matmul_epilogue, Epilogue};
 use super::{conv, norm};
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{FusedProgram, Op, TensorType};
-use rayon::prelude::*;
 
 /// The program with its extra operands as seen from the output.
 struct Program<'a> {
@@ -64,10 +63,7 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
                 norm::execute(base, base_inputs, out)?
             };
             let mut y = y.into_f32_vec();
-            y.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-                let mut scratch = epilogue.scratch(chunk.len());
-                epilogue.apply(i * CHUNK, chunk, &mut scratch);
-            });
+            apply_epilogue_pass(&mut y, &epilogue);
             Ok(CpuTensor::from_vec(dims.to_vec(), y))
         }
         _ => Err(CpuError::kernel(op, "the base cannot take an epilogue")),

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 /// Output elements per task: fixed (never derived from the thread count), small enough that
 /// the scratch vectors of a long program stay in L2.
-pub(super) const CHUNK: usize = 2048;
+const CHUNK: usize = 2048;
 
 /// One input as seen from the output: its buffer, offset and per-output-axis strides (0 where
 /// broadcast).
@@ -24,15 +24,17 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
     let dims = out.shape.dims();
     let sources = sources(op, inputs, dims)?;
     let mut y = vec![0f32; out.shape.numel()];
-    y.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
-        let mut scratch = Scratch::new(program, chunk.len());
-        let values = scratch.values(chunk.len());
-        for (src, dst) in sources.iter().zip(values.iter_mut()) {
-            gather(src, dims, i * CHUNK, dst);
-        }
-        run_steps(program, values);
-        chunk.copy_from_slice(&values[values.len() - 1]);
-    });
+    y.par_chunks_mut(CHUNK).enumerate().for_each_init(
+        || Scratch::new(program, CHUNK),
+        |scratch, (i, chunk)| {
+            let values = scratch.values(chunk.len());
+            for (src, dst) in sources.iter().zip(values.iter_mut()) {
+                gather(src, dims, i * CHUNK, dst);
+            }
+            run_steps(program, values);
+            chunk.copy_from_slice(&values[values.len() - 1]);
+        },
+    );
     Ok(CpuTensor::from_vec(dims.to_vec(), y))
 }
 

@@ -131,10 +131,7 @@ impl Gemms {
         if !tiled && self.count() == 1 {
             // One GEMM over all threads, then the epilogue in parallel chunks (a second pass).
             self.run(y);
-            y.par_chunks_mut(EPILOGUE_CHUNK).enumerate().for_each(|(i, chunk)| {
-                let mut scratch = epilogue.scratch(chunk.len());
-                epilogue.apply(i * EPILOGUE_CHUNK, chunk, &mut scratch);
-            });
+            apply_epilogue_pass(y, epilogue);
             return;
         }
         let (rows, cols) = if tiled { (rows, cols) } else { (vec![(0, m)], vec![(0, n)]) };
@@ -177,8 +174,18 @@ impl Gemms {
 const TILE_ROWS: usize = 128;
 /// Output columns per epilogue tile (a 128 × 512 f32 tile is 256 KiB, about an L2).
 const TILE_COLS: usize = 512;
-/// Output elements per task when the epilogue runs as a second pass.
+/// Output elements per task when the epilogue runs as a second pass (fixed, never derived from
+/// the thread count).
 const EPILOGUE_CHUNK: usize = 2048;
+
+/// Applies `epilogue` in place over all of `y` (a base op's dense output) in parallel chunks,
+/// with one scratch per worker reused across its chunks.
+pub(crate) fn apply_epilogue_pass<E: Epilogue>(y: &mut [f32], epilogue: &E) {
+    y.par_chunks_mut(EPILOGUE_CHUNK).enumerate().for_each_init(
+        || epilogue.scratch(EPILOGUE_CHUNK),
+        |scratch, (i, chunk)| epilogue.apply(i * EPILOGUE_CHUNK, chunk, scratch),
+    );
+}
 
 /// True when `gemm` 0.19 runs an m×n×k product through its general blocked kernel, not one
 /// of its small-size special cases (k ≤ 2, a vector side, ≤ 16×16 outputs, both sides ≤ 64).
