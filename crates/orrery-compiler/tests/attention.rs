@@ -4,7 +4,7 @@
 
 use orrery_compiler::passes::{Optimizer, RecognizeAttention, RewriteLog, Rule};
 use orrery_ir::reference::eval_graph;
-use orrery_ir::{AttentionMask, BinaryOp, DType, Graph, GraphBuilder, NodeId, Op, RefTensor};
+use orrery_ir::{AttentionLayout, AttentionMask, BinaryOp, DType, Graph, GraphBuilder, NodeId, Op, RefTensor};
 use std::collections::HashMap;
 
 const B: usize = 2;
@@ -99,7 +99,7 @@ fn check_recognised(before: Graph, scale: f64, mask: AttentionMask, operands: &[
     assert!(after.find("y.attention").is_some(), "{:?}", ops(&after));
     let (op, names) = the_attention(&after);
     match op {
-        Op::Attention { scale: s, mask: m } => {
+        Op::Attention { scale: s, mask: m, .. } => {
             assert!((s - scale).abs() <= 1e-15 * scale.abs(), "scale {s} vs {scale}");
             assert_eq!(m, mask);
         }
@@ -284,7 +284,7 @@ fn a_scaled_q_with_another_use_stays_and_is_read() {
     let before = g.finish().unwrap();
     let (after, _) = recognize(before.clone());
     let (op, names) = the_attention(&after);
-    assert_eq!(op, Op::Attention { scale: 1.0, mask: AttentionMask::None });
+    assert_eq!(op, Op::attention(1.0, AttentionMask::None));
     assert_eq!(names, ["q_scaled", "k", "v"]);
     assert_same_outputs(&before, &after);
 }
@@ -398,16 +398,18 @@ fn two_layer_multi_head_attention_reaches_a_fixpoint_with_two_attention_ops() {
     assert_eq!(recognised.len(), 2, "{log:?}");
     let names = ops(&after);
     let attention: Vec<_> = names.iter().filter(|o| o.ends_with(":attention")).collect();
-    assert_eq!(attention, ["l0.attn.attention:attention", "l1.attn.attention:attention"], "{names:?}");
+    // Recognised, then the head-merging permute folded in (tokens-major output).
+    assert_eq!(attention, ["l0.attn.blhd.attention:attention", "l1.attn.blhd.attention:attention"], "{names:?}");
     assert!(!names.iter().any(|o| o.ends_with(":softmax")), "{names:?}");
     let scores = [batch, heads, len, len];
     for n in after.nodes() {
         assert_ne!(n.ty.shape.dims(), scores, "`{}` materialises the scores", n.name);
     }
-    match after.node(after.find("l1.attn.attention").unwrap()).op() {
-        Some(Op::Attention { scale, mask }) => {
+    match after.node(after.find("l1.attn.blhd.attention").unwrap()).op() {
+        Some(Op::Attention { scale, mask, layout }) => {
             assert!((scale - 0.5).abs() < 1e-15);
             assert_eq!(*mask, AttentionMask::Additive);
+            assert_eq!(*layout, AttentionLayout::TokensMajor);
         }
         other => panic!("{other:?}"),
     }

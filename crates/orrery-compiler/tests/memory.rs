@@ -329,7 +329,7 @@ fn dit_block(l: usize, d: usize, h: usize) -> Graph {
         qkv.push(p);
     }
     let scale = 1.0 / (dh as f64).sqrt();
-    let att = b.op("attn.sdpa", Op::Attention { scale, mask: AttentionMask::None }, &qkv).unwrap();
+    let att = b.op("attn.sdpa", Op::attention(scale, AttentionMask::None), &qkv).unwrap();
     let att = merge_heads(&mut b, "attn", att, l, d);
     let o = linear(&mut b, "attn.out", att, d, d, true);
     let o = b.mul("attn.gate", o, gate1).unwrap();
@@ -360,7 +360,7 @@ fn t5_layer(l: usize, d: usize, h: usize, ff: usize) -> Graph {
         qkv.push(heads(&mut b, &format!("layer.0.SelfAttention.{name}"), p, l, h, dh));
     }
     qkv.push(mask);
-    let att = b.op("layer.0.sdpa", Op::Attention { scale: 1.0, mask: AttentionMask::Additive }, &qkv).unwrap();
+    let att = b.op("layer.0.sdpa", Op::attention(1.0, AttentionMask::Additive), &qkv).unwrap();
     let att = merge_heads(&mut b, "layer.0", att, l, d);
     let o = linear(&mut b, "layer.0.SelfAttention.o", att, d, d, false);
     let x = b.add("layer.0.residual", x, o).unwrap();

@@ -41,7 +41,7 @@ fn modulation() -> FusedProgram {
 /// Checks `epilogue{base; program}` on `base_inputs ++ extras`: reference within `tol`, the
 /// unfused pair bit for bit, and 1, 2 and 3 threads bit for bit.
 fn check(base: Op, program: FusedProgram, base_inputs: &[CpuTensor], extras: &[CpuTensor], tol: f64) {
-    let op = Op::Epilogue { base: Box::new(base.clone()), program: program.clone() };
+    let op = Op::Epilogue { base: Box::new(base.clone()), program: program.clone(), view: None };
     let inputs: Vec<CpuTensor> = base_inputs.iter().chain(extras).cloned().collect();
     let got = check_op(&op, &inputs, tol);
     let base_refs: Vec<&CpuTensor> = base_inputs.iter().collect();
@@ -150,16 +150,16 @@ fn norm_rope_and_conv_epilogues() {
 fn inference_refuses_bad_epilogues() {
     let x = rand_f32(0, &[4, 3]);
     let w = rand_f32(1, &[5, 3]);
-    let linear = |program| Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program };
+    let linear = |program| Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: None };
     // An extra operand that would grow the output.
     let err = linear(bias_gelu()).infer(&[x.ty(), w.ty(), rand_f32(2, &[2, 4, 5]).ty()]).unwrap_err();
     assert!(err.contains("does not broadcast to the base's output"), "{err}");
     // A base that is not allowed, and a nested epilogue.
-    let err = Op::Epilogue { base: Box::new(Op::Unary(UnaryOp::Exp)), program: bias_gelu() }
+    let err = Op::Epilogue { base: Box::new(Op::Unary(UnaryOp::Exp)), program: bias_gelu(), view: None }
         .infer(&[x.ty(), x.ty()])
         .unwrap_err();
     assert!(err.contains("cannot take an epilogue"), "{err}");
-    let nested = Op::Epilogue { base: Box::new(linear(bias_gelu())), program: bias_gelu() };
+    let nested = Op::Epilogue { base: Box::new(linear(bias_gelu())), program: bias_gelu(), view: None };
     assert!(nested.infer(&[x.ty(), w.ty(), rand_f32(3, &[5]).ty(), rand_f32(3, &[5]).ty()]).is_err());
     // Wrong input count.
     let err = linear(bias_gelu()).infer(&[x.ty(), w.ty()]).unwrap_err();

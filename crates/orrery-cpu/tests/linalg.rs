@@ -105,7 +105,7 @@ proptest! {
             }
         };
         let scale = 1.0 / (d as f64).sqrt();
-        check_op(&Op::Attention { scale, mask }, &inputs, TOL);
+        check_op(&Op::attention(scale, mask), &inputs, TOL);
     }
 }
 
@@ -153,7 +153,7 @@ fn attention_with_causal_mask_over_several_key_blocks() {
     let v = rand_f32(15, &[1, 2, lk, 8]);
     let keep: Vec<bool> = (0..lq * lk).map(|e| e % lk <= e / lk * 4).collect();
     let mask = CpuTensor::from_bools(vec![lq, lk], keep);
-    let op = Op::Attention { scale: 0.2, mask: AttentionMask::Boolean };
+    let op = Op::attention(0.2, AttentionMask::Boolean);
     check_op(&op, &[q, k, v, mask], TOL);
 }
 
@@ -166,14 +166,14 @@ fn attention_fully_masked_rows_are_zero() {
     // Row 1 attends nothing; row 3 attends only the last key (in the second key block of 512).
     let keep: Vec<bool> = (0..lq * lk).map(|e| e / lk != 1 && (e / lk != 3 || e % lk == lk - 1)).collect();
     let mask = CpuTensor::from_bools(vec![lq, lk], keep);
-    let op = Op::Attention { scale: 0.5, mask: AttentionMask::Boolean };
+    let op = Op::attention(0.5, AttentionMask::Boolean);
     let y = check_op(&op, &[q, k, v.clone(), mask], TOL).to_f32_vec();
     assert_eq!(&y[3..6], &[0.0; 3]);
     assert_eq!(&y[9..12], &v.to_f32_vec()[(lk - 1) * 3..]);
     // The additive equivalent: -inf everywhere in a row gives zeros as well.
     let add: Vec<f64> = (0..lk).map(|j| if j < lk - 1 { f64::NEG_INFINITY } else { 0.0 }).collect();
     let mask = CpuTensor::from_f64(DType::F32, vec![1, lk], &add);
-    let op = Op::Attention { scale: 0.5, mask: AttentionMask::Additive };
+    let op = Op::attention(0.5, AttentionMask::Additive);
     let q = rand_f32(16, &[lq, 4]);
     let k = rand_f32(17, &[lk, 4]);
     let y = check_op(&op, &[q, k, v.clone(), mask], TOL).to_f32_vec();
@@ -186,7 +186,7 @@ fn attention_with_heads_permuted_in_place() {
     let view = |seed, l, e| rand_f32(seed, &[2, l, 3, e]).permute(&[0, 2, 1, 3]);
     let (q, k, v) = (view(19, 70, 16), view(20, 257, 16), view(21, 257, 8));
     let mask = rand_f32(22, &[1, 1, 70, 257]);
-    check_op(&Op::Attention { scale: 0.25, mask: AttentionMask::Additive }, &[q, k, v, mask], TOL);
+    check_op(&Op::attention(0.25, AttentionMask::Additive), &[q, k, v, mask], TOL);
 }
 
 /// A small graph-like chain (attention, then a convolution over its output) and large GEMMs
@@ -205,7 +205,7 @@ fn outputs_do_not_depend_on_the_thread_count() {
     let lw = rand_f32(38, &[200, 300]);
     // 80 output rows: `gemm` packs its lhs with 1 thread but not with several in this range.
     let (c, d) = (rand_f32(39, &[80, 600]), rand_f32(40, &[600, 300]));
-    let attention = Op::Attention { scale: 0.25, mask: AttentionMask::Additive };
+    let attention = Op::attention(0.25, AttentionMask::Additive);
     let conv = Op::Conv(ConvParams {
         stride: vec![1, 1],
         dilation: vec![1, 1],

@@ -22,8 +22,8 @@ pub use dtype::DType;
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, NodeKind};
 pub use ops::{
-    AttentionMask, BinaryOp, CompareOp, ConvPadMode, ConvParams, ConvTransposeParams, Cost, FusedProgram, FusedStep,
-    Op, OpFamily, PadMode, PoolKind, PoolParams, ReduceOp, ResizeMode, RopeStyle, UnaryOp,
+    AttentionLayout, AttentionMask, BinaryOp, CompareOp, ConvPadMode, ConvParams, ConvTransposeParams, Cost,
+    FusedProgram, FusedStep, Op, OpFamily, PadMode, PoolKind, PoolParams, ReduceOp, ResizeMode, RopeStyle, UnaryOp,
 };
 pub use reference::RefTensor;
 pub use shape::Shape;

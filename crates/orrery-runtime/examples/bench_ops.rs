@@ -42,7 +42,7 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
         let q = b.input("q", DType::F32, shape.clone()).ok()?;
         let k = b.input("k", DType::F32, shape.clone()).ok()?;
         let v = b.input("v", DType::F32, shape).ok()?;
-        let y = b.op("attn", Op::Attention { scale: 0.125, mask: AttentionMask::None }, &[q, k, v]).ok()?;
+        let y = b.op("attn", Op::attention(0.125, AttentionMask::None), &[q, k, v]).ok()?;
         b.output("y", y).ok()?;
     } else if name == "conv" {
         inputs = vec![("x", vec![1, 256, 64, 64]), ("w", vec![256, 256, 3, 3])];

@@ -17,9 +17,7 @@ fn attention_and_conv_graph_is_bit_identical_across_thread_counts() {
     let q = b.input("q", DType::F32, [1, heads, len, dim]).unwrap();
     let k = b.input("k", DType::F32, [1, heads, len, dim]).unwrap();
     let v = b.input("v", DType::F32, [1, heads, len, dim]).unwrap();
-    let att = b
-        .op("attn", Op::Attention { scale: 1.0 / (dim as f64).sqrt(), mask: AttentionMask::None }, &[q, k, v])
-        .unwrap();
+    let att = b.op("attn", Op::attention(1.0 / (dim as f64).sqrt(), AttentionMask::None), &[q, k, v]).unwrap();
     // Treat heads as channels and (len, dim) as a picture for a 3×3 convolution.
     let w = b.weight("conv.weight", DType::BF16, [8, heads, 3, 3]).unwrap();
     let bias = b.weight("conv.bias", DType::F32, [8]).unwrap();

@@ -1,7 +1,7 @@
 //! Canonicalisation: layout ops folded away or merged, algebraic identities removed.
 
 use super::{Patch, Rule, Value};
-use orrery_ir::{BinaryOp, Graph, Node, NodeId, NodeKind, Op};
+use orrery_ir::{AttentionLayout, BinaryOp, Graph, Node, NodeId, NodeKind, Op};
 
 /// Local simplifications, tried on each node in graph order:
 ///
@@ -10,12 +10,15 @@ use orrery_ir::{BinaryOp, Graph, Node, NodeId, NodeKind, Op};
 /// - `MATMUL{ta}(PERMUTE(A, [.., 1, 0]), B)` → `MATMUL{!ta}(A, B)` and likewise for `B`, when
 ///   the permute keeps the leading (batch) axes and swaps the last two;
 /// - `LINEAR(X, PERMUTE(W, [1, 0]))` (no bias, rank(X) ≥ 2) → `MATMUL(X, W)`;
+/// - `PERMUTE(ATTENTION(Q, K, V), […, L, H, D])` → `ATTENTION{tokens_major}(Q, K, V)` when the
+///   attention has no other use: the kernel writes the merged-heads layout directly, so the
+///   usual reshape back to `[B, L, H·D]` becomes a view instead of a copy;
 /// - `X * 1`, `1 * X`, `X / 1`, `X + 0`, `0 + X`, `X - 0` → `X` for constants of ones or zeros,
 ///   only when the result has X's type (broadcasting against a larger constant changes the
 ///   shape). `X + 0` differs from `X` only for `X = -0.0`, which becomes `+0.0`.
 ///
 /// New nodes are named after the node they replace: `.perm`, `.reshape`, `.ta`, `.tb`,
-/// `.matmul`.
+/// `.matmul`, `.attention`.
 pub struct Canonicalize;
 
 impl Rule for Canonicalize {
@@ -40,6 +43,12 @@ fn is_identity(perm: &[usize]) -> bool {
 fn swaps_last_two(perm: &[usize]) -> bool {
     let r = perm.len();
     r >= 2 && perm[r - 1] == r - 2 && perm[r - 2] == r - 1 && is_identity(&perm[..r - 2])
+}
+
+/// True for `[0, 1, …, r-4, r-2, r-3, r-1]`: the heads and tokens axes of `[…, H, L, D]` swapped.
+fn swaps_heads_and_tokens(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 3 && perm[r - 1] == r - 1 && perm[r - 2] == r - 3 && perm[r - 3] == r - 2 && is_identity(&perm[..r - 3])
 }
 
 /// A constant whose every element equals `v`.
@@ -74,6 +83,13 @@ fn rewrite(graph: &Graph, id: NodeId) -> Option<Patch> {
             let x = node.inputs[0];
             if is_identity(perm) {
                 return Some(forward(graph, id, x, "identity permute"));
+            }
+            if let Some(&Op::Attention { scale, mask, layout: AttentionLayout::HeadsMajor }) = op_of(graph, x) {
+                if swaps_heads_and_tokens(perm) && graph.use_counts()[x.0] == 1 {
+                    let op = Op::Attention { scale, mask, layout: AttentionLayout::TokensMajor };
+                    let inputs = graph.node(x).inputs.clone();
+                    return rebuild(graph, id, "attention", op, &inputs, "permute written by the attention kernel");
+                }
             }
             let Some(Op::Permute { perm: inner }) = op_of(graph, x) else { return None };
             let x0 = graph.node(x).inputs[0];

@@ -1,7 +1,7 @@
 //! Elementwise fusion.
 
 use super::{Patch, Rule, Value};
-use orrery_ir::{DType, FusedProgram, FusedStep, Graph, Node, NodeId, NodeKind, Op};
+use orrery_ir::{BinaryOp, DType, FusedProgram, FusedStep, Graph, Node, NodeId, NodeKind, Op};
 use std::collections::HashMap;
 
 /// `F(G(A, B), C)` → `FUSED{g; f}(A, B, C)` named `<root>.fused`: a connected group of f32
@@ -9,9 +9,18 @@ use std::collections::HashMap;
 /// have no use outside the group becomes one kernel; rank-0 f32 constants become program
 /// constants.
 ///
-/// An operand joins the group only when it has the root's element count, so a small operand
-/// that is broadcast up (e.g. `silu(emb[B, D])` added to `x[B, L, D]`) is computed once and
-/// read as an input rather than recomputed for every output element.
+/// An operand joins the group when every use of it is inside the group and it has the root's
+/// element count, so a small operand that is broadcast up (e.g. `silu(emb[B, D])` added to
+/// `x[B, L, D]`) is computed once and read as an input rather than recomputed for every output
+/// element. Row programs (normalisations) join on the same terms.
+///
+/// A *cheap* operand (one add, subtract or multiply, at most one of whose operands has its own
+/// shape) joins even when it is smaller or used elsewhere too: the group recomputes it, which
+/// costs a flop per element and saves a kernel and a round trip through memory (`1 + scale`
+/// of an AdaLN modulation; `x + pos_emb` feeding both a layer norm and a residual add, each of
+/// which then reads `x` and `pos_emb` directly). The "at most one full-size operand" condition
+/// keeps recomputation from chaining back through residual streams, where every consumer
+/// would reread every earlier addend.
 pub struct FuseElementwise;
 
 fn is_fusible(node: &Node) -> bool {
@@ -53,12 +62,14 @@ fn grow_group(graph: &Graph, uses: &[usize], root: NodeId) -> Vec<NodeId> {
         let candidates: Vec<NodeId> = members.iter().flat_map(|m| graph.node(*m).inputs.clone()).collect();
         for o in candidates {
             let node = graph.node(o);
-            if members.contains(&o) || !is_fusible(node) || node.ty.shape.numel() != numel {
+            if members.contains(&o) || !is_fusible(node) {
                 continue;
             }
-            // Every use of `o` must come from the group (a graph output counts as a use).
+            // Every use of `o` from the group (a graph output counts as a use), same size; or
+            // cheap enough to recompute.
             let inside: usize = members.iter().map(|m| graph.node(*m).inputs.iter().filter(|&&i| i == o).count()).sum();
-            if inside == uses[o.0] {
+            let owned = inside == uses[o.0] && node.ty.shape.numel() == numel;
+            if owned || is_cheap(graph, node) {
                 members.push(o);
                 added = true;
             }
@@ -69,6 +80,13 @@ fn grow_group(graph: &Graph, uses: &[usize], root: NodeId) -> Vec<NodeId> {
     }
     members.sort();
     members
+}
+
+/// One add, subtract or multiply with at most one operand of its own shape (the others are
+/// broadcast up or constants).
+fn is_cheap(graph: &Graph, node: &Node) -> bool {
+    let full = node.inputs.iter().filter(|&&i| graph.node(i).ty.shape == node.ty.shape).count();
+    matches!(node.op(), Some(Op::Binary(BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul))) && full <= 1
 }
 
 /// One fused node computing `root` from the group's external operands, if its type matches.
@@ -135,14 +153,7 @@ fn fuse(graph: &Graph, root: NodeId, members: &[NodeId]) -> Option<Patch> {
 fn inline(p: &FusedProgram, args: &[usize], n_inputs: usize, steps: &mut Vec<FusedStep>) {
     let base = n_inputs + steps.len();
     let map = |v: usize| if v < p.n_inputs { args[v] } else { base + (v - p.n_inputs) };
-    for s in &p.steps {
-        steps.push(match *s {
-            FusedStep::Unary(u, x) => FusedStep::Unary(u, map(x)),
-            FusedStep::Clamp { min, max, x } => FusedStep::Clamp { min, max, x: map(x) },
-            FusedStep::Binary(b, x, y) => FusedStep::Binary(b, map(x), map(y)),
-            FusedStep::Const(c) => FusedStep::Const(c),
-        });
-    }
+    steps.extend(p.steps.iter().map(|s| s.map_operands(map)));
 }
 
 /// The value of a rank-0 f32 constant.

@@ -9,6 +9,10 @@ use orrery_ir::{DType, FusedProgram, FusedStep, Graph, Node, NodeId, Op};
 /// no use outside `E` (nor is a graph output) and `E`'s output has `BASE`'s shape (the extra
 /// operands only broadcast up to it: a residual add, a bias, the AdaLN `·(1+scale)+shift`). The
 /// program is renumbered so that `BASE`'s value is its input 0, wherever `E` read it.
+///
+/// `E(RESHAPE(BASE), …)` fuses the same way when the reshape has no other use either: the
+/// epilogue's program runs over the base's output read in the reshaped dims (`view`), which is
+/// how a row program over heads `[B, L, H, Dh]` joins a projection computing `[B, L, H·Dh]`.
 pub struct FuseEpilogue;
 
 /// The program a fusible consumer computes over its own inputs.
@@ -48,12 +52,21 @@ impl Rule for FuseEpilogue {
             candidates.sort();
             candidates.dedup();
             for &b in candidates.iter().rev() {
-                let base = graph.node(b);
                 let inside = node.inputs.iter().filter(|&&x| x == b).count();
-                if !is_base(base) || inside != uses[b.0] || base.ty.shape != node.ty.shape {
+                if inside != uses[b.0] {
                     continue;
                 }
-                if let Some(patch) = fuse(graph, NodeId(i), b, &program) {
+                let operand = graph.node(b);
+                let (base, view) = match operand.op() {
+                    Some(Op::Reshape { shape }) if uses[operand.inputs[0].0] == 1 => {
+                        (operand.inputs[0], Some(shape.clone()))
+                    }
+                    _ => (b, None),
+                };
+                if !is_base(graph.node(base)) || operand.ty.shape != node.ty.shape {
+                    continue;
+                }
+                if let Some(patch) = fuse(graph, NodeId(i), b, base, view, &program) {
                     return Some(patch);
                 }
             }
@@ -62,8 +75,16 @@ impl Rule for FuseEpilogue {
     }
 }
 
-/// The epilogue node replacing `consumer`, whose program reads `base` at one or more inputs.
-fn fuse(graph: &Graph, consumer: NodeId, base: NodeId, program: &FusedProgram) -> Option<Patch> {
+/// The epilogue node replacing `consumer`, whose program reads `operand` (`base`, or `base` in
+/// the dims `view`) at one or more inputs.
+fn fuse(
+    graph: &Graph,
+    consumer: NodeId,
+    operand: NodeId,
+    base: NodeId,
+    view: Option<Vec<usize>>,
+    program: &FusedProgram,
+) -> Option<Patch> {
     let node = graph.node(consumer);
     let base_node = graph.node(base);
     let base_op = base_node.op()?.clone();
@@ -73,7 +94,7 @@ fn fuse(graph: &Graph, consumer: NodeId, base: NodeId, program: &FusedProgram) -
         .inputs
         .iter()
         .map(|&x| {
-            if x == base {
+            if x == operand {
                 0
             } else {
                 extras.push(x);
@@ -83,17 +104,8 @@ fn fuse(graph: &Graph, consumer: NodeId, base: NodeId, program: &FusedProgram) -
         .collect();
     let (n_old, n_new) = (program.n_inputs, 1 + extras.len());
     let value = |v: usize| if v < n_old { map[v] } else { v - n_old + n_new };
-    let steps = program
-        .steps
-        .iter()
-        .map(|s| match *s {
-            FusedStep::Unary(u, x) => FusedStep::Unary(u, value(x)),
-            FusedStep::Clamp { min, max, x } => FusedStep::Clamp { min, max, x: value(x) },
-            FusedStep::Binary(b, x, y) => FusedStep::Binary(b, value(x), value(y)),
-            FusedStep::Const(c) => FusedStep::Const(c),
-        })
-        .collect();
-    let op = Op::Epilogue { base: Box::new(base_op), program: FusedProgram { n_inputs: n_new, steps } };
+    let steps = program.steps.iter().map(|s| s.map_operands(value)).collect();
+    let op = Op::Epilogue { base: Box::new(base_op), program: FusedProgram { n_inputs: n_new, steps }, view };
     let inputs: Vec<Value> = base_node.inputs.iter().chain(&extras).map(|&x| Value::Existing(x)).collect();
     let mut patch = Patch::new(format!("fuse {} into the epilogue of {}", node.name, base_node.name));
     let fused = patch.op(graph, consumer, "epilogue", op, &inputs).ok()?;

@@ -19,6 +19,8 @@ mod cse;
 mod dce;
 mod fuse_elementwise;
 mod fuse_epilogue;
+mod hoist_permute;
+mod lower_norms;
 pub mod patch;
 mod recognize_attention;
 
@@ -28,6 +30,8 @@ pub use cse::Cse;
 pub use dce::Dce;
 pub use fuse_elementwise::FuseElementwise;
 pub use fuse_epilogue::FuseEpilogue;
+pub use hoist_permute::HoistThroughPermute;
+pub use lower_norms::LowerNorms;
 pub use patch::{Patch, Value};
 pub use recognize_attention::RecognizeAttention;
 
@@ -107,12 +111,16 @@ impl Optimizer {
 
     /// The default rules, then fusion (which runs on the simplified graph): attention
     /// recognition first (elementwise fusion would otherwise swallow its scale and mask), then
-    /// elementwise groups, then those groups folded into the epilogue of the op that feeds them.
-    /// Each rule runs to exhaustion within a sweep, so this order holds.
+    /// normalisations lowered to row programs, elementwise groups (row programs included), row
+    /// programs feeding attention moved above the head permute, and finally those groups folded
+    /// into the epilogue of the op that feeds them. Each rule runs to exhaustion within a
+    /// sweep, so this order holds.
     pub fn fusing_rules() -> Vec<Box<dyn Rule>> {
         let mut rules = Optimizer::default_rules();
         rules.push(Box::new(RecognizeAttention));
+        rules.push(Box::new(LowerNorms));
         rules.push(Box::new(FuseElementwise));
+        rules.push(Box::new(HoistThroughPermute));
         rules.push(Box::new(FuseEpilogue));
         rules
     }

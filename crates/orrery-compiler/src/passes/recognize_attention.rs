@@ -176,7 +176,7 @@ fn recognize(graph: &Graph, uses: &[usize], id: NodeId) -> Option<Patch> {
         }
         None => AttentionMask::None,
     };
-    let attention = patch.op(graph, id, "attention", Op::Attention { scale, mask: mask_kind }, &inputs).ok()?;
+    let attention = patch.op(graph, id, "attention", Op::attention(scale, mask_kind), &inputs).ok()?;
     if *patch.ty(graph, attention) != last.ty {
         return None;
     }

@@ -28,18 +28,26 @@ impl Epilogue for Program<'_> {
         Scratch::new(self.program, len)
     }
 
+    fn alignment(&self) -> usize {
+        self.program.alignment()
+    }
+
     fn apply(&self, start: usize, data: &mut [f32], scratch: &mut Scratch) {
         apply_in_place(self.program, &self.extras, self.dims, start, data, scratch);
     }
 }
 
 pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
-    let Op::Epilogue { base, program } = op else { return Err(CpuError::kernel(op, "not an epilogue")) };
+    let Op::Epilogue { base, program, .. } = op else { return Err(CpuError::kernel(op, "not an epilogue")) };
     let n_base = base.epilogue_base_inputs().ok_or_else(|| CpuError::kernel(op, "the base cannot take an epilogue"))?;
     if inputs.len() != n_base + program.n_inputs.saturating_sub(1) {
         return Err(CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len())));
     }
     let (base_inputs, extras) = inputs.split_at(n_base);
+    // The base computes its own shape; the program reads that memory as `out` (a reshape).
+    let base_types: Vec<TensorType> = base_inputs.iter().map(|t| t.ty()).collect();
+    let base_out = base.infer(&base_types).map_err(|e| CpuError::kernel(op, e))?;
+    let out_of_base = &base_out;
     let dims = out.shape.dims();
     let epilogue = Program { program, extras: sources(op, extras, dims)?, dims };
     let wrong_inputs = || CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len()));
@@ -50,17 +58,17 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
                 ([x, w, b], true) => (x, w, Some(*b)),
                 _ => return Err(wrong_inputs()),
             };
-            Ok(linear_epilogue(x, w, bias, out, &epilogue))
+            Ok(linear_epilogue(x, w, bias, out_of_base, &epilogue).reshape(dims))
         }
         Op::MatMul { transpose_a, transpose_b } => {
             let [a, b] = base_inputs else { return Err(wrong_inputs()) };
-            Ok(matmul_epilogue(a, b, *transpose_a, *transpose_b, out, &epilogue))
+            Ok(matmul_epilogue(a, b, *transpose_a, *transpose_b, out_of_base, &epilogue).reshape(dims))
         }
         Op::Conv(_) | Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Rope { .. } => {
             let y = if base.family() == orrery_ir::OpFamily::Conv {
-                conv::execute(base, base_inputs, out)?
+                conv::execute(base, base_inputs, out_of_base)?
             } else {
-                norm::execute(base, base_inputs, out)?
+                norm::execute(base, base_inputs, out_of_base)?
             };
             let mut y = y.into_f32_vec();
             apply_epilogue_pass(&mut y, &epilogue);

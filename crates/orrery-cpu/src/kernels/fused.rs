@@ -1,15 +1,23 @@
-//! Fused elementwise programs: each chunk of the output gathers its inputs (broadcast, strided)
-//! into scratch vectors, runs the program step by step over the chunk, and writes the last
-//! value. Intermediates stay in cache; memory traffic is the inputs once and the output once.
+//! Fused programs: each chunk of the output gathers its inputs (broadcast, strided) into
+//! scratch vectors, runs the program step by step over the chunk, and writes the last value.
+//! Intermediates stay in cache; memory traffic is the inputs once and the output once. Chunks
+//! of a program with row steps hold whole segments (see [`chunk_len`]).
 
 use super::elementwise::{binary_slice, clamp_value, unary_slice};
 use crate::{CpuError, CpuTensor, Element};
-use orrery_ir::{FusedProgram, FusedStep, Op, TensorType};
+use orrery_ir::{FusedProgram, FusedStep, Op, RopeStyle, TensorType};
 use rayon::prelude::*;
 
 /// Output elements per task: fixed (never derived from the thread count), small enough that
 /// the scratch vectors of a long program stay in L2.
 const CHUNK: usize = 2048;
+
+/// `base` rounded up to whole multiples of the program's segment alignment, so that no chunk
+/// splits a segment (chunks start at multiples of their length).
+pub(super) fn chunk_len(program: &FusedProgram, base: usize) -> usize {
+    let align = program.alignment();
+    base.div_ceil(align) * align
+}
 
 /// One input as seen from the output: its buffer, offset and per-output-axis strides (0 where
 /// broadcast).
@@ -24,12 +32,13 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
     let dims = out.shape.dims();
     let sources = sources(op, inputs, dims)?;
     let mut y = vec![0f32; out.shape.numel()];
-    y.par_chunks_mut(CHUNK).enumerate().for_each_init(
-        || Scratch::new(program, CHUNK),
+    let chunk_len = chunk_len(program, CHUNK);
+    y.par_chunks_mut(chunk_len).enumerate().for_each_init(
+        || Scratch::new(program, chunk_len),
         |scratch, (i, chunk)| {
             let values = scratch.values(chunk.len());
             for (src, dst) in sources.iter().zip(values.iter_mut()) {
-                gather(src, dims, i * CHUNK, dst);
+                gather(src, dims, i * chunk_len, dst);
             }
             run_steps(program, values);
             chunk.copy_from_slice(&values[values.len() - 1]);
@@ -78,7 +87,7 @@ impl Scratch {
 }
 
 /// Runs the steps over one chunk whose inputs are already in `values[..n_inputs]`; the result
-/// is the last vector.
+/// is the last vector. The chunk starts on a segment boundary and holds whole segments.
 pub(super) fn run_steps(program: &FusedProgram, values: &mut [Vec<f32>]) {
     for (i, step) in program.steps.iter().enumerate() {
         let (done, rest) = values.split_at_mut(program.n_inputs + i);
@@ -93,6 +102,50 @@ pub(super) fn run_steps(program: &FusedProgram, values: &mut [Vec<f32>]) {
             }
             FusedStep::Binary(b, x, y) => binary_slice(b, &done[x], &done[y], dst),
             FusedStep::Const(c) => dst.fill(c as f32),
+            FusedStep::SegMean { x, len } => {
+                for (d, s) in dst.chunks_mut(len).zip(done[x].chunks(len)) {
+                    let mean = (sum_f64(s) / len as f64) as f32;
+                    d.fill(mean);
+                }
+            }
+            FusedStep::Rotate { x, len, style } => {
+                for (d, s) in dst.chunks_mut(len).zip(done[x].chunks(len)) {
+                    rotate(s, d, style);
+                }
+            }
+        }
+    }
+}
+
+/// `Σ s` in f64 with eight independent accumulators (a fixed order, so the same bits on every
+/// run; a single running sum would be bound by the add latency).
+fn sum_f64(s: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut lanes = s.chunks_exact(8);
+    for c in &mut lanes {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v as f64;
+        }
+    }
+    let tail: f64 = lanes.remainder().iter().map(|&v| v as f64).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// The rotary partners of one segment: `concat(-x[h..], x[..h])` or `(-x[2i+1], x[2i])`.
+fn rotate(src: &[f32], dst: &mut [f32], style: RopeStyle) {
+    match style {
+        RopeStyle::RotateHalf => {
+            let h = src.len() / 2;
+            for (d, &s) in dst[..h].iter_mut().zip(&src[h..]) {
+                *d = -s;
+            }
+            dst[h..].copy_from_slice(&src[..h]);
+        }
+        RopeStyle::Interleaved => {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src.chunks_exact(2)) {
+                d[0] = -s[1];
+                d[1] = s[0];
+            }
         }
     }
 }

@@ -35,7 +35,7 @@ impl Op {
             Op::Fused(p) => p.steps.iter().map(|s| s.flops()).sum::<u64>() * out_n,
             // The base's own FLOPs plus the program's per output element; the bytes (below)
             // are every input once and the output once, as for any other op.
-            Op::Epilogue { base, program } => {
+            Op::Epilogue { base, program, .. } => {
                 let n_base = base.epilogue_base_inputs().unwrap_or(inputs.len()).min(inputs.len());
                 base.cost(&inputs[..n_base], output).flops
                     + program.steps.iter().map(|s| s.flops()).sum::<u64>() * out_n

@@ -171,7 +171,7 @@ impl Op {
                 }
                 Ok(x.clone())
             }
-            Op::Attention { mask, .. } => infer_attention(inputs, *mask),
+            Op::Attention { mask, layout, .. } => infer_attention(inputs, *mask, *layout),
             Op::Rope { .. } => {
                 want_inputs(inputs, 3..=3)?;
                 let x = &inputs[0];
@@ -369,9 +369,10 @@ impl Op {
                     dims = broadcast_shapes(&dims, t.shape.dims())
                         .ok_or_else(|| format!("input {i} {} does not broadcast with {dims:?}", t.shape))?;
                 }
+                p.check_segments(&dims)?;
                 Ok(tt(DType::F32, dims))
             }
-            Op::Epilogue { base, program } => infer_epilogue(inputs, base, program),
+            Op::Epilogue { base, program, view } => infer_epilogue(inputs, base, program, view.as_deref()),
             Op::Arange { len, dtype, .. } => {
                 want_inputs(inputs, 0..=0)?;
                 if !matches!(dtype, DType::F32 | DType::I64 | DType::I32) {
@@ -395,7 +396,7 @@ pub(crate) fn reduced_dims(dims: &[usize], axes: &[usize], keepdim: bool) -> Vec
         .collect()
 }
 
-fn infer_epilogue(inputs: &[TensorType], base: &Op, program: &FusedProgram) -> Infer {
+fn infer_epilogue(inputs: &[TensorType], base: &Op, program: &FusedProgram, view: Option<&[usize]>) -> Infer {
     let Some(n_base) = base.epilogue_base_inputs() else {
         return Err(format!(
             "the base {base} cannot take an epilogue (linear, matmul, conv, layer_norm, rms_norm or rope)"
@@ -412,8 +413,15 @@ fn infer_epilogue(inputs: &[TensorType], base: &Op, program: &FusedProgram) -> I
             inputs.len()
         ));
     }
-    let out = base.infer(&inputs[..n_base]).map_err(|e| format!("base {base}: {e}"))?;
+    let mut out = base.infer(&inputs[..n_base]).map_err(|e| format!("base {base}: {e}"))?;
     want_f32(&out, "the base's output")?;
+    if let Some(view) = view {
+        if view.iter().product::<usize>() != out.shape.numel() {
+            return Err(format!("the view {view:?} does not have the {} elements of the base's output", out.shape));
+        }
+        out = tt(DType::F32, view.to_vec());
+    }
+    program.check_segments(out.shape.dims())?;
     for (i, t) in inputs[n_base..].iter().enumerate() {
         want_f32(t, &format!("extra operand {i}"))?;
         let fits = broadcast_shapes(out.shape.dims(), t.shape.dims()).is_some_and(|d| d == out.shape.dims());
@@ -496,7 +504,7 @@ fn infer_last_dim_norm(inputs: &[TensorType], n_inputs: usize) -> Infer {
     Ok(x.clone())
 }
 
-fn infer_attention(inputs: &[TensorType], mask: AttentionMask) -> Infer {
+fn infer_attention(inputs: &[TensorType], mask: AttentionMask, layout: AttentionLayout) -> Infer {
     let n = if mask == AttentionMask::None { 3 } else { 4 };
     want_inputs(inputs, n..=n)?;
     let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
@@ -519,6 +527,12 @@ fn infer_attention(inputs: &[TensorType], mask: AttentionMask) -> Infer {
     }
     let mut out = qd.to_vec();
     out[r - 1] = vd[r - 1];
+    if layout == AttentionLayout::TokensMajor {
+        if r < 3 {
+            return Err(format!("a tokens-major output needs q [..., H, L, D], got {}", q.shape));
+        }
+        out.swap(r - 3, r - 2);
+    }
     if let Some(m) = inputs.get(3) {
         let want = match mask {
             AttentionMask::Boolean => DType::Bool,

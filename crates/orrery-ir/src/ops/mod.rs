@@ -133,6 +133,18 @@ pub enum RopeStyle {
     Interleaved,
 }
 
+/// Where [`Op::Attention`] puts the heads axis of its output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AttentionLayout {
+    /// `[..., H, Lq, Dv]`: the same leading dims as q (the SDPA convention).
+    #[default]
+    HeadsMajor,
+    /// `[..., Lq, H, Dv]`: the last two leading axes swapped, i.e. what `permute(0, 2, 1, 3)`
+    /// of the heads-major output gives, written directly, so that merging the heads back into
+    /// the model width is a view rather than a copy. Needs q of rank ≥ 3.
+    TokensMajor,
+}
+
 /// The optional mask of [`Op::Attention`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AttentionMask {
@@ -246,8 +258,10 @@ pub enum Op {
     BatchNorm { eps: f64, affine: bool },
     /// Scaled dot-product attention `softmax(q·kᵀ·scale (+ mask)) · v`, never materialising the
     /// `Lq × Lk` matrix in the kernel. q `[..., Lq, D]`, k `[..., Lk, D]`, v `[..., Lk, Dv]` with
-    /// equal leading dims; mask (when present) broadcasts to `[..., Lq, Lk]`. y `[..., Lq, Dv]`.
-    Attention { scale: f64, mask: AttentionMask },
+    /// equal leading dims; mask (when present) broadcasts to `[..., Lq, Lk]`. y `[..., Lq, Dv]`
+    /// ([`AttentionLayout::HeadsMajor`]) or `[..., Lq, H, Dv]` with H q's dim `r - 3`
+    /// ([`AttentionLayout::TokensMajor`]).
+    Attention { scale: f64, mask: AttentionMask, layout: AttentionLayout },
     /// Rotary embedding `y = x · cos + rotate(x) · sin`; x f32 `[..., D]` (D even), cos and sin
     /// f32 broadcastable to x (the caller expands the frequency table to width D).
     Rope { style: RopeStyle },
@@ -296,15 +310,21 @@ pub enum Op {
     /// Epilogue fusion: `y = program(base(inputs[..n]), inputs[n..])`, one kernel. The base is
     /// [`Op::Linear`], [`Op::MatMul`], [`Op::Conv`], [`Op::LayerNorm`], [`Op::RmsNorm`] or
     /// [`Op::Rope`] (never another epilogue); `n` is the base's own input count, derived from
-    /// its parameters ([`Op::epilogue_base_inputs`]), so it is not stored. The program's input
-    /// 0 is the base's output, its inputs `1..` are `inputs[n..]` (f32, broadcast to the base's
-    /// output shape, which is also y's shape: the extra operands may not grow it). y f32.
-    /// Each step rounds to f32 as in [`Op::Fused`], so the result equals running the base op
-    /// and then the program, bit for bit, when the kernels agree.
-    Epilogue { base: Box<Op>, program: FusedProgram },
+    /// its parameters ([`Op::epilogue_base_inputs`]), so it is not stored. The program runs
+    /// over the base's output read as `view` (a row-major reshape, same element count; `None`:
+    /// the base's own shape), which is y's shape: its input 0 is that output, its inputs `1..`
+    /// are `inputs[n..]` (f32, broadcast up to y's shape, never growing it). y f32. Each step
+    /// rounds to f32 as in [`Op::Fused`], so the result equals running the base op, the
+    /// reshape and then the program, bit for bit, when the kernels agree.
+    Epilogue { base: Box<Op>, program: FusedProgram, view: Option<Vec<usize>> },
 }
 
 impl Op {
+    /// [`Op::Attention`] with the usual heads-major output.
+    pub fn attention(scale: f64, mask: AttentionMask) -> Op {
+        Op::Attention { scale, mask, layout: AttentionLayout::HeadsMajor }
+    }
+
     /// Short name used in dumps and error messages.
     pub fn name(&self) -> &'static str {
         match self {
@@ -456,7 +476,12 @@ impl fmt::Display for Op {
                 write!(f, "{{groups={groups}, eps={eps:e}, affine={affine}}}")
             }
             Op::BatchNorm { eps, affine } => write!(f, "{{eps={eps:e}, affine={affine}}}"),
-            Op::Attention { scale, mask } => write!(f, "{{scale={scale}, mask={mask:?}}}"),
+            Op::Attention { scale, mask, layout: AttentionLayout::HeadsMajor } => {
+                write!(f, "{{scale={scale}, mask={mask:?}}}")
+            }
+            Op::Attention { scale, mask, layout: AttentionLayout::TokensMajor } => {
+                write!(f, "{{scale={scale}, mask={mask:?}, out=tokens_major}}")
+            }
             Op::Rope { style } => write!(f, "{{{style:?}}}"),
             Op::Conv(p) => write!(
                 f,
@@ -486,7 +511,8 @@ impl fmt::Display for Op {
                 write!(f, "{{start={start}, step={step}, len={len}, {dtype}}}")
             }
             Op::Fused(p) => write!(f, "{{{p}}}"),
-            Op::Epilogue { base, program } => write!(f, "{{{base}; {program}}}"),
+            Op::Epilogue { base, program, view: None } => write!(f, "{{{base}; {program}}}"),
+            Op::Epilogue { base, program, view: Some(v) } => write!(f, "{{{base} as {v:?}; {program}}}"),
             Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Embedding => Ok(()),
         }
     }

@@ -3,40 +3,62 @@
 
 use super::elementwise::{binary, broadcast_map, clamp, unary};
 use super::eval_op;
-use crate::{FusedProgram, FusedStep, Op, RefTensor, TensorType};
+use crate::{FusedProgram, FusedStep, Op, RefTensor, RopeStyle, TensorType};
 
 pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTensor, String> {
     let Op::Fused(program) = op else { return Err(format!("{op} is not a fused program")) };
     Ok(run_program(program, inputs, out))
 }
 
-/// `program` over `inputs` (broadcast to `out`), interpreted per output element.
+/// `program` over `inputs` (broadcast to `out`), interpreted step by step over whole tensors:
+/// elementwise steps per element with the unfused reference's scalar functions, row steps per
+/// segment of the last axis.
 pub(super) fn run_program(program: &FusedProgram, inputs: &[&RefTensor], out: &TensorType) -> RefTensor {
-    let data = broadcast_map(out, inputs, |values| {
-        let mut v = values.to_vec();
-        for step in &program.steps {
-            let r = match *step {
-                FusedStep::Unary(u, x) => unary(u, v[x]),
-                FusedStep::Clamp { min, max, x } => clamp(v[x], min, max),
-                FusedStep::Binary(b, x, y) => binary(b, v[x], v[y]),
-                FusedStep::Const(c) => c,
-            };
-            v.push(r);
-        }
-        *v.last().expect("validated: at least one step")
-    });
+    let n = out.shape.numel();
+    let mut values: Vec<Vec<f64>> =
+        inputs.iter().map(|t| broadcast_map(out, std::slice::from_ref(t), |v| v[0])).collect();
+    for step in &program.steps {
+        let v = &values;
+        let r: Vec<f64> = match *step {
+            FusedStep::Unary(u, x) => v[x].iter().map(|&a| unary(u, a)).collect(),
+            FusedStep::Clamp { min, max, x } => v[x].iter().map(|&a| clamp(a, min, max)).collect(),
+            FusedStep::Binary(b, x, y) => v[x].iter().zip(&v[y]).map(|(&a, &c)| binary(b, a, c)).collect(),
+            FusedStep::Const(c) => vec![c; n],
+            FusedStep::SegMean { x, len } => v[x]
+                .chunks(len)
+                .flat_map(|seg| std::iter::repeat_n(seg.iter().sum::<f64>() / len as f64, len))
+                .collect(),
+            FusedStep::Rotate { x, len, style } => v[x]
+                .chunks(len)
+                .flat_map(|seg| {
+                    (0..len).map(move |j| match style {
+                        RopeStyle::RotateHalf if j < len / 2 => -seg[j + len / 2],
+                        RopeStyle::RotateHalf => seg[j - len / 2],
+                        RopeStyle::Interleaved if j % 2 == 0 => -seg[j + 1],
+                        RopeStyle::Interleaved => seg[j - 1],
+                    })
+                })
+                .collect(),
+        };
+        values.push(r);
+    }
+    let data = values.pop().expect("validated: at least one step");
     RefTensor::new(out.dtype, out.shape.0.clone(), data)
 }
 
 /// [`Op::Epilogue`]: the base op by its own reference, then the program over
 /// `[base output, extra operands...]`.
 pub(super) fn eval_epilogue(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTensor, String> {
-    let Op::Epilogue { base, program } = op else { return Err(format!("{op} is not an epilogue")) };
+    let Op::Epilogue { base, program, .. } = op else { return Err(format!("{op} is not an epilogue")) };
     let n_base = base.epilogue_base_inputs().ok_or_else(|| format!("{base} cannot take an epilogue"))?;
     if inputs.len() < n_base {
         return Err(format!("expects at least {n_base} inputs, got {}", inputs.len()));
     }
-    let base_out = eval_op(base, &inputs[..n_base], out)?;
+    let in_types: Vec<TensorType> = inputs[..n_base].iter().map(|t| t.ty()).collect();
+    let base_ty = base.infer(&in_types)?;
+    // The view is a row-major reshape: the same data under the output's dims.
+    let mut base_out = eval_op(base, &inputs[..n_base], &base_ty)?;
+    base_out.shape = out.shape.0.clone();
     let mut args: Vec<&RefTensor> = vec![&base_out];
     args.extend_from_slice(&inputs[n_base..]);
     Ok(run_program(program, &args, out))
@@ -77,7 +99,7 @@ mod tests {
             n_inputs: 2,
             steps: vec![FusedStep::Binary(BinaryOp::Add, 0, 1), FusedStep::Unary(UnaryOp::Relu, 2)],
         };
-        let op = Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program };
+        let op = Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: None };
         let x = RefTensor::new(DType::F32, vec![2, 2], vec![1., -2., 3., 4.]);
         let w = RefTensor::new(DType::F32, vec![2, 2], vec![0., 1., 1., 0.]);
         let r = RefTensor::new(DType::F32, vec![2], vec![0.5, 0.5]);
@@ -91,6 +113,7 @@ mod tests {
         let bad = Op::Epilogue {
             base: Box::new(Op::Unary(UnaryOp::Exp)),
             program: FusedProgram { n_inputs: 1, steps: vec![FusedStep::Unary(UnaryOp::Relu, 0)] },
+            view: None,
         };
         assert!(bad.infer(&[x.ty()]).unwrap_err().contains("cannot take an epilogue"));
     }

@@ -4,18 +4,22 @@
 //! one explicit sum, and attention computes the whole score row before its softmax.
 
 use crate::shape::broadcast_strides;
-use crate::{AttentionMask, Op, RefTensor, TensorType};
+use crate::{AttentionLayout, AttentionMask, Op, RefTensor, TensorType};
 
 pub(super) fn eval(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTensor, String> {
     match op {
         Op::MatMul { transpose_a, transpose_b } => Ok(matmul(inputs[0], inputs[1], *transpose_a, *transpose_b, out)),
         Op::Linear { .. } => Ok(linear(inputs[0], inputs[1], inputs.get(2).copied(), out)),
-        Op::Attention { scale, mask } => {
+        Op::Attention { scale, mask, layout } => {
             let mask = match mask {
                 AttentionMask::None => None,
                 _ => inputs.get(3).copied(),
             };
-            Ok(attention(inputs[0], inputs[1], inputs[2], mask, *scale, out))
+            let y = attention(inputs[0], inputs[1], inputs[2], mask, *scale);
+            Ok(match layout {
+                AttentionLayout::HeadsMajor => y,
+                AttentionLayout::TokensMajor => swap_heads_and_tokens(&y),
+            })
         }
         _ => Err(format!("{op}: not a linear-algebra op")),
     }
@@ -93,14 +97,7 @@ fn linear(x: &RefTensor, w: &RefTensor, bias: Option<&RefTensor>, out: &TensorTy
 /// `softmax(q·kᵀ·scale + mask)·v`, one full score row at a time. A boolean mask entry `false`
 /// (0) makes the score -inf. A row whose scores are all -inf (nothing to attend, or an empty
 /// key set) outputs zeros.
-fn attention(
-    q: &RefTensor,
-    k: &RefTensor,
-    v: &RefTensor,
-    mask: Option<&RefTensor>,
-    scale: f64,
-    out: &TensorType,
-) -> RefTensor {
+fn attention(q: &RefTensor, k: &RefTensor, v: &RefTensor, mask: Option<&RefTensor>, scale: f64) -> RefTensor {
     let r = q.shape.len();
     let batch = &q.shape[..r - 2];
     let (lq, d) = (q.shape[r - 2], q.shape[r - 1]);
@@ -109,7 +106,7 @@ fn attention(
     scores_shape.extend([lq, lk]);
     let mask_strides = mask.map(|m| broadcast_strides(&m.shape, &scores_shape));
     let n_batch: usize = batch.iter().product();
-    let mut y = Vec::with_capacity(out.shape.numel());
+    let mut y = Vec::with_capacity(n_batch * lq * dv);
     for bi in 0..n_batch {
         let (q0, k0, v0) = (bi * lq * d, bi * lk * d, bi * lk * dv);
         let batch_idx = unravel(bi, batch);
@@ -143,7 +140,26 @@ fn attention(
             }
         }
     }
-    RefTensor::new(out.dtype, out.shape.dims().to_vec(), y)
+    let mut shape = batch.to_vec();
+    shape.extend([lq, dv]);
+    RefTensor::new(crate::DType::F32, shape, y)
+}
+
+/// `[..., H, L, D]` → `[..., L, H, D]` (a tokens-major attention output).
+fn swap_heads_and_tokens(y: &RefTensor) -> RefTensor {
+    let r = y.shape.len();
+    let (h, l, d) = (y.shape[r - 3], y.shape[r - 2], y.shape[r - 1]);
+    let mut data = Vec::with_capacity(y.data.len());
+    for block in y.data.chunks(h * l * d) {
+        for i in 0..l {
+            for head in 0..h {
+                data.extend_from_slice(&block[(head * l + i) * d..][..d]);
+            }
+        }
+    }
+    let mut shape = y.shape.clone();
+    shape.swap(r - 3, r - 2);
+    RefTensor::new(y.dtype, shape, data)
 }
 
 #[cfg(test)]
@@ -189,7 +205,10 @@ mod tests {
         let q = t(&[1, 2, 2], &[0.3, -1., 2., 5.]);
         let k = t(&[1, 1, 2], &[0.7, 0.1]);
         let v = t(&[1, 1, 3], &[1., 2., 3.]);
-        let y = run(Op::Attention { scale: 0.5, mask: AttentionMask::None }, &[&q, &k, &v]);
+        let y = run(
+            Op::Attention { scale: 0.5, mask: AttentionMask::None, layout: AttentionLayout::HeadsMajor },
+            &[&q, &k, &v],
+        );
         assert_eq!(y.data, vec![1., 2., 3., 1., 2., 3.]);
     }
 
@@ -199,7 +218,10 @@ mod tests {
         let k = t(&[2, 1], &[1., -1.]);
         let v = t(&[2, 1], &[2., 4.]);
         let mask = RefTensor::new(DType::Bool, vec![2, 2], vec![1., 1., 0., 0.]);
-        let y = run(Op::Attention { scale: 1.0, mask: AttentionMask::Boolean }, &[&q, &k, &v, &mask]);
+        let y = run(
+            Op::Attention { scale: 1.0, mask: AttentionMask::Boolean, layout: AttentionLayout::HeadsMajor },
+            &[&q, &k, &v, &mask],
+        );
         assert_eq!(y.data, vec![3., 0.]);
     }
 }

@@ -145,7 +145,7 @@ fn attention(
     let k = project(b, "k", ctx, ctx_len, ctx_dim, true)?;
     let v = project(b, "v", ctx, ctx_len, ctx_dim, false)?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let o = b.op(&format!("{p}.sdpa"), Op::Attention { scale, mask: AttentionMask::None }, &[q, k, v])?;
+    let o = b.op(&format!("{p}.sdpa"), Op::attention(scale, AttentionMask::None), &[q, k, v])?;
     let o = b.permute(&format!("{p}.o_blhd"), o, &[0, 2, 1, 3])?;
     let o = b.reshape(&format!("{p}.o_merge"), o, &[batch, len, d])?;
     let wo = w.declare(b, &format!("{p}.to_out.0.weight"), &[d, d])?;

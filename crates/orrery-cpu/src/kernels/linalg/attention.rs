@@ -11,7 +11,7 @@ use super::blas::{gemm, MatMut, MatRef, Threads};
 use super::fast_exp::{exp, exp_shifted_sum, row_max};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand};
 use crate::{Buffer, CpuTensor};
-use orrery_ir::{AttentionMask, TensorType};
+use orrery_ir::{AttentionLayout, AttentionMask, TensorType};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -124,21 +124,22 @@ impl Mask {
     }
 }
 
-/// Attention over q `[..., Lq, D]`, k `[..., Lk, D]`, v `[..., Lk, Dv]` (any strides).
+/// Attention over q `[..., Lq, D]`, k `[..., Lk, D]`, v `[..., Lk, Dv]` (any strides), into
+/// `[..., Lq, Dv]` or, tokens-major, `[..., Lq, H, Dv]`.
 pub(super) fn attention(
     q: &CpuTensor,
     k: &CpuTensor,
     v: &CpuTensor,
     mask: Option<(&CpuTensor, AttentionMask)>,
     scale: f32,
+    layout: AttentionLayout,
     out: &TensorType,
 ) -> CpuTensor {
     let od = out.shape.dims().to_vec();
-    let r = od.len();
-    let batch = &od[..r - 2];
-    let (lq, dv) = (od[r - 2], od[r - 1]);
     let (q, k, v) = (F32Operand::strided(q), F32Operand::strided(k), F32Operand::strided(v));
-    let (d, lk) = (q.shape[r - 1], k.shape[r - 2]);
+    let r = q.shape.len();
+    let batch = &q.shape[..r - 2];
+    let (lq, d, lk, dv) = (q.shape[r - 2], q.shape[r - 1], k.shape[r - 2], v.shape[r - 1]);
     let (qh, kh, vh) = (Heads::new(&q, batch), Heads::new(&k, batch), Heads::new(&v, batch));
     let mask = mask.and_then(|(m, kind)| Mask::new(m, kind, batch, lq, lk));
     let mut y = vec![0f32; out.shape.numel()];
@@ -146,13 +147,34 @@ pub(super) fn attention(
         return CpuTensor::from_vec(od, y);
     }
     let shape = BlockShape { d, lk, dv, scale };
-    y.par_chunks_mut(lq * dv).enumerate().for_each(|(h, head_out)| {
-        head_out.par_chunks_mut(Q_BLOCK * dv).enumerate().for_each(|(qb, block_out)| {
-            let q0 = qb * Q_BLOCK;
-            let block = QueryBlock { h, q0, rows: block_out.len() / dv };
-            attend_block(&shape, &block, &qh, &kh, &vh, mask.as_ref(), block_out);
-        });
-    });
+    let attend = |block: &QueryBlock, out: &mut [f32]| attend_block(&shape, block, &qh, &kh, &vh, mask.as_ref(), out);
+    match layout {
+        AttentionLayout::HeadsMajor => {
+            y.par_chunks_mut(lq * dv).enumerate().for_each(|(h, head_out)| {
+                head_out.par_chunks_mut(Q_BLOCK * dv).enumerate().for_each(|(qb, block_out)| {
+                    attend(&QueryBlock { h, q0: qb * Q_BLOCK, rows: block_out.len() / dv }, block_out);
+                });
+            });
+        }
+        AttentionLayout::TokensMajor => {
+            // One task per block of query rows, over all heads: its rows × H × Dv output is
+            // contiguous; each head's rows × Dv block is computed densely, then interleaved.
+            let heads = batch[r - 3];
+            y.par_chunks_mut(lq * heads * dv).enumerate().for_each(|(outer, group_out)| {
+                group_out.par_chunks_mut(Q_BLOCK * heads * dv).enumerate().for_each(|(qb, block_out)| {
+                    let rows = block_out.len() / (heads * dv);
+                    let mut dense = vec![0f32; rows * dv];
+                    for head in 0..heads {
+                        dense.fill(0.0);
+                        attend(&QueryBlock { h: outer * heads + head, q0: qb * Q_BLOCK, rows }, &mut dense);
+                        for (i, row) in dense.chunks(dv).enumerate() {
+                            block_out[(i * heads + head) * dv..][..dv].copy_from_slice(row);
+                        }
+                    }
+                });
+            });
+        }
+    }
     CpuTensor::from_vec(od, y)
 }
 

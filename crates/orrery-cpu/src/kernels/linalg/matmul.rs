@@ -127,8 +127,16 @@ impl Gemms {
         // tiling them repacks the weight panel once per row tile (gemm has no epilogue hook),
         // which measured slower than the extra pass on a Cosmos DiT block at 2048 tokens
         // (whole block 641 ms tiled vs 605 ms untiled, medians of 9, noisy machine).
-        let tiled = general_gemm(m, n, k) && general_gemm(rows[0].1, cols[0].1, k) && m * n * k < SPLIT_ONE_GEMM_WORK;
-        if !tiled && self.count() == 1 {
+        // A row program needs its segments whole in every run it is given: tile columns must
+        // start on segment boundaries and each output row hold whole segments.
+        let align = epilogue.alignment();
+        let rows_aligned = n.is_multiple_of(align);
+        let tiled = general_gemm(m, n, k)
+            && general_gemm(rows[0].1, cols[0].1, k)
+            && m * n * k < SPLIT_ONE_GEMM_WORK
+            && rows_aligned
+            && TILE_COLS.is_multiple_of(align);
+        if !tiled && (self.count() == 1 || !rows_aligned) {
             // One GEMM over all threads, then the epilogue in parallel chunks (a second pass).
             self.run(y);
             apply_epilogue_pass(y, epilogue);
@@ -178,13 +186,13 @@ const TILE_COLS: usize = 512;
 /// the thread count).
 const EPILOGUE_CHUNK: usize = 2048;
 
-/// Applies `epilogue` in place over all of `y` (a base op's dense output) in parallel chunks,
-/// with one scratch per worker reused across its chunks.
+/// Applies `epilogue` in place over all of `y` (a base op's dense output) in parallel chunks
+/// (whole segments each), with one scratch per worker reused across its chunks.
 pub(crate) fn apply_epilogue_pass<E: Epilogue>(y: &mut [f32], epilogue: &E) {
-    y.par_chunks_mut(EPILOGUE_CHUNK).enumerate().for_each_init(
-        || epilogue.scratch(EPILOGUE_CHUNK),
-        |scratch, (i, chunk)| epilogue.apply(i * EPILOGUE_CHUNK, chunk, scratch),
-    );
+    let chunk = EPILOGUE_CHUNK.div_ceil(epilogue.alignment()) * epilogue.alignment();
+    y.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each_init(|| epilogue.scratch(chunk), |scratch, (i, data)| epilogue.apply(i * chunk, data, scratch));
 }
 
 /// True when `gemm` 0.19 runs an m×n×k product through its general blocked kernel, not one
@@ -205,6 +213,11 @@ pub(crate) trait Epilogue: Sync {
     type Scratch;
     /// Per-task scratch for runs of up to `len` elements.
     fn scratch(&self, len: usize) -> Self::Scratch;
+    /// Every run given to [`Epilogue::apply`] starts at a multiple of this many elements and
+    /// holds a multiple of it (a row program's segments stay whole).
+    fn alignment(&self) -> usize {
+        1
+    }
     /// Replaces `data`, the op's values at flat output positions `start..start + data.len()`,
     /// by the epilogue's results there.
     fn apply(&self, start: usize, data: &mut [f32], scratch: &mut Self::Scratch);

@@ -24,13 +24,13 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
             };
             Ok(matmul::linear(x, w, bias, out))
         }
-        Op::Attention { scale, mask } => {
+        Op::Attention { scale, mask, layout } => {
             let (q, k, v, mask) = match (inputs, mask) {
                 ([q, k, v], AttentionMask::None) => (q, k, v, None),
                 ([q, k, v, m], kind) if *kind != AttentionMask::None => (q, k, v, Some((*m, *kind))),
                 _ => return Err(wrong_inputs()),
             };
-            Ok(attention::attention(q, k, v, mask, *scale as f32, out))
+            Ok(attention::attention(q, k, v, mask, *scale as f32, *layout, out))
         }
         _ => Err(CpuError::kernel(op, "not a linear-algebra op")),
     }

@@ -1,0 +1,98 @@
+//! Row programs moved above the permute that splits heads out, so they can join the epilogue
+//! of the projection that produced the heads.
+
+use super::{Patch, Rule, Value};
+use orrery_ir::{Graph, NodeId, Op};
+
+/// `FUSED(PERMUTE(V, p), E…)` → `PERMUTE(FUSED(V, E'…), p)` when `p` keeps the last axis (so
+/// row segments are unchanged), the permute has no other use, and every user of the program
+/// is an attention op, which reads its operands through any strides: the program then runs
+/// in `V`'s dense layout and the permute stays a free view. Each other operand `E` is brought
+/// to `V`'s axis order by views: a reshape adding leading size-1 axes up to the rank, then the
+/// inverse permute (`E'`). Named `<program>.hoisted` (the program), `<program>.perm` (the
+/// permute) and `<program>.in{i}`, `<program>.in{i}.perm` (the operand views).
+///
+/// The point is the typical q/k path `permute(reshape(linear(h)))` → RMS norm → RoPE →
+/// attention: after this rule the norm and rotation see `reshape(linear(h))`, and epilogue
+/// fusion folds them into the projection.
+pub struct HoistThroughPermute;
+
+impl Rule for HoistThroughPermute {
+    fn name(&self) -> &str {
+        "hoist_through_permute"
+    }
+
+    fn propose(&self, graph: &Graph) -> Option<Patch> {
+        let uses = graph.use_counts();
+        let users = users(graph);
+        graph.ids().find_map(|id| hoist(graph, &uses, &users, id))
+    }
+}
+
+/// For each value, the op nodes reading it.
+fn users(graph: &Graph) -> Vec<Vec<NodeId>> {
+    let mut users = vec![Vec::new(); graph.len()];
+    for (id, node) in graph.ids().zip(graph.nodes()) {
+        for &i in &node.inputs {
+            users[i.0].push(id);
+        }
+    }
+    users
+}
+
+fn hoist(graph: &Graph, uses: &[usize], users: &[Vec<NodeId>], id: NodeId) -> Option<Patch> {
+    let node = graph.node(id);
+    let Some(Op::Fused(program)) = node.op() else { return None };
+    let out_dims = node.ty.shape.dims();
+    let r = out_dims.len();
+    let only_attention = !users[id.0].is_empty()
+        && users[id.0].len() == uses[id.0]
+        && users[id.0].iter().all(|u| matches!(graph.node(*u).op(), Some(Op::Attention { .. })));
+    if r < 2 || !only_attention {
+        return None;
+    }
+    // The permuted operand: full-shape, used only here, keeping the last axis.
+    let (slot, perm) = node.inputs.iter().enumerate().find_map(|(slot, &u)| {
+        let un = graph.node(u);
+        match un.op() {
+            Some(Op::Permute { perm })
+                if perm[r - 1] == r - 1 && uses[u.0] == 1 && un.ty.shape.dims() == out_dims && perm.len() == r =>
+            {
+                Some((slot, perm.clone()))
+            }
+            _ => None,
+        }
+    })?;
+    let source = graph.node(node.inputs[slot]).inputs[0];
+    let mut inverse = vec![0; r];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    let mut patch = Patch::new(format!("move `{}` above the permute of its operand {slot}", node.name));
+    let mut inputs: Vec<Value> = Vec::new();
+    for (i, &e) in node.inputs.iter().enumerate() {
+        if i == slot {
+            inputs.push(Value::Existing(source));
+            continue;
+        }
+        let dims = graph.node(e).ty.shape.dims();
+        let mut v = Value::Existing(e);
+        let suffix = format!("in{i}");
+        if dims.len() < r {
+            let mut full = vec![1; r - dims.len()];
+            full.extend_from_slice(dims);
+            v = patch.op(graph, id, &suffix, Op::Reshape { shape: full }, &[v]).ok()?;
+        }
+        if !(0..r).all(|a| inverse[a] == a) {
+            v = patch.op(graph, id, &format!("{suffix}.perm"), Op::Permute { perm: inverse.clone() }, &[v]).ok()?;
+        }
+        inputs.push(v);
+    }
+    let hoisted = patch.op(graph, id, "hoisted", Op::Fused(program.clone()), &inputs).ok()?;
+    let permuted = patch.op(graph, id, "perm", Op::Permute { perm }, &[hoisted]).ok()?;
+    if *patch.ty(graph, permuted) != node.ty {
+        return None;
+    }
+    patch.replace(id, permuted);
+    Some(patch)
+}
