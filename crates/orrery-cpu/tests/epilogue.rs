@@ -170,3 +170,62 @@ fn inference_refuses_bad_epilogues() {
     assert_eq!(cost.flops, 20 * (2 * 3) + 20 * (1 + 14));
     assert_eq!(cost.bytes, 4 * (12 + 15 + 5 + 20));
 }
+
+/// `rms_norm(v0) · v1` over segments of `len`, then rotated by `v2`/`v3`: the q/k path of a
+/// DiT attention as a row program.
+fn qk_norm_rope(len: usize) -> FusedProgram {
+    FusedProgram {
+        n_inputs: 4,
+        steps: vec![
+            FusedStep::Binary(BinaryOp::Mul, 0, 0),                         // v4
+            FusedStep::SegMean { x: 4, len },                               // v5
+            FusedStep::Const(1e-6),                                         // v6
+            FusedStep::Binary(BinaryOp::Add, 5, 6),                         // v7
+            FusedStep::Unary(UnaryOp::Rsqrt, 7),                            // v8
+            FusedStep::Binary(BinaryOp::Mul, 0, 8),                         // v9
+            FusedStep::Binary(BinaryOp::Mul, 9, 1),                         // v10
+            FusedStep::Rotate { x: 10, len, style: RopeStyle::RotateHalf }, // v11
+            FusedStep::Binary(BinaryOp::Mul, 10, 2),                        // v12
+            FusedStep::Binary(BinaryOp::Mul, 11, 3),                        // v13
+            FusedStep::Binary(BinaryOp::Add, 12, 13),                       // v14
+        ],
+    }
+}
+
+#[test]
+fn row_epilogues_over_a_reshaped_linear_output() {
+    // [rows, H·Dh] read as [B, L, H, Dh]: tiled (H·Dh = 1024, tiles of 512 hold whole heads),
+    // one GEMM then a pass (narrow), and segments that straddle output rows (48 = 3 × 16 read
+    // as rows of 24: the pass runs over flat aligned chunks).
+    for (i, &(batch, len, heads, dh, k)) in
+        [(1, 300, 8, 128, 96), (2, 5, 3, 4, 7), (1, 130, 2, 24, 33)].iter().enumerate()
+    {
+        let seed = 100 + 10 * i as u64;
+        let n = heads * dh;
+        let x = rand_f32(seed, &[batch, len, k]);
+        let w = rand_f32(seed + 1, &[n, k]);
+        let norm_w = rand_f32(seed + 2, &[dh]);
+        let cos = rand_f32(seed + 3, &[1, len, 1, dh]);
+        let sin = rand_f32(seed + 4, &[1, len, 1, dh]);
+        let view = vec![batch, len, heads, dh];
+        let op = Op::Epilogue {
+            base: Box::new(Op::Linear { has_bias: false }),
+            program: qk_norm_rope(dh),
+            view: Some(view.clone()),
+        };
+        let inputs = [x.clone(), w.clone(), norm_w.clone(), cos.clone(), sin.clone()];
+        let got = check_op(&op, &inputs, 1e-5);
+        assert_eq!(got.shape(), view.as_slice());
+        let base = run_cpu(&Op::Linear { has_bias: false }, &[&x, &w]).reshape(&view);
+        let unfused = run_cpu(&Op::Fused(qk_norm_rope(dh)), &[&base, &norm_w, &cos, &sin]);
+        assert_eq!(bits(&got), bits(&unfused), "{op}");
+        let args: Vec<&CpuTensor> = inputs.iter().collect();
+        assert_eq!(bits(&with_threads(3, || run_cpu(&op, &args))), bits(&got), "{op}: 3 threads");
+    }
+    // Segments of 48 over rows of 24 output columns: the view [2, 48] of a [4, 24] linear.
+    let x = rand_f32(7, &[4, 5]);
+    let w = rand_f32(8, &[24, 5]);
+    let program = FusedProgram { n_inputs: 1, steps: vec![FusedStep::SegMean { x: 0, len: 48 }] };
+    let op = Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: Some(vec![2, 48]) };
+    check_op(&op, &[x, w], 1e-6);
+}

@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use orrery_cpu::CpuTensor;
-use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, Op};
+use orrery_ir::{AttentionLayout, AttentionMask, ConvPadMode, ConvParams, DType, Op};
 use proptest::prelude::*;
 
 const TOL: f64 = 1e-5;
@@ -225,4 +225,20 @@ fn outputs_do_not_depend_on_the_thread_count() {
     let one = with_threads(1, chain);
     assert_eq!(one, with_threads(2, chain), "1 vs 2 threads");
     assert_eq!(one, with_threads(3, chain), "1 vs 3 threads");
+}
+
+#[test]
+fn tokens_major_attention_equals_the_permuted_heads_major_output() {
+    // Rows cross the 128-row query block; several heads, a batch of 2, strided q.
+    for &(batch, heads, lq, lk, d) in &[(2, 3, 130, 70, 8), (1, 1, 5, 1, 4), (1, 8, 257, 513, 16)] {
+        let q = as_permuted_view(&rand_f32(1, &[batch, heads, lq, d]), &[0, 2, 1, 3]);
+        let k = rand_f32(2, &[batch, heads, lk, d]);
+        let v = rand_f32(3, &[batch, heads, lk, d]);
+        let op = Op::Attention { scale: 0.3, mask: AttentionMask::None, layout: AttentionLayout::TokensMajor };
+        let got = check_op(&op, &[q.clone(), k.clone(), v.clone()], TOL);
+        assert_eq!(got.shape(), &[batch, lq, heads, d]);
+        let heads_major = run_cpu(&Op::attention(0.3, AttentionMask::None), &[&q, &k, &v]);
+        let permuted = heads_major.permute(&[0, 2, 1, 3]).contiguous();
+        assert_eq!(bits(&got), bits(&permuted));
+    }
 }
