@@ -1,6 +1,6 @@
 //! The component contract every model implements, and the registry choosing one from a config.
 
-use crate::{ComponentConfig, ModelError, OrreryTestMlp, WeightTypes};
+use crate::{t5, ComponentConfig, ModelError, OrreryTestMlp, WeightTypes};
 use orrery_ir::Graph;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,11 +53,15 @@ pub trait Component: Send + Sync {
 }
 
 /// Every class name orrery can build, for error messages.
-pub const SUPPORTED_CLASSES: &[&str] = &["OrreryTestMlp"];
+pub const SUPPORTED_CLASSES: &[&str] =
+    &["OrreryTestMlp", "T5EncoderModel", "T5ForConditionalGeneration", "T5WithLMHeadModel", "T5Model"];
 
 /// Reads `path` (a component folder or a config.json) and returns its model.
 pub fn load_component(path: &Path) -> Result<Box<dyn Component>, ModelError> {
     let config = ComponentConfig::read(path)?;
+    if t5::is_t5(&config) {
+        return Ok(Box::new(t5::T5Encoder::from_config(&config)?));
+    }
     match config.class.as_str() {
         "OrreryTestMlp" => Ok(Box::new(OrreryTestMlp::from_config(&config)?)),
         other => Err(ModelError::UnknownClass {

@@ -55,6 +55,18 @@ impl ComponentConfig {
         }
     }
 
+    /// An optional finite number (`null` counts as absent).
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
+        match self.json.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| self.err(format!("`{key}` must be a finite number, got {v}"))),
+        }
+    }
+
     pub fn opt_str(&self, key: &str) -> Result<Option<&str>, ModelError> {
         match self.json.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -63,13 +75,14 @@ impl ComponentConfig {
         }
     }
 
-    /// `torch_dtype` when present and known.
+    /// `torch_dtype` (or `dtype`, as transformers 5 writes it) when present and known.
     pub fn torch_dtype(&self) -> Result<Option<DType>, ModelError> {
-        match self.opt_str("torch_dtype")? {
+        let key = if self.json.get("torch_dtype").is_some() { "torch_dtype" } else { "dtype" };
+        match self.opt_str(key)? {
             None => Ok(None),
             Some(s) => DType::parse(s.trim_start_matches("torch."))
                 .map(Some)
-                .ok_or_else(|| self.err(format!("`torch_dtype` {s:?} is not one of float32, float16, bfloat16"))),
+                .ok_or_else(|| self.err(format!("`{key}` {s:?} is not one of float32, float16, bfloat16"))),
         }
     }
 }

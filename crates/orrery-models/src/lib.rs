@@ -12,6 +12,7 @@ mod component;
 mod config;
 pub mod cosmos;
 mod error;
+pub mod t5;
 mod test_mlp;
 mod weight_types;
 

@@ -16,6 +16,15 @@ pub enum WeightTypes<'a> {
 }
 
 impl WeightTypes<'_> {
+    /// True when the checkpoint has a tensor `name` (never for assumed types): for choosing
+    /// between alternative keys of the same weight.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            WeightTypes::Checkpoint(lookup) => lookup(name).is_some(),
+            WeightTypes::Assumed(_) => false,
+        }
+    }
+
     /// Declares weight `name` whose shape the config implies.
     pub fn declare(&self, b: &mut GraphBuilder, name: &str, shape: &[usize]) -> Result<NodeId, ModelError> {
         let dtype = match self {
