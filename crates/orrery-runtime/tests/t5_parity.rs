@@ -5,7 +5,6 @@
 //! Bound: 1e-4 relative (max|out − ref| / max|ref|); a correct f32 port lands near 1e-6.
 
 use orrery_compiler::compile;
-use orrery_cpu::CpuTensor;
 use orrery_formats::{open_weights, FormatError, SourceReport, TensorBytes, TensorInfo, WeightSource};
 use orrery_models::{load_component, WeightTypes};
 use orrery_runtime::{tensor_from_source, FormatWeights, Session};
