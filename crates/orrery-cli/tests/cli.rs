@@ -281,3 +281,31 @@ fn inspect_lists_pt_tensors_with_dtypes_and_shapes() {
     assert!(!tensors.is_empty());
     assert!(tensors.iter().any(|t| t["dtype"] == "bf16"), "{v}");
 }
+
+#[test]
+fn t5_11b_config_compiles_with_the_encoder_parameter_count() {
+    // configs/t5-11b: t5-11b's published config (no weights). The encoder alone: the tied
+    // table, 24 blocks of q/k/v/o (1024 × 128·128) and wi/wo (1024 × 65536) plus two norms, the
+    // final norm and block 0's relative bias table (32 buckets × 128 heads).
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/t5-11b");
+    let o = orrery(&[
+        "compile",
+        config.to_str().unwrap(),
+        "--shape",
+        "input_ids=1x512",
+        "--shape",
+        "attention_mask=1x512",
+        "--weight-dtype",
+        "bf16",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (d, inner, ff, layers) = (1024u64, 128 * 128u64, 65536u64, 24u64);
+    let params = 32128 * d + layers * (4 * d * inner + 2 * d * ff + 2 * d) + d + 32 * 128;
+    let weight_bytes = v["weight_bytes"].as_u64().unwrap();
+    let ratio = weight_bytes as f64 / (2 * params) as f64;
+    assert!((ratio - 1.0).abs() <= 0.01, "weight_bytes {weight_bytes} vs {} bf16 parameters", params);
+    // The decoder's weights are not part of the plan.
+    assert!(v["kernels"].as_array().unwrap().iter().all(|k| !k["name"].as_str().unwrap().contains("decoder")));
+}
