@@ -26,7 +26,24 @@ def case(name):
         return (lambda: torch.nn.functional.conv2d(x, w, padding=1)), 2.0 * 256 * 64 * 64 * 256 * 9
     if name in ("dit", "dit_unfused"):
         return dit_block_case()
+    if name in ("t5", "t5_unfused"):
+        return t5_case()
     raise SystemExit(f"unknown case {name}")
+
+
+def t5_case():
+    """transformers T5EncoderModel: d_model 1024, 8 heads x 128, d_ff 4096 (ReLU), 4 layers,
+    512 tokens, batch 1, random weights, all-ones attention mask."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=32128, d_model=1024, d_kv=128, d_ff=4096, num_layers=4, num_heads=8,
+                      feed_forward_proj="relu")
+    model = T5EncoderModel(config).eval()
+    ids = torch.randint(0, 32128, (1, 512))
+    mask = torch.ones(1, 512, dtype=torch.long)
+    L, D, H, DK, FF = 512, 1024, 8, 128, 4096
+    flops = 4 * (2 * L * D * H * DK * 4 + 2 * L * D * FF * 2 + 2 * H * L * L * DK * 2)
+    return (lambda: model(input_ids=ids, attention_mask=mask)), flops
 
 
 def dit_block_case():

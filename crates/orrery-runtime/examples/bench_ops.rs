@@ -4,13 +4,16 @@
 //! prints one JSON line: the case, median and all run times (first, warm-up run excluded) and
 //! the achieved GFLOP/s. Cases: `gemm<N>` (N³ f32), `attn<L>` (16 heads × 64, self-attention
 //! of length L), `conv` (3×3, 256→256 channels at 64×64), `dit` / `dit_unfused` (one Cosmos DiT
-//! block, hidden 1024, 2048 tokens, text 512, compiled with and without the rewrite passes). `tools/bench/compare.sh` interleaves
+//! block, hidden 1024, 2048 tokens, text 512, compiled with and without the rewrite passes), `t5`
+//! / `t5_unfused` (a T5 encoder: d_model 1024, 8 heads × 128, d_ff 4096, 4 layers, 512 tokens).
+//! `tools/bench/compare.sh` interleaves
 //! these runs with `tools/bench/torch_ops.py` on the same shapes.
 
 use orrery_compiler::{CompileOptions, Passes};
 use orrery_cpu::CpuTensor;
-use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, Graph, GraphBuilder, Op};
+use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, Graph, GraphBuilder, Op, UnaryOp};
 use orrery_models::cosmos::{dit_block, DitBlockConfig, DitBlockInputs};
+use orrery_models::t5::{encoder_graph, FeedForward, T5EncoderConfig};
 use orrery_models::WeightTypes;
 use orrery_runtime::{MemoryWeights, Session};
 use std::collections::HashMap;
@@ -92,6 +95,23 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
         };
         let y = dit_block(&mut b, &WeightTypes::Assumed(DType::F32), "blk", &cfg, &inp).ok()?;
         b.output("y", y).ok()?;
+    } else if name == "t5" || name == "t5_unfused" {
+        // transformers' T5EncoderModel at d_model 1024, 8 heads × 128, d_ff 4096 (ReLU), 4
+        // layers, 512 tokens, batch 1.
+        let config = T5EncoderConfig {
+            vocab_size: 32128,
+            d_model: 1024,
+            d_kv: 128,
+            d_ff: 4096,
+            num_layers: 4,
+            num_heads: 8,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            layer_norm_epsilon: 1e-6,
+            feed_forward: FeedForward { act: UnaryOp::Relu, gated: false },
+        };
+        let graph = encoder_graph(&config, &WeightTypes::Assumed(DType::F32), 1, 512, true).ok()?;
+        return Some((graph, vec![("input_ids", vec![1, 512]), ("attention_mask", vec![1, 512])]));
     } else {
         return None;
     }
@@ -123,8 +143,22 @@ fn main() {
     let flops = plan.flops as f64;
     let (n_kernels, arena) = (plan.kernels.iter().filter(|k| !k.is_view).count(), plan.arena_bytes);
     let session = Session::new(plan, Arc::new(weights), threads).expect("thread pool");
-    let feed: HashMap<String, CpuTensor> =
-        inputs.iter().enumerate().map(|(i, (n, s))| (n.to_string(), filled(s, i as u32))).collect();
+    // Float inputs get deterministic values; the T5 token ids are in range and its mask is ones.
+    let feed: HashMap<String, CpuTensor> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (n, s))| {
+            let t = match *n {
+                "input_ids" => CpuTensor::from_vec(
+                    s.clone(),
+                    (0..s.iter().product::<usize>() as i64).map(|v| v * 37 % 32128).collect(),
+                ),
+                "attention_mask" => CpuTensor::from_vec(s.clone(), vec![1i64; s.iter().product()]),
+                _ => filled(s, i as u32),
+            };
+            (n.to_string(), t)
+        })
+        .collect();
     let mut times = Vec::new();
     let mut per_kernel: Vec<f64> = Vec::new();
     for i in 0..=runs {

@@ -14,7 +14,7 @@ mod buckets;
 mod encoder;
 
 pub use buckets::{bidirectional_bucket, bucket_table};
-pub use encoder::{encoder_graph, T5EncoderConfig};
+pub use encoder::{encoder_graph, FeedForward, T5EncoderConfig};
 
 use crate::component::check_method;
 use crate::{Component, ComponentConfig, InputKind, InputSpec, ModelError, WeightTypes};

@@ -155,21 +155,17 @@ fn select<T: Scalar>(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result
 }
 
 /// `dst[i] = f(src[i])` with the same scalar functions as the unfused unary kernels (so fused
-/// programs give the same bits); one loop per function so each inlines.
+/// programs give the same bits); one loop per function so each inlines, in AVX2 where the CPU
+/// has it (same bits: no FMA contraction happens in Rust).
 pub(in crate::kernels) fn unary_slice(f: UnaryOp, src: &[f32], dst: &mut [f32]) {
-    with_unary_fn!(f, g => {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = g(s);
-        }
-    })
+    with_unary_fn!(f, g => strided::map_dense(dst, src, &g))
 }
 
-/// `dst[i] = a[i] ∘ b[i]` with the unfused binary kernels' scalar functions.
+/// `dst[i] = a[i] ∘ b[i]` with the unfused binary kernels' scalar functions (AVX2 loops where
+/// available, as [`unary_slice`]).
 pub(in crate::kernels) fn binary_slice(f: BinaryOp, a: &[f32], b: &[f32], dst: &mut [f32]) {
     fn zip(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
-        for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
-            *d = f(x, y);
-        }
+        strided::zip_dense(dst, a, b, &f);
     }
     match f {
         BinaryOp::Add => zip(a, b, dst, |x, y| x + y),

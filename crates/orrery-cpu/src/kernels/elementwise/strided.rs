@@ -174,7 +174,7 @@ pub(in crate::kernels) fn map_view<S: Copy + Sync, D: Clone + Default + Send>(
 /// time. Every operation is an IEEE operation without contraction, so both versions give the
 /// same bits.
 #[inline(always)]
-fn map_dense<S: Copy, D>(dst: &mut [D], src: &[S], f: &impl Fn(S) -> D) {
+pub(super) fn map_dense<S: Copy, D>(dst: &mut [D], src: &[S], f: &impl Fn(S) -> D) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
@@ -195,6 +195,31 @@ fn map_dense_portable<S: Copy, D>(dst: &mut [D], src: &[S], f: &impl Fn(S) -> D)
 #[target_feature(enable = "avx2")]
 unsafe fn map_dense_avx2<S: Copy, D>(dst: &mut [D], src: &[S], f: &impl Fn(S) -> D) {
     map_dense_portable(dst, src, f);
+}
+
+/// `dst[i] = f(a[i], b[i])`, in an AVX2 copy of the loop where the CPU has it.
+#[inline(always)]
+pub(super) fn zip_dense<A: Copy, B: Copy, D>(dst: &mut [D], a: &[A], b: &[B], f: &impl Fn(A, B) -> D) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { zip_dense_avx2(dst, a, b, f) };
+        return;
+    }
+    zip_dense_portable(dst, a, b, f);
+}
+
+#[inline(always)]
+fn zip_dense_portable<A: Copy, B: Copy, D>(dst: &mut [D], a: &[A], b: &[B], f: &impl Fn(A, B) -> D) {
+    for ((d, &x), &y) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(x, y);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn zip_dense_avx2<A: Copy, B: Copy, D>(dst: &mut [D], a: &[A], b: &[B], f: &impl Fn(A, B) -> D) {
+    zip_dense_portable(dst, a, b, f);
 }
 
 /// `f(a, b)` over the broadcast shape `dims`, dense row-major, computed in parallel. `xa` and
