@@ -7,7 +7,10 @@ Three folders under crates/orrery-runtime/tests/fixtures/t5/:
 - `gated_gelu`: T5EncoderModel, T5 v1.1's gated-gelu (tanh GELU), sharded safetensors;
 - `t5_11b_tiny`: a full T5ForConditionalGeneration (encoder and decoder) saved as
   pytorch_model.bin, whose config.json carries t5-11b's own keys (architectures
-  T5WithLMHeadModel, no feed_forward_proj) with tiny sizes.
+  T5WithLMHeadModel, no feed_forward_proj) with tiny sizes;
+- `with_tokenizer`: a ReLU T5EncoderModel whose vocabulary is the tokenizer fixture's
+  (crates/orrery-text/tests/fixtures/t5_tiny), with `encode_text.safetensors`: the ids, mask and
+  `last_hidden_state` transformers gives for PROMPTS at max_length 32 (`orrery encode-text`).
 Every parameter is overwritten with seeded random values (norm weights 1 + 0.1 N(0,1), other
 tables N(0,1), matrices N(0,1)/sqrt(fan_in)) so no code path hides behind a zero.
 
@@ -25,11 +28,14 @@ import shutil
 
 import torch
 from safetensors.torch import save_file
-from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration
+from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5TokenizerFast
 
 OUT = os.path.join("crates", "orrery-runtime", "tests", "fixtures", "t5")
 torch.set_num_threads(2)
 torch.use_deterministic_algorithms(True)
+
+TOKENIZER = os.path.join("crates", "orrery-text", "tests", "fixtures", "t5_tiny")
+PROMPTS = ["A robot arm picks up a red cube from a cluttered table.", ""]
 
 SMALL = dict(vocab_size=96, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=4,
              relative_attention_num_buckets=32, relative_attention_max_distance=128,
@@ -110,6 +116,21 @@ def main():
         if extra not in ("config.json", "pytorch_model.bin"):
             os.remove(os.path.join(d, extra))
     write_io(d, SMALL["vocab_size"], 30)
+
+    # The tokenizer fixture's vocabulary, run end to end from prompts.
+    d = fresh("with_tokenizer")
+    tokenizer = T5TokenizerFast.from_pretrained(TOKENIZER)
+    model = T5EncoderModel(T5Config(**dict(SMALL, vocab_size=len(tokenizer)), feed_forward_proj="relu"))
+    randomize(model, 4)
+    model.save_pretrained(d)
+    model = T5EncoderModel.from_pretrained(d, dtype=torch.float32).eval()
+    batch = tokenizer(PROMPTS, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    save_file({"input_ids": batch.input_ids.contiguous(), "attention_mask": batch.attention_mask.contiguous(),
+               "last_hidden_state": out.contiguous()}, os.path.join(d, "encode_text.safetensors"))
+    with open(os.path.join(d, "prompts.json"), "w") as f:
+        json.dump(PROMPTS, f)
     for root, _, files in os.walk(OUT):
         for f in sorted(files):
             p = os.path.join(root, f)

@@ -1,9 +1,10 @@
-//! The `orrery` command-line tool: `inspect`, `run` and `compile`.
+//! The `orrery` command-line tool: `inspect`, `run`, `compile` and `encode-text`.
 //!
 //! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
 
 mod bind;
 mod cmd_compile;
+mod cmd_encode_text;
 mod cmd_inspect;
 mod cmd_run;
 mod component_plan;
@@ -34,6 +35,9 @@ enum Command {
     Run(cmd_run::RunArgs),
     /// Build and plan a component at given input shapes; weights are optional.
     Compile(cmd_compile::CompileArgs),
+    /// Tokenize prompts and run the T5 text encoder on them; prints the token ids and
+    /// statistics of the embeddings.
+    EncodeText(cmd_encode_text::EncodeTextArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Inspect { path, json } => cmd_inspect::inspect(&path, json),
         Command::Run(args) => cmd_run::run(&args),
         Command::Compile(args) => cmd_compile::compile(&args),
+        Command::EncodeText(args) => cmd_encode_text::encode_text(&args),
     };
     match result {
         Ok(code) => code,

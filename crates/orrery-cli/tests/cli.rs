@@ -309,3 +309,112 @@ fn t5_11b_config_compiles_with_the_encoder_parameter_count() {
     // The decoder's weights are not part of the plan.
     assert!(v["kernels"].as_array().unwrap().iter().all(|k| !k["name"].as_str().unwrap().contains("decoder")));
 }
+
+/// Reads one tensor of any dtype as f64 values.
+fn read_f64(path: &Path, name: &str) -> Vec<f64> {
+    let source = orrery_formats::open_weights(path).unwrap();
+    orrery_runtime::tensor_from_source(source.as_ref(), name).unwrap().to_f64_vec()
+}
+
+#[test]
+fn encode_text_matches_the_transformers_tokenizer_and_encoder() {
+    // tools/reference/make_t5_fixtures.py: a T5 encoder over the tokenizer fixture's vocabulary
+    // and transformers' ids, mask and last_hidden_state for two prompts at max_length 32.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("crates/orrery-runtime/tests/fixtures/t5/with_tokenizer");
+    let tokenizer = root.join("crates/orrery-text/tests/fixtures/t5_tiny");
+    let prompts: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(model.join("prompts.json")).unwrap()).unwrap();
+    let out = tmp_dir("encode-text").join("emb.safetensors");
+    let mut args = vec!["encode-text", "--model", model.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap()];
+    for p in &prompts {
+        args.extend(["--prompt", p.as_str()]);
+    }
+    args.extend(["--max-length", "32", "--output", out.to_str().unwrap(), "--json"]);
+    let o = orrery(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let expected = model.join("encode_text.safetensors");
+    let ids = read_f64(&expected, "input_ids");
+    let mask = read_f64(&expected, "attention_mask");
+    for (b, row) in v["prompts"].as_array().unwrap().iter().enumerate() {
+        let length = mask[b * 32..(b + 1) * 32].iter().filter(|&&m| m == 1.0).count();
+        assert_eq!(row["length"].as_u64().unwrap() as usize, length);
+        let got: Vec<f64> = row["ids"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(got, ids[b * 32..b * 32 + length], "prompt {b}");
+    }
+    assert_eq!(v["shape"], serde_json::json!([2, 32, 16]));
+    let (_, got) = read_f32(&out, "last_hidden_state");
+    let (_, reference) = read_f32(&expected, "last_hidden_state");
+    let err = rel_err(&got, &reference);
+    assert!(err <= 1e-4, "relative error {err:e}");
+}
+
+#[test]
+fn encode_text_refuses_a_tokenizer_of_another_vocabulary() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("crates/orrery-runtime/tests/fixtures/t5/relu");
+    let tokenizer = root.join("crates/orrery-text/tests/fixtures/t5_tiny");
+    let o = orrery(&[
+        "encode-text",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--prompt",
+        "a very long prompt with many different words",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("outside the encoder's vocabulary of 96"), "{}", stderr(&o));
+    // No tokenizer with the model: the message says where to point.
+    let o = orrery(&["encode-text", "--model", model.to_str().unwrap(), "--prompt", "x"]);
+    assert!(stderr(&o).contains("tokenizer.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn run_executes_the_t5_encoder_component() {
+    // `orrery run` on a T5 folder: inputs input_ids and attention_mask (i64), output
+    // last_hidden_state, padded rows as transformers returns them.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("crates/orrery-runtime/tests/fixtures/t5/gated_gelu");
+    let io = model.join("io_L200.safetensors");
+    let ids: Vec<i64> = read_f64(&io, "input_ids").iter().map(|&v| v as i64).collect();
+    let mask: Vec<i64> = read_f64(&io, "attention_mask").iter().map(|&v| v as i64).collect();
+    let bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (ids_b, mask_b) = (bytes(&ids), bytes(&mask));
+    let dir = tmp_dir("run-t5");
+    let inputs = dir.join("inputs.safetensors");
+    let shape = [2usize, 200];
+    orrery_formats::write_safetensors(
+        &inputs,
+        &[
+            orrery_formats::TensorToWrite {
+                name: "input_ids",
+                dtype: orrery_ir::DType::I64,
+                shape: &shape,
+                data: &ids_b,
+            },
+            orrery_formats::TensorToWrite {
+                name: "attention_mask",
+                dtype: orrery_ir::DType::I64,
+                shape: &shape,
+                data: &mask_b,
+            },
+        ],
+    )
+    .unwrap();
+    let out = dir.join("out.safetensors");
+    let o = orrery(&[
+        "run",
+        model.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (shape, got) = read_f32(&out, "last_hidden_state");
+    assert_eq!(shape, [2, 200, 16]);
+    let (_, reference) = read_f32(&io, "last_hidden_state");
+    assert!(rel_err(&got, &reference) <= 1e-4);
+}
