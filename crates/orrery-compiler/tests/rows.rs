@@ -133,11 +133,13 @@ fn qk_norm_and_rope_join_the_projection_and_attention_writes_merged_heads() {
     let before = qk_norm_rope_attention(batch, len, heads, dh);
     let after = fused(before.clone());
     let names = ops(&after);
-    // q and k: the projection with the norm and rotation as its epilogue over [B, L, H, Dh].
-    for name in ["q.rope.rows.fused.hoisted.epilogue", "k.rope.rows.fused.hoisted.epilogue"] {
-        let Op::Epilogue { base, program, view } = op(&after, name) else { panic!("{name}: {names:?}") };
+    // q and k: the projection with the norm and rotation as its epilogue over [B, L, H, Dh],
+    // stored heads-major for the attention.
+    for name in ["q.rope.rows.fused.perm.stored", "k.rope.rows.fused.perm.stored"] {
+        let Op::Epilogue { base, program, view, perm } = op(&after, name) else { panic!("{name}: {names:?}") };
         assert_eq!(**base, Op::Linear { has_bias: false });
         assert_eq!(view.as_deref(), Some(&[batch, len, heads, dh][..]));
+        assert_eq!(perm.as_deref(), Some(&[0, 2, 1, 3][..]));
         assert!(program.has_row_steps(), "{program}");
     }
     let Op::Attention { layout, .. } = op(&after, "o.blhd.attention") else { panic!("{names:?}") };

@@ -41,7 +41,7 @@ fn modulation() -> FusedProgram {
 /// Checks `epilogue{base; program}` on `base_inputs ++ extras`: reference within `tol`, the
 /// unfused pair bit for bit, and 1, 2 and 3 threads bit for bit.
 fn check(base: Op, program: FusedProgram, base_inputs: &[CpuTensor], extras: &[CpuTensor], tol: f64) {
-    let op = Op::Epilogue { base: Box::new(base.clone()), program: program.clone(), view: None };
+    let op = Op::Epilogue { base: Box::new(base.clone()), program: program.clone(), view: None, perm: None };
     let inputs: Vec<CpuTensor> = base_inputs.iter().chain(extras).cloned().collect();
     let got = check_op(&op, &inputs, tol);
     let base_refs: Vec<&CpuTensor> = base_inputs.iter().collect();
@@ -150,16 +150,17 @@ fn norm_rope_and_conv_epilogues() {
 fn inference_refuses_bad_epilogues() {
     let x = rand_f32(0, &[4, 3]);
     let w = rand_f32(1, &[5, 3]);
-    let linear = |program| Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: None };
+    let linear =
+        |program| Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: None, perm: None };
     // An extra operand that would grow the output.
     let err = linear(bias_gelu()).infer(&[x.ty(), w.ty(), rand_f32(2, &[2, 4, 5]).ty()]).unwrap_err();
     assert!(err.contains("does not broadcast to the base's output"), "{err}");
     // A base that is not allowed, and a nested epilogue.
-    let err = Op::Epilogue { base: Box::new(Op::Unary(UnaryOp::Exp)), program: bias_gelu(), view: None }
+    let err = Op::Epilogue { base: Box::new(Op::Unary(UnaryOp::Exp)), program: bias_gelu(), view: None, perm: None }
         .infer(&[x.ty(), x.ty()])
         .unwrap_err();
     assert!(err.contains("cannot take an epilogue"), "{err}");
-    let nested = Op::Epilogue { base: Box::new(linear(bias_gelu())), program: bias_gelu(), view: None };
+    let nested = Op::Epilogue { base: Box::new(linear(bias_gelu())), program: bias_gelu(), view: None, perm: None };
     assert!(nested.infer(&[x.ty(), w.ty(), rand_f32(3, &[5]).ty(), rand_f32(3, &[5]).ty()]).is_err());
     // Wrong input count.
     let err = linear(bias_gelu()).infer(&[x.ty(), w.ty()]).unwrap_err();
@@ -212,6 +213,7 @@ fn row_epilogues_over_a_reshaped_linear_output() {
             base: Box::new(Op::Linear { has_bias: false }),
             program: qk_norm_rope(dh),
             view: Some(view.clone()),
+            perm: None,
         };
         let inputs = [x.clone(), w.clone(), norm_w.clone(), cos.clone(), sin.clone()];
         let got = check_op(&op, &inputs, 1e-5);
@@ -221,11 +223,19 @@ fn row_epilogues_over_a_reshaped_linear_output() {
         assert_eq!(bits(&got), bits(&unfused), "{op}");
         let args: Vec<&CpuTensor> = inputs.iter().collect();
         assert_eq!(bits(&with_threads(3, || run_cpu(&op, &args))), bits(&got), "{op}: 3 threads");
+        // Stored heads-major: the same values, permuted, written densely.
+        let Op::Epilogue { base, program, view, .. } = op.clone() else { unreachable!() };
+        let stored = Op::Epilogue { base, program, view, perm: Some(vec![0, 2, 1, 3]) };
+        let heads_major = check_op(&stored, &inputs, 1e-5);
+        assert_eq!(heads_major.shape(), &[batch, heads, len, dh]);
+        assert_eq!(bits(&heads_major), bits(&got.permute(&[0, 2, 1, 3]).contiguous()), "{stored}");
+        assert_eq!(bits(&with_threads(3, || run_cpu(&stored, &args))), bits(&heads_major), "{stored}: 3 threads");
     }
     // Segments of 48 over rows of 24 output columns: the view [2, 48] of a [4, 24] linear.
     let x = rand_f32(7, &[4, 5]);
     let w = rand_f32(8, &[24, 5]);
     let program = FusedProgram { n_inputs: 1, steps: vec![FusedStep::SegMean { x: 0, len: 48 }] };
-    let op = Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: Some(vec![2, 48]) };
+    let op =
+        Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: Some(vec![2, 48]), perm: None };
     check_op(&op, &[x, w], 1e-6);
 }

@@ -105,7 +105,8 @@ fn fuse(
     let (n_old, n_new) = (program.n_inputs, 1 + extras.len());
     let value = |v: usize| if v < n_old { map[v] } else { v - n_old + n_new };
     let steps = program.steps.iter().map(|s| s.map_operands(value)).collect();
-    let op = Op::Epilogue { base: Box::new(base_op), program: FusedProgram { n_inputs: n_new, steps }, view };
+    let op =
+        Op::Epilogue { base: Box::new(base_op), program: FusedProgram { n_inputs: n_new, steps }, view, perm: None };
     let inputs: Vec<Value> = base_node.inputs.iter().chain(&extras).map(|&x| Value::Existing(x)).collect();
     let mut patch = Patch::new(format!("fuse {} into the epilogue of {}", node.name, base_node.name));
     let fused = patch.op(graph, consumer, "epilogue", op, &inputs).ok()?;

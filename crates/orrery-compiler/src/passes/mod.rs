@@ -30,7 +30,7 @@ pub use cse::Cse;
 pub use dce::Dce;
 pub use fuse_elementwise::FuseElementwise;
 pub use fuse_epilogue::FuseEpilogue;
-pub use hoist_permute::HoistThroughPermute;
+pub use hoist_permute::{HoistThroughPermute, PermuteIntoEpilogue};
 pub use lower_norms::LowerNorms;
 pub use patch::{Patch, Value};
 pub use recognize_attention::RecognizeAttention;
@@ -112,9 +112,9 @@ impl Optimizer {
     /// The default rules, then fusion (which runs on the simplified graph): attention
     /// recognition first (elementwise fusion would otherwise swallow its scale and mask), then
     /// normalisations lowered to row programs, elementwise groups (row programs included), row
-    /// programs feeding attention moved above the head permute, and finally those groups folded
-    /// into the epilogue of the op that feeds them. Each rule runs to exhaustion within a
-    /// sweep, so this order holds.
+    /// programs feeding attention moved above the head permute, those groups folded into the
+    /// epilogue of the op that feeds them, and finally the head permute folded into that
+    /// epilogue's storage. Each rule runs to exhaustion within a sweep, so this order holds.
     pub fn fusing_rules() -> Vec<Box<dyn Rule>> {
         let mut rules = Optimizer::default_rules();
         rules.push(Box::new(RecognizeAttention));
@@ -122,6 +122,7 @@ impl Optimizer {
         rules.push(Box::new(FuseElementwise));
         rules.push(Box::new(HoistThroughPermute));
         rules.push(Box::new(FuseEpilogue));
+        rules.push(Box::new(PermuteIntoEpilogue));
         rules
     }
 

@@ -7,9 +7,14 @@
 //! for bit. Conv, LayerNorm, RmsNorm and Rope run their own kernel and then the program in
 //! place over its output, chunk by chunk in parallel: one kernel and no extra buffer, but a
 //! second pass over memory (fusing the program into those kernels' inner loops is later work).
+//!
+//! With a storage permutation the program's results are also scattered, run by run along the
+//! last axis, to their permuted places in a second buffer while they are in cache: the same
+//! memory traffic as the in-place write, and the consumer (attention) gets dense heads.
 
 use super::fused::{apply_in_place, sources, Scratch, Source};
 use super::linalg::matmul::{apply_epilogue_pass, linear_epilogue, matmul_epilogue, Epilogue};
+use super::linalg::operand::SharedMut;
 use super::{conv, norm};
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{FusedProgram, Op, TensorType};
@@ -19,6 +24,49 @@ struct Program<'a> {
     program: &'a FusedProgram,
     extras: Vec<Source<'a>>,
     dims: &'a [usize],
+    scatter: Option<Scatter>,
+}
+
+/// Where each run of the program's output goes in the permuted buffer.
+struct Scatter {
+    out: SharedMut,
+    /// For each axis of the program's dims, the stride of the permuted buffer along it (the
+    /// last is 1: the permutation keeps the last axis).
+    strides: Vec<usize>,
+}
+
+impl Scatter {
+    fn new(out: &mut [f32], dims: &[usize], perm: &[usize]) -> Scatter {
+        let permuted: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+        let mut dense = vec![1usize; dims.len()];
+        for a in (0..dims.len().saturating_sub(1)).rev() {
+            dense[a] = dense[a + 1] * permuted[a + 1];
+        }
+        let mut strides = vec![0usize; dims.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            strides[p] = dense[i];
+        }
+        Scatter { out: SharedMut(out.as_mut_ptr()), strides }
+    }
+
+    /// Writes `data`, the values at flat positions `start..` of `dims`, to the permuted buffer.
+    fn write(&self, dims: &[usize], start: usize, data: &[f32]) {
+        let last = dims[dims.len() - 1];
+        let mut done = 0;
+        while done < data.len() {
+            let (mut flat, mut offset) = (start + done, 0);
+            for (d, s) in dims.iter().zip(&self.strides).rev() {
+                offset += (flat % d) * s;
+                flat /= d;
+            }
+            let run = (last - (start + done) % last).min(data.len() - done);
+            // SAFETY: the permutation maps positions one to one, every position is written
+            // by exactly one `apply` call, and the buffer outlives the kernel's parallel loop.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.out.add(offset), run) };
+            dst.copy_from_slice(&data[done..done + run]);
+            done += run;
+        }
+    }
 }
 
 impl Epilogue for Program<'_> {
@@ -34,46 +82,57 @@ impl Epilogue for Program<'_> {
 
     fn apply(&self, start: usize, data: &mut [f32], scratch: &mut Scratch) {
         apply_in_place(self.program, &self.extras, self.dims, start, data, scratch);
+        if let Some(scatter) = &self.scatter {
+            scatter.write(self.dims, start, data);
+        }
     }
 }
 
 pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
-    let Op::Epilogue { base, program, .. } = op else { return Err(CpuError::kernel(op, "not an epilogue")) };
+    let Op::Epilogue { base, program, view, perm } = op else {
+        return Err(CpuError::kernel(op, "not an epilogue"));
+    };
     let n_base = base.epilogue_base_inputs().ok_or_else(|| CpuError::kernel(op, "the base cannot take an epilogue"))?;
     if inputs.len() != n_base + program.n_inputs.saturating_sub(1) {
         return Err(CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len())));
     }
     let (base_inputs, extras) = inputs.split_at(n_base);
-    // The base computes its own shape; the program reads that memory as `out` (a reshape).
+    // The base computes its own shape; the program reads that memory in the `view` dims.
     let base_types: Vec<TensorType> = base_inputs.iter().map(|t| t.ty()).collect();
     let base_out = base.infer(&base_types).map_err(|e| CpuError::kernel(op, e))?;
-    let out_of_base = &base_out;
-    let dims = out.shape.dims();
-    let epilogue = Program { program, extras: sources(op, extras, dims)?, dims };
+    let dims: &[usize] = view.as_deref().unwrap_or(base_out.shape.dims());
+    // With a storage permutation the program's results also go to `permuted`, which is the
+    // kernel's output; the base's buffer is then only scratch.
+    let mut permuted = if perm.is_some() { vec![0f32; out.shape.numel()] } else { Vec::new() };
+    let scatter = perm.as_deref().map(|p| Scatter::new(&mut permuted, dims, p));
+    let epilogue = Program { program, extras: sources(op, extras, dims)?, dims, scatter };
     let wrong_inputs = || CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len()));
-    match &**base {
+    let y = match &**base {
         Op::Linear { has_bias } => {
             let (x, w, bias) = match (base_inputs, has_bias) {
                 ([x, w], false) => (x, w, None),
                 ([x, w, b], true) => (x, w, Some(*b)),
                 _ => return Err(wrong_inputs()),
             };
-            Ok(linear_epilogue(x, w, bias, out_of_base, &epilogue).reshape(dims))
+            linear_epilogue(x, w, bias, &base_out, &epilogue)
         }
         Op::MatMul { transpose_a, transpose_b } => {
             let [a, b] = base_inputs else { return Err(wrong_inputs()) };
-            Ok(matmul_epilogue(a, b, *transpose_a, *transpose_b, out_of_base, &epilogue).reshape(dims))
+            matmul_epilogue(a, b, *transpose_a, *transpose_b, &base_out, &epilogue)
         }
         Op::Conv(_) | Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Rope { .. } => {
             let y = if base.family() == orrery_ir::OpFamily::Conv {
-                conv::execute(base, base_inputs, out_of_base)?
+                conv::execute(base, base_inputs, &base_out)?
             } else {
-                norm::execute(base, base_inputs, out_of_base)?
+                norm::execute(base, base_inputs, &base_out)?
             };
             let mut y = y.into_f32_vec();
             apply_epilogue_pass(&mut y, &epilogue);
-            Ok(CpuTensor::from_vec(dims.to_vec(), y))
+            CpuTensor::from_vec(dims.to_vec(), y)
         }
-        _ => Err(CpuError::kernel(op, "the base cannot take an epilogue")),
-    }
+        _ => return Err(CpuError::kernel(op, "the base cannot take an epilogue")),
+    };
+    drop(epilogue);
+    let out_dims = out.shape.dims().to_vec();
+    Ok(if perm.is_some() { CpuTensor::from_vec(out_dims, permuted) } else { y.reshape(&out_dims) })
 }

@@ -372,7 +372,9 @@ impl Op {
                 p.check_segments(&dims)?;
                 Ok(tt(DType::F32, dims))
             }
-            Op::Epilogue { base, program, view } => infer_epilogue(inputs, base, program, view.as_deref()),
+            Op::Epilogue { base, program, view, perm } => {
+                infer_epilogue(inputs, base, program, view.as_deref(), perm.as_deref())
+            }
             Op::Arange { len, dtype, .. } => {
                 want_inputs(inputs, 0..=0)?;
                 if !matches!(dtype, DType::F32 | DType::I64 | DType::I32) {
@@ -396,7 +398,13 @@ pub(crate) fn reduced_dims(dims: &[usize], axes: &[usize], keepdim: bool) -> Vec
         .collect()
 }
 
-fn infer_epilogue(inputs: &[TensorType], base: &Op, program: &FusedProgram, view: Option<&[usize]>) -> Infer {
+fn infer_epilogue(
+    inputs: &[TensorType],
+    base: &Op,
+    program: &FusedProgram,
+    view: Option<&[usize]>,
+    perm: Option<&[usize]>,
+) -> Infer {
     let Some(n_base) = base.epilogue_base_inputs() else {
         return Err(format!(
             "the base {base} cannot take an epilogue (linear, matmul, conv, layer_norm, rms_norm or rope)"
@@ -428,6 +436,15 @@ fn infer_epilogue(inputs: &[TensorType], base: &Op, program: &FusedProgram, view
         if !fits {
             return Err(format!("extra operand {i} {} does not broadcast to the base's output {}", t.shape, out.shape));
         }
+    }
+    if let Some(perm) = perm {
+        let r = out.shape.rank();
+        let mut seen = vec![false; r];
+        let valid = perm.len() == r && perm.iter().all(|&p| p < r && !std::mem::replace(&mut seen[p], true));
+        if !valid || r == 0 || perm[r - 1] != r - 1 {
+            return Err(format!("the storage permutation {perm:?} must permute the {r} axes and keep the last"));
+        }
+        out = tt(DType::F32, perm.iter().map(|&p| out.shape.dims()[p]).collect());
     }
     Ok(out)
 }

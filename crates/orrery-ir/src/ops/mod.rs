@@ -313,10 +313,13 @@ pub enum Op {
     /// its parameters ([`Op::epilogue_base_inputs`]), so it is not stored. The program runs
     /// over the base's output read as `view` (a row-major reshape, same element count; `None`:
     /// the base's own shape), which is y's shape: its input 0 is that output, its inputs `1..`
-    /// are `inputs[n..]` (f32, broadcast up to y's shape, never growing it). y f32. Each step
-    /// rounds to f32 as in [`Op::Fused`], so the result equals running the base op, the
-    /// reshape and then the program, bit for bit, when the kernels agree.
-    Epilogue { base: Box<Op>, program: FusedProgram, view: Option<Vec<usize>> },
+    /// are `inputs[n..]` (f32, broadcast up to that shape, never growing it). With `perm`, the
+    /// result is stored permuted (`y = permute(program(…), perm)`, dense): the kernel writes
+    /// each row to its permuted place while it is in cache, which is how a projection writes
+    /// q or k heads-major `[B, H, L, Dh]` for attention; `perm` keeps the last axis. y f32.
+    /// Each step rounds to f32 as in [`Op::Fused`], so the result equals running the base op,
+    /// the reshape, the program and the permute, bit for bit, when the kernels agree.
+    Epilogue { base: Box<Op>, program: FusedProgram, view: Option<Vec<usize>>, perm: Option<Vec<usize>> },
 }
 
 impl Op {
@@ -511,8 +514,17 @@ impl fmt::Display for Op {
                 write!(f, "{{start={start}, step={step}, len={len}, {dtype}}}")
             }
             Op::Fused(p) => write!(f, "{{{p}}}"),
-            Op::Epilogue { base, program, view: None } => write!(f, "{{{base}; {program}}}"),
-            Op::Epilogue { base, program, view: Some(v) } => write!(f, "{{{base} as {v:?}; {program}}}"),
+            Op::Epilogue { base, program, view, perm } => {
+                write!(f, "{{{base}")?;
+                if let Some(v) = view {
+                    write!(f, " as {v:?}")?;
+                }
+                write!(f, "; {program}")?;
+                if let Some(p) = perm {
+                    write!(f, "; stored permuted {p:?}")?;
+                }
+                f.write_str("}")
+            }
             Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Embedding => Ok(()),
         }
     }

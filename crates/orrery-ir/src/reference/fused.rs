@@ -49,19 +49,46 @@ pub(super) fn run_program(program: &FusedProgram, inputs: &[&RefTensor], out: &T
 /// [`Op::Epilogue`]: the base op by its own reference, then the program over
 /// `[base output, extra operands...]`.
 pub(super) fn eval_epilogue(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTensor, String> {
-    let Op::Epilogue { base, program, .. } = op else { return Err(format!("{op} is not an epilogue")) };
+    let Op::Epilogue { base, program, view, perm } = op else { return Err(format!("{op} is not an epilogue")) };
     let n_base = base.epilogue_base_inputs().ok_or_else(|| format!("{base} cannot take an epilogue"))?;
     if inputs.len() < n_base {
         return Err(format!("expects at least {n_base} inputs, got {}", inputs.len()));
     }
     let in_types: Vec<TensorType> = inputs[..n_base].iter().map(|t| t.ty()).collect();
     let base_ty = base.infer(&in_types)?;
-    // The view is a row-major reshape: the same data under the output's dims.
+    // The view is a row-major reshape: the same data under other dims.
     let mut base_out = eval_op(base, &inputs[..n_base], &base_ty)?;
-    base_out.shape = out.shape.0.clone();
+    base_out.shape = view.clone().unwrap_or(base_ty.shape.0.clone());
+    let program_ty = TensorType { dtype: out.dtype, shape: crate::Shape(base_out.shape.clone()) };
     let mut args: Vec<&RefTensor> = vec![&base_out];
     args.extend_from_slice(&inputs[n_base..]);
-    Ok(run_program(program, &args, out))
+    let y = run_program(program, &args, &program_ty);
+    Ok(match perm {
+        None => y,
+        Some(perm) => permuted(&y, perm),
+    })
+}
+
+/// `y` permuted (`out.dims[i] = y.dims[perm[i]]`), dense.
+fn permuted(y: &RefTensor, perm: &[usize]) -> RefTensor {
+    let dims: Vec<usize> = perm.iter().map(|&p| y.shape[p]).collect();
+    let mut strides = vec![1usize; y.shape.len()];
+    for a in (0..y.shape.len().saturating_sub(1)).rev() {
+        strides[a] = strides[a + 1] * y.shape[a + 1];
+    }
+    let mut data = Vec::with_capacity(y.data.len());
+    let mut index = vec![0usize; dims.len()];
+    for _ in 0..y.data.len() {
+        data.push(y.data[index.iter().zip(perm).map(|(&i, &p)| i * strides[p]).sum::<usize>()]);
+        for a in (0..dims.len()).rev() {
+            index[a] += 1;
+            if index[a] < dims[a] {
+                break;
+            }
+            index[a] = 0;
+        }
+    }
+    RefTensor::new(y.dtype, dims, data)
 }
 
 #[cfg(test)]
@@ -99,7 +126,7 @@ mod tests {
             n_inputs: 2,
             steps: vec![FusedStep::Binary(BinaryOp::Add, 0, 1), FusedStep::Unary(UnaryOp::Relu, 2)],
         };
-        let op = Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: None };
+        let op = Op::Epilogue { base: Box::new(Op::Linear { has_bias: false }), program, view: None, perm: None };
         let x = RefTensor::new(DType::F32, vec![2, 2], vec![1., -2., 3., 4.]);
         let w = RefTensor::new(DType::F32, vec![2, 2], vec![0., 1., 1., 0.]);
         let r = RefTensor::new(DType::F32, vec![2], vec![0.5, 0.5]);
@@ -114,6 +141,7 @@ mod tests {
             base: Box::new(Op::Unary(UnaryOp::Exp)),
             program: FusedProgram { n_inputs: 1, steps: vec![FusedStep::Unary(UnaryOp::Relu, 0)] },
             view: None,
+            perm: None,
         };
         assert!(bad.infer(&[x.ty()]).unwrap_err().contains("cannot take an epilogue"));
     }
