@@ -118,6 +118,60 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
     Some((b.finish().ok()?, inputs))
 }
 
+/// Deterministic inputs: floats from `filled`, T5 token ids in range and an all-ones mask.
+fn feed(inputs: &CaseInputs) -> HashMap<String, CpuTensor> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (n, s))| {
+            let t = match *n {
+                "input_ids" => CpuTensor::from_vec(
+                    s.clone(),
+                    (0..s.iter().product::<usize>() as i64).map(|v| v * 37 % 32128).collect(),
+                ),
+                "attention_mask" => CpuTensor::from_vec(s.clone(), vec![1i64; s.iter().product()]),
+                _ => filled(s, i as u32),
+            };
+            (n.to_string(), t)
+        })
+        .collect()
+}
+
+fn flag_set(args: &[String], flag: &str) -> bool {
+    args.iter().any(|a| a == flag)
+}
+
+/// `--ab`: the case compiled with and without the rewrite passes, run alternately in one
+/// process (fused, unfused, fused, …) so that the machine's drift hits both alike. Prints
+/// both medians and the median of the per-pair ratios unfused / fused (> 1: fused faster).
+fn ab(graph: Graph, weights: Arc<MemoryWeights>, inputs: &CaseInputs, threads: usize, runs: usize, name: &str) {
+    let session = |passes| {
+        let options = CompileOptions { passes, ..CompileOptions::default() };
+        let plan = orrery_compiler::compile_with(graph.clone(), &options).expect("valid case graph");
+        Session::new(plan, weights.clone(), threads).expect("thread pool")
+    };
+    let (fused, unfused) = (session(Passes::Fuse), session(Passes::None));
+    let feed = feed(inputs);
+    let (mut tf, mut tu, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..=runs {
+        let f = fused.run(&feed).expect("case runs").1.seconds;
+        let u = unfused.run(&feed).expect("case runs").1.seconds;
+        if i > 0 {
+            tf.push(f);
+            tu.push(u);
+            ratios.push(u / f);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mf, mu, mr) = (median(&mut tf.clone()), median(&mut tu.clone()), median(&mut ratios.clone()));
+    println!(
+        "{{\"case\": \"{name}\", \"threads\": {threads}, \"fused_median_s\": {mf:.6}, \"unfused_median_s\": {mu:.6}, \"median_ratio_unfused_over_fused\": {mr:.3}, \"fused_runs_s\": {tf:?}, \"unfused_runs_s\": {tu:?}}}"
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = args.first().cloned().unwrap_or_else(|| "gemm1024".into());
@@ -139,26 +193,16 @@ fn main() {
     }
     let passes = if name.ends_with("_unfused") { Passes::None } else { Passes::Fuse };
     let options = CompileOptions { passes, ..CompileOptions::default() };
+    let weights = Arc::new(weights);
+    if flag_set(&args, "--ab") {
+        return ab(graph, weights, &inputs, threads, runs, &name);
+    }
     let plan = orrery_compiler::compile_with(graph, &options).expect("valid case graph");
     let flops = plan.flops as f64;
     let (n_kernels, arena) = (plan.kernels.iter().filter(|k| !k.is_view).count(), plan.arena_bytes);
-    let session = Session::new(plan, Arc::new(weights), threads).expect("thread pool");
-    // Float inputs get deterministic values; the T5 token ids are in range and its mask is ones.
-    let feed: HashMap<String, CpuTensor> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, (n, s))| {
-            let t = match *n {
-                "input_ids" => CpuTensor::from_vec(
-                    s.clone(),
-                    (0..s.iter().product::<usize>() as i64).map(|v| v * 37 % 32128).collect(),
-                ),
-                "attention_mask" => CpuTensor::from_vec(s.clone(), vec![1i64; s.iter().product()]),
-                _ => filled(s, i as u32),
-            };
-            (n.to_string(), t)
-        })
-        .collect();
+    let session = Session::new(plan, weights, threads).expect("thread pool");
+    let feed = feed(&inputs);
+
     let mut times = Vec::new();
     let mut per_kernel: Vec<f64> = Vec::new();
     for i in 0..=runs {
