@@ -53,8 +53,14 @@ pub trait Component: Send + Sync {
 }
 
 /// Every class name orrery can build, for error messages.
-pub const SUPPORTED_CLASSES: &[&str] =
-    &["OrreryTestMlp", "T5EncoderModel", "T5ForConditionalGeneration", "T5WithLMHeadModel", "T5Model"];
+pub const SUPPORTED_CLASSES: &[&str] = &[
+    "OrreryTestMlp",
+    "CosmosTransformer3DModel",
+    "T5EncoderModel",
+    "T5ForConditionalGeneration",
+    "T5WithLMHeadModel",
+    "T5Model",
+];
 
 /// Reads `path` (a component folder or a config.json) and returns its model.
 pub fn load_component(path: &Path) -> Result<Box<dyn Component>, ModelError> {
@@ -64,6 +70,7 @@ pub fn load_component(path: &Path) -> Result<Box<dyn Component>, ModelError> {
     }
     match config.class.as_str() {
         "OrreryTestMlp" => Ok(Box::new(OrreryTestMlp::from_config(&config)?)),
+        "CosmosTransformer3DModel" => Ok(Box::new(crate::cosmos::CosmosTransformer3D::from_config(&config)?)),
         other => Err(ModelError::UnknownClass {
             path: config.path.display().to_string(),
             class: other.to_string(),

@@ -89,6 +89,7 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
             emb: ids[1],
             temb: ids[2],
             text: ids[3],
+            text_mask: None,
             rope_cos: ids[4],
             rope_sin: ids[5],
             pos_emb: Some(ids[6]),

@@ -41,6 +41,7 @@ fn block_graph() -> Graph {
         emb: b.input("emb", DType::F32, [batch, 64]).unwrap(),
         temb: b.input("temb", DType::F32, [batch, 192]).unwrap(),
         text: b.input("text", DType::F32, [batch, text_len, 32]).unwrap(),
+        text_mask: None,
         rope_cos: b.input("rope_cos", DType::F32, [len, 16]).unwrap(),
         rope_sin: b.input("rope_sin", DType::F32, [len, 16]).unwrap(),
         pos_emb: Some(b.input("pos_emb", DType::F32, [len, 64]).unwrap()),

@@ -34,14 +34,17 @@ pub struct DitBlockConfig {
 }
 
 /// The block's operands. Shapes: `x` [B, L, D]; `emb` [B, D] (the normalised timestep
-/// embedding); `temb` [B, 3D] (the AdaLN-LoRA term); `text` [B, Lt, text_dim]; `rope_cos` and
-/// `rope_sin` [L, head_dim] (rotate-half layout); `pos_emb` [B, L, D] or [L, D].
+/// embedding) or [B, L, D] (one per token, Predict2's per-frame timesteps); `temb` [B, 3D] or
+/// [B, L, 3D] (the AdaLN-LoRA term); `text` [B, Lt, text_dim]; `text_mask` bool [B, 1, 1, Lt]
+/// (true = attend) for the cross-attention; `rope_cos` and `rope_sin` [L, head_dim]
+/// (rotate-half layout); `pos_emb` [B, L, D] or [L, D].
 #[derive(Clone, Copy, Debug)]
 pub struct DitBlockInputs {
     pub x: NodeId,
     pub emb: NodeId,
     pub temb: NodeId,
     pub text: NodeId,
+    pub text_mask: Option<NodeId>,
     pub rope_cos: NodeId,
     pub rope_sin: NodeId,
     pub pos_emb: Option<NodeId>,
@@ -66,9 +69,9 @@ pub fn dit_block(
         let (h, gate) = adaln_zero(b, w, &p, cfg, x, act, inp.temb)?;
         let y = match sub {
             Sub::SelfAttn => {
-                attention(b, w, &format!("{prefix}.attn1"), cfg, h, h, Some((inp.rope_cos, inp.rope_sin)))?
+                attention(b, w, &format!("{prefix}.attn1"), cfg, h, h, Some((inp.rope_cos, inp.rope_sin)), None)?
             }
-            Sub::CrossAttn => attention(b, w, &format!("{prefix}.attn2"), cfg, h, inp.text, None)?,
+            Sub::CrossAttn => attention(b, w, &format!("{prefix}.attn2"), cfg, h, inp.text, None, inp.text_mask)?,
             Sub::Mlp => mlp(b, w, &format!("{prefix}.ff"), cfg, h)?,
         };
         let gated = b.mul(&format!("{p}.gate_mul"), gate, y)?;
@@ -84,7 +87,7 @@ enum Sub {
     Mlp,
 }
 
-/// `CosmosAdaLayerNormZero`: returns (modulated h [B, L, D], gate [B, 1, D]).
+/// `CosmosAdaLayerNormZero`: returns (modulated h [B, L, D], gate [B, 1, D] or [B, L, D]).
 fn adaln_zero(
     b: &mut GraphBuilder,
     w: &WeightTypes,
@@ -101,7 +104,8 @@ fn adaln_zero(
     let lora = b.linear(&format!("{p}.linear_1"), act, w1, None)?;
     let m = b.linear(&format!("{p}.linear_2"), lora, w2, None)?;
     let m = b.add(&format!("{p}.temb_add"), m, temb)?;
-    let m = b.reshape(&format!("{p}.chunk_view"), m, &[batch, 1, 3 * d])?;
+    // Per batch row [B, 3D] broadcasts over the tokens; per token [B, L, 3D] is used as is.
+    let m = if b.dims(m).len() == 2 { b.reshape(&format!("{p}.chunk_view"), m, &[batch, 1, 3 * d])? } else { m };
     let parts = b.split(&format!("{p}.chunk"), m, 2, &[d, d, d])?;
     let (shift, scale, gate) = (parts[0], parts[1], parts[2]);
     let normed = b.op(&format!("{p}.norm"), Op::LayerNorm { eps: 1e-6, affine: false }, &[x])?;
@@ -113,7 +117,9 @@ fn adaln_zero(
 }
 
 /// Multi-head attention of `h` [B, L, D] over `ctx` [B, Lc, C] (`ctx == h` for self-attention),
-/// q/k RMS-normed per head, RoPE on q and k when `rope` is given.
+/// q/k RMS-normed per head, RoPE on q and k when `rope` is given, keys masked by `mask` (bool
+/// [B, 1, 1, Lc]) when given.
+#[allow(clippy::too_many_arguments)]
 fn attention(
     b: &mut GraphBuilder,
     w: &WeightTypes,
@@ -122,6 +128,7 @@ fn attention(
     h: NodeId,
     ctx: NodeId,
     rope: Option<(NodeId, NodeId)>,
+    mask: Option<NodeId>,
 ) -> Result<NodeId, ModelError> {
     let (d, heads, hd) = (cfg.dim, cfg.heads, cfg.head_dim);
     let (batch, len) = (b.dims(h)[0], b.dims(h)[1]);
@@ -145,7 +152,10 @@ fn attention(
     let k = project(b, "k", ctx, ctx_len, ctx_dim, true)?;
     let v = project(b, "v", ctx, ctx_len, ctx_dim, false)?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let o = b.op(&format!("{p}.sdpa"), Op::attention(scale, AttentionMask::None), &[q, k, v])?;
+    let o = match mask {
+        None => b.op(&format!("{p}.sdpa"), Op::attention(scale, AttentionMask::None), &[q, k, v])?,
+        Some(m) => b.op(&format!("{p}.sdpa"), Op::attention(scale, AttentionMask::Boolean), &[q, k, v, m])?,
+    };
     let o = b.permute(&format!("{p}.o_blhd"), o, &[0, 2, 1, 3])?;
     let o = b.reshape(&format!("{p}.o_merge"), o, &[batch, len, d])?;
     let wo = w.declare(b, &format!("{p}.to_out.0.weight"), &[d, d])?;
@@ -183,6 +193,7 @@ mod tests {
             emb: b.input("emb", DType::F32, [batch, 64]).unwrap(),
             temb: b.input("temb", DType::F32, [batch, 192]).unwrap(),
             text: b.input("text", DType::F32, [batch, text_len, 48]).unwrap(),
+            text_mask: None,
             rope_cos: b.input("rope_cos", DType::F32, [len, 16]).unwrap(),
             rope_sin: b.input("rope_sin", DType::F32, [len, 16]).unwrap(),
             pos_emb: Some(b.input("pos_emb", DType::F32, [len, 64]).unwrap()),
