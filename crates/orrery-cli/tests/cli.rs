@@ -418,3 +418,55 @@ fn run_executes_the_t5_encoder_component() {
     let (_, reference) = read_f32(&io, "last_hidden_state");
     assert!(rel_err(&got, &reference) <= 1e-4);
 }
+
+/// `orrery compile` of a Cosmos DiT config at 121 × 704 × 1280 (latent 16 × 88 × 160): the
+/// JSON's weight_bytes (bf16).
+fn cosmos_weight_bytes(config: &str, video2world: bool) -> u64 {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(config);
+    let mut args = vec![
+        "compile",
+        dir.to_str().unwrap(),
+        "--shape",
+        "hidden_states=1x16x16x88x160",
+        "--shape",
+        "timestep=1",
+        "--shape",
+        "encoder_hidden_states=1x512x1024",
+        "--shape",
+        "padding_mask=1x1x704x1280",
+        "--weight-dtype",
+        "bf16",
+        "--json",
+    ];
+    if video2world {
+        args.extend(["--shape", "condition_mask=1x1x16x88x160"]);
+    }
+    let o = orrery(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["weight_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn cosmos_7b_and_14b_configs_compile_with_their_parameter_counts() {
+    // Per block (no biases): self-attention 4·D², cross-attention 2·D² + 2·D·1024, MLP
+    // 2·D·4D, three AdaLN-LoRA pairs 3·(D·256 + 256·3D), q/k norm weights 4·128. Outside the
+    // blocks: patch embedding (C+1)·4·D, learnable positions (128 + 120 + 120)·D, time
+    // embedding D² + 3D² + D, final layer D·256 + 256·2D + 64·D.
+    let params = |d: u64, layers: u64, in_channels: u64| {
+        let block = 4 * d * d + 2 * d * d + 2 * d * 1024 + 8 * d * d + 3 * (d * 256 + 256 * 3 * d) + 4 * 128;
+        let outside = (in_channels + 1) * 4 * d + 368 * d + 4 * d * d + d + d * 256 + 256 * 2 * d + 64 * d;
+        (layers * block, layers * block + outside)
+    };
+    for (config, d, layers, in_channels, reference) in [
+        ("cosmos-1.0-diffusion-7b-text2world", 4096, 28, 16, 7.16e9),
+        ("cosmos-1.0-diffusion-7b-video2world", 4096, 28, 17, 7.16e9),
+        ("cosmos-1.0-diffusion-14b-text2world", 5120, 36, 16, 14.2e9),
+        ("cosmos-1.0-diffusion-14b-video2world", 5120, 36, 17, 14.2e9),
+    ] {
+        let (blocks, total) = params(d, layers, in_channels);
+        assert_eq!(cosmos_weight_bytes(config, in_channels == 17), 2 * total, "{config}");
+        // The reference's per-model figure counts the blocks (cosmos-reference.md §3.1).
+        assert!((blocks as f64 / reference - 1.0).abs() <= 0.01, "{config}: {blocks} block parameters");
+    }
+}
