@@ -8,7 +8,10 @@ Folders under crates/orrery-runtime/tests/fixtures/cosmos_dit/ (config.json + we
 - `predict2`: the Predict2.5 network (no extra position embedding, per-frame 5-D timestep,
   cross-attention projection);
 - `t2w_bf16`: the `t2w` weights stored in bf16; the reference is diffusers loading that bf16
-  file with torch_dtype=float32.
+  file with torch_dtype=float32;
+- `t2w_predict1`: the `t2w` weights as an original Predict1 `model.pt` (`net.*` names, plus
+  TransformerEngine `_extra_state` entries and the training-only `logvar.*` tensors) with the
+  same config.json; orrery must give the same bits as the diffusers layout at eps 1e-6.
 Every case has batch 2 and non-square latents (3 x 6 x 10 -> 3 x 3 x 5 patches). Absent
 optional inputs are absent from the file. Every parameter is overwritten with seeded random
 values (norm weights 1 + 0.1 N(0,1), other 1-D 0.1 N(0,1), matrices N(0,1)/sqrt(fan_in),
@@ -93,6 +96,52 @@ def run_case(folder, name, seed, *, fps=None, attention_mask=False, padding=True
     print(f"wrote {path}: max|sample| = {out.abs().max():.3f}")
 
 
+def predict1_key(name):
+    """diffusers key -> original model.pt key (cosmos-reference.md section 3.5)."""
+    fixed = {
+        "patch_embed.proj.weight": "x_embedder.proj.1.weight",
+        "time_embed.t_embedder.linear_1.weight": "t_embedder.1.linear_1.weight",
+        "time_embed.t_embedder.linear_2.weight": "t_embedder.1.linear_2.weight",
+        "time_embed.norm.weight": "affline_norm.weight",
+        "norm_out.linear_1.weight": "final_layer.adaLN_modulation.1.weight",
+        "norm_out.linear_2.weight": "final_layer.adaLN_modulation.2.weight",
+        "proj_out.weight": "final_layer.linear.weight",
+    }
+    if name in fixed:
+        return "net." + fixed[name]
+    if name.startswith("learnable_pos_embed."):
+        return "net.extra_pos_embedder." + name[len("learnable_pos_embed."):]
+    _, i, rest = name.split(".", 2)
+    sub = {
+        "ff.net.0.proj.weight": "blocks.2.block.layer1.weight",
+        "ff.net.2.weight": "blocks.2.block.layer2.weight",
+    }
+    for k in (1, 2, 3):
+        sub[f"norm{k}.linear_1.weight"] = f"blocks.{k - 1}.adaLN_modulation.1.weight"
+        sub[f"norm{k}.linear_2.weight"] = f"blocks.{k - 1}.adaLN_modulation.2.weight"
+    for a, slot in (("attn1", 0), ("attn2", 1)):
+        for p, o in (("to_q.weight", "to_q.0.weight"), ("norm_q.weight", "to_q.1.weight"),
+                     ("to_k.weight", "to_k.0.weight"), ("norm_k.weight", "to_k.1.weight"),
+                     ("to_v.weight", "to_v.0.weight"), ("to_out.0.weight", "to_out.0.weight")):
+            sub[f"{a}.{p}"] = f"blocks.{slot}.block.attn.{o}"
+    return f"net.blocks.block{i}.{sub[rest]}"
+
+
+def write_predict1(src, dst):
+    from safetensors.torch import load_file
+    import io
+    state = {predict1_key(k): v for k, v in load_file(os.path.join(src, "diffusion_pytorch_model.safetensors")).items()}
+    # What the original checkpoints carry besides the network: TE extra state and logvar.
+    state["net.blocks.block0.blocks.0.block.attn._extra_state"] = io.BytesIO(b"te-extra-state")
+    state["net.blocks.block1.blocks.1.block.attn._extra_state"] = None
+    state["logvar.0.freqs"] = torch.randn(16)
+    state["logvar.0.phases"] = torch.randn(16)
+    state["logvar.1.weight"] = torch.randn(1, 16)
+    torch.save(state, os.path.join(dst, "model.pt"))
+    shutil.copy(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
+    print(f"wrote {dst}/model.pt")
+
+
 def main():
     d = fresh("t2w")
     model = CosmosTransformer3DModel(**BASE)
@@ -105,6 +154,8 @@ def main():
     d16 = fresh("t2w_bf16")
     model.to(torch.bfloat16).save_pretrained(d16)
     run_case(d16, "fps24", 13, fps=24, attention_mask=True)
+
+    write_predict1(os.path.join(OUT, "t2w"), fresh("t2w_predict1"))
 
     d = fresh("v2w")
     model = CosmosTransformer3DModel(**dict(BASE, in_channels=C + 1))

@@ -13,6 +13,10 @@ pub enum WeightTypes<'a> {
     Checkpoint(WeightLookup<'a>),
     /// No weights at hand (`orrery compile` on a config): every weight is declared as `dtype`.
     Assumed(DType),
+    /// `inner` under other key names: builders declare one canonical name (the diffusers key)
+    /// and `rename` gives the checkpoint's own (e.g. a Predict1 `model.pt`'s `net.*` keys);
+    /// the graph's weight nodes carry the checkpoint's names.
+    Renamed { inner: &'a WeightTypes<'a>, rename: &'a dyn Fn(&str) -> String },
 }
 
 impl WeightTypes<'_> {
@@ -22,12 +26,14 @@ impl WeightTypes<'_> {
         match self {
             WeightTypes::Checkpoint(lookup) => lookup(name).is_some(),
             WeightTypes::Assumed(_) => false,
+            WeightTypes::Renamed { inner, rename } => inner.contains(&rename(name)),
         }
     }
 
     /// Declares weight `name` whose shape the config implies.
     pub fn declare(&self, b: &mut GraphBuilder, name: &str, shape: &[usize]) -> Result<NodeId, ModelError> {
         let dtype = match self {
+            WeightTypes::Renamed { inner, rename } => return inner.declare(b, &rename(name), shape),
             WeightTypes::Assumed(dtype) => *dtype,
             WeightTypes::Checkpoint(lookup) => {
                 let (dtype, stored) = lookup(name).ok_or_else(|| ModelError::Weight {

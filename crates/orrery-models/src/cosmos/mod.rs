@@ -131,10 +131,86 @@ impl Component for CosmosTransformer3D {
             condition_mask: cond,
             padding_mask,
         };
+        // A Predict1 `model.pt` keeps the original `net.*` names and TE's q/k norm eps.
+        if weights.contains(&predict1_key("patch_embed.proj.weight")) {
+            let renamed = WeightTypes::Renamed { inner: weights, rename: &predict1_key };
+            let c = CosmosDitConfig { qk_norm_eps: 1e-6, ..c.clone() };
+            return transformer_graph(&c, &renamed, &s);
+        }
         transformer_graph(c, weights, &s)
     }
 
     fn config_dtype(&self) -> Option<DType> {
         self.dtype
+    }
+}
+
+/// The key of diffusers weight `name` in an original Predict1 / Cosmos-1.0 `model.pt`
+/// (`net.*`; the inverse of diffusers' `TRANSFORMER_KEYS_RENAME_DICT_COSMOS_1_0`, see
+/// `shared/cosmos-reference.md` §3.5). Names it does not know keep their diffusers spelling
+/// under `net.`, so a missing weight is reported by that name.
+pub fn predict1_key(name: &str) -> String {
+    let fixed = match name {
+        "patch_embed.proj.weight" => Some("x_embedder.proj.1.weight".to_string()),
+        "time_embed.t_embedder.linear_1.weight" => Some("t_embedder.1.linear_1.weight".into()),
+        "time_embed.t_embedder.linear_2.weight" => Some("t_embedder.1.linear_2.weight".into()),
+        "time_embed.norm.weight" => Some("affline_norm.weight".into()),
+        "norm_out.linear_1.weight" => Some("final_layer.adaLN_modulation.1.weight".into()),
+        "norm_out.linear_2.weight" => Some("final_layer.adaLN_modulation.2.weight".into()),
+        "proj_out.weight" => Some("final_layer.linear.weight".into()),
+        _ => name.strip_prefix("learnable_pos_embed.").map(|rest| format!("extra_pos_embedder.{rest}")),
+    };
+    if let Some(key) = fixed {
+        return format!("net.{key}");
+    }
+    let block = name.strip_prefix("transformer_blocks.").and_then(|rest| rest.split_once('.'));
+    let Some((i, rest)) = block else { return format!("net.{name}") };
+    let sub = match rest {
+        "norm1.linear_1.weight" => "blocks.0.adaLN_modulation.1.weight".to_string(),
+        "norm1.linear_2.weight" => "blocks.0.adaLN_modulation.2.weight".into(),
+        "norm2.linear_1.weight" => "blocks.1.adaLN_modulation.1.weight".into(),
+        "norm2.linear_2.weight" => "blocks.1.adaLN_modulation.2.weight".into(),
+        "norm3.linear_1.weight" => "blocks.2.adaLN_modulation.1.weight".into(),
+        "norm3.linear_2.weight" => "blocks.2.adaLN_modulation.2.weight".into(),
+        "ff.net.0.proj.weight" => "blocks.2.block.layer1.weight".into(),
+        "ff.net.2.weight" => "blocks.2.block.layer2.weight".into(),
+        _ => {
+            let attn =
+                rest.strip_prefix("attn1.").map(|a| ("0", a)).or_else(|| rest.strip_prefix("attn2.").map(|a| ("1", a)));
+            let Some((slot, param)) = attn else { return format!("net.{name}") };
+            let param = match param {
+                "to_q.weight" => "to_q.0.weight",
+                "norm_q.weight" => "to_q.1.weight",
+                "to_k.weight" => "to_k.0.weight",
+                "norm_k.weight" => "to_k.1.weight",
+                "to_v.weight" => "to_v.0.weight",
+                "to_out.0.weight" => "to_out.0.weight",
+                _ => return format!("net.{name}"),
+            };
+            format!("blocks.{slot}.block.attn.{param}")
+        }
+    };
+    format!("net.blocks.block{i}.{sub}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::predict1_key;
+
+    #[test]
+    fn predict1_keys_follow_the_reference_table() {
+        for (diffusers, original) in [
+            ("patch_embed.proj.weight", "net.x_embedder.proj.1.weight"),
+            ("learnable_pos_embed.pos_emb_h", "net.extra_pos_embedder.pos_emb_h"),
+            ("time_embed.norm.weight", "net.affline_norm.weight"),
+            ("transformer_blocks.3.norm2.linear_2.weight", "net.blocks.block3.blocks.1.adaLN_modulation.2.weight"),
+            ("transformer_blocks.0.attn1.norm_k.weight", "net.blocks.block0.blocks.0.block.attn.to_k.1.weight"),
+            ("transformer_blocks.27.attn2.to_out.0.weight", "net.blocks.block27.blocks.1.block.attn.to_out.0.weight"),
+            ("transformer_blocks.1.ff.net.2.weight", "net.blocks.block1.blocks.2.block.layer2.weight"),
+            ("norm_out.linear_1.weight", "net.final_layer.adaLN_modulation.1.weight"),
+            ("proj_out.weight", "net.final_layer.linear.weight"),
+        ] {
+            assert_eq!(predict1_key(diffusers), original);
+        }
     }
 }
