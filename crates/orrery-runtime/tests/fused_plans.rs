@@ -136,3 +136,50 @@ fn check_fused_plan(plan: &Plan) {
         }
     }
 }
+
+#[test]
+fn cosmos_transformer_blocks_meet_the_fusion_criteria() {
+    // The tiny text-to-world DiT of the parity fixtures (batch 2, 3 × 3 × 5 = 45 tokens, 7 text
+    // tokens with a key mask), compiled with the default passes: per block the same criteria
+    // as the single block above.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cosmos_dit/t2w");
+    let component = orrery_models::load_component(&dir).unwrap();
+    let source = orrery_formats::open_weights(&dir).unwrap();
+    let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape));
+    let (batch, tokens, text, dim) = (2, 45, 7, 24);
+    let shapes = std::collections::BTreeMap::from([
+        ("hidden_states".to_string(), vec![batch, 4, 3, 6, 10]),
+        ("timestep".to_string(), vec![batch]),
+        ("encoder_hidden_states".to_string(), vec![batch, text, 16]),
+        ("attention_mask".to_string(), vec![batch, text]),
+        ("fps".to_string(), vec![]),
+        ("padding_mask".to_string(), vec![1, 1, 48, 80]),
+    ]);
+    let graph = component.build("forward", &shapes, &WeightTypes::Checkpoint(&lookup)).unwrap();
+    let plan = orrery_compiler::compile(graph).unwrap();
+    let g = &plan.graph;
+    for block in 0..2 {
+        let prefix = format!("transformer_blocks.{block}.");
+        let kernels: Vec<&Kernel> = plan.kernels.iter().filter(|k| !k.is_view && k.name.starts_with(&prefix)).collect();
+        let listing: Vec<String> = kernels.iter().map(|k| format!("{} = {}", k.name, k.op)).collect();
+        let listing = listing.join("\n  ");
+        assert!(kernels.len() <= 24, "block {block}: {} kernels:\n  {listing}", kernels.len());
+        assert_eq!(kernels.iter().filter(|k| k.op.starts_with("attention")).count(), 2, "{listing}");
+        for k in &kernels {
+            let op = g.node(k.node).op().unwrap();
+            let elementwise = match op {
+                Op::Fused(p) => !p.has_row_steps(),
+                _ => op.family() == OpFamily::Elementwise,
+            };
+            let touches = std::iter::once(k.output.shape.numel())
+                .chain(k.inputs.iter().map(|&i| g.node(i).ty.shape.numel()))
+                .any(|n| n == batch * tokens * dim);
+            assert!(!(elementwise && touches), "`{}` is an elementwise pass over [B, L, D]:\n  {listing}", k.name);
+        }
+    }
+    for node in g.nodes() {
+        let d = node.ty.shape.dims();
+        let scores = d.len() >= 2 && d[d.len() - 2] == tokens && (d[d.len() - 1] == tokens || d[d.len() - 1] == text);
+        assert!(!scores, "`{}` {} holds scores", node.name, node.ty);
+    }
+}
