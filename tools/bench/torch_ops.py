@@ -28,7 +28,26 @@ def case(name):
         return dit_block_case()
     if name in ("t5", "t5_unfused"):
         return t5_case()
+    if name in ("cosmos", "cosmos_unfused"):
+        return cosmos_case()
     raise SystemExit(f"unknown case {name}")
+
+
+def cosmos_case():
+    """diffusers CosmosTransformer3DModel: hidden 1024 (8 heads x 128), 4 layers, latent
+    [1, 16, 8, 32, 32] = 2048 tokens, text [1, 512, 1024], fps 24, zero padding mask."""
+    from diffusers import CosmosTransformer3DModel
+
+    model = CosmosTransformer3DModel(in_channels=16, out_channels=16, num_attention_heads=8, attention_head_dim=128,
+                                     num_layers=4, text_embed_dim=1024, adaln_lora_dim=256).eval()
+    x = torch.rand(1, 16, 8, 32, 32) - 0.5
+    t = torch.rand(1)
+    text = torch.rand(1, 512, 1024) - 0.5
+    pm = torch.zeros(1, 1, 256, 256)
+    L, LT, D = 2048, 512, 1024
+    per_block = 2 * L * D * D * 4 + 2 * L * D * D * 2 + 2 * LT * D * 1024 * 2 + 2 * L * D * 4 * D * 2
+    per_block += 2 * 8 * L * L * 128 * 2 + 2 * 8 * L * LT * 128 * 2
+    return (lambda: model(hidden_states=x, timestep=t, encoder_hidden_states=text, fps=24, padding_mask=pm)), 4 * per_block
 
 
 def t5_case():

@@ -470,3 +470,44 @@ fn cosmos_7b_and_14b_configs_compile_with_their_parameter_counts() {
         assert!((blocks as f64 / reference - 1.0).abs() <= 0.01, "{config}: {blocks} block parameters");
     }
 }
+
+#[test]
+fn run_executes_the_cosmos_transformer_component() {
+    // `orrery run` on the tiny text-to-world DiT: every input of the fixture case (a u8
+    // attention mask, a 0-d fps, the padding mask) bound through the run contract.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("crates/orrery-runtime/tests/fixtures/cosmos_dit/t2w");
+    let case = model.join("case_fps30_masked.safetensors");
+    let source = orrery_formats::open_weights(&case).unwrap();
+    let tensors: Vec<(String, orrery_ir::DType, Vec<usize>, Vec<u8>)> = source
+        .names()
+        .into_iter()
+        .filter(|n| n != "sample")
+        .map(|n| {
+            let bytes = source.load(&n).unwrap();
+            let data = bytes.as_bytes().to_vec();
+            (n, bytes.dtype, bytes.shape.clone(), data)
+        })
+        .collect();
+    let dir = tmp_dir("run-cosmos");
+    let inputs = dir.join("inputs.safetensors");
+    let to_write: Vec<orrery_formats::TensorToWrite> = tensors
+        .iter()
+        .map(|(n, d, s, b)| orrery_formats::TensorToWrite { name: n, dtype: *d, shape: s, data: b })
+        .collect();
+    orrery_formats::write_safetensors(&inputs, &to_write).unwrap();
+    let out = dir.join("out.safetensors");
+    let o = orrery(&[
+        "run",
+        model.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (shape, got) = read_f32(&out, "sample");
+    assert_eq!(shape, [2, 4, 3, 6, 10]);
+    let (_, reference) = read_f32(&case, "sample");
+    assert!(rel_err(&got, &reference) <= 1e-4);
+}

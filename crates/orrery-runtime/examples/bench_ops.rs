@@ -5,15 +5,19 @@
 //! the achieved GFLOP/s. Cases: `gemm<N>` (N³ f32), `attn<L>` (16 heads × 64, self-attention
 //! of length L), `conv` (3×3, 256→256 channels at 64×64), `dit` / `dit_unfused` (one Cosmos DiT
 //! block, hidden 1024, 2048 tokens, text 512, compiled with and without the rewrite passes), `t5`
-//! / `t5_unfused` (a T5 encoder: d_model 1024, 8 heads × 128, d_ff 4096, 4 layers, 512 tokens).
+//! / `t5_unfused` (a T5 encoder: d_model 1024, 8 heads × 128, d_ff 4096, 4 layers, 512 tokens),
+//! `cosmos` / `cosmos_unfused` (a 4-layer Cosmos DiT, hidden 1024, 2048 tokens, text 512).
 //! `tools/bench/compare.sh` interleaves
 //! these runs with `tools/bench/torch_ops.py` on the same shapes.
 
 use orrery_compiler::{CompileOptions, Passes};
 use orrery_cpu::CpuTensor;
 use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, Graph, GraphBuilder, Op, UnaryOp};
-use orrery_models::cosmos::{dit_block, DitBlockConfig, DitBlockInputs};
+use orrery_models::cosmos::{
+    dit_block, transformer_graph, CosmosDitConfig, CosmosDitShapes, DitBlockConfig, DitBlockInputs,
+};
 use orrery_models::t5::{encoder_graph, FeedForward, T5EncoderConfig};
+use orrery_models::ComponentConfig;
 use orrery_models::WeightTypes;
 use orrery_runtime::{MemoryWeights, Session};
 use std::collections::HashMap;
@@ -96,6 +100,37 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
         };
         let y = dit_block(&mut b, &WeightTypes::Assumed(DType::F32), "blk", &cfg, &inp).ok()?;
         b.output("y", y).ok()?;
+    } else if name == "cosmos" || name == "cosmos_unfused" {
+        // CosmosTransformer3DModel: hidden 1024 (8 heads × 128), 4 layers, latent
+        // [1, 16, 8, 32, 32] = 2048 tokens, text [1, 512, 1024], fps 24, a zero padding mask.
+        let json = serde_json::json!({
+            "_class_name": "CosmosTransformer3DModel", "in_channels": 16, "out_channels": 16,
+            "num_attention_heads": 8, "attention_head_dim": 128, "num_layers": 4, "mlp_ratio": 4.0,
+            "text_embed_dim": 1024, "adaln_lora_dim": 256, "max_size": [128, 240, 240],
+            "patch_size": [1, 2, 2], "rope_scale": [2.0, 1.0, 1.0], "concat_padding_mask": true,
+            "extra_pos_embed_type": "learnable"
+        });
+        let config =
+            ComponentConfig { path: "bench/cosmos/config.json".into(), class: "CosmosTransformer3DModel".into(), json };
+        let config = CosmosDitConfig::from_config(&config).ok()?;
+        let shapes = CosmosDitShapes {
+            latent: [1, 16, 8, 32, 32],
+            text_len: 512,
+            per_frame_timestep: false,
+            attention_mask: false,
+            fps: true,
+            condition_mask: false,
+            padding_mask: Some([256, 256]),
+        };
+        let graph = transformer_graph(&config, &WeightTypes::Assumed(DType::F32), &shapes).ok()?;
+        let inputs = vec![
+            ("hidden_states", vec![1, 16, 8, 32, 32]),
+            ("timestep", vec![1]),
+            ("encoder_hidden_states", vec![1, 512, 1024]),
+            ("fps", vec![]),
+            ("padding_mask", vec![1, 1, 256, 256]),
+        ];
+        return Some((graph, inputs));
     } else if name == "t5" || name == "t5_unfused" {
         // transformers' T5EncoderModel at d_model 1024, 8 heads × 128, d_ff 4096 (ReLU), 4
         // layers, 512 tokens, batch 1.
@@ -131,6 +166,8 @@ fn feed(inputs: &CaseInputs) -> HashMap<String, CpuTensor> {
                     (0..s.iter().product::<usize>() as i64).map(|v| v * 37 % 32128).collect(),
                 ),
                 "attention_mask" => CpuTensor::from_vec(s.clone(), vec![1i64; s.iter().product()]),
+                "fps" => CpuTensor::from_vec(vec![], vec![24f32]),
+                "padding_mask" => CpuTensor::from_vec(s.clone(), vec![0f32; s.iter().product()]),
                 _ => filled(s, i as u32),
             };
             (n.to_string(), t)
