@@ -214,3 +214,29 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::{load_component, ModelError};
+
+    fn load(json: &str) -> Result<Box<dyn crate::Component>, ModelError> {
+        let dir = std::env::temp_dir().join(format!("orrery-cosmos-config-{}-{}", std::process::id(), json.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), json).unwrap();
+        load_component(&dir)
+    }
+
+    #[test]
+    fn unknown_or_non_default_keys_are_refused_by_name() {
+        let base = r#""_class_name": "CosmosTransformer3DModel", "num_layers": 2"#;
+        assert!(load(&format!("{{{base}}}")).is_ok());
+        // Newer diffusers keys at their inert defaults are fine; anything else names the key.
+        assert!(load(&format!(r#"{{{base}, "img_context_dim_in": null, "img_context_num_tokens": 256}}"#)).is_ok());
+        let err = load(&format!(r#"{{{base}, "controlnet_block_every_n": 4}}"#)).err().unwrap().to_string();
+        assert!(err.contains("`controlnet_block_every_n`"), "{err}");
+        let err = load(&format!(r#"{{{base}, "use_flash_magic": true}}"#)).err().unwrap().to_string();
+        assert!(err.contains("unknown key `use_flash_magic`"), "{err}");
+        let err = load(&format!(r#"{{{base}, "extra_pos_embed_type": "sincos"}}"#)).err().unwrap().to_string();
+        assert!(err.contains("extra_pos_embed_type"), "{err}");
+    }
+}
