@@ -71,6 +71,7 @@ pub fn load_component(path: &Path) -> Result<Box<dyn Component>, ModelError> {
     match config.class.as_str() {
         "OrreryTestMlp" => Ok(Box::new(OrreryTestMlp::from_config(&config)?)),
         "CosmosTransformer3DModel" => Ok(Box::new(crate::cosmos::CosmosTransformer3D::from_config(&config)?)),
+        "AutoencoderKLCosmos" => Ok(Box::new(crate::cosmos::CosmosVae::from_config(&config)?)),
         other => Err(ModelError::UnknownClass {
             path: config.path.display().to_string(),
             class: other.to_string(),

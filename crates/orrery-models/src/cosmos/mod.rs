@@ -3,10 +3,12 @@
 mod config;
 mod dit_block;
 mod transformer;
+mod vae;
 
 pub use config::CosmosDitConfig;
 pub use dit_block::{dit_block, DitBlockConfig, DitBlockInputs};
 pub use transformer::{transformer_graph, CosmosDitShapes};
+pub use vae::{decoder_graph, encoder_graph, CosmosVaeConfig};
 
 use crate::component::check_method;
 use crate::{Component, ComponentConfig, InputKind, InputSpec, ModelError, WeightTypes};
@@ -138,6 +140,94 @@ impl Component for CosmosTransformer3D {
             return transformer_graph(&c, &renamed, &s);
         }
         transformer_graph(c, weights, &s)
+    }
+
+    fn config_dtype(&self) -> Option<DType> {
+        self.dtype
+    }
+}
+
+/// The video tokenizer component (diffusers `vae/`, `AutoencoderKLCosmos`).
+#[derive(Clone, Debug)]
+pub struct CosmosVae {
+    pub config: CosmosVaeConfig,
+    pub dtype: Option<DType>,
+}
+
+impl CosmosVae {
+    pub fn from_config(config: &ComponentConfig) -> Result<CosmosVae, ModelError> {
+        Ok(CosmosVae { config: CosmosVaeConfig::from_config(config)?, dtype: config.torch_dtype()? })
+    }
+}
+
+impl Component for CosmosVae {
+    fn class_name(&self) -> &str {
+        "AutoencoderKLCosmos"
+    }
+
+    fn methods(&self) -> &[&'static str] {
+        &["encode", "decode"]
+    }
+
+    fn inputs(&self, method: &str) -> Result<Vec<InputSpec>, ModelError> {
+        check_method(self, method)?;
+        let c = &self.config;
+        Ok(match method {
+            "encode" => vec![InputSpec {
+                name: "sample".into(),
+                aliases: vec!["x".into()],
+                kind: InputKind::Float,
+                shape_hint: format!(
+                    "[batch, {}, 1 + 8k frames, H, W] (H, W multiples of 8, values in [-1, 1])",
+                    c.in_channels
+                ),
+                optional: false,
+            }],
+            _ => vec![InputSpec {
+                name: "z".into(),
+                aliases: vec!["latent".into()],
+                kind: InputKind::Float,
+                shape_hint: format!("[batch, {}, T, h, w]", c.latent_channels),
+                optional: false,
+            }],
+        })
+    }
+
+    fn build(
+        &self,
+        method: &str,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        weights: &WeightTypes,
+    ) -> Result<Graph, ModelError> {
+        let specs = self.inputs(method)?;
+        let spec = &specs[0];
+        let shape = shapes.get(&spec.name).map(Vec::as_slice).unwrap_or(&[]);
+        let bad = || ModelError::InputShape {
+            name: spec.name.clone(),
+            got: shape.to_vec(),
+            expected: spec.shape_hint.clone(),
+        };
+        let s: [usize; 5] = shape.try_into().map_err(|_| bad())?;
+        let c = &self.config;
+        let spatial = c.spatial_compression_ratio;
+        if method == "encode" {
+            if s[0] == 0
+                || s[1] != c.in_channels
+                || s[2] == 0
+                || s[3] == 0
+                || s[4] == 0
+                || !s[3].is_multiple_of(spatial)
+                || !s[4].is_multiple_of(spatial)
+            {
+                return Err(bad());
+            }
+            encoder_graph(c, weights, s)
+        } else {
+            if s[0] == 0 || s[1] != c.latent_channels || s[2] == 0 || s[3] == 0 || s[4] == 0 {
+                return Err(bad());
+            }
+            decoder_graph(c, weights, s)
+        }
     }
 
     fn config_dtype(&self) -> Option<DType> {
