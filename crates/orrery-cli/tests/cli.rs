@@ -511,3 +511,24 @@ fn run_executes_the_cosmos_transformer_component() {
     let (_, reference) = read_f32(&case, "sample");
     assert!(rel_err(&got, &reference) <= 1e-4);
 }
+
+#[test]
+fn cosmos_tokenizer_config_compiles_encode_and_decode_at_full_size() {
+    // configs/cosmos-1.0-tokenizer-cv8x8x8 at 121 × 704 × 1280 ↔ latent 16 × 88 × 160: the
+    // one-shot plans compile (no weights needed) and report their activation arena.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/cosmos-1.0-tokenizer-cv8x8x8");
+    let plan = |method: &str, shape: &str| -> serde_json::Value {
+        let o = orrery(&["compile", config.to_str().unwrap(), "--method", method, "--shape", shape, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let encode = plan("encode", "sample=1x3x121x704x1280");
+    let decode = plan("decode", "z=1x16x16x88x160");
+    // The largest single activation bounds the arena from below: the encoder's first
+    // projection output [1, 128, 31, 176, 320] and the decoder's last resnet input
+    // [1, 256, 31, 176, 320] in f32.
+    let at_least = |channels: u64| channels * 31 * 176 * 320 * 4;
+    assert!(encode["arena_bytes"].as_u64().unwrap() >= at_least(128));
+    assert!(decode["arena_bytes"].as_u64().unwrap() >= at_least(256));
+    assert!(encode["weight_bytes"].as_u64().unwrap() > 0 && decode["weight_bytes"].as_u64().unwrap() > 0);
+}
