@@ -30,6 +30,8 @@ def case(name):
         return t5_case()
     if name in ("cosmos", "cosmos_unfused"):
         return cosmos_case()
+    if name in ("vae_decode", "vae_encode"):
+        return vae_case(name)
     raise SystemExit(f"unknown case {name}")
 
 
@@ -48,6 +50,19 @@ def cosmos_case():
     per_block = 2 * L * D * D * 4 + 2 * L * D * D * 2 + 2 * LT * D * 1024 * 2 + 2 * L * D * 4 * D * 2
     per_block += 2 * 8 * L * L * 128 * 2 + 2 * 8 * L * LT * 128 * 2
     return (lambda: model(hidden_states=x, timestep=t, encoder_hidden_states=text, fps=24, padding_mask=pm)), 4 * per_block
+
+
+def vae_case(name):
+    """diffusers AutoencoderKLCosmos at the real CV8x8x8 widths, random weights: decode
+    [1, 16, 3, 8, 8] -> [1, 3, 17, 64, 64], or encode that video."""
+    from diffusers import AutoencoderKLCosmos
+
+    model = AutoencoderKLCosmos().eval()
+    if name == "vae_decode":
+        z = torch.randn(1, 16, 3, 8, 8)
+        return (lambda: model.decode(z).sample), 0.0
+    x = torch.rand(1, 3, 17, 64, 64) * 2 - 1
+    return (lambda: model.encode(x).latent_dist.mode()), 0.0
 
 
 def t5_case():

@@ -6,7 +6,8 @@
 //! of length L), `conv` (3×3, 256→256 channels at 64×64), `dit` / `dit_unfused` (one Cosmos DiT
 //! block, hidden 1024, 2048 tokens, text 512, compiled with and without the rewrite passes), `t5`
 //! / `t5_unfused` (a T5 encoder: d_model 1024, 8 heads × 128, d_ff 4096, 4 layers, 512 tokens),
-//! `cosmos` / `cosmos_unfused` (a 4-layer Cosmos DiT, hidden 1024, 2048 tokens, text 512).
+//! `cosmos` / `cosmos_unfused` (a 4-layer Cosmos DiT, hidden 1024, 2048 tokens, text 512),
+//! `vae_decode` / `vae_encode` (the CV8x8x8 tokenizer at real widths, 17 frames at 64 × 64).
 //! `tools/bench/compare.sh` interleaves
 //! these runs with `tools/bench/torch_ops.py` on the same shapes.
 
@@ -14,9 +15,10 @@ use orrery_compiler::{CompileOptions, Passes};
 use orrery_cpu::CpuTensor;
 use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, Graph, GraphBuilder, Op, UnaryOp};
 use orrery_models::cosmos::{
-    dit_block, transformer_graph, CosmosDitConfig, CosmosDitShapes, DitBlockConfig, DitBlockInputs,
+    decoder_graph, dit_block, encoder_graph, transformer_graph, CosmosDitConfig, CosmosDitShapes, CosmosVaeConfig,
+    DitBlockConfig, DitBlockInputs,
 };
-use orrery_models::t5::{encoder_graph, FeedForward, T5EncoderConfig};
+use orrery_models::t5::{self, FeedForward, T5EncoderConfig};
 use orrery_models::ComponentConfig;
 use orrery_models::WeightTypes;
 use orrery_runtime::{MemoryWeights, Session};
@@ -131,6 +133,17 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
             ("padding_mask", vec![1, 1, 256, 256]),
         ];
         return Some((graph, inputs));
+    } else if name == "vae_decode" || name == "vae_encode" {
+        // The CV8x8x8 tokenizer at real widths (configs/cosmos-1.0-tokenizer-cv8x8x8): decode
+        // [1, 16, 3, 8, 8] → [1, 3, 17, 64, 64], or encode that video.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/cosmos-1.0-tokenizer-cv8x8x8");
+        let config = CosmosVaeConfig::from_config(&ComponentConfig::read(std::path::Path::new(dir)).ok()?).ok()?;
+        let w = WeightTypes::Assumed(DType::F32);
+        return if name == "vae_decode" {
+            Some((decoder_graph(&config, &w, [1, 16, 3, 8, 8]).ok()?, vec![("z", vec![1, 16, 3, 8, 8])]))
+        } else {
+            Some((encoder_graph(&config, &w, [1, 3, 17, 64, 64]).ok()?, vec![("sample", vec![1, 3, 17, 64, 64])]))
+        };
     } else if name == "t5" || name == "t5_unfused" {
         // transformers' T5EncoderModel at d_model 1024, 8 heads × 128, d_ff 4096 (ReLU), 4
         // layers, 512 tokens, batch 1.
@@ -146,7 +159,7 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
             layer_norm_epsilon: 1e-6,
             feed_forward: FeedForward { act: UnaryOp::Relu, gated: false },
         };
-        let graph = encoder_graph(&config, &WeightTypes::Assumed(DType::F32), 1, 512, true).ok()?;
+        let graph = t5::encoder_graph(&config, &WeightTypes::Assumed(DType::F32), 1, 512, true).ok()?;
         return Some((graph, vec![("input_ids", vec![1, 512]), ("attention_mask", vec![1, 512])]));
     } else {
         return None;
