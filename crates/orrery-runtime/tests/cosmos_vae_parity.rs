@@ -52,3 +52,92 @@ fn decode_matches_diffusers() {
         assert!(err <= 1e-4, "decode {case}: {err:e}");
     }
 }
+
+/// Decodes `z` [B, C, T, h, w] in temporal chunks of `frames` latent frames, threading each
+/// chunk's `next_state.*` outputs into the next chunk's `state.*` inputs; returns the samples
+/// concatenated along time, as [B, C', F, H, W] values.
+fn decode_in_chunks(z: &orrery_cpu::CpuTensor, frames: usize) -> (Vec<usize>, Vec<f32>) {
+    use orrery_models::cosmos::{decoder_chunk_graph, CosmosVaeConfig, DecodeChunk};
+    let dir = fixture();
+    let config = CosmosVaeConfig::from_config(&orrery_models::ComponentConfig::read(&dir).unwrap()).unwrap();
+    let source = open_weights(&dir).unwrap();
+    let infos: HashMap<String, (orrery_ir::DType, Vec<usize>)> =
+        source.names().into_iter().map(|n| (n.clone(), source.info(&n).map(|i| (i.dtype, i.shape)).unwrap())).collect();
+    let lookup = |n: &str| infos.get(n).cloned();
+    let weights = Arc::new(FormatWeights::new(source));
+    let zd = z.shape().to_vec();
+    let total = zd[2];
+    let mut state: HashMap<String, orrery_cpu::CpuTensor> = HashMap::new();
+    let mut pieces: Vec<orrery_cpu::CpuTensor> = Vec::new();
+    for start in (0..total).step_by(frames) {
+        let end = (start + frames).min(total);
+        let chunk = z.slice(2, start, end, 1).contiguous();
+        let shape = [zd[0], zd[1], end - start, zd[3], zd[4]];
+        let graph =
+            decoder_chunk_graph(&config, &WeightTypes::Checkpoint(&lookup), shape, DecodeChunk { start, total })
+                .unwrap();
+        let mut inputs = HashMap::from([("z".to_string(), chunk)]);
+        for (_, node) in graph.inputs() {
+            if let Some(key) = node.name.strip_prefix("state.") {
+                inputs.insert(node.name.clone(), state[&format!("next_state.{key}")].contiguous());
+            }
+        }
+        let session = Session::new(compile(graph).unwrap(), weights.clone(), 2).unwrap();
+        let (mut out, _) = session.run(&inputs).unwrap();
+        pieces.push(out.remove("sample").unwrap());
+        state = out;
+    }
+    // Concatenate along time.
+    let (b, c, h, w) = (pieces[0].shape()[0], pieces[0].shape()[1], pieces[0].shape()[3], pieces[0].shape()[4]);
+    let f: usize = pieces.iter().map(|p| p.shape()[2]).sum();
+    let values: Vec<Vec<f32>> = pieces.iter().map(|p| p.to_f32_vec()).collect();
+    let mut out = Vec::with_capacity(b * c * f * h * w);
+    for bc in 0..b * c {
+        for (p, v) in pieces.iter().zip(&values) {
+            let n = p.shape()[2] * h * w;
+            out.extend_from_slice(&v[bc * n..(bc + 1) * n]);
+        }
+    }
+    (vec![b, c, f, h, w], out)
+}
+
+#[test]
+fn chunked_decode_equals_the_one_shot_decode() {
+    // Whole-video chunks (bit-identical to one shot); 1-frame chunks: 2 chunks for 9 frames,
+    // 3 for 17; 2-frame chunks for 17 (2 + 1). Against orrery's one-shot decode within 1e-6
+    // relative (kernel shapes change with the chunk, so not bit for bit), and against diffusers
+    // within the parity bound.
+    for (case, frames) in
+        [("f9_16x24", 2), ("f1_16x16", 1), ("f17_8x8", 3), ("f9_16x24", 1), ("f17_8x8", 1), ("f17_8x8", 2)]
+    {
+        let io = open_weights(fixture().join(format!("decode_{case}.safetensors"))).unwrap();
+        let z = tensor_from_source(io.as_ref(), "z").unwrap();
+        let reference = tensor_from_source(io.as_ref(), "sample").unwrap();
+        let (shape, chunked) = decode_in_chunks(&z, frames);
+        assert_eq!(shape, reference.shape(), "{case}");
+        // One shot, through the same graph builder without chunks.
+        let dir = fixture();
+        let component = load_component(&dir).unwrap();
+        let source = open_weights(&dir).unwrap();
+        let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape));
+        let shapes = BTreeMap::from([("z".to_string(), z.shape().to_vec())]);
+        let graph = component.build("decode", &shapes, &WeightTypes::Checkpoint(&lookup)).unwrap();
+        let session = Session::new(compile(graph).unwrap(), Arc::new(FormatWeights::new(source)), 2).unwrap();
+        let (out, _) = session.run(&HashMap::from([("z".to_string(), z.clone())])).unwrap();
+        let one_shot = out["sample"].to_f32_vec();
+        let rel = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
+            a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs())) / scale
+        };
+        let vs_one_shot = rel(&chunked, &one_shot);
+        let vs_diffusers = rel(&chunked, &reference.to_f32_vec());
+        println!("{case} in chunks of {frames}: {vs_one_shot:.2e} from one shot, {vs_diffusers:.2e} from diffusers");
+
+        assert!(vs_one_shot <= 1e-6, "{case}/{frames}: {vs_one_shot:e}");
+        if frames >= z.shape()[2] {
+            // One chunk is the one-shot graph plus state outputs: the same bits.
+            assert_eq!(vs_one_shot, 0.0, "{case}");
+        }
+        assert!(vs_diffusers <= 1e-4, "{case}/{frames}: {vs_diffusers:e}");
+    }
+}

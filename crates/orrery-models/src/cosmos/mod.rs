@@ -8,7 +8,7 @@ mod vae;
 pub use config::CosmosDitConfig;
 pub use dit_block::{dit_block, DitBlockConfig, DitBlockInputs};
 pub use transformer::{transformer_graph, CosmosDitShapes};
-pub use vae::{decoder_graph, encoder_graph, CosmosVaeConfig};
+pub use vae::{decoder_chunk_graph, decoder_graph, encoder_graph, CosmosVaeConfig, DecodeChunk};
 
 use crate::component::check_method;
 use crate::{Component, ComponentConfig, InputKind, InputSpec, ModelError, WeightTypes};

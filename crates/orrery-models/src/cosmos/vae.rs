@@ -125,10 +125,31 @@ impl CosmosVaeConfig {
     }
 }
 
-/// A graph builder with the weights at hand.
+/// A graph builder with the weights at hand, building either the whole video or one temporal
+/// chunk of the decoder.
 struct Net<'a, 'w> {
     b: &'a mut GraphBuilder,
     w: &'a WeightTypes<'w>,
+    chunk: Option<DecodeChunk>,
+}
+
+/// Where a decoder chunk sits in the video. Every causal convolution then reads the last input
+/// frames of the previous chunk from a `state.<conv>` input (instead of replicating frame 0)
+/// and writes its own as `next_state.<conv>`; the causal temporal attention reads all earlier
+/// keys and values from `state.<attn>.k` / `.v` and writes the extended ones. Frames are
+/// dropped (after the temporal up-sampler, after the unpatcher) only in the first chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeChunk {
+    /// Latent frames before this chunk.
+    pub start: usize,
+    /// Latent frames of the whole video (the up-sampler doubles frames only when > 1).
+    pub total: usize,
+}
+
+impl DecodeChunk {
+    fn first(&self) -> bool {
+        self.start == 0
+    }
 }
 
 impl Net<'_, '_> {
@@ -160,8 +181,22 @@ impl Net<'_, '_> {
         let tpad = (k[0] - 1 + 1).saturating_sub(stride[0]);
         let mut x = x;
         if tpad > 0 {
-            let pads = vec![(0, 0), (0, 0), (tpad, 0), (0, 0), (0, 0)];
-            x = self.b.op(&format!("{name}.causal_pad"), Op::Pad { pads, mode: PadMode::Replicate }, &[x])?;
+            let d = self.dims(x);
+            match self.chunk {
+                Some(chunk) if !chunk.first() => {
+                    let history = self.b.input(&format!("state.{name}"), DType::F32, [d[0], d[1], tpad, d[3], d[4]])?;
+                    x = self.b.concat(&format!("{name}.with_history"), &[history, x], 2)?;
+                }
+                _ => {
+                    let pads = vec![(0, 0), (0, 0), (tpad, 0), (0, 0), (0, 0)];
+                    x = self.b.op(&format!("{name}.causal_pad"), Op::Pad { pads, mode: PadMode::Replicate }, &[x])?;
+                }
+            }
+            if self.chunk.is_some() {
+                let len = self.dims(x)[2];
+                let last = self.b.narrow(&format!("{name}.history"), x, 2, len - tpad, len)?;
+                self.b.output(&format!("next_state.{name}"), last)?;
+            }
         }
         let w = self.w.declare(self.b, &format!("{name}.weight"), &[cout, cin, k[0], k[1], k[2]])?;
         let bias = self.f32_weight(&format!("{name}.bias"), &[cout])?;
@@ -233,9 +268,22 @@ impl Net<'_, '_> {
         }
         let scale = 1.0 / (c as f64).sqrt();
         let o = if temporal {
-            let causal: Vec<f64> = (0..len).flat_map(|i| (0..len).map(move |j| f64::from(u8::from(j <= i)))).collect();
+            // In a later decoder chunk the keys and values of all earlier frames come first.
+            let prev = self.chunk.map_or(0, |c| c.start);
+            if let Some(chunk) = self.chunk {
+                for (slot, tag) in [(1, "k"), (2, "v")] {
+                    if !chunk.first() {
+                        let past = self.b.input(&format!("state.{name}.{tag}"), DType::F32, [rows, prev, c])?;
+                        qkv[slot] = self.b.concat(&format!("{name}.{tag}.all"), &[past, qkv[slot]], 1)?;
+                    }
+                    self.b.output(&format!("next_state.{name}.{tag}"), qkv[slot])?;
+                }
+            }
+            let keys = prev + len;
+            let causal: Vec<f64> =
+                (0..len).flat_map(|i| (0..keys).map(move |j| f64::from(u8::from(j <= prev + i)))).collect();
             let mask =
-                self.b.constant(&format!("{name}.causal_mask"), RefTensor::new(DType::Bool, vec![len, len], causal));
+                self.b.constant(&format!("{name}.causal_mask"), RefTensor::new(DType::Bool, vec![len, keys], causal));
             qkv.push(mask);
             self.b.op(&format!("{name}.sdpa"), Op::attention(scale, AttentionMask::Boolean), &qkv)?
         } else {
@@ -307,10 +355,13 @@ impl Net<'_, '_> {
         let c = self.dims(x)[1];
         let mut x = x;
         if temporal {
+            // Frames double when the whole video has more than one; the first doubled frame is
+            // dropped (in the first chunk only).
             let t = self.dims(x)[2];
-            if t > 1 {
+            let (total, first) = self.chunk.map_or((t, true), |c| (c.total, c.first()));
+            if total > 1 {
                 let r = self.repeat2(&format!("{name}.frames_x2"), x, 2)?;
-                x = self.b.narrow(&format!("{name}.frames"), r, 2, 1, 2 * t)?;
+                x = if first { self.b.narrow(&format!("{name}.frames"), r, 2, 1, 2 * t)? } else { r };
             }
             let conv = self.causal_conv(&format!("{name}.conv1"), x, c, [3, 1, 1], [1, 1, 1], 0)?;
             x = self.b.add(&format!("{name}.temporal"), conv, x)?;
@@ -398,7 +449,7 @@ impl Net<'_, '_> {
 pub fn encoder_graph(c: &CosmosVaeConfig, w: &WeightTypes, shape: [usize; 5]) -> Result<orrery_ir::Graph, ModelError> {
     let mut b = GraphBuilder::new();
     let x = b.input("sample", DType::F32, shape.to_vec())?;
-    let mut n = Net { b: &mut b, w };
+    let mut n = Net { b: &mut b, w, chunk: None };
     let p = c.patch_size;
     // Frame 0 repeated p times, then the DWT levels.
     let pads = vec![(0, 0), (0, 0), (p - 1, 0), (0, 0), (0, 0)];
@@ -438,9 +489,32 @@ pub fn encoder_graph(c: &CosmosVaeConfig, w: &WeightTypes, shape: [usize; 5]) ->
 
 /// The decoder graph: `z` [B, latent, T, h, w] → `sample` [B, out, 1 + 8(T − 1), 8h, 8w].
 pub fn decoder_graph(c: &CosmosVaeConfig, w: &WeightTypes, shape: [usize; 5]) -> Result<orrery_ir::Graph, ModelError> {
+    build_decoder(c, w, shape, None)
+}
+
+/// The decoder graph of one temporal chunk: `z` holds latent frames `chunk.start ..
+/// chunk.start + T`; `sample` holds that chunk's output frames (8·T, or 1 + 8(T − 1) for the
+/// first chunk). Each `state.*` input takes the previous chunk's `next_state.*` output of the
+/// same name (the first chunk has none). Running the chunks in order and concatenating their
+/// samples along time gives the one-shot decode.
+pub fn decoder_chunk_graph(
+    c: &CosmosVaeConfig,
+    w: &WeightTypes,
+    shape: [usize; 5],
+    chunk: DecodeChunk,
+) -> Result<orrery_ir::Graph, ModelError> {
+    build_decoder(c, w, shape, Some(chunk))
+}
+
+fn build_decoder(
+    c: &CosmosVaeConfig,
+    w: &WeightTypes,
+    shape: [usize; 5],
+    chunk: Option<DecodeChunk>,
+) -> Result<orrery_ir::Graph, ModelError> {
     let mut b = GraphBuilder::new();
     let z = b.input("z", DType::F32, shape.to_vec())?;
-    let mut n = Net { b: &mut b, w };
+    let mut n = Net { b: &mut b, w, chunk };
     let ch: Vec<usize> = c.decode_block_out_channels.iter().rev().copied().collect();
     let p = c.patch_size;
     let mut x = n.conv1("post_quant_conv", z, c.latent_channels)?;
@@ -474,7 +548,8 @@ pub fn decoder_graph(c: &CosmosVaeConfig, w: &WeightTypes, shape: [usize; 5]) ->
         x = n.idwt(&format!("decoder.unpatch_embed.idwt{level}"), x)?;
     }
     let frames = n.dims(x)[2];
-    let y = n.b.narrow("decoder.unpatch_embed", x, 2, p - 1, frames)?;
+    let first = chunk.is_none_or(|c| c.first());
+    let y = if first { n.b.narrow("decoder.unpatch_embed", x, 2, p - 1, frames)? } else { x };
     b.output("sample", y)?;
     Ok(b.finish()?)
 }
