@@ -2,7 +2,7 @@
 //! [--weight-dtype stored|bf16|f32] [--dump] [--json]`
 
 use crate::component_plan::{canonical_shapes, plan};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use orrery_compiler::{CompileOptions, Kernel, Passes, Plan, Storage};
 use orrery_ir::DType;
 use orrery_models::{load_component, WeightTypes};
@@ -35,6 +35,10 @@ pub struct CompileArgs {
     /// Stop the optimizer after N rewrites (to bisect a bad rewrite; `--dump` lists them).
     #[arg(long)]
     stop_after_rewrites: Option<usize>,
+    /// Also plan the Cosmos tokenizer's decode in chunks of N latent frames and report the
+    /// largest chunk's arena beside the one-shot plan's.
+    #[arg(long)]
+    chunk_frames: Option<usize>,
 }
 
 fn parse_passes(s: &str) -> Result<Passes, String> {
@@ -100,6 +104,33 @@ pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
             plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Assumed(dtype), &options)?
         }
     };
+    if let Some(frames) = args.chunk_frames {
+        let config = crate::chunked_decode::tokenizer_config(&args.component, &args.method)?;
+        let z = shapes.get("z").context("--chunk-frames needs `--shape z=…`")?;
+        let dtype = match args.weight_dtype.as_str() {
+            "bf16" => DType::BF16,
+            _ => DType::F32,
+        };
+        let chunks = crate::chunked_decode::chunk_plans(&config, &WeightTypes::Assumed(dtype), z, frames)?;
+        let largest = chunks.iter().map(|p| p.arena_bytes).max().unwrap_or(0);
+        let flops: u64 = chunks.iter().map(|p| p.flops).sum();
+        if args.json {
+            let json = serde_json::json!({
+                "chunks": chunks.len(), "arena_bytes": largest, "one_shot_arena_bytes": plan.arena_bytes,
+                "weight_bytes": plan.weight_bytes, "flops": flops,
+            });
+            println!("{json}");
+        } else {
+            println!(
+                "decode in {} chunks of {frames} latent frame(s): largest chunk arena {largest} bytes ({:.2} GiB), one shot {} bytes ({:.2} GiB); {flops} FLOPs",
+                chunks.len(),
+                largest as f64 / (1u64 << 30) as f64,
+                plan.arena_bytes,
+                plan.arena_bytes as f64 / (1u64 << 30) as f64
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         println!("{}", plan_json(&plan));
     } else {

@@ -3,6 +3,7 @@
 //! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
 
 mod bind;
+mod chunked_decode;
 mod cmd_compile;
 mod cmd_encode_text;
 mod cmd_inspect;

@@ -195,6 +195,9 @@ impl Net<'_, '_> {
             if self.chunk.is_some() {
                 let len = self.dims(x)[2];
                 let last = self.b.narrow(&format!("{name}.history"), x, 2, len - tpad, len)?;
+                // A copy of its own, so the whole padded input is not kept alive by a view
+                // until the chunk ends (graph outputs live to the end).
+                let last = self.b.cast(&format!("{name}.history.copy"), last, DType::F32)?;
                 self.b.output(&format!("next_state.{name}"), last)?;
             }
         }

@@ -1,0 +1,83 @@
+//! Decoding a Cosmos video latent in temporal chunks (`orrery run --method decode
+//! --chunk-frames N`, `orrery compile … --chunk-frames N`): one plan per chunk, each chunk's
+//! `next_state.*` outputs fed to the next chunk's `state.*` inputs, the samples concatenated
+//! along time. Exact: the same frames as the one-shot decode (within float rounding, since
+//! kernel shapes change with the chunk).
+
+use anyhow::{bail, Context, Result};
+use orrery_compiler::{compile, Plan};
+use orrery_cpu::CpuTensor;
+use orrery_models::cosmos::{decoder_chunk_graph, CosmosVaeConfig, DecodeChunk};
+use orrery_models::{ComponentConfig, WeightTypes};
+use orrery_runtime::{Session, WeightResolver};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The tokenizer config of `component`, or an error saying that chunking applies only there.
+pub fn tokenizer_config(component: &Path, method: &str) -> Result<CosmosVaeConfig> {
+    let config = ComponentConfig::read(component)?;
+    if config.class != "AutoencoderKLCosmos" || method != "decode" {
+        bail!(
+            "--chunk-frames applies to `--method decode` of an AutoencoderKLCosmos folder; {} is {} (method `{method}`)",
+            component.display(),
+            config.class
+        );
+    }
+    Ok(CosmosVaeConfig::from_config(&config)?)
+}
+
+/// The plan of each chunk of `frames` latent frames for latent shape `z`.
+pub fn chunk_plans(config: &CosmosVaeConfig, weights: &WeightTypes, z: &[usize], frames: usize) -> Result<Vec<Plan>> {
+    let [b, c, t, h, w]: [usize; 5] =
+        z.try_into().map_err(|_| anyhow::anyhow!("`z` must be [batch, channels, frames, h, w], got {z:?}"))?;
+    if frames == 0 {
+        bail!("--chunk-frames must be at least 1");
+    }
+    (0..t)
+        .step_by(frames)
+        .map(|start| {
+            let shape = [b, c, frames.min(t - start), h, w];
+            let graph = decoder_chunk_graph(config, weights, shape, DecodeChunk { start, total: t })
+                .with_context(|| format!("building the decoder chunk at latent frame {start}"))?;
+            Ok(compile(graph)?)
+        })
+        .collect()
+}
+
+/// Runs the chunk plans on `z` and returns the concatenated `sample`.
+pub fn decode(plans: &[Plan], weights: Arc<dyn WeightResolver>, z: &CpuTensor, threads: usize) -> Result<CpuTensor> {
+    let mut state: HashMap<String, CpuTensor> = HashMap::new();
+    let mut pieces: Vec<Vec<f32>> = Vec::new();
+    let mut frames: Vec<usize> = Vec::new();
+    let mut start = 0;
+    let mut out_dims = Vec::new();
+    for plan in plans {
+        let len = plan.graph.node(plan.graph.find("z").expect("chunk graphs take `z`")).ty.shape.dims()[2];
+        let mut inputs = HashMap::from([("z".to_string(), z.slice(2, start, start + len, 1).contiguous())]);
+        for (_, node) in plan.graph.inputs() {
+            if let Some(key) = node.name.strip_prefix("state.") {
+                let t = state.remove(&format!("next_state.{key}")).expect("every state comes from the previous chunk");
+                inputs.insert(node.name.clone(), t.contiguous());
+            }
+        }
+        let session = Session::new(plan.clone(), weights.clone(), threads)?;
+        let (mut out, _) = session.run(&inputs)?;
+        let sample = out.remove("sample").expect("chunk graphs output `sample`");
+        out_dims = sample.shape().to_vec();
+        frames.push(out_dims[2]);
+        pieces.push(sample.to_f32_vec());
+        state = out;
+        start += len;
+    }
+    // Concatenate along time: per (batch, channel), each chunk's frames in order.
+    let (bc, hw) = (out_dims[0] * out_dims[1], out_dims[3] * out_dims[4]);
+    let total: usize = frames.iter().sum();
+    let mut data = Vec::with_capacity(bc * total * hw);
+    for i in 0..bc {
+        for (piece, &f) in pieces.iter().zip(&frames) {
+            data.extend_from_slice(&piece[i * f * hw..(i + 1) * f * hw]);
+        }
+    }
+    Ok(CpuTensor::from_vec(vec![out_dims[0], out_dims[1], total, out_dims[3], out_dims[4]], data))
+}
