@@ -45,13 +45,21 @@ pub fn chunk_plans(config: &CosmosVaeConfig, weights: &WeightTypes, z: &[usize],
         .collect()
 }
 
-/// Runs the chunk plans on `z` and returns the concatenated `sample`.
-pub fn decode(plans: &[Plan], weights: Arc<dyn WeightResolver>, z: &CpuTensor, threads: usize) -> Result<CpuTensor> {
+/// Runs the chunk plans on `z` and returns the concatenated `sample`. Each chunk's frames are
+/// copied into the output as soon as the chunk finishes, so no more than one chunk's output
+/// exists besides the video.
+pub fn decode(
+    plans: &[Plan],
+    weights: Arc<dyn WeightResolver>,
+    z: &CpuTensor,
+    threads: usize,
+    temporal_ratio: usize,
+) -> Result<CpuTensor> {
     let mut state: HashMap<String, CpuTensor> = HashMap::new();
-    let mut pieces: Vec<Vec<f32>> = Vec::new();
-    let mut frames: Vec<usize> = Vec::new();
-    let mut start = 0;
-    let mut out_dims = Vec::new();
+    let latent = z.shape()[2];
+    let mut video: Vec<f32> = Vec::new();
+    let mut dims: Vec<usize> = Vec::new();
+    let (mut start, mut frame) = (0, 0);
     for plan in plans {
         let len = plan.graph.node(plan.graph.find("z").expect("chunk graphs take `z`")).ty.shape.dims()[2];
         let mut inputs = HashMap::from([("z".to_string(), z.slice(2, start, start + len, 1).contiguous())]);
@@ -64,20 +72,24 @@ pub fn decode(plans: &[Plan], weights: Arc<dyn WeightResolver>, z: &CpuTensor, t
         let session = Session::new(plan.clone(), weights.clone(), threads)?;
         let (mut out, _) = session.run(&inputs)?;
         let sample = out.remove("sample").expect("chunk graphs output `sample`");
-        out_dims = sample.shape().to_vec();
-        frames.push(out_dims[2]);
-        pieces.push(sample.to_f32_vec());
+        let d = sample.shape().to_vec();
+        if dims.is_empty() {
+            // The first chunk gives r·len − (r − 1) frames, every later one r·len: 1 + r·(T − 1).
+            dims = vec![d[0], d[1], 1 + temporal_ratio * (latent - 1), d[3], d[4]];
+            video = vec![0f32; dims.iter().product()];
+        }
+        let (bc, hw, total) = (d[0] * d[1], d[3] * d[4], dims[2]);
+        let values = sample.to_f32_vec();
+        for i in 0..bc {
+            let src = &values[i * d[2] * hw..(i + 1) * d[2] * hw];
+            video[(i * total + frame) * hw..][..d[2] * hw].copy_from_slice(src);
+        }
+        frame += d[2];
         state = out;
         start += len;
     }
-    // Concatenate along time: per (batch, channel), each chunk's frames in order.
-    let (bc, hw) = (out_dims[0] * out_dims[1], out_dims[3] * out_dims[4]);
-    let total: usize = frames.iter().sum();
-    let mut data = Vec::with_capacity(bc * total * hw);
-    for i in 0..bc {
-        for (piece, &f) in pieces.iter().zip(&frames) {
-            data.extend_from_slice(&piece[i * f * hw..(i + 1) * f * hw]);
-        }
+    if frame != dims[2] {
+        bail!("the chunks gave {frame} frames, expected {}", dims[2]);
     }
-    Ok(CpuTensor::from_vec(vec![out_dims[0], out_dims[1], total, out_dims[3], out_dims[4]], data))
+    Ok(CpuTensor::from_vec(dims, video))
 }

@@ -143,7 +143,8 @@ fn run_chunked(
     let mut sample = None;
     for i in 0..=args.repeat {
         let start = Instant::now();
-        let out = crate::chunked_decode::decode(&plans, weights.clone(), z, threads)?;
+        let out =
+            crate::chunked_decode::decode(&plans, weights.clone(), z, threads, config.temporal_compression_ratio)?;
         if i > 0 || args.repeat == 0 {
             runs_s.push(start.elapsed().as_secs_f64());
         }
