@@ -310,6 +310,40 @@ fn t5_11b_config_compiles_with_the_encoder_parameter_count() {
     assert!(v["kernels"].as_array().unwrap().iter().all(|k| !k["name"].as_str().unwrap().contains("decoder")));
 }
 
+/// Writes every tensor of safetensors file `from` except `skip` to `to`, bytes and dtypes
+/// unchanged (a fixture's inputs without its reference outputs).
+fn copy_tensors_except(from: &Path, skip: &[&str], to: &Path) {
+    let source = orrery_formats::open_weights(from).unwrap();
+    let tensors: Vec<(String, orrery_ir::DType, Vec<usize>, Vec<u8>)> = source
+        .names()
+        .into_iter()
+        .filter(|n| !skip.contains(&n.as_str()))
+        .map(|n| {
+            let bytes = source.load(&n).unwrap();
+            let data = bytes.as_bytes().to_vec();
+            (n, bytes.dtype, bytes.shape.clone(), data)
+        })
+        .collect();
+    let to_write: Vec<orrery_formats::TensorToWrite> = tensors
+        .iter()
+        .map(|(n, d, s, b)| orrery_formats::TensorToWrite { name: n, dtype: *d, shape: s, data: b })
+        .collect();
+    orrery_formats::write_safetensors(to, &to_write).unwrap();
+}
+
+/// `orrery run <model> --inputs <inputs> --output <out>`, which must succeed.
+fn run_component(model: &Path, inputs: &Path, out: &Path) {
+    let o = orrery(&[
+        "run",
+        model.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 /// Reads one tensor of any dtype as f64 values.
 fn read_f64(path: &Path, name: &str) -> Vec<f64> {
     let source = orrery_formats::open_weights(path).unwrap();
@@ -378,41 +412,11 @@ fn run_executes_the_t5_encoder_component() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model = root.join("crates/orrery-runtime/tests/fixtures/t5/gated_gelu");
     let io = model.join("io_L200.safetensors");
-    let ids: Vec<i64> = read_f64(&io, "input_ids").iter().map(|&v| v as i64).collect();
-    let mask: Vec<i64> = read_f64(&io, "attention_mask").iter().map(|&v| v as i64).collect();
-    let bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let (ids_b, mask_b) = (bytes(&ids), bytes(&mask));
     let dir = tmp_dir("run-t5");
     let inputs = dir.join("inputs.safetensors");
-    let shape = [2usize, 200];
-    orrery_formats::write_safetensors(
-        &inputs,
-        &[
-            orrery_formats::TensorToWrite {
-                name: "input_ids",
-                dtype: orrery_ir::DType::I64,
-                shape: &shape,
-                data: &ids_b,
-            },
-            orrery_formats::TensorToWrite {
-                name: "attention_mask",
-                dtype: orrery_ir::DType::I64,
-                shape: &shape,
-                data: &mask_b,
-            },
-        ],
-    )
-    .unwrap();
+    copy_tensors_except(&io, &["last_hidden_state"], &inputs);
     let out = dir.join("out.safetensors");
-    let o = orrery(&[
-        "run",
-        model.to_str().unwrap(),
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    run_component(&model, &inputs, &out);
     let (shape, got) = read_f32(&out, "last_hidden_state");
     assert_eq!(shape, [2, 200, 16]);
     let (_, reference) = read_f32(&io, "last_hidden_state");
@@ -478,34 +482,11 @@ fn run_executes_the_cosmos_transformer_component() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model = root.join("crates/orrery-runtime/tests/fixtures/cosmos_dit/t2w");
     let case = model.join("case_fps30_masked.safetensors");
-    let source = orrery_formats::open_weights(&case).unwrap();
-    let tensors: Vec<(String, orrery_ir::DType, Vec<usize>, Vec<u8>)> = source
-        .names()
-        .into_iter()
-        .filter(|n| n != "sample")
-        .map(|n| {
-            let bytes = source.load(&n).unwrap();
-            let data = bytes.as_bytes().to_vec();
-            (n, bytes.dtype, bytes.shape.clone(), data)
-        })
-        .collect();
     let dir = tmp_dir("run-cosmos");
     let inputs = dir.join("inputs.safetensors");
-    let to_write: Vec<orrery_formats::TensorToWrite> = tensors
-        .iter()
-        .map(|(n, d, s, b)| orrery_formats::TensorToWrite { name: n, dtype: *d, shape: s, data: b })
-        .collect();
-    orrery_formats::write_safetensors(&inputs, &to_write).unwrap();
+    copy_tensors_except(&case, &["sample"], &inputs);
     let out = dir.join("out.safetensors");
-    let o = orrery(&[
-        "run",
-        model.to_str().unwrap(),
-        "--inputs",
-        inputs.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    run_component(&model, &inputs, &out);
     let (shape, got) = read_f32(&out, "sample");
     assert_eq!(shape, [2, 4, 3, 6, 10]);
     let (_, reference) = read_f32(&case, "sample");
