@@ -9,8 +9,7 @@ use orrery_compiler::{compile, Plan};
 use orrery_cpu::CpuTensor;
 use orrery_models::cosmos::{decoder_chunk_graph, CosmosVaeConfig, DecodeChunk};
 use orrery_models::{ComponentConfig, WeightTypes};
-use orrery_runtime::{Session, WeightResolver};
-use std::collections::HashMap;
+use orrery_runtime::{run_chunks, ChunkOutput, WeightResolver};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,9 +44,8 @@ pub fn chunk_plans(config: &CosmosVaeConfig, weights: &WeightTypes, z: &[usize],
         .collect()
 }
 
-/// Runs the chunk plans on `z` and returns the concatenated `sample`. Each chunk's frames are
-/// copied into the output as soon as the chunk finishes, so no more than one chunk's output
-/// exists besides the video.
+/// Runs the chunk plans on `z` and returns the decoded video (1 + r·(T − 1) frames for T latent
+/// frames and temporal ratio r).
 pub fn decode(
     plans: &[Plan],
     weights: Arc<dyn WeightResolver>,
@@ -55,41 +53,15 @@ pub fn decode(
     threads: usize,
     temporal_ratio: usize,
 ) -> Result<CpuTensor> {
-    let mut state: HashMap<String, CpuTensor> = HashMap::new();
     let latent = z.shape()[2];
-    let mut video: Vec<f32> = Vec::new();
-    let mut dims: Vec<usize> = Vec::new();
-    let (mut start, mut frame) = (0, 0);
+    let mut start = 0;
+    let mut slices = Vec::with_capacity(plans.len());
     for plan in plans {
         let len = plan.graph.node(plan.graph.find("z").expect("chunk graphs take `z`")).ty.shape.dims()[2];
-        let mut inputs = HashMap::from([("z".to_string(), z.slice(2, start, start + len, 1).contiguous())]);
-        for (_, node) in plan.graph.inputs() {
-            if let Some(key) = node.name.strip_prefix("state.") {
-                let t = state.remove(&format!("next_state.{key}")).expect("every state comes from the previous chunk");
-                inputs.insert(node.name.clone(), t.contiguous());
-            }
-        }
-        let session = Session::new(plan.clone(), weights.clone(), threads)?;
-        let (mut out, _) = session.run(&inputs)?;
-        let sample = out.remove("sample").expect("chunk graphs output `sample`");
-        let d = sample.shape().to_vec();
-        if dims.is_empty() {
-            // The first chunk gives r·len − (r − 1) frames, every later one r·len: 1 + r·(T − 1).
-            dims = vec![d[0], d[1], 1 + temporal_ratio * (latent - 1), d[3], d[4]];
-            video = vec![0f32; dims.iter().product()];
-        }
-        let (bc, hw, total) = (d[0] * d[1], d[3] * d[4], dims[2]);
-        let values = sample.to_f32_vec();
-        for i in 0..bc {
-            let src = &values[i * d[2] * hw..(i + 1) * d[2] * hw];
-            video[(i * total + frame) * hw..][..d[2] * hw].copy_from_slice(src);
-        }
-        frame += d[2];
-        state = out;
+        slices.push(z.slice(2, start, start + len, 1).contiguous());
         start += len;
     }
-    if frame != dims[2] {
-        bail!("the chunks gave {frame} frames, expected {}", dims[2]);
-    }
-    Ok(CpuTensor::from_vec(dims, video))
+    let frames = 1 + temporal_ratio * (latent - 1);
+    let output = ChunkOutput { name: "sample", axis: 2, len: frames };
+    Ok(run_chunks(plans, weights, "z", slices, output, threads)?)
 }

@@ -12,6 +12,8 @@ pub enum RuntimeError {
     Weight { name: String, reason: String },
     #[error("kernel `{node}` failed: {source}")]
     Kernel { node: String, source: orrery_cpu::CpuError },
+    #[error("chunked run: {reason}")]
+    Chunks { reason: String },
     #[error("could not start a pool of {threads} threads: {reason}")]
     ThreadPool { threads: usize, reason: String },
 }

@@ -8,11 +8,13 @@
 //! Architecture invariant: the runtime decides nothing about order or memory; it follows the
 //! plan. It does not parse files: weights arrive through [`WeightResolver`].
 
+mod chunks;
 mod error;
 mod session;
 mod threads;
 mod weights;
 
+pub use chunks::{run_chunks, ChunkOutput};
 pub use error::RuntimeError;
 pub use session::{peak_rss_bytes, RunStats, Session};
 pub use threads::{resolve_threads, ThreadSource};

@@ -3,10 +3,14 @@
 //! 9 frames at 16 × 24 (batch 2, non-square), 17 frames at 8 × 8 and a single frame at
 //! 16 × 16. Bound: 1e-4 relative (max|out − ref| / max|ref|).
 
+mod common;
+
+use common::rel_err;
+
 use orrery_compiler::compile;
 use orrery_formats::open_weights;
 use orrery_models::{load_component, WeightTypes};
-use orrery_runtime::{tensor_from_source, FormatWeights, Session};
+use orrery_runtime::{run_chunks, tensor_from_source, ChunkOutput, FormatWeights, Session};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,8 +35,7 @@ fn relative_error(method: &str, case: &str, input: &str, output: &str) -> f64 {
     let (out, _) = session.run(&HashMap::from([(input.to_string(), x)])).unwrap();
     assert_eq!(out[output].shape(), reference.shape(), "{method} {case}");
     let (got, reference) = (out[output].to_f32_vec(), reference.to_f32_vec());
-    let scale = reference.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
-    let err = got.iter().zip(&reference).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / scale;
+    let err = rel_err(&got, &reference);
     println!("{method} {case}: relative error {err:.2e}");
     err
 }
@@ -53,52 +56,31 @@ fn decode_matches_diffusers() {
     }
 }
 
-/// Decodes `z` [B, C, T, h, w] in temporal chunks of `frames` latent frames, threading each
-/// chunk's `next_state.*` outputs into the next chunk's `state.*` inputs; returns the samples
-/// concatenated along time, as [B, C', F, H, W] values.
+/// Decodes `z` [B, C, T, h, w] in temporal chunks of `frames` latent frames through
+/// `run_chunks` (states threaded from chunk to chunk); returns the video's shape and values.
 fn decode_in_chunks(z: &orrery_cpu::CpuTensor, frames: usize) -> (Vec<usize>, Vec<f32>) {
     use orrery_models::cosmos::{decoder_chunk_graph, CosmosVaeConfig, DecodeChunk};
     let dir = fixture();
     let config = CosmosVaeConfig::from_config(&orrery_models::ComponentConfig::read(&dir).unwrap()).unwrap();
     let source = open_weights(&dir).unwrap();
-    let infos: HashMap<String, (orrery_ir::DType, Vec<usize>)> =
-        source.names().into_iter().map(|n| (n.clone(), source.info(&n).map(|i| (i.dtype, i.shape)).unwrap())).collect();
-    let lookup = |n: &str| infos.get(n).cloned();
-    let weights = Arc::new(FormatWeights::new(source));
+    let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape));
     let zd = z.shape().to_vec();
     let total = zd[2];
-    let mut state: HashMap<String, orrery_cpu::CpuTensor> = HashMap::new();
-    let mut pieces: Vec<orrery_cpu::CpuTensor> = Vec::new();
+    let (mut plans, mut slices) = (Vec::new(), Vec::new());
     for start in (0..total).step_by(frames) {
         let end = (start + frames).min(total);
-        let chunk = z.slice(2, start, end, 1).contiguous();
         let shape = [zd[0], zd[1], end - start, zd[3], zd[4]];
-        let graph =
-            decoder_chunk_graph(&config, &WeightTypes::Checkpoint(&lookup), shape, DecodeChunk { start, total })
-                .unwrap();
-        let mut inputs = HashMap::from([("z".to_string(), chunk)]);
-        for (_, node) in graph.inputs() {
-            if let Some(key) = node.name.strip_prefix("state.") {
-                inputs.insert(node.name.clone(), state[&format!("next_state.{key}")].contiguous());
-            }
-        }
-        let session = Session::new(compile(graph).unwrap(), weights.clone(), 2).unwrap();
-        let (mut out, _) = session.run(&inputs).unwrap();
-        pieces.push(out.remove("sample").unwrap());
-        state = out;
+        let chunk = DecodeChunk { start, total };
+        plans.push(
+            compile(decoder_chunk_graph(&config, &WeightTypes::Checkpoint(&lookup), shape, chunk).unwrap()).unwrap(),
+        );
+        slices.push(z.slice(2, start, end, 1).contiguous());
     }
-    // Concatenate along time.
-    let (b, c, h, w) = (pieces[0].shape()[0], pieces[0].shape()[1], pieces[0].shape()[3], pieces[0].shape()[4]);
-    let f: usize = pieces.iter().map(|p| p.shape()[2]).sum();
-    let values: Vec<Vec<f32>> = pieces.iter().map(|p| p.to_f32_vec()).collect();
-    let mut out = Vec::with_capacity(b * c * f * h * w);
-    for bc in 0..b * c {
-        for (p, v) in pieces.iter().zip(&values) {
-            let n = p.shape()[2] * h * w;
-            out.extend_from_slice(&v[bc * n..(bc + 1) * n]);
-        }
-    }
-    (vec![b, c, f, h, w], out)
+    let weights = Arc::new(FormatWeights::new(source));
+    let frames_out = 1 + config.temporal_compression_ratio * (total - 1);
+    let output = ChunkOutput { name: "sample", axis: 2, len: frames_out };
+    let video = run_chunks(&plans, weights, "z", slices, output, 2).unwrap();
+    (video.shape().to_vec(), video.to_f32_vec())
 }
 
 #[test]
@@ -125,12 +107,8 @@ fn chunked_decode_equals_the_one_shot_decode() {
         let session = Session::new(compile(graph).unwrap(), Arc::new(FormatWeights::new(source)), 2).unwrap();
         let (out, _) = session.run(&HashMap::from([("z".to_string(), z.clone())])).unwrap();
         let one_shot = out["sample"].to_f32_vec();
-        let rel = |a: &[f32], b: &[f32]| {
-            let scale = b.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
-            a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs())) / scale
-        };
-        let vs_one_shot = rel(&chunked, &one_shot);
-        let vs_diffusers = rel(&chunked, &reference.to_f32_vec());
+        let vs_one_shot = rel_err(&chunked, &one_shot);
+        let vs_diffusers = rel_err(&chunked, &reference.to_f32_vec());
         println!("{case} in chunks of {frames}: {vs_one_shot:.2e} from one shot, {vs_diffusers:.2e} from diffusers");
 
         assert!(vs_one_shot <= 1e-6, "{case}/{frames}: {vs_one_shot:e}");
