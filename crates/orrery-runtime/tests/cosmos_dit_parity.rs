@@ -4,6 +4,10 @@
 //! text-to-world and video-to-world, the Predict2.5 network, bf16 weights on disk).
 //! Bound: 1e-4 relative (max|out − ref| / max|ref|).
 
+mod common;
+
+use common::rel_err;
+
 use orrery_compiler::compile;
 use orrery_cpu::CpuTensor;
 use orrery_formats::open_weights;
@@ -20,8 +24,7 @@ fn fixture(name: &str) -> PathBuf {
 /// Runs folder `model` on `case_<case>.safetensors`; returns the relative error.
 fn run(model: &str, case: &str) -> f64 {
     let (got, reference) = outputs(model, case, load_component(&fixture(model)).unwrap().as_ref());
-    let scale = reference.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
-    let err = got.iter().zip(&reference).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / scale;
+    let err = rel_err(&got, &reference);
     println!("{model} {case}: relative error {err:.2e}");
     err
 }
@@ -102,7 +105,6 @@ fn predict1_model_pt_equals_the_diffusers_layout_bit_for_bit() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     assert_eq!(bits(&from_pt), bits(&from_safetensors));
     // And eps 1e-6 vs diffusers' 1e-5 is a visible but small change against the reference.
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = from_pt.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    let err = rel_err(&from_pt, &reference);
     assert!(err > 0.0 && err < 1e-3, "{err:e}");
 }

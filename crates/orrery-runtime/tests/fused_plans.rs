@@ -90,8 +90,7 @@ fn fused_dit_block_matches_the_unfused_plan() {
     let (n_unfused, reference) = run(graph, &weights, &inputs);
     let (n_fused, fused) = run(optimized, &weights, &inputs);
     assert!(n_fused < n_unfused, "{n_fused} kernels fused vs {n_unfused} unfused");
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = reference.iter().zip(&fused).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    let err = common::rel_err(&fused, &reference);
     assert!(err <= 1e-6, "relative error {err:e}");
     // `compile` runs the same passes by default.
     let default_plan = orrery_compiler::compile(block_graph()).unwrap();

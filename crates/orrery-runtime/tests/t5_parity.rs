@@ -4,6 +4,10 @@
 //! 2 with a padded row, L = 512 and L = 200 (distances beyond relative_attention_max_distance).
 //! Bound: 1e-4 relative (max|out − ref| / max|ref|); a correct f32 port lands near 1e-6.
 
+mod common;
+
+use common::rel_err;
+
 use orrery_compiler::compile;
 use orrery_formats::{open_weights, FormatError, SourceReport, TensorBytes, TensorInfo, WeightSource};
 use orrery_models::{load_component, WeightTypes};
@@ -70,12 +74,6 @@ fn run(name: &str, len: usize, rows: Option<usize>, with_mask: bool) -> (Vec<f32
     let got = out["last_hidden_state"].to_f32_vec();
     let names = loaded.lock().unwrap().clone();
     (got, expected.to_f32_vec(), names)
-}
-
-fn rel_err(got: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(got.len(), reference.len());
-    let scale = reference.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
-    got.iter().zip(reference).fold(0f64, |m, (&a, &b)| m.max((a as f64 - b as f64).abs())) / scale
 }
 
 fn check(name: &str) {

@@ -55,9 +55,7 @@ fn store_permuted(graph: &Graph, uses: &[usize], users: &[Vec<NodeId>], id: Node
     let source = node.inputs[0];
     let Some(Op::Epilogue { base, program, view, perm: None }) = graph.node(source).op() else { return None };
     let r = perm.len();
-    let only_attention = !users[id.0].is_empty()
-        && users[id.0].len() == uses[id.0]
-        && users[id.0].iter().all(|u| matches!(graph.node(*u).op(), Some(Op::Attention { .. })));
+    let only_attention = feeds_only_attention(graph, uses, users, id);
     if r == 0 || perm[r - 1] != r - 1 || uses[source.0] != 1 || !only_attention {
         return None;
     }
@@ -71,6 +69,15 @@ fn store_permuted(graph: &Graph, uses: &[usize], users: &[Vec<NodeId>], id: Node
     }
     patch.replace(id, stored);
     Some(patch)
+}
+
+/// True when every use of `id` is an attention operand (no other op reads it and it is not a
+/// graph output): attention reads any strides, so the value's layout is free to choose.
+fn feeds_only_attention(graph: &Graph, uses: &[usize], users: &[Vec<NodeId>], id: NodeId) -> bool {
+    let readers = &users[id.0];
+    !readers.is_empty()
+        && readers.len() == uses[id.0]
+        && readers.iter().all(|u| matches!(graph.node(*u).op(), Some(Op::Attention { .. })))
 }
 
 /// For each value, the op nodes reading it.
@@ -89,9 +96,7 @@ fn hoist(graph: &Graph, uses: &[usize], users: &[Vec<NodeId>], id: NodeId) -> Op
     let Some(Op::Fused(program)) = node.op() else { return None };
     let out_dims = node.ty.shape.dims();
     let r = out_dims.len();
-    let only_attention = !users[id.0].is_empty()
-        && users[id.0].len() == uses[id.0]
-        && users[id.0].iter().all(|u| matches!(graph.node(*u).op(), Some(Op::Attention { .. })));
+    let only_attention = feeds_only_attention(graph, uses, users, id);
     if r < 2 || !only_attention {
         return None;
     }
