@@ -91,31 +91,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         outputs = out;
     }
     write_f32_safetensors(&args.output, &outputs)?;
-    let median_s = median(&runs_s);
-    let peak = peak_rss_bytes().unwrap_or(0);
-    if args.json {
-        let json = serde_json::json!({
-            "median_s": median_s,
-            "runs_s": runs_s,
-            "compile_s": compile_s,
-            "load_s": load_s,
-            "peak_rss_bytes": peak,
-            "threads": threads,
-            "weight_bytes": session.plan().weight_bytes,
-            "arena_bytes": session.plan().arena_bytes,
-            "flops": session.plan().flops,
-        });
-        println!("{json}");
-    } else {
-        eprintln!(
-            "orrery: wrote {} ({} outputs); median {:.6} s over {} run(s); peak RSS {:.1} MiB",
-            args.output.display(),
-            outputs.len(),
-            median_s,
-            runs_s.len(),
-            peak as f64 / (1 << 20) as f64
-        );
-    }
+    let plan = session.plan();
+    let totals = Totals { weight_bytes: plan.weight_bytes, arena_bytes: plan.arena_bytes, flops: plan.flops };
+    report(args, &runs_s, (compile_s, load_s), threads, totals, None);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -152,25 +130,54 @@ fn run_chunked(
     }
     let outputs = HashMap::from([("sample".to_string(), sample.expect("at least one run"))]);
     write_f32_safetensors(&args.output, &outputs)?;
-    let median_s = median(&runs_s);
+    report(args, &runs_s, (compile_s, load_s), threads, Totals { weight_bytes, arena_bytes, flops }, Some(chunks));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The plan figures `run` reports (for chunks: the largest chunk's arena, all chunks' FLOPs).
+struct Totals {
+    weight_bytes: u64,
+    arena_bytes: u64,
+    flops: u64,
+}
+
+/// Prints the run contract's JSON object (plus `chunks` for a chunked decode), or a log line.
+fn report(
+    args: &RunArgs,
+    runs_s: &[f64],
+    (compile_s, load_s): (f64, f64),
+    threads: usize,
+    t: Totals,
+    chunks: Option<usize>,
+) {
+    let median_s = median(runs_s);
     let peak = peak_rss_bytes().unwrap_or(0);
     if args.json {
-        let json = serde_json::json!({
-            "median_s": median_s, "runs_s": runs_s, "compile_s": compile_s, "load_s": load_s,
-            "peak_rss_bytes": peak, "threads": threads, "weight_bytes": weight_bytes,
-            "arena_bytes": arena_bytes, "flops": flops, "chunks": chunks,
+        let mut json = serde_json::json!({
+            "median_s": median_s,
+            "runs_s": runs_s,
+            "compile_s": compile_s,
+            "load_s": load_s,
+            "peak_rss_bytes": peak,
+            "threads": threads,
+            "weight_bytes": t.weight_bytes,
+            "arena_bytes": t.arena_bytes,
+            "flops": t.flops,
         });
+        if let Some(n) = chunks {
+            json["chunks"] = n.into();
+        }
         println!("{json}");
     } else {
         eprintln!(
-            "orrery: wrote {}; median {median_s:.6} s over {} run(s); peak RSS {:.1} MiB; largest chunk arena {:.1} MiB",
+            "orrery: wrote {}; median {median_s:.6} s over {} run(s); peak RSS {:.1} MiB; arena {:.1} MiB{}",
             args.output.display(),
             runs_s.len(),
             peak as f64 / (1 << 20) as f64,
-            arena_bytes as f64 / (1 << 20) as f64
+            t.arena_bytes as f64 / (1 << 20) as f64,
+            chunks.map(|n| format!(" (largest of {n} chunks)")).unwrap_or_default()
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Median (mean of the middle two for an even count).
