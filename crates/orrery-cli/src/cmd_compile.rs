@@ -1,6 +1,7 @@
 //! `orrery compile <component-dir|config.json> [--method M] --shape NAME=D0xD1x… …
 //! [--weight-dtype stored|bf16|f32] [--dump] [--json]`
 
+use crate::chunked::{ChunkSize, ChunkedTokenizer};
 use crate::component_plan::{canonical_shapes, plan};
 use anyhow::{bail, Context, Result};
 use orrery_compiler::{CompileOptions, Kernel, Passes, Plan, Storage};
@@ -35,10 +36,14 @@ pub struct CompileArgs {
     /// Stop the optimizer after N rewrites (to bisect a bad rewrite; `--dump` lists them).
     #[arg(long)]
     stop_after_rewrites: Option<usize>,
-    /// Also plan the Cosmos tokenizer's decode in chunks of N latent frames and report the
-    /// largest chunk's arena beside the one-shot plan's.
-    #[arg(long)]
+    /// Also plan the Cosmos tokenizer's encode or decode in chunks of N latent frames and
+    /// report the largest chunk's arena beside the one-shot plan's.
+    #[arg(long, conflicts_with = "memory_budget")]
     chunk_frames: Option<usize>,
+    /// Also plan the Cosmos tokenizer in the largest temporal chunks that fit this many bytes
+    /// (weights + activations + carried state), e.g. 4GiB.
+    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    memory_budget: Option<u64>,
 }
 
 fn parse_passes(s: &str) -> Result<Passes, String> {
@@ -104,29 +109,44 @@ pub fn compile(args: &CompileArgs) -> Result<ExitCode> {
             plan(component.as_ref(), &args.method, &shapes, &WeightTypes::Assumed(dtype), &options)?
         }
     };
-    if let Some(frames) = args.chunk_frames {
-        let config = crate::chunked_decode::tokenizer_config(&args.component, &args.method)?;
-        let z = shapes.get("z").context("--chunk-frames needs `--shape z=…`")?;
-        let dtype = match args.weight_dtype.as_str() {
-            "bf16" => DType::BF16,
-            _ => DType::F32,
+    if let Some(size) = ChunkSize::from_flags(args.chunk_frames, args.memory_budget) {
+        let (config, method) = crate::chunked::tokenizer_config(&args.component, &args.method)?;
+        let input = method.input();
+        let shape = shapes.get(input).with_context(|| format!("chunking needs `--shape {input}=…`"))?;
+        let shape = &shape.clone();
+        // The chunks read the weights as the one-shot plan did.
+        let chunked = match &source {
+            Some(source) => {
+                let lookup = |name: &str| source.info(name).map(|i| (i.dtype, i.shape.clone()));
+                ChunkedTokenizer::plan(&config, method, &WeightTypes::Checkpoint(&lookup), shape, size)?
+            }
+            None => {
+                let dtype = if args.weight_dtype == "bf16" { DType::BF16 } else { DType::F32 };
+                ChunkedTokenizer::plan(&config, method, &WeightTypes::Assumed(dtype), shape, size)?
+            }
         };
-        let chunks = crate::chunked_decode::chunk_plans(&config, &WeightTypes::Assumed(dtype), z, frames)?;
-        let largest = chunks.iter().map(|p| p.arena_bytes).max().unwrap_or(0);
-        let flops: u64 = chunks.iter().map(|p| p.flops).sum();
+        let (largest, flops, chunks, frames) =
+            (chunked.largest_arena(), chunked.flops(), chunked.plans.len(), chunked.frames);
+        let needed = chunked.needed_bytes();
+        let one_shot_needed = plan.weight_bytes + plan.peak_resident_bytes;
         if args.json {
             let json = serde_json::json!({
-                "chunks": chunks.len(), "arena_bytes": largest, "one_shot_arena_bytes": plan.arena_bytes,
+                "chunks": chunks, "chunk_frames": frames, "arena_bytes": largest,
+                "resident_bytes": chunked.largest_resident(), "needed_bytes": needed,
+                "one_shot_arena_bytes": plan.arena_bytes, "one_shot_needed_bytes": one_shot_needed,
                 "weight_bytes": plan.weight_bytes, "flops": flops,
             });
             println!("{json}");
         } else {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             println!(
-                "decode in {} chunks of {frames} latent frame(s): largest chunk arena {largest} bytes ({:.2} GiB), one shot {} bytes ({:.2} GiB); {flops} FLOPs",
-                chunks.len(),
-                largest as f64 / (1u64 << 30) as f64,
-                plan.arena_bytes,
-                plan.arena_bytes as f64 / (1u64 << 30) as f64
+                "{} in {chunks} chunks of {frames} latent frame(s): largest chunk arena {:.2} GiB, needs {:.2} GiB \
+                 with weights and carried state; one shot: arena {:.2} GiB, needs {:.2} GiB; {flops} FLOPs",
+                args.method,
+                gib(largest),
+                gib(needed),
+                gib(plan.arena_bytes),
+                gib(one_shot_needed)
             );
         }
         return Ok(ExitCode::SUCCESS);

@@ -2,11 +2,13 @@
 //! [--repeat N] [--threads N] [--json]`
 
 use crate::bind::convert;
+use crate::chunked::{ChunkSize, ChunkedTokenizer};
 use crate::component_plan::{canonical_shapes, describe_specs, find_spec, plan};
 use crate::tensor_file::{read_tensors, write_f32_safetensors};
 use anyhow::{bail, Context, Result};
 use orrery_compiler::CompileOptions;
-use orrery_models::{load_component, WeightTypes};
+use orrery_ir::DType;
+use orrery_models::{load_component, InputSpec, WeightTypes};
 use orrery_runtime::{peak_rss_bytes, resolve_threads, FormatWeights, Session};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,9 +38,14 @@ pub struct RunArgs {
     /// Print one JSON object with timings on stdout (logs stay on stderr).
     #[arg(long)]
     json: bool,
-    /// Decode a Cosmos tokenizer latent N latent frames at a time (exact; bounds memory).
-    #[arg(long)]
+    /// Run the Cosmos tokenizer's encode or decode N latent frames at a time (exact; bounds
+    /// memory; the output is written to the file chunk by chunk).
+    #[arg(long, conflicts_with = "memory_budget")]
     chunk_frames: Option<usize>,
+    /// Run the Cosmos tokenizer in the largest temporal chunks whose plan fits this many bytes
+    /// (weights + activations + carried state), e.g. 4GiB, 3.5G, 512MiB.
+    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    memory_budget: Option<u64>,
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
@@ -49,20 +56,15 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let load_s = load_start.elapsed().as_secs_f64();
 
     let specs = component.inputs(&args.method)?;
-    let given = read_tensors(&args.inputs)?;
-    let mut inputs = HashMap::new();
-    let mut shapes = Vec::new();
-    for (name, tensor) in &given {
-        let Some(spec) = find_spec(&specs, name) else {
-            bail!("unknown input `{name}` in {}; expected {}", args.inputs.display(), describe_specs(&specs));
-        };
-        let converted = convert(spec, tensor)?;
-        shapes.push((spec.name.clone(), converted.shape().to_vec()));
-        inputs.insert(spec.name.clone(), converted);
-    }
+    let inputs = bind_inputs(&args.inputs, &specs, None)?;
+    let shapes: Vec<(String, Vec<usize>)> = inputs.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
     let shapes = canonical_shapes(&specs, &shapes)?;
-    if let Some(frames) = args.chunk_frames {
-        return run_chunked(args, source, &inputs, frames, load_s);
+    if let Some(size) = ChunkSize::from_flags(args.chunk_frames, args.memory_budget) {
+        let shapes = shapes.into_iter().collect();
+        // Each chunk reads its own frames from the file (below); nothing of the whole input is
+        // held, so its pages do not stay mapped either.
+        drop(inputs);
+        return run_chunked(args, source, &specs, &shapes, size, load_s);
     }
 
     let compile_start = Instant::now();
@@ -83,55 +85,105 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let session = Session::new(plan, Arc::new(FormatWeights::new(source)), threads)?;
     let mut runs_s = Vec::with_capacity(args.repeat.max(1));
     let mut outputs = HashMap::new();
+    let mut live_bytes = 0;
     for i in 0..=args.repeat {
         let (out, stats) = session.run(&inputs)?;
         if i > 0 || args.repeat == 0 {
             runs_s.push(stats.seconds);
         }
+        live_bytes = live_bytes.max(stats.peak_live_bytes);
         outputs = out;
     }
     write_f32_safetensors(&args.output, &outputs)?;
     let plan = session.plan();
-    let totals = Totals { weight_bytes: plan.weight_bytes, arena_bytes: plan.arena_bytes, flops: plan.flops };
+    let totals =
+        Totals { weight_bytes: plan.weight_bytes, arena_bytes: plan.arena_bytes, flops: plan.flops, live_bytes };
     report(args, &runs_s, (compile_s, load_s), threads, totals, None);
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--chunk-frames`: the tokenizer's decoder, chunk by chunk (one run; `--repeat` repeats it).
+/// `--chunk-frames`: the tokenizer chunk by chunk, each chunk's result written straight into
+/// the output file (one run; `--repeat` repeats it, rewriting the same bytes).
 fn run_chunked(
     args: &RunArgs,
     source: Box<dyn orrery_formats::WeightSource>,
-    inputs: &HashMap<String, orrery_cpu::CpuTensor>,
-    frames: usize,
+    specs: &[InputSpec],
+    shapes: &HashMap<String, Vec<usize>>,
+    size: ChunkSize,
     load_s: f64,
 ) -> Result<ExitCode> {
-    let config = crate::chunked_decode::tokenizer_config(&args.component, &args.method)?;
-    let z = &inputs["z"];
+    let (config, method) = crate::chunked::tokenizer_config(&args.component, &args.method)?;
+    let shape = &shapes[method.input()];
     let compile_start = Instant::now();
     let lookup = |name: &str| source.info(name).map(|i| (i.dtype, i.shape.clone()));
-    let plans = crate::chunked_decode::chunk_plans(&config, &WeightTypes::Checkpoint(&lookup), z.shape(), frames)?;
+    let weight_types = WeightTypes::Checkpoint(&lookup);
+    let chunked = ChunkedTokenizer::plan(&config, method, &weight_types, shape, size)?;
+    let frames = chunked.frames;
     let compile_s = compile_start.elapsed().as_secs_f64();
-    let (weight_bytes, arena_bytes) = (plans[0].weight_bytes, plans.iter().map(|p| p.arena_bytes).max().unwrap_or(0));
-    let flops: u64 = plans.iter().map(|p| p.flops).sum();
-    let chunks = plans.len();
+    let chunks = chunked.plans.len();
+    let totals = Totals {
+        weight_bytes: chunked.plans[0].weight_bytes,
+        arena_bytes: chunked.largest_arena(),
+        flops: chunked.flops(),
+        live_bytes: 0,
+    };
     let (threads, thread_source) = resolve_threads(args.threads);
-    eprintln!("orrery: AutoencoderKLCosmos `decode` in {chunks} chunks of {frames} latent frame(s), {threads} threads ({thread_source:?})");
+    eprintln!(
+        "orrery: AutoencoderKLCosmos `{}` in {chunks} chunks of {frames} latent frame(s) (planned to need {:.2} GiB), {threads} threads ({thread_source:?})",
+        args.method,
+        chunked.needed_bytes() as f64 / (1u64 << 30) as f64
+    );
     let weights: Arc<dyn orrery_runtime::WeightResolver> = Arc::new(FormatWeights::new(source));
+    let name = method.output();
+    let mut file =
+        orrery_formats::StreamingSafetensors::create(&args.output, &[(name, DType::F32, &chunked.output_shape)])?;
     let mut runs_s = Vec::new();
-    let mut sample = None;
+    let mut live_bytes = 0;
     for i in 0..=args.repeat {
-        let start = Instant::now();
-        let out =
-            crate::chunked_decode::decode(&plans, weights.clone(), z, threads, config.temporal_compression_ratio)?;
+        let read = |frames: &std::ops::Range<usize>| -> Result<orrery_cpu::CpuTensor> {
+            let mut inputs = bind_inputs(&args.inputs, specs, Some(frames))?;
+            inputs
+                .remove(method.input())
+                .with_context(|| format!("{} lost `{}`", args.inputs.display(), method.input()))
+        };
+        let stats = chunked.run(weights.clone(), read, threads, |offset, values| {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Ok(file.write(name, offset as u64 * 4, &bytes)?)
+        })?;
         if i > 0 || args.repeat == 0 {
-            runs_s.push(start.elapsed().as_secs_f64());
+            runs_s.push(stats.seconds);
         }
-        sample = Some(out);
+        live_bytes = live_bytes.max(stats.peak_live_bytes);
     }
-    let outputs = HashMap::from([("sample".to_string(), sample.expect("at least one run"))]);
-    write_f32_safetensors(&args.output, &outputs)?;
-    report(args, &runs_s, (compile_s, load_s), threads, Totals { weight_bytes, arena_bytes, flops }, Some(chunks));
+    file.finish()?;
+    report(args, &runs_s, (compile_s, load_s), threads, Totals { live_bytes, ..totals }, Some(chunks));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the inputs file and converts each tensor as its spec says (dtype, alias → name).
+/// With `frames`, only those frames (axis 2) of each input are read and converted: one
+/// temporal chunk, copied out of the file's mapping, which is dropped before returning.
+fn bind_inputs(
+    path: &std::path::Path,
+    specs: &[InputSpec],
+    frames: Option<&std::ops::Range<usize>>,
+) -> Result<HashMap<String, orrery_cpu::CpuTensor>> {
+    let mut inputs = HashMap::new();
+    for (name, tensor) in read_tensors(path)? {
+        let Some(spec) = find_spec(specs, &name) else {
+            bail!("unknown input `{name}` in {}; expected {}", path.display(), describe_specs(specs));
+        };
+        let tensor = match frames {
+            Some(r) if tensor.shape().len() > 2 && r.end <= tensor.shape()[2] => tensor.slice(2, r.start, r.end, 1),
+            Some(r) => bail!("input `{name}` {:?} has no frames {r:?} on axis 2", tensor.shape()),
+            None => tensor,
+        };
+        let converted = convert(spec, &tensor)?;
+        if inputs.insert(spec.name.clone(), if frames.is_some() { converted.compact() } else { converted }).is_some() {
+            bail!("input `{}` is given twice in {} (directly or through an alias)", spec.name, path.display());
+        }
+    }
+    Ok(inputs)
 }
 
 /// The plan figures `run` reports (for chunks: the largest chunk's arena, all chunks' FLOPs).
@@ -139,6 +191,8 @@ struct Totals {
     weight_bytes: u64,
     arena_bytes: u64,
     flops: u64,
+    /// Measured: the most activation bytes held at once (`RunStats::peak_live_bytes`).
+    live_bytes: u64,
 }
 
 /// Prints the run contract's JSON object (plus `chunks` for a chunked decode), or a log line.
@@ -162,6 +216,7 @@ fn report(
             "threads": threads,
             "weight_bytes": t.weight_bytes,
             "arena_bytes": t.arena_bytes,
+            "peak_live_bytes": t.live_bytes,
             "flops": t.flops,
         });
         if let Some(n) = chunks {
@@ -170,10 +225,11 @@ fn report(
         println!("{json}");
     } else {
         eprintln!(
-            "orrery: wrote {}; median {median_s:.6} s over {} run(s); peak RSS {:.1} MiB; arena {:.1} MiB{}",
+            "orrery: wrote {}; median {median_s:.6} s over {} run(s); peak RSS {:.1} MiB; activations {:.1} MiB held at most, arena {:.1} MiB planned{}",
             args.output.display(),
             runs_s.len(),
             peak as f64 / (1 << 20) as f64,
+            t.live_bytes as f64 / (1 << 20) as f64,
             t.arena_bytes as f64 / (1 << 20) as f64,
             chunks.map(|n| format!(" (largest of {n} chunks)")).unwrap_or_default()
         );

@@ -3,7 +3,8 @@
 //! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
 
 mod bind;
-mod chunked_decode;
+mod byte_size;
+mod chunked;
 mod cmd_compile;
 mod cmd_encode_text;
 mod cmd_inspect;

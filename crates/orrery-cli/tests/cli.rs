@@ -514,40 +514,76 @@ fn cosmos_tokenizer_config_compiles_encode_and_decode_at_full_size() {
     assert!(encode["weight_bytes"].as_u64().unwrap() > 0 && decode["weight_bytes"].as_u64().unwrap() > 0);
 }
 
+/// Writes `values` as the f32 tensor `name` of a new safetensors file `path`.
+fn write_f32(path: &Path, name: &str, shape: &[usize], values: &[f32]) {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let t = orrery_formats::TensorToWrite { name, dtype: orrery_ir::DType::F32, shape, data: &bytes };
+    orrery_formats::write_safetensors(path, &[t]).unwrap();
+}
+
 #[test]
-fn run_decodes_a_tokenizer_latent_in_chunks() {
-    // `orrery run --method decode --chunk-frames 1` on the tiny tokenizer: 3 chunks for 17
-    // frames, the same video as diffusers' one-shot decode; `compile --chunk-frames` reports
-    // the largest chunk's arena beside the one-shot arena.
+fn run_encodes_and_decodes_with_the_tokenizer_in_chunks() {
+    // `orrery run --method decode|encode --chunk-frames 1` on the tiny tokenizer: 3 chunks for
+    // 17 frames, written to the file chunk by chunk, the same result as diffusers' one-shot
+    // run; `compile --chunk-frames` reports the largest chunk's arena beside the one-shot one.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model = root.join("crates/orrery-runtime/tests/fixtures/cosmos_vae/tiny");
-    let case = model.join("decode_f17_8x8.safetensors");
-    let (z_shape, z) = read_f32(&case, "z");
-    let bytes: Vec<u8> = z.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let m = model.to_str().unwrap();
     let dir = tmp_dir("run-vae-chunks");
-    let inputs = dir.join("z.safetensors");
-    orrery_formats::write_safetensors(
-        &inputs,
-        &[orrery_formats::TensorToWrite { name: "z", dtype: orrery_ir::DType::F32, shape: &z_shape, data: &bytes }],
-    )
-    .unwrap();
-    let out = dir.join("video.safetensors");
-    let (m, i, o) = (model.to_str().unwrap(), inputs.to_str().unwrap(), out.to_str().unwrap());
-    let r = orrery(&["run", m, "--method", "decode", "--inputs", i, "--output", o, "--chunk-frames", "1", "--json"]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
-    assert_eq!(v["chunks"], 3);
-    let (shape, got) = read_f32(&out, "sample");
-    assert_eq!(shape, [1, 3, 17, 8, 8]);
-    let (_, reference) = read_f32(&case, "sample");
-    assert!(rel_err(&got, &reference) <= 1e-4);
-    // Chunking applies only to the tokenizer's decode.
+    for (method, input, output, reference_shape) in
+        [("decode", "z", "sample", [1, 3, 17, 8, 8]), ("encode", "sample", "latent", [1, 4, 3, 1, 1])]
+    {
+        let case = model.join(format!("{method}_f17_8x8.safetensors"));
+        let (x_shape, x) = read_f32(&case, input);
+        let inputs = dir.join(format!("{method}-in.safetensors"));
+        write_f32(&inputs, input, &x_shape, &x);
+        let out = dir.join(format!("{method}-out.safetensors"));
+        let (i, o) = (inputs.to_str().unwrap(), out.to_str().unwrap());
+        let r = orrery(&["run", m, "--method", method, "--inputs", i, "--output", o, "--chunk-frames", "1", "--json"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(v["chunks"], 3);
+        assert!(v["peak_live_bytes"].as_u64().unwrap() > 0);
+        let (shape, got) = read_f32(&out, output);
+        assert_eq!(shape, reference_shape);
+        let (_, reference) = read_f32(&case, output);
+        assert!(rel_err(&got, &reference) <= 1e-4, "{method}");
+        assert!(!dir.join(format!("{method}-out.safetensors.partial")).exists());
+
+        let shape = format!("{input}={}", x_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"));
+        let r = orrery(&["compile", m, "--method", method, "--shape", &shape, "--chunk-frames", "1", "--json"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!(v["chunks"], 3);
+        assert!(v["arena_bytes"].as_u64().unwrap() < v["one_shot_arena_bytes"].as_u64().unwrap(), "{method}");
+        // A memory budget instead: room for everything gives one chunk of all 3 latent frames,
+        // and a budget below the smallest chunks is refused with what they need.
+        let r = orrery(&["compile", m, "--method", method, "--shape", &shape, "--memory-budget", "1TiB", "--json"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert_eq!((v["chunks"].as_u64(), v["chunk_frames"].as_u64()), (Some(1), Some(3)), "{method}");
+        let r = orrery(&["compile", m, "--method", method, "--shape", &shape, "--memory-budget", "1KiB"]);
+        assert!(!r.status.success());
+        assert!(stderr(&r).contains("too small"), "{}", stderr(&r));
+    }
+
+    // A video that is not 1 + 8k frames cannot be cut into whole latent frames; the earlier
+    // output stays as it was.
+    let (x_shape, x) = read_f32(&model.join("encode_f17_8x8.safetensors"), "sample");
+    let frame = x_shape[3] * x_shape[4];
+    let short = dir.join("short.safetensors");
+    write_f32(
+        &short,
+        "sample",
+        &[1, 3, 16, 8, 8],
+        &(0..3).flat_map(|c| x[c * 17 * frame..][..16 * frame].to_vec()).collect::<Vec<_>>(),
+    );
+    let out = dir.join("encode-out.safetensors");
+    let before = std::fs::read(&out).unwrap();
+    let (i, o) = (short.to_str().unwrap(), out.to_str().unwrap());
     let r = orrery(&["run", m, "--method", "encode", "--inputs", i, "--output", o, "--chunk-frames", "1"]);
     assert!(!r.status.success());
-    let shape = format!("z={}", z_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x"));
-    let r = orrery(&["compile", m, "--method", "decode", "--shape", &shape, "--chunk-frames", "1", "--json"]);
-    assert!(r.status.success(), "{}", stderr(&r));
-    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
-    assert_eq!(v["chunks"], 3);
-    assert!(v["arena_bytes"].as_u64().unwrap() < v["one_shot_arena_bytes"].as_u64().unwrap());
+    assert!(stderr(&r).contains("1 + 8·k video frames"), "{}", stderr(&r));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

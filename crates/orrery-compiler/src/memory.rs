@@ -104,6 +104,10 @@ pub struct MemoryPlan {
     /// The most bytes live at once (values' exact sizes, each buffer counted once, summed over
     /// the buffers live during one kernel): a lower bound for any arena with these lifetimes.
     pub peak_live_bytes: u64,
+    /// `peak_live_bytes` with the graph inputs counted too, each until its last use (through
+    /// views): what a run holds at most when the caller hands the inputs over (a chunk's
+    /// carried state, say). Weights and constants are not counted.
+    pub peak_resident_bytes: u64,
     /// The op nodes in execution order; step `i` runs `steps[i]`.
     pub steps: Vec<NodeId>,
     /// Per node (indexed by `NodeId`): its place in the arena, or `None` for values outside it
@@ -168,9 +172,17 @@ fn classify(graph: &Graph) -> (Vec<Class>, Vec<Option<NodeId>>) {
     let mut class = vec![Class::External; n];
     let mut root: Vec<Option<NodeId>> = vec![None; n];
     let mut dense = vec![true; n];
+    let mut is_output = vec![false; n];
+    for (_, out) in graph.outputs() {
+        is_output[out.0] = true;
+    }
     for (id, node) in graph.ids().zip(graph.nodes()) {
         let NodeKind::Op(op) = &node.kind else { continue };
-        let src = node.inputs.first().copied();
+        // A graph output lives to the end: one that views part of a larger value (the last
+        // frames of a chunk, kept as the next chunk's state) gets a buffer of its own, or it
+        // would pin the whole larger buffer until then.
+        let narrows = |s: NodeId| node.ty.shape.numel() < graph.node(s).ty.shape.numel();
+        let src = node.inputs.first().copied().filter(|&s| !(is_output[id.0] && narrows(s)));
         let view_dense = |src: NodeId| -> Option<bool> {
             let src_dense = dense[src.0];
             let in_dims = graph.node(src).ty.shape.dims();
@@ -349,6 +361,9 @@ pub fn plan_memory(graph: &Graph, steps: &[NodeId], options: &MemoryOptions) -> 
         }
     }
     let peak_live_bytes = peak_live(&buffers, steps.len());
+    let mut with_inputs = buffers.clone();
+    with_inputs.extend(input_lifetimes(graph, steps, &class));
+    let peak_resident_bytes = peak_live(&with_inputs, steps.len());
     let (best_fit_offsets, best_fit_arena) = place_best_fit(&buffers, steps.len());
     let (greedy_offsets, greedy_arena) = place_greedy_by_size(&buffers);
     let (offsets, arena_bytes) =
@@ -373,7 +388,40 @@ pub fn plan_memory(graph: &Graph, steps: &[NodeId], options: &MemoryOptions) -> 
         };
         slots[v.0] = slot;
     }
-    Ok(MemoryPlan { arena_bytes, peak_live_bytes, steps: steps.to_vec(), buffers: slots })
+    Ok(MemoryPlan { arena_bytes, peak_live_bytes, peak_resident_bytes, steps: steps.to_vec(), buffers: slots })
+}
+
+/// Each graph input as a buffer live from the first step to its last use, counted through
+/// the views of it (to the end when a graph output views it).
+fn input_lifetimes(graph: &Graph, steps: &[NodeId], class: &[Class]) -> Vec<Buffer> {
+    let n = graph.len();
+    let mut input_of: Vec<Option<usize>> = vec![None; n];
+    let mut lives: Vec<Buffer> = Vec::new();
+    for (id, node) in graph.ids().zip(graph.nodes()) {
+        if matches!(node.kind, NodeKind::Input) {
+            input_of[id.0] = Some(lives.len());
+            let bytes = node.ty.size_bytes();
+            lives.push(Buffer { size: bytes, bytes, start: 0, end: 0 });
+        }
+    }
+    for (k, &v) in steps.iter().enumerate() {
+        let node = graph.node(v);
+        for i in &node.inputs {
+            if let Some(b) = input_of[i.0] {
+                lives[b].end = lives[b].end.max(k);
+            }
+        }
+        if class[v.0] == Class::View {
+            input_of[v.0] = node.inputs.first().and_then(|s| input_of[s.0]);
+        }
+    }
+    let last = steps.len().saturating_sub(1);
+    for (_, out) in graph.outputs() {
+        if let Some(b) = input_of[out.0] {
+            lives[b].end = last;
+        }
+    }
+    lives
 }
 
 /// The most exact bytes live during any one step.

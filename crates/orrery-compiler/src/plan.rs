@@ -44,6 +44,9 @@ pub struct Plan {
     pub arena_bytes: u64,
     /// The most activation bytes live at once: the lower bound `arena_bytes` is measured by.
     pub peak_live_bytes: u64,
+    /// The most bytes live at once with the graph inputs counted until their last use
+    /// (`memory.peak_resident_bytes`).
+    pub peak_resident_bytes: u64,
     pub flops: u64,
     /// Every value's slot in the arena.
     pub memory: MemoryPlan,
@@ -130,6 +133,7 @@ pub fn compile_with(graph: Graph, options: &CompileOptions) -> Result<Plan, Comp
         weight_bytes,
         arena_bytes: memory.arena_bytes,
         peak_live_bytes: memory.peak_live_bytes,
+        peak_resident_bytes: memory.peak_resident_bytes,
         flops,
         memory,
     })
@@ -229,6 +233,8 @@ mod tests {
         // fc owns 4·16 f32; act runs in place over it (fc dies there); the reshape is a view.
         assert_eq!(plan.arena_bytes, 4 * 16 * 4);
         assert_eq!(plan.peak_live_bytes, 4 * 16 * 4);
+        // x (4·8 f32) is live at fc, beside fc's output.
+        assert_eq!(plan.peak_resident_bytes, 4 * 16 * 4 + 4 * 8 * 4);
         assert_eq!(plan.kernels[1].buffer.unwrap().storage, Storage::InPlace { over: h });
         assert_eq!(plan.kernels[2].buffer.unwrap().storage, Storage::View { of: a });
         assert!(plan.kernels[2].is_view);
@@ -236,5 +242,27 @@ mod tests {
         assert_eq!(plan.kernels[0].frees, vec![x]);
         assert_eq!(plan.kernels[1].frees, vec![h]);
         assert_eq!(plan.kernels[2].frees, vec![a]);
+    }
+
+    #[test]
+    fn narrow_outputs_get_their_own_buffer_and_inputs_count_until_their_last_use() {
+        // A chunk keeping its last row as state: y = relu(x) [4, 64]; state = y[3..4]. The
+        // state must not pin y to the end, and x (an input) is live at the relu.
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", DType::F32, [4, 64]).unwrap();
+        let y = b.unary("act", UnaryOp::Relu, x).unwrap();
+        let z = b.unary("neg", UnaryOp::Neg, y).unwrap();
+        let last = b.narrow("last", y, 0, 3, 4).unwrap();
+        b.output("out", z).unwrap();
+        b.output("next_state", last).unwrap();
+        let plan = compile(b.finish().unwrap()).unwrap();
+        let k = plan.kernels.iter().find(|k| k.name == "last").unwrap();
+        assert_eq!(k.buffer.unwrap().storage, Storage::Owned, "a narrow output owns its buffer");
+        assert!(!k.is_view);
+        let row = 64 * 4;
+        // Live at most: y, z and the state row (y dies once both have read it).
+        assert_eq!(plan.peak_live_bytes, 2 * 4 * row + row);
+        // x and y at the relu; x is dead after it.
+        assert_eq!(plan.peak_resident_bytes, plan.peak_live_bytes.max(2 * 4 * row));
     }
 }

@@ -293,6 +293,22 @@ impl CpuTensor {
         crate::kernels::dense_copy(self).unwrap_or_else(|| self.gather_copy())
     }
 
+    /// A tensor whose buffer holds exactly its elements, in process memory: a copy when this
+    /// view shares a larger buffer (so that buffer can be freed while the result lives on) or
+    /// reads a mapped file (so the mapping can be dropped), a cheap clone otherwise.
+    pub fn compact(&self) -> CpuTensor {
+        let numel: usize = self.shape.iter().product();
+        if self.is_contiguous() && self.offset == 0 && self.buf.len() == numel && !self.is_mapped() {
+            return self.clone();
+        }
+        crate::kernels::dense_copy(self).unwrap_or_else(|| self.gather_copy())
+    }
+
+    /// Whether the elements live in bytes owned elsewhere (a memory-mapped file).
+    pub fn is_mapped(&self) -> bool {
+        matches!(*self.buf, Buffer::Mapped(_))
+    }
+
     /// The single-threaded fallback of [`CpuTensor::contiguous`], for any buffer kind.
     fn gather_copy(&self) -> CpuTensor {
         let offs = self.element_offsets();

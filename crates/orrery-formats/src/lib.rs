@@ -31,7 +31,7 @@ pub use index::{open_index, ShardIndex};
 pub use inspect::{describe_folder, inspect, inspect_source, Component, FolderDescription, Inspection};
 pub use layout::StridedLayout;
 pub use safetensors::SafetensorsFile;
-pub use safetensors_write::{write_safetensors, TensorToWrite};
+pub use safetensors_write::{write_safetensors, StreamingSafetensors, TensorToWrite};
 pub use source::{
     map_file, CombinedWeights, MappedFile, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo,
     TensorProblem, UnknownGlobal, WeightSource,

@@ -14,7 +14,7 @@ mod session;
 mod threads;
 mod weights;
 
-pub use chunks::{run_chunks, ChunkOutput};
+pub use chunks::{run_chunks, ChunkStats, Concat, Placement, Span};
 pub use error::RuntimeError;
 pub use session::{peak_rss_bytes, RunStats, Session};
 pub use threads::{resolve_threads, ThreadSource};

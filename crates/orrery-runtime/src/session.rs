@@ -16,6 +16,10 @@ pub struct RunStats {
     pub kernel_seconds: Vec<f64>,
     /// Bytes of weights resolved during this run (0 once they are cached).
     pub weights_resolved_bytes: u64,
+    /// The most activation bytes held at once (distinct buffers owned by this run: inputs,
+    /// kernel outputs and their views; weights, memory-mapped or cached, are not counted).
+    /// Measured after each kernel, so it compares with the plan's `arena_bytes`.
+    pub peak_live_bytes: u64,
 }
 
 /// A plan bound to its weights and a thread pool, ready to run any number of times.
@@ -62,6 +66,15 @@ impl Session {
         &self,
         inputs: &HashMap<String, CpuTensor>,
     ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
+        self.run_owned(inputs.clone())
+    }
+
+    /// [`Session::run`] taking the inputs: an input the caller holds no other reference to is
+    /// freed after its last use instead of living through the whole run.
+    pub fn run_owned(
+        &self,
+        mut inputs: HashMap<String, CpuTensor>,
+    ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
         let graph = &self.plan.graph;
         for name in inputs.keys() {
             let is_input = graph.find(name).is_some_and(|id| matches!(graph.node(id).kind, NodeKind::Input));
@@ -75,7 +88,7 @@ impl Session {
         for (id, node) in graph.ids().zip(graph.nodes()) {
             match &node.kind {
                 NodeKind::Input => {
-                    let t = inputs.get(&node.name).ok_or_else(|| RuntimeError::MissingInput {
+                    let t = inputs.remove(&node.name).ok_or_else(|| RuntimeError::MissingInput {
                         name: node.name.clone(),
                         expected: node.ty.to_string(),
                     })?;
@@ -86,7 +99,7 @@ impl Session {
                             expected: node.ty.to_string(),
                         });
                     }
-                    values[id.0] = Some(t.clone());
+                    values[id.0] = Some(t);
                 }
                 NodeKind::Constant(c) => values[id.0] = Some(constant_tensor(c)),
                 // Weights are resolved when their first consumer runs, below.
@@ -94,6 +107,7 @@ impl Session {
             }
         }
         let plan = &self.plan;
+        let weight_nodes: Vec<bool> = graph.nodes().iter().map(|n| matches!(n.kind, NodeKind::Weight)).collect();
         self.pool.install(|| -> Result<(), RuntimeError> {
             for kernel in &plan.kernels {
                 for &input in &kernel.inputs {
@@ -108,10 +122,16 @@ impl Session {
                 let args: Vec<&CpuTensor> =
                     kernel.inputs.iter().map(|i| values[i.0].as_ref().expect("bound above")).collect();
                 let started = Instant::now();
-                let out = orrery_cpu::execute(op, &args, &node.ty)
+                let mut out = orrery_cpu::execute(op, &args, &node.ty)
                     .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?;
+                if op.is_view() && !kernel.is_view {
+                    // The plan gives this view a buffer of its own (a narrow graph output):
+                    // copy it, so the buffer it views can be freed at its last use.
+                    out = out.compact();
+                }
                 stats.kernel_seconds.push(started.elapsed().as_secs_f64());
                 values[kernel.node.0] = Some(out);
+                stats.peak_live_bytes = stats.peak_live_bytes.max(live_bytes(&values, &weight_nodes));
                 for freed in &kernel.frees {
                     values[freed.0] = None;
                 }
@@ -150,6 +170,18 @@ impl Session {
         self.weight_cache.lock().expect("weight cache poisoned").insert(index, t.clone());
         Ok((t, node.ty.size_bytes()))
     }
+}
+
+/// Bytes of the distinct buffers behind the live non-weight values.
+fn live_bytes(values: &[Option<CpuTensor>], weight_nodes: &[bool]) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    values
+        .iter()
+        .zip(weight_nodes)
+        .filter_map(|(v, &is_weight)| v.as_ref().filter(|_| !is_weight))
+        .filter(|t| seen.insert(Arc::as_ptr(t.buffer())))
+        .map(|t| t.buffer().owned_bytes() as u64)
+        .sum()
 }
 
 fn constant_tensor(c: &RefTensor) -> CpuTensor {

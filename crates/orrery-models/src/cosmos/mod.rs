@@ -2,13 +2,15 @@
 
 mod config;
 mod dit_block;
+mod latent_norm;
 mod transformer;
 mod vae;
 
 pub use config::CosmosDitConfig;
 pub use dit_block::{dit_block, DitBlockConfig, DitBlockInputs};
+pub use latent_norm::{denormalize_latent, normalize_latent, SIGMA_DATA};
 pub use transformer::{transformer_graph, CosmosDitShapes};
-pub use vae::{decoder_chunk_graph, decoder_graph, encoder_graph, CosmosVaeConfig, DecodeChunk};
+pub use vae::{decoder_chunk_graph, decoder_graph, encoder_chunk_graph, encoder_graph, CosmosVaeConfig, TemporalChunk};
 
 use crate::component::check_method;
 use crate::{Component, ComponentConfig, InputKind, InputSpec, ModelError, WeightTypes};

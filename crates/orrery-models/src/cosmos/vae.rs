@@ -126,29 +126,65 @@ impl CosmosVaeConfig {
 }
 
 /// A graph builder with the weights at hand, building either the whole video or one temporal
-/// chunk of the decoder.
+/// chunk of it.
 struct Net<'a, 'w> {
     b: &'a mut GraphBuilder,
     w: &'a WeightTypes<'w>,
-    chunk: Option<DecodeChunk>,
+    chunk: Option<TemporalChunk>,
+    /// Frames per latent frame at the current point of the network (the encoder starts at
+    /// 2^(temporal layers) after the patcher and halves at each temporal down-sampler; the
+    /// decoder starts at 1 and doubles at each temporal up-sampler).
+    rate: usize,
 }
 
-/// Where a decoder chunk sits in the video. Every causal convolution then reads the last input
-/// frames of the previous chunk from a `state.<conv>` input (instead of replicating frame 0)
-/// and writes its own as `next_state.<conv>`; the causal temporal attention reads all earlier
-/// keys and values from `state.<attn>.k` / `.v` and writes the extended ones. Frames are
-/// dropped (after the temporal up-sampler, after the unpatcher) only in the first chunk.
+/// Where a temporal chunk sits in the video, in latent frames. A chunk of T latent frames
+/// covers video frames `0 .. 1 + r(T − 1)` when it is the first (r the temporal compression)
+/// and `1 + r(start − 1) .. 1 + r(start + T − 1)` otherwise; see [`TemporalChunk::frames`].
+///
+/// In a chunk graph every causal convolution reads the last input frames of the previous
+/// chunk from a `state.<conv>` input (instead of replicating frame 0) and writes its own as
+/// `next_state.<conv>`; the causal temporal attention reads all earlier keys and values from
+/// `state.<attn>.k` / `.v` and writes the extended ones. Frames are prepended (the patcher,
+/// the temporal down-sampler) or dropped (the temporal up-sampler, the unpatcher) only in the
+/// first chunk. With these, the chunks in order give exactly the one-shot result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DecodeChunk {
+pub struct TemporalChunk {
     /// Latent frames before this chunk.
     pub start: usize,
     /// Latent frames of the whole video (the up-sampler doubles frames only when > 1).
     pub total: usize,
 }
 
-impl DecodeChunk {
+impl TemporalChunk {
+    /// Chunks of `frames` latent frames (the last may be shorter) covering `total`.
+    pub fn split(total: usize, frames: usize) -> Vec<(TemporalChunk, usize)> {
+        (0..total)
+            .step_by(frames.max(1))
+            .map(|start| (TemporalChunk { start, total }, frames.min(total - start)))
+            .collect()
+    }
+
     fn first(&self) -> bool {
         self.start == 0
+    }
+
+    /// Frames before this chunk at a point of the network with `rate` frames per latent frame.
+    fn frames_before(&self, rate: usize) -> usize {
+        if self.first() {
+            0
+        } else {
+            1 + rate * (self.start - 1)
+        }
+    }
+
+    /// The video frames of a chunk of `len` latent frames, for temporal compression `ratio`.
+    pub fn frames(&self, len: usize, ratio: usize) -> std::ops::Range<usize> {
+        let start = self.frames_before(ratio);
+        start..self.frames_before_end(len, ratio)
+    }
+
+    fn frames_before_end(&self, len: usize, ratio: usize) -> usize {
+        TemporalChunk { start: self.start + len, total: self.total }.frames_before(ratio)
     }
 }
 
@@ -272,7 +308,7 @@ impl Net<'_, '_> {
         let scale = 1.0 / (c as f64).sqrt();
         let o = if temporal {
             // In a later decoder chunk the keys and values of all earlier frames come first.
-            let prev = self.chunk.map_or(0, |c| c.start);
+            let prev = self.chunk.map_or(0, |c| c.frames_before(self.rate));
             if let Some(chunk) = self.chunk {
                 for (slot, tag) in [(1, "k"), (2, "v")] {
                     if !chunk.first() {
@@ -329,11 +365,19 @@ impl Net<'_, '_> {
             x = self.b.add(&format!("{name}.spatial"), conv, pool)?;
         }
         if temporal {
-            let pads = vec![(0, 0), (0, 0), (1, 0), (0, 0), (0, 0)];
-            let xp = self.b.op(&format!("{name}.temporal_pad"), Op::Pad { pads, mode: PadMode::Replicate }, &[x])?;
+            // Frame 0 in front, in the first chunk only: a later chunk starts on an odd frame,
+            // so its pairs are its own and the convolution's one frame of history is the last
+            // frame of the previous chunk.
+            let xp = if self.chunk.is_none_or(|c| c.first()) {
+                let pads = vec![(0, 0), (0, 0), (1, 0), (0, 0), (0, 0)];
+                self.b.op(&format!("{name}.temporal_pad"), Op::Pad { pads, mode: PadMode::Replicate }, &[x])?
+            } else {
+                x
+            };
             let conv = self.causal_conv(&format!("{name}.conv2"), xp, c, [3, 1, 1], [2, 1, 1], 0)?;
             let pool = self.avg_pool(&format!("{name}.temporal_pool"), xp, [2, 1, 1])?;
             x = self.b.add(&format!("{name}.temporal"), conv, pool)?;
+            self.rate /= 2;
         }
         self.conv1(&format!("{name}.conv3"), x, c)
     }
@@ -368,6 +412,7 @@ impl Net<'_, '_> {
             }
             let conv = self.causal_conv(&format!("{name}.conv1"), x, c, [3, 1, 1], [1, 1, 1], 0)?;
             x = self.b.add(&format!("{name}.temporal"), conv, x)?;
+            self.rate *= 2;
         }
         if spatial {
             let r = self.repeat2(&format!("{name}.rows_x2"), x, 3)?;
@@ -450,13 +495,52 @@ impl Net<'_, '_> {
 
 /// The encoder graph: `sample` [B, in, F, H, W] → `latent` [B, latent, 1 + (F − 1)/8, H/8, W/8].
 pub fn encoder_graph(c: &CosmosVaeConfig, w: &WeightTypes, shape: [usize; 5]) -> Result<orrery_ir::Graph, ModelError> {
+    build_encoder(c, w, shape, None)
+}
+
+/// The encoder graph of one temporal chunk: `sample` holds the chunk's video frames
+/// ([`TemporalChunk::frames`]: 1 + r(T − 1) for the first chunk of T latent frames, r·T after
+/// it); `latent` holds its T latent frames. `state.*` inputs take the previous chunk's
+/// `next_state.*` outputs of the same name. The chunks in order, their latents concatenated
+/// along time, give the one-shot encode.
+pub fn encoder_chunk_graph(
+    c: &CosmosVaeConfig,
+    w: &WeightTypes,
+    shape: [usize; 5],
+    chunk: TemporalChunk,
+) -> Result<orrery_ir::Graph, ModelError> {
+    build_encoder(c, w, shape, Some(chunk))
+}
+
+fn build_encoder(
+    c: &CosmosVaeConfig,
+    w: &WeightTypes,
+    shape: [usize; 5],
+    chunk: Option<TemporalChunk>,
+) -> Result<orrery_ir::Graph, ModelError> {
     let mut b = GraphBuilder::new();
     let x = b.input("sample", DType::F32, shape.to_vec())?;
-    let mut n = Net { b: &mut b, w, chunk: None };
     let p = c.patch_size;
-    // Frame 0 repeated p times, then the DWT levels.
-    let pads = vec![(0, 0), (0, 0), (p - 1, 0), (0, 0), (0, 0)];
-    let mut x = n.b.op("encoder.patch_embed.first_frame", Op::Pad { pads, mode: PadMode::Replicate }, &[x])?;
+    let mut n = Net { b: &mut b, w, chunk, rate: c.temporal_compression_ratio / p };
+    if let Some(chunk) = chunk {
+        // Whole latent frames keep each chunk's DWT pairs and down-sampler pairs its own.
+        let (f, r) = (shape[2], c.temporal_compression_ratio);
+        let whole = if chunk.first() { f >= 1 && (f - 1).is_multiple_of(r) } else { f >= r && f.is_multiple_of(r) };
+        if !whole {
+            let expected = if chunk.first() { format!("1 + {r}·k") } else { format!("{r}·k (k ≥ 1)") };
+            return Err(ModelError::InputShape {
+                name: "sample".into(),
+                got: shape.to_vec(),
+                expected: format!("{expected} frames in the encoder chunk at latent frame {}", chunk.start),
+            });
+        }
+    }
+    // Frame 0 repeated p times (in the first chunk), then the DWT levels.
+    let mut x = x;
+    if chunk.is_none_or(|c| c.first()) {
+        let pads = vec![(0, 0), (0, 0), (p - 1, 0), (0, 0), (0, 0)];
+        x = n.b.op("encoder.patch_embed.first_frame", Op::Pad { pads, mode: PadMode::Replicate }, &[x])?;
+    }
     for level in 0..c.levels() {
         x = n.dwt(&format!("encoder.patch_embed.dwt{level}"), x)?;
     }
@@ -504,7 +588,7 @@ pub fn decoder_chunk_graph(
     c: &CosmosVaeConfig,
     w: &WeightTypes,
     shape: [usize; 5],
-    chunk: DecodeChunk,
+    chunk: TemporalChunk,
 ) -> Result<orrery_ir::Graph, ModelError> {
     build_decoder(c, w, shape, Some(chunk))
 }
@@ -513,11 +597,11 @@ fn build_decoder(
     c: &CosmosVaeConfig,
     w: &WeightTypes,
     shape: [usize; 5],
-    chunk: Option<DecodeChunk>,
+    chunk: Option<TemporalChunk>,
 ) -> Result<orrery_ir::Graph, ModelError> {
     let mut b = GraphBuilder::new();
     let z = b.input("z", DType::F32, shape.to_vec())?;
-    let mut n = Net { b: &mut b, w, chunk };
+    let mut n = Net { b: &mut b, w, chunk, rate: 1 };
     let ch: Vec<usize> = c.decode_block_out_channels.iter().rev().copied().collect();
     let p = c.patch_size;
     let mut x = n.conv1("post_quant_conv", z, c.latent_channels)?;
