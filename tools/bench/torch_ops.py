@@ -11,19 +11,54 @@ import time
 import torch
 
 
+def rand(*shape):
+    return torch.rand(*shape) - 0.5
+
+
 def case(name):
+    """(the function to time, its FLOPs, the bytes it must read at least: 0 for models)."""
     if name.startswith("gemm"):
-        n = int(name[4:])
-        a, b = torch.rand(n, n) - 0.5, torch.rand(n, n) - 0.5
-        return (lambda: a @ b), 2.0 * n**3
-    if name.startswith("attn"):
-        length = int(name[4:])
-        q, k, v = (torch.rand(1, 16, length, 64) - 0.5 for _ in range(3))
+        dims = [int(v) for v in name[4:].split("x")]
+        m, k, n = dims * 3 if len(dims) == 1 else dims
+        a, b = rand(m, k), rand(k, n)
+        return (lambda: a @ b), 2.0 * m * k * n, 4 * (m * k + k * n)
+    if name.startswith("gemv"):
+        m = int(name[4:])
+        x, w = rand(m, 4096), rand(4096, 4096)
+        return (lambda: torch.nn.functional.linear(x, w)), 2.0 * m * 4096 * 4096, 4 * (m * 4096 + 4096 * 4096)
+    if name.startswith("attn") or name.startswith("xattn"):
+        heads, dim = 16, 64
+        if name.startswith("xattn"):
+            lq, lk = (int(v) for v in name[5:].split("_"))
+        elif "_" in name:
+            hd, length = name[4:].split("_")
+            heads, dim = (int(v) for v in hd.split("x"))
+            lq = lk = int(length)
+        else:
+            lq = lk = int(name[4:])
+        q, k, v = rand(1, heads, lq, dim), rand(1, heads, lk, dim), rand(1, heads, lk, dim)
         f = torch.nn.functional.scaled_dot_product_attention
-        return (lambda: f(q, k, v, scale=0.125)), 16 * length * length * (4 * 64 + 10)
+        flops = heads * lq * lk * (4 * dim + 10)
+        return (lambda: f(q, k, v, scale=dim**-0.5)), flops, 4 * heads * dim * (lq + 2 * lk)
+    if name.startswith("conv133_") or name.startswith("conv311_"):
+        kernel = (1, 3, 3) if name.startswith("conv133_") else (3, 1, 1)
+        c, extent = name[8:].split("_")
+        c = int(c)
+        t, h, w = (int(v) for v in extent.split("x"))
+        x, wt = rand(1, c, t, h, w), rand(c, c, *kernel)
+        pad = tuple(k // 2 for k in kernel)
+        volume = kernel[0] * kernel[1] * kernel[2]
+        flops = 2.0 * c * c * volume * t * h * w
+        return (lambda: torch.nn.functional.conv3d(x, wt, padding=pad)), flops, 4 * (c * t * h * w + c * c * volume)
     if name == "conv":
-        x, w = torch.rand(1, 256, 64, 64) - 0.5, torch.rand(256, 256, 3, 3) - 0.5
-        return (lambda: torch.nn.functional.conv2d(x, w, padding=1)), 2.0 * 256 * 64 * 64 * 256 * 9
+        x, w = rand(1, 256, 64, 64), rand(256, 256, 3, 3)
+        return (lambda: torch.nn.functional.conv2d(x, w, padding=1)), 2.0 * 256 * 64 * 64 * 256 * 9, 4 * 256 * 64 * 64
+    fn, flops = model_case(name)
+    return fn, flops, 0
+
+
+def model_case(name):
+    """The whole-model and fused-block cases: (function, FLOPs)."""
     if name in ("dit", "dit_unfused"):
         return dit_block_case()
     if name in ("t5", "t5_unfused"):
@@ -141,7 +176,7 @@ def main():
     threads = int(args[args.index("--threads") + 1]) if "--threads" in args else 2
     runs = int(args[args.index("--runs") + 1]) if "--runs" in args else 5
     torch.set_num_threads(threads)
-    fn, flops = case(name)
+    fn, flops, read = case(name)
     times = []
     with torch.inference_mode():
         for i in range(runs + 1):
@@ -152,7 +187,7 @@ def main():
                 times.append(dt)
     median = sorted(times)[len(times) // 2]
     print(json.dumps({"impl": "torch", "case": name, "threads": threads, "median_s": round(median, 6),
-                      "gflops": round(flops / median / 1e9, 1),
+                      "gflops": round(flops / median / 1e9, 1), "gbs": round(read / median / 1e9, 1),
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "runs_s": times}))
 
 

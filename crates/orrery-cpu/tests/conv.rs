@@ -190,6 +190,34 @@ fn causal_video_conv_pads_time_with_replicas() {
 }
 
 #[test]
+fn temporal_convs_run_as_shifted_gemms() {
+    // (k, 1, 1) kernels read x shifted by whole frames, no gathered columns: the tokenizer's
+    // causal (3,1,1) after its explicit pad, zero-padded ones that skip taps at the ends,
+    // groups, a batch, f16 weights, and more positions than one tile (5 × 20 × 21 > 1024).
+    // (x shape, weight shape, time padding, groups, bias)
+    type Case<'a> = (&'a [usize], &'a [usize], (usize, usize), usize, bool);
+    let cases: [Case; 5] = [
+        (&[1, 4, 7, 6, 5], &[6, 4, 3, 1, 1], (0, 0), 1, true),
+        (&[2, 4, 5, 3, 4], &[4, 4, 3, 1, 1], (1, 1), 1, false),
+        (&[1, 6, 4, 2, 3], &[4, 3, 2, 1, 1], (1, 0), 2, true),
+        (&[1, 3, 5, 20, 21], &[5, 3, 3, 1, 1], (2, 0), 1, true),
+        (&[1, 2, 2, 4, 4], &[3, 2, 3, 1, 1], (2, 2), 1, false),
+    ];
+    for (i, (xs, ws, tpad, groups, bias)) in cases.into_iter().enumerate() {
+        let seed = 100 + 10 * i as u64;
+        let mut inputs = vec![rand_f32(seed, xs), rand_of(DType::F16, seed + 1, ws)];
+        if bias {
+            inputs.push(rand_f32(seed + 2, &[ws[0]]));
+        }
+        let op = conv_op(&[1, 1, 1], &[tpad, (0, 0), (0, 0)], ConvPadMode::Zeros, groups, bias);
+        check_op(&op, &inputs, TOL);
+        // The same through a channels-last view (positions not dense: the gathering path).
+        inputs[0] = as_permuted_view(&inputs[0], &[0, 2, 3, 4, 1]);
+        check_op(&op, &inputs, TOL);
+    }
+}
+
+#[test]
 fn conv_over_many_tiles() {
     // 64×64 outputs with 72-deep columns: several position tiles per (batch, group).
     let x = rand_f32(6, &[2, 8, 64, 64]);

@@ -2,8 +2,12 @@
 //!
 //! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]`
 //! prints one JSON line: the case, median and all run times (first, warm-up run excluded) and
-//! the achieved GFLOP/s. Cases: `gemm<N>` (N³ f32), `attn<L>` (16 heads × 64, self-attention
-//! of length L), `conv` (3×3, 256→256 channels at 64×64), `dit` / `dit_unfused` (one Cosmos DiT
+//! the achieved GFLOP/s (and GB/s of operands read). Cases: `gemm<N>` (N³ f32) and
+//! `gemm<M>x<K>x<N>`, `gemv<M>` (M rows through a 4096 × 4096 linear: memory-bound),
+//! `attn<L>` (16 heads × 64, self-attention of length L), `attn<H>x<D>_<L>`, `xattn<Lq>_<Lk>`
+//! (16 × 64 cross-attention), `conv` (3×3, 256→256 channels at 64×64),
+//! `conv133_<C>_<T>x<H>x<W>` / `conv311_<C>_<T>x<H>x<W>` (the tokenizer's factorised 3-D
+//! convolutions), `copy<MiB>` (the copy bandwidth, read + write), `dit` / `dit_unfused` (one Cosmos DiT
 //! block, hidden 1024, 2048 tokens, text 512, compiled with and without the rewrite passes), `t5`
 //! / `t5_unfused` (a T5 encoder: d_model 1024, 8 heads × 128, d_ff 4096, 4 layers, 512 tokens),
 //! `cosmos` / `cosmos_unfused` (a 4-layer Cosmos DiT, hidden 1024, 2048 tokens, text 512),
@@ -39,19 +43,44 @@ type CaseInputs = Vec<(&'static str, Vec<usize>)>;
 fn case(name: &str) -> Option<(Graph, CaseInputs)> {
     let mut b = GraphBuilder::new();
     let inputs: CaseInputs;
-    if let Some(n) = name.strip_prefix("gemm").and_then(|s| s.parse::<usize>().ok()) {
-        inputs = vec![("a", vec![n, n]), ("b", vec![n, n])];
-        let a = b.input("a", DType::F32, [n, n]).ok()?;
-        let w = b.input("b", DType::F32, [n, n]).ok()?;
+    if let Some([m, k, n]) = name.strip_prefix("gemm").and_then(gemm_dims) {
+        inputs = vec![("a", vec![m, k]), ("b", vec![k, n])];
+        let a = b.input("a", DType::F32, [m, k]).ok()?;
+        let w = b.input("b", DType::F32, [k, n]).ok()?;
         let y = b.matmul("mm", a, w).ok()?;
         b.output("y", y).ok()?;
-    } else if let Some(l) = name.strip_prefix("attn").and_then(|s| s.parse::<usize>().ok()) {
-        let shape = vec![1, 16, l, 64];
-        inputs = vec![("q", shape.clone()), ("k", shape.clone()), ("v", shape.clone())];
-        let q = b.input("q", DType::F32, shape.clone()).ok()?;
-        let k = b.input("k", DType::F32, shape.clone()).ok()?;
-        let v = b.input("v", DType::F32, shape).ok()?;
-        let y = b.op("attn", Op::attention(0.125, AttentionMask::None), &[q, k, v]).ok()?;
+    } else if let Some(m) = name.strip_prefix("gemv").and_then(|s| s.parse::<usize>().ok()) {
+        // A memory-bound linear: M rows against a 4096 × 4096 weight (read transposed, as
+        // models store it).
+        inputs = vec![("x", vec![m, 4096]), ("w", vec![4096, 4096])];
+        let x = b.input("x", DType::F32, [m, 4096]).ok()?;
+        let w = b.input("w", DType::F32, [4096, 4096]).ok()?;
+        let y = b.linear("fc", x, w, None).ok()?;
+        b.output("y", y).ok()?;
+    } else if let Some((heads, dim, lq, lk)) = attention_dims(name) {
+        inputs = vec![("q", vec![1, heads, lq, dim]), ("k", vec![1, heads, lk, dim]), ("v", vec![1, heads, lk, dim])];
+        let q = b.input("q", DType::F32, [1, heads, lq, dim]).ok()?;
+        let k = b.input("k", DType::F32, [1, heads, lk, dim]).ok()?;
+        let v = b.input("v", DType::F32, [1, heads, lk, dim]).ok()?;
+        let scale = 1.0 / (dim as f64).sqrt();
+        let y = b.op("attn", Op::attention(scale, AttentionMask::None), &[q, k, v]).ok()?;
+        b.output("y", y).ok()?;
+    } else if let Some((kernel, c, [t, h, w])) = vae_conv_dims(name) {
+        // A tokenizer convolution, C → C channels over [T, H, W]: (1,3,3) zero-padded in H and
+        // W, or (3,1,1) padded by one frame on each side (the same work as the causal pad).
+        inputs = vec![("x", vec![1, c, t, h, w]), ("w", [vec![c, c], kernel.to_vec()].concat())];
+        let x = b.input("x", DType::F32, [1, c, t, h, w]).ok()?;
+        let wt = b.input("w", DType::F32, [vec![c, c], kernel.to_vec()].concat()).ok()?;
+        let pad: Vec<(usize, usize)> = kernel.iter().map(|&k| (k / 2, k / 2)).collect();
+        let p = ConvParams {
+            stride: vec![1, 1, 1],
+            dilation: vec![1, 1, 1],
+            padding: pad,
+            pad_mode: ConvPadMode::Zeros,
+            groups: 1,
+            has_bias: false,
+        };
+        let y = b.op("conv", Op::Conv(p), &[x, wt]).ok()?;
         b.output("y", y).ok()?;
     } else if name == "conv" {
         inputs = vec![("x", vec![1, 256, 64, 64]), ("w", vec![256, 256, 3, 3])];
@@ -167,6 +196,46 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
     Some((b.finish().ok()?, inputs))
 }
 
+/// `N` (N³) or `MxKxN`.
+fn gemm_dims(s: &str) -> Option<[usize; 3]> {
+    let d: Vec<usize> = s.split('x').map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    match d[..] {
+        [n] => Some([n, n, n]),
+        [m, k, n] => Some([m, k, n]),
+        _ => None,
+    }
+}
+
+/// `attn<L>` (16 heads × 64), `attn<H>x<D>_<L>`, or `xattn<Lq>_<Lk>` (16 × 64, cross):
+/// (heads, head dim, query length, key length).
+fn attention_dims(name: &str) -> Option<(usize, usize, usize, usize)> {
+    if let Some(rest) = name.strip_prefix("xattn") {
+        let (lq, lk) = rest.split_once('_')?;
+        return Some((16, 64, lq.parse().ok()?, lk.parse().ok()?));
+    }
+    let rest = name.strip_prefix("attn")?;
+    match rest.split_once('_') {
+        None => rest.parse().ok().map(|l| (16, 64, l, l)),
+        Some((hd, l)) => {
+            let (h, d) = hd.split_once('x')?;
+            let l = l.parse().ok()?;
+            Some((h.parse().ok()?, d.parse().ok()?, l, l))
+        }
+    }
+}
+
+/// `conv133_<C>_<T>x<H>x<W>` or `conv311_<C>_<T>x<H>x<W>`: the kernel, channels and extent.
+fn vae_conv_dims(name: &str) -> Option<([usize; 3], usize, [usize; 3])> {
+    let (kernel, rest) = if let Some(r) = name.strip_prefix("conv133_") {
+        ([1, 3, 3], r)
+    } else {
+        ([3, 1, 1], name.strip_prefix("conv311_")?)
+    };
+    let (c, extent) = rest.split_once('_')?;
+    let d: Vec<usize> = extent.split('x').map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    Some((kernel, c.parse().ok()?, d.try_into().ok()?))
+}
+
 /// Deterministic inputs: floats from `filled`, T5 token ids in range and an all-ones mask.
 fn feed(inputs: &CaseInputs) -> HashMap<String, CpuTensor> {
     inputs
@@ -186,6 +255,35 @@ fn feed(inputs: &CaseInputs) -> HashMap<String, CpuTensor> {
             (n.to_string(), t)
         })
         .collect()
+}
+
+/// `copy<MiB>`: the machine's copy bandwidth, the yardstick of memory-bound cases: one buffer of
+/// MiB MiB copied into another by `threads` workers in 1 MiB pieces; GB/s counts bytes read
+/// plus bytes written.
+fn copy_bandwidth(mib: usize, threads: usize, runs: usize) {
+    use rayon::prelude::*;
+    let n = mib << 18;
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0f32; n];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let mut times = Vec::new();
+    for i in 0..=runs {
+        let start = std::time::Instant::now();
+        pool.install(|| {
+            dst.par_chunks_mut(1 << 18).zip(src.par_chunks(1 << 18)).for_each(|(d, s)| d.copy_from_slice(s))
+        });
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    std::hint::black_box(&dst);
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    println!(
+        "{{\"impl\": \"orrery\", \"case\": \"copy{mib}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gbs\": {:.1}, \"runs_s\": {times:?}}}",
+        2.0 * (n * 4) as f64 / median / 1e9
+    );
 }
 
 fn flag_set(args: &[String], flag: &str) -> bool {
@@ -229,8 +327,14 @@ fn main() {
     let flag = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());
     let threads: usize = flag("--threads").unwrap_or(2);
     let runs: usize = flag("--runs").unwrap_or(5);
+    if let Some(mib) = name.strip_prefix("copy").and_then(|s| s.parse::<usize>().ok()) {
+        return copy_bandwidth(mib, threads, runs);
+    }
     let Some((graph, inputs)) = case(&name) else {
-        eprintln!("unknown case `{name}`: use gemm<N>, attn<L>, conv, dit or dit_unfused");
+        eprintln!(
+            "unknown case `{name}`: use gemm<N>, gemm<M>x<K>x<N>, gemv<M>, attn<L>, attn<H>x<D>_<L>, xattn<Lq>_<Lk>, \
+             conv, conv133_<C>_<T>x<H>x<W>, conv311_<C>_<T>x<H>x<W>, dit, cosmos, t5, vae_decode or vae_encode"
+        );
         std::process::exit(2);
     };
     // Weights (the DiT cases have some): deterministic values scaled by 1/√fan-in.
@@ -250,6 +354,8 @@ fn main() {
     }
     let plan = orrery_compiler::compile_with(graph, &options).expect("valid case graph");
     let flops = plan.flops as f64;
+    // Bytes every run must read at least: the inputs (for gemv, the weight dominates).
+    let read_bytes: u64 = plan.graph.inputs().map(|(_, n)| n.ty.size_bytes()).sum();
     let (n_kernels, arena) = (plan.kernels.iter().filter(|k| !k.is_view).count(), plan.arena_bytes);
     let session = Session::new(plan, weights, threads).expect("thread pool");
     let feed = feed(&inputs);
@@ -278,8 +384,9 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"peak_rss_bytes\": {}, \"runs_s\": {times:?}}}",
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"peak_rss_bytes\": {}, \"runs_s\": {times:?}}}",
         flops / median / 1e9,
+        read_bytes as f64 / median / 1e9,
         orrery_runtime::peak_rss_bytes().unwrap_or(0)
     );
 }

@@ -1,6 +1,7 @@
 //! MatMul and Linear: strided GEMM calls, no operand copies for f32 views.
 
 use super::blas::{gemm, MatMut, MatRef, Threads};
+use super::gemv::{rows_times_weight, Rows, MAX_ROWS};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
 use crate::CpuTensor;
 use orrery_ir::TensorType;
@@ -86,6 +87,13 @@ impl Gemms {
         (lhs, rhs)
     }
 
+    /// True for a few rows against a weight whose columns are contiguous in k (`linear`'s
+    /// `[N, K]` weight): the product is memory-bound and streams the weight once
+    /// ([`rows_times_weight`]) instead of packing it.
+    fn streams_weight(&self) -> bool {
+        self.m <= MAX_ROWS && self.k > 0 && self.a_strides.1 == 1 && self.b_strides.0 == 1
+    }
+
     fn bias(&self) -> Option<&[f32]> {
         self.bias.as_ref().map(F32Operand::dense_slice)
     }
@@ -103,6 +111,14 @@ impl Gemms {
             }
         }
         let accumulate = self.bias.is_some();
+        if self.streams_weight() {
+            for (bi, dst) in y.chunks_mut(m * n).enumerate() {
+                let a = Rows { data: self.a.data(), offset: self.a_offsets[bi], row_stride: self.a_strides.0 };
+                let w = Rows { data: self.b.data(), offset: self.b_offsets[bi], row_stride: self.b_strides.1 };
+                rows_times_weight(a, w, m, n, k, dst, accumulate);
+            }
+            return;
+        }
         let one = |bi: usize, dst: &mut [f32], threads: Threads| {
             let (lhs, rhs) = self.operands(bi, 0, 0);
             // SAFETY: `dst` is this product's own dense m×n block.
@@ -136,7 +152,7 @@ impl Gemms {
             && m * n * k < SPLIT_ONE_GEMM_WORK
             && rows_aligned
             && TILE_COLS.is_multiple_of(align);
-        if !tiled && (self.count() == 1 || !rows_aligned) {
+        if self.streams_weight() || (!tiled && (self.count() == 1 || !rows_aligned)) {
             // One GEMM over all threads, then the epilogue in parallel chunks (a second pass).
             self.run(y);
             apply_epilogue_pass(y, epilogue);

@@ -3,6 +3,7 @@
 mod attention;
 pub(crate) mod blas;
 mod fast_exp;
+mod gemv;
 pub(crate) mod matmul;
 pub(crate) mod operand;
 
