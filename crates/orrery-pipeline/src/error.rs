@@ -6,4 +6,14 @@ pub enum PipelineError {
     Config { path: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Model(#[from] orrery_models::ModelError),
+    #[error(transparent)]
+    Compile(#[from] orrery_compiler::CompileError),
+    #[error(transparent)]
+    Runtime(#[from] orrery_runtime::RuntimeError),
+    #[error(transparent)]
+    Format(#[from] orrery_formats::FormatError),
+    #[error(transparent)]
+    Text(#[from] orrery_text::TextError),
 }

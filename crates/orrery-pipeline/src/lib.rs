@@ -1,7 +1,8 @@
-//! orrery-pipeline: what the Cosmos Text2World and Video2World pipelines compute between the
-//! models: the noise schedule, the EDM preconditioning, the Euler update and classifier-free
-//! guidance (cosmos-reference §4). Tensors here are plain f32 slices: the models run through
-//! the runtime, this crate only combines their outputs.
+//! orrery-pipeline: the Cosmos world-generation pipelines. [`Text2World`] loads a diffusers
+//! pipeline folder and runs prompt → T5 embeddings → denoising loop → video decoder; the loop's
+//! own arithmetic (the noise schedule, the EDM preconditioning, the Euler update and
+//! classifier-free guidance, cosmos-reference §4) works on plain f32 slices, while the models
+//! run through the runtime's sessions.
 //!
 //! Two samplers exist and results depend on which one a checkpoint was made for:
 //! - [`SamplerKind::DiffusersEdm`]: diffusers' `EDMEulerScheduler` as its Cosmos pipelines use
@@ -13,7 +14,9 @@
 mod error;
 mod sampler;
 mod scheduler_config;
+mod text2world;
 
 pub use error::PipelineError;
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};
+pub use text2world::{Text2World, Text2WorldOutput, Text2WorldRequest, DEFAULT_NEGATIVE_PROMPT};

@@ -14,6 +14,27 @@ pub const SIGMA_DATA: f64 = 0.5;
 
 /// μ and s for latent frames `start .. start + frames`, shaped [1, C, frames, 1, 1].
 fn stats(config: &CosmosVaeConfig, start: usize, frames: usize) -> Result<Option<(RefTensor, RefTensor)>, ModelError> {
+    let shape = vec![1, config.latent_channels, frames, 1, 1];
+    Ok(latent_statistics(config, start, frames)?
+        .map(|s| (RefTensor::new(DType::F32, shape.clone(), s.mean), RefTensor::new(DType::F32, shape, s.std))))
+}
+
+/// Per channel × latent frame statistics of the tokenizer's latents, channel-major
+/// (`[c·frames + t]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatentStatistics {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// μ and s for latent frames `start .. start + frames`, channel-major (`[c·frames + t]`), from
+/// the config's `latents_mean` / `latents_std` (`None` when it has none). Errors name what is
+/// wrong with the table.
+pub fn latent_statistics(
+    config: &CosmosVaeConfig,
+    start: usize,
+    frames: usize,
+) -> Result<Option<LatentStatistics>, ModelError> {
     let (Some(mean), Some(std)) = (&config.latents_mean, &config.latents_std) else {
         return Ok(None);
     };
@@ -39,8 +60,7 @@ fn stats(config: &CosmosVaeConfig, start: usize, frames: usize) -> Result<Option
     let pick = |v: &[f64]| -> Vec<f64> {
         (0..c).flat_map(|ch| v[ch * per_channel + start..][..frames].iter().copied()).collect()
     };
-    let shape = vec![1, c, frames, 1, 1];
-    Ok(Some((RefTensor::new(DType::F32, shape.clone(), pick(mean)), RefTensor::new(DType::F32, shape, pick(std)))))
+    Ok(Some(LatentStatistics { mean: pick(mean), std: pick(std) }))
 }
 
 /// μ and s for `latent` (first frame `start`) as constant nodes named `<tag>.mean` / `.std`.

@@ -8,7 +8,7 @@ mod vae;
 
 pub use config::CosmosDitConfig;
 pub use dit_block::{dit_block, DitBlockConfig, DitBlockInputs};
-pub use latent_norm::{denormalize_latent, normalize_latent, SIGMA_DATA};
+pub use latent_norm::{denormalize_latent, latent_statistics, normalize_latent, LatentStatistics, SIGMA_DATA};
 pub use transformer::{transformer_graph, CosmosDitShapes};
 pub use vae::{decoder_chunk_graph, decoder_graph, encoder_chunk_graph, encoder_graph, CosmosVaeConfig, TemporalChunk};
 
