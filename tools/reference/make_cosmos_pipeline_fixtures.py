@@ -7,7 +7,8 @@ Cosmos config) and one run of diffusers' CosmosTextToWorldPipeline on it with in
 crates/orrery-pipeline/tests/fixtures/cosmos_t2w_tiny/: model_index.json and the component
 folders (f32 weights), and `run.safetensors` with the injected `noise`, `prompt_embeds`,
 `negative_prompt_embeds`, `sigmas`, `step{i}.latents` (the latents after step i) and
-`decoded_raw` (the decoder's output before any clamping); `run.json` holds the settings.
+`decoded_raw` (the decoder's output before any clamping) and `frames_uint8` (the pipeline's
+8-bit frames [F, H, W, 3], stored as floats); `run.json` holds the settings.
 
 Run from the repository root:
   HF_HUB_OFFLINE=1 .venv-ref/bin/python tools/reference/make_cosmos_pipeline_fixtures.py
@@ -113,8 +114,10 @@ def main():
     vae.decode = recording_decode
     with torch.no_grad():
         embeds, negative = pipe.encode_prompt(SETTINGS["prompt"], SETTINGS["negative_prompt"], max_sequence_length=512)
-        pipe(**SETTINGS, latents=noise.clone(), output_type="np", callback_on_step_end=on_step,
-             callback_on_step_end_tensor_inputs=["latents"])
+        result = pipe(**SETTINGS, latents=noise.clone(), output_type="np", callback_on_step_end=on_step,
+                      callback_on_step_end_tensor_inputs=["latents"])
+    # The pipeline's 8-bit frames [F, H, W, 3] (it returns them divided by 255).
+    record["frames_uint8"] = torch.from_numpy((result.frames[0] * 255).round())
     vae.decode = decode
     record["prompt_embeds"], record["negative_prompt_embeds"] = embeds, negative
     record["sigmas"] = pipe.scheduler.sigmas.clone()

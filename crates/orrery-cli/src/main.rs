@@ -1,4 +1,4 @@
-//! The `orrery` command-line tool: `inspect`, `run`, `compile` and `encode-text`.
+//! The `orrery` command-line tool: `inspect`, `run`, `compile`, `encode-text` and `generate`.
 //!
 //! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
 
@@ -7,6 +7,7 @@ mod byte_size;
 mod chunked;
 mod cmd_compile;
 mod cmd_encode_text;
+mod cmd_generate;
 mod cmd_inspect;
 mod cmd_run;
 mod component_plan;
@@ -40,6 +41,8 @@ enum Command {
     /// Tokenize prompts and run the T5 text encoder on them; prints the token ids and
     /// statistics of the embeddings.
     EncodeText(cmd_encode_text::EncodeTextArgs),
+    /// Text2World: a prompt to video frames with a diffusers Cosmos pipeline folder.
+    Generate(cmd_generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd_run::run(&args),
         Command::Compile(args) => cmd_compile::compile(&args),
         Command::EncodeText(args) => cmd_encode_text::encode_text(&args),
+        Command::Generate(args) => cmd_generate::generate(&args),
     };
     match result {
         Ok(code) => code,

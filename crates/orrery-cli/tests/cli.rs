@@ -587,3 +587,69 @@ fn run_encodes_and_decodes_with_the_tokenizer_in_chunks() {
     assert_eq!(std::fs::read(&out).unwrap(), before);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn generate_runs_text2world_from_a_pipeline_folder() {
+    // The tiny random pipeline of crates/orrery-pipeline/tests/fixtures, with the noise diffusers
+    // used: the dumped latents match its run, the PNG frames are written with a sidecar, and bad
+    // requests fail before any work without leaving output.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("crates/orrery-pipeline/tests/fixtures/cosmos_t2w_tiny");
+    let reference = model.join("run.safetensors");
+    let dir = tmp_dir("generate");
+    let (noise_shape, noise) = read_f32(&reference, "noise");
+    let noise_file = dir.join("noise.safetensors");
+    write_f32(&noise_file, "noise", &noise_shape, &noise);
+    let (frames_dir, dump) = (dir.join("frames"), dir.join("dump.safetensors"));
+    let m = model.to_str().unwrap();
+    let base = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "A robot arm stacks red cubes on a wooden table.",
+        "--negative-prompt",
+        "blurry, distorted",
+        "--width",
+        "48",
+        "--frames",
+        "9",
+        "--steps",
+        "3",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--height", "32", "--init-noise", noise_file.to_str().unwrap()]);
+    args.extend(["--frames-dir", frames_dir.to_str().unwrap(), "--dump-tensors", dump.to_str().unwrap(), "--json"]);
+    let r = orrery(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("guardrails"), "the missing guardrails are announced");
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["steps"], 3);
+    for name in ["step0.latents", "step2.latents", "decoded_raw", "prompt_embeds", "negative_prompt_embeds"] {
+        let (got_shape, got) = read_f32(&dump, name);
+        let (want_shape, want) = read_f32(&reference, name);
+        assert_eq!(got_shape, want_shape, "{name}");
+        assert!(rel_err(&got, &want) <= 1e-4, "{name}: {}", rel_err(&got, &want));
+    }
+    let pngs = std::fs::read_dir(&frames_dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"));
+    assert_eq!(pngs.count(), 9);
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(frames_dir.join("generation.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["steps"], 3);
+
+    // A height that is not a multiple of 16, and no output asked for: refused up front.
+    let empty = dir.join("empty");
+    let mut bad = base.to_vec();
+    bad.extend(["--height", "30", "--frames-dir", empty.to_str().unwrap()]);
+    let r = orrery(&bad);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("multiples of 16"), "{}", stderr(&r));
+    assert!(!empty.exists(), "nothing written for a refused request");
+    let mut none = base.to_vec();
+    none.extend(["--height", "32"]);
+    let r = orrery(&none);
+    assert!(!r.status.success() && stderr(&r).contains("nothing to write"), "{}", stderr(&r));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -18,6 +18,7 @@ pub mod index;
 pub mod inspect;
 pub mod layout;
 pub mod pickle;
+mod png_write;
 mod reader;
 pub mod safetensors;
 mod safetensors_write;
@@ -30,6 +31,7 @@ pub use folder::{open_file, open_files, open_weights, resolve_weights, WeightsLa
 pub use index::{open_index, ShardIndex};
 pub use inspect::{describe_folder, inspect, inspect_source, Component, FolderDescription, Inspection};
 pub use layout::StridedLayout;
+pub use png_write::{png_rgb, write_png_rgb};
 pub use safetensors::SafetensorsFile;
 pub use safetensors_write::{write_safetensors, StreamingSafetensors, TensorToWrite};
 pub use source::{

@@ -12,11 +12,13 @@
 //!   an f32 ramp, then 0; initial noise × √(80² + 1)).
 
 mod error;
+mod noise;
 mod sampler;
 mod scheduler_config;
 mod text2world;
 
 pub use error::PipelineError;
+pub use noise::{standard_normal, video_frames_u8};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};
-pub use text2world::{Text2World, Text2WorldOutput, Text2WorldRequest, DEFAULT_NEGATIVE_PROMPT};
+pub use text2world::{Stage, Text2World, Text2WorldOutput, Text2WorldRequest, DEFAULT_NEGATIVE_PROMPT};

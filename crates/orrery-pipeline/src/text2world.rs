@@ -15,6 +15,7 @@ use orrery_text::T5Tokenizer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// diffusers' `DEFAULT_NEGATIVE_PROMPT` for the Cosmos pipelines (used when none is given).
 pub const DEFAULT_NEGATIVE_PROMPT: &str = "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. Overall, the video is of poor quality.";
@@ -83,6 +84,19 @@ pub struct Text2WorldRequest<'a> {
     pub noise: &'a CpuTensor,
     pub max_text_len: usize,
     pub threads: usize,
+    /// Told as each stage ends (for progress output).
+    pub progress: &'a dyn Fn(Stage),
+}
+
+/// A finished stage of a run, with its wall time in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stage {
+    /// Prompt and negative prompt encoded.
+    TextEncoded { seconds: f64 },
+    /// Denoising step `step` (0-based) of `steps` done, at noise level `sigma`.
+    Step { step: usize, steps: usize, sigma: f32, seconds: f64 },
+    /// The video decoded.
+    Decoded { seconds: f64 },
 }
 
 /// Everything a run produced, for output and for parity checks.
@@ -161,29 +175,35 @@ impl Text2World {
         Ok(CpuTensor::from_vec(vec![1, len, d], values))
     }
 
-    /// Runs the whole pipeline.
-    pub fn generate(&self, r: &Text2WorldRequest) -> Result<Text2WorldOutput, PipelineError> {
+    /// The latent shape [1, C, 1 + (frames − 1)/8, height/8, width/8] of a video, or why the
+    /// size cannot be generated.
+    pub fn latent_shape(&self, height: usize, width: usize, frames: usize) -> Result<[usize; 5], PipelineError> {
         let (s, t) = (self.vae_config.spatial_compression_ratio, self.vae_config.temporal_compression_ratio);
-        if !r.height.is_multiple_of(16) || !r.width.is_multiple_of(16) || r.height == 0 || r.width == 0 {
+        if !height.is_multiple_of(16) || !width.is_multiple_of(16) || height == 0 || width == 0 {
             return Err(PipelineError::Invalid(format!(
-                "height and width must be positive multiples of 16, got {}x{}",
-                r.height, r.width
+                "height and width must be positive multiples of 16, got {height}x{width}"
             )));
         }
-        if r.frames == 0 || !(r.frames - 1).is_multiple_of(t) {
-            return Err(PipelineError::Invalid(format!("frames must be 1 + {t}·k, got {}", r.frames)));
+        if frames == 0 || !(frames - 1).is_multiple_of(t) {
+            return Err(PipelineError::Invalid(format!("frames must be 1 + {t}·k, got {frames}")));
         }
-        let channels = self.vae_config.latent_channels;
-        let latent_shape = [1, channels, 1 + (r.frames - 1) / t, r.height / s, r.width / s];
+        Ok([1, self.vae_config.latent_channels, 1 + (frames - 1) / t, height / s, width / s])
+    }
+
+    /// Runs the whole pipeline.
+    pub fn generate(&self, r: &Text2WorldRequest) -> Result<Text2WorldOutput, PipelineError> {
+        let latent_shape = self.latent_shape(r.height, r.width, r.frames)?;
         if r.noise.shape() != latent_shape {
             return Err(PipelineError::Invalid(format!(
                 "the initial noise has shape {:?}, the latents are {latent_shape:?}",
                 r.noise.shape()
             )));
         }
+        let started = Instant::now();
         let prompt_embeds = self.encode_prompt(r.prompt, r.max_text_len, r.threads)?;
         let negative = r.negative_prompt.unwrap_or(DEFAULT_NEGATIVE_PROMPT);
         let negative_prompt_embeds = self.encode_prompt(negative, r.max_text_len, r.threads)?;
+        (r.progress)(Stage::TextEncoded { seconds: started.elapsed().as_secs_f64() });
 
         let schedule = Schedule::diffusers(&self.scheduler, r.steps)?;
         let text_shape = prompt_embeds.shape().to_vec();
@@ -205,6 +225,7 @@ impl Text2World {
         let (mut scaled, mut x0_cond, mut x0_uncond, mut guided) =
             (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         for i in 0..schedule.steps() {
+            let step_started = Instant::now();
             let p = schedule.preconditioning(i);
             p.scale_input(&latents, &mut scaled);
             let run = |text: &CpuTensor| -> Result<Vec<f32>, PipelineError> {
@@ -235,7 +256,10 @@ impl Text2World {
             }
             euler_step(&mut latents, &guided, schedule.sigmas[i], schedule.sigmas[i + 1]);
             step_latents.push(CpuTensor::from_vec(latent_shape.to_vec(), latents.clone()));
+            let seconds = step_started.elapsed().as_secs_f64();
+            (r.progress)(Stage::Step { step: i, steps: schedule.steps(), sigma: p.sigma, seconds });
         }
+        let decode_started = Instant::now();
 
         let z = self.to_tokenizer_latents(&latents, &latent_shape, schedule.sigma_data)?;
         let decoder = self.vae.session("decode", &[("z", &latent_shape)], r.threads)?;
@@ -244,6 +268,7 @@ impl Text2World {
             .get("sample")
             .cloned()
             .ok_or_else(|| PipelineError::Invalid("the video decoder gave no `sample`".into()))?;
+        (r.progress)(Stage::Decoded { seconds: decode_started.elapsed().as_secs_f64() });
         Ok(Text2WorldOutput {
             prompt_embeds,
             negative_prompt_embeds,

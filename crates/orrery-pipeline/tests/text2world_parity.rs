@@ -5,7 +5,7 @@
 //! (max|out − ref| / max|ref|).
 
 use orrery_cpu::CpuTensor;
-use orrery_pipeline::{Text2World, Text2WorldRequest};
+use orrery_pipeline::{video_frames_u8, Stage, Text2World, Text2WorldRequest};
 use orrery_runtime::tensor_from_source;
 use std::path::Path;
 
@@ -26,6 +26,7 @@ fn text2world_matches_diffusers() {
     let pipeline = Text2World::load(&dir).unwrap();
     assert_eq!(pipeline.skipped, vec!["safety_checker".to_string()]);
     let noise = get("noise");
+    let stages = std::cell::RefCell::new(Vec::new());
     let n = |k: &str| settings[k].as_u64().unwrap() as usize;
     let request = Text2WorldRequest {
         prompt: settings["prompt"].as_str().unwrap(),
@@ -39,6 +40,7 @@ fn text2world_matches_diffusers() {
         noise: &noise,
         max_text_len: 512,
         threads: 2,
+        progress: &|stage| stages.borrow_mut().push(stage),
     };
     let out = pipeline.generate(&request).unwrap();
     let mut errors = vec![
@@ -58,6 +60,22 @@ fn text2world_matches_diffusers() {
         assert!(err <= 1e-4, "{what}: {err:e}");
     }
     assert_eq!(out.step_latents.len(), 3);
+    // Progress: text, each step with its σ, decode.
+    let stages = stages.borrow();
+    assert_eq!(stages.len(), 5);
+    assert!(matches!(stages[0], Stage::TextEncoded { .. }) && matches!(stages[4], Stage::Decoded { .. }));
+    assert!(matches!(stages[1], Stage::Step { step: 0, steps: 3, sigma, .. } if sigma == out.sigmas[0]));
+
+    // 8-bit frames: diffusers' conversion of its own decode reproduced exactly; on orrery's
+    // decode at most one level off.
+    let want: Vec<u8> = get("frames_uint8").to_f32_vec().iter().map(|&v| v as u8).collect();
+    let (f, h, w) = (request.frames, request.height, request.width);
+    let from_reference: Vec<u8> = video_frames_u8(&get("decoded_raw").to_f32_vec(), f, h, w).concat();
+    assert_eq!(from_reference, want, "the uint8 conversion of the reference decode");
+    let ours: Vec<u8> = video_frames_u8(&out.decoded_raw.to_f32_vec(), f, h, w).concat();
+    let worst = ours.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    println!("frames: at most {worst} level(s) from diffusers'");
+    assert!(worst <= 1);
 }
 
 #[test]
@@ -77,6 +95,7 @@ fn bad_requests_and_folders_are_refused_with_the_reason() {
         noise,
         max_text_len: 16,
         threads: 1,
+        progress: &|_| {},
     };
     let err = |r: Text2WorldRequest| pipeline.generate(&r).err().expect("refused").to_string();
     assert!(err(request(30, 9, &noise)).contains("multiples of 16"));

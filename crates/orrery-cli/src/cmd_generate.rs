@@ -1,0 +1,169 @@
+//! `orrery generate --model <pipeline-dir> --prompt "..." [--negative-prompt "..."] [--height H
+//! --width W --frames F --steps N --guidance G --fps R --seed S] [--init-noise noise.safetensors]
+//! [--frames-dir DIR] [--dump-tensors FILE] [--threads N] [--json]`: Text2World from a diffusers
+//! Cosmos pipeline folder. Writes PNG frames and/or the run's tensors (MP4 output is not built
+//! yet).
+
+use crate::tensor_file::{read_tensors, write_f32_safetensors};
+use anyhow::{bail, Context, Result};
+use orrery_cpu::CpuTensor;
+use orrery_pipeline::{standard_normal, video_frames_u8, Stage, Text2World, Text2WorldRequest};
+use orrery_runtime::{peak_rss_bytes, resolve_threads};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// A diffusers CosmosTextToWorldPipeline folder (model_index.json and its components).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    /// Default: diffusers' default Cosmos negative prompt.
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// Pixels; a multiple of 16.
+    #[arg(long, default_value_t = 704)]
+    height: usize,
+    /// Pixels; a multiple of 16.
+    #[arg(long, default_value_t = 1280)]
+    width: usize,
+    /// Video frames: 1 + 8k.
+    #[arg(long, default_value_t = 121)]
+    frames: usize,
+    /// Denoising steps (two transformer runs each with guidance).
+    #[arg(long, default_value_t = 36)]
+    steps: usize,
+    /// Classifier-free guidance scale; 1 or less runs the transformer once per step.
+    #[arg(long, default_value_t = 7.0)]
+    guidance: f32,
+    /// Frames per second the transformer conditions on.
+    #[arg(long, default_value_t = 30.0)]
+    fps: f32,
+    /// Seed of orrery's noise generator (SplitMix64 + Box–Muller; not torch's).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A safetensors file with `noise`: standard normal noise of the latent shape, used instead
+    /// of the seed's (to reproduce a reference run).
+    #[arg(long)]
+    init_noise: Option<PathBuf>,
+    /// Write the frames as frame_0000.png … into this folder, with generation.json beside them.
+    #[arg(long)]
+    frames_dir: Option<PathBuf>,
+    /// Write prompt_embeds, negative_prompt_embeds, sigmas, step{i}.latents, final_latents and
+    /// decoded_raw (f32) to this safetensors file.
+    #[arg(long)]
+    dump_tensors: Option<PathBuf>,
+    /// Worker threads (default: RAYON_NUM_THREADS, else the available CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON summary on stdout (progress stays on stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
+    if args.frames_dir.is_none() && args.dump_tensors.is_none() {
+        bail!("nothing to write: give --frames-dir DIR (PNG frames) and/or --dump-tensors FILE (MP4 output is not built yet)");
+    }
+    let started = Instant::now();
+    eprintln!("orrery: guardrails (the Cosmos text and video safety checks) are not implemented in this version; see the README");
+    let pipeline =
+        Text2World::load(&args.model).with_context(|| format!("loading the pipeline {}", args.model.display()))?;
+    if !pipeline.skipped.is_empty() {
+        eprintln!("orrery: not run: {} (orrery does not implement them)", pipeline.skipped.join(", "));
+    }
+    let latent = pipeline.latent_shape(args.height, args.width, args.frames)?;
+    let noise = match &args.init_noise {
+        Some(path) => {
+            let tensors: HashMap<String, CpuTensor> = read_tensors(path)?.into_iter().collect();
+            let noise =
+                tensors.get("noise").with_context(|| format!("{} has no tensor `noise`", path.display()))?.contiguous();
+            if noise.shape() != latent {
+                bail!("{}: `noise` is {:?}, the latents are {latent:?}", path.display(), noise.shape());
+            }
+            CpuTensor::from_vec(latent.to_vec(), noise.to_f32_vec())
+        }
+        None => CpuTensor::from_vec(latent.to_vec(), standard_normal(latent.iter().product(), args.seed)),
+    };
+    if let Some(dir) = &args.frames_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let (threads, _) = resolve_threads(args.threads);
+    let steps_started = std::cell::Cell::new(None::<Instant>);
+    let progress = |stage: Stage| match stage {
+        Stage::TextEncoded { seconds } => {
+            eprintln!("orrery: text encoded in {seconds:.2} s");
+            steps_started.set(Some(Instant::now()));
+        }
+        Stage::Step { step, steps, sigma, seconds } => {
+            let elapsed = steps_started.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
+            let eta = elapsed / (step + 1) as f64 * (steps - step - 1) as f64;
+            eprintln!("orrery: step {}/{steps} (σ {sigma:.4}) {seconds:.2} s, about {eta:.0} s left", step + 1);
+        }
+        Stage::Decoded { seconds } => eprintln!("orrery: video decoded in {seconds:.2} s"),
+    };
+    let request = Text2WorldRequest {
+        prompt: &args.prompt,
+        negative_prompt: args.negative_prompt.as_deref(),
+        height: args.height,
+        width: args.width,
+        frames: args.frames,
+        steps: args.steps,
+        guidance: args.guidance,
+        fps: args.fps,
+        noise: &noise,
+        max_text_len: 512,
+        threads,
+        progress: &progress,
+    };
+    let out = pipeline.generate(&request)?;
+
+    if let Some(path) = &args.dump_tensors {
+        let mut tensors = HashMap::from([
+            ("prompt_embeds".to_string(), out.prompt_embeds.clone()),
+            ("negative_prompt_embeds".to_string(), out.negative_prompt_embeds.clone()),
+            ("sigmas".to_string(), CpuTensor::from_vec(vec![out.sigmas.len()], out.sigmas.clone())),
+            ("decoded_raw".to_string(), out.decoded_raw.clone()),
+        ]);
+        for (i, latents) in out.step_latents.iter().enumerate() {
+            tensors.insert(format!("step{i}.latents"), latents.clone());
+        }
+        if let Some(last) = out.step_latents.last() {
+            tensors.insert("final_latents".into(), last.clone());
+        }
+        write_f32_safetensors(path, &tensors)?;
+    }
+    if let Some(dir) = &args.frames_dir {
+        let frames = video_frames_u8(&out.decoded_raw.to_f32_vec(), args.frames, args.height, args.width);
+        for (i, rgb) in frames.iter().enumerate() {
+            orrery_formats::write_png_rgb(&dir.join(format!("frame_{i:04}.png")), args.width, args.height, rgb)?;
+        }
+        let sidecar = serde_json::json!({
+            "model": args.model.display().to_string(), "prompt": args.prompt,
+            "negative_prompt": args.negative_prompt, "height": args.height, "width": args.width,
+            "frames": args.frames, "steps": args.steps, "guidance": args.guidance, "fps": args.fps,
+            "seed": if args.init_noise.is_some() { serde_json::Value::Null } else { args.seed.into() },
+            "init_noise": args.init_noise.as_ref().map(|p| p.display().to_string()),
+            "sampler": "diffusers-edm", "noise_generator": "orrery splitmix64 + box-muller",
+        });
+        let text = serde_json::to_string_pretty(&sidecar)?;
+        std::fs::write(dir.join("generation.json"), text).with_context(|| format!("writing {}", dir.display()))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = peak_rss_bytes().unwrap_or(0);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "seconds": seconds, "peak_rss_bytes": peak, "steps": out.step_latents.len(),
+                "frames": args.frames, "height": args.height, "width": args.width, "threads": threads,
+            })
+        );
+    } else {
+        eprintln!("orrery: done in {seconds:.1} s, peak RSS {:.0} MiB", peak as f64 / (1 << 20) as f64);
+    }
+    Ok(ExitCode::SUCCESS)
+}
