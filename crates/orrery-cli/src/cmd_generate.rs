@@ -1,4 +1,4 @@
-//! `orrery generate --model <pipeline-dir> --prompt "..." [--negative-prompt "..."] [--height H
+//! `orrery generate [--model <pipeline-dir>|org/name[@rev]] --prompt "..." [--negative-prompt "..."] [--height H
 //! --width W --frames F --steps N --guidance G --fps R --seed S] [--init-noise noise.safetensors]
 //! [--frames-dir DIR] [--dump-tensors FILE] [--threads N] [--json]`: Text2World from a diffusers
 //! Cosmos pipeline folder. Writes PNG frames and/or the run's tensors (MP4 output is not built
@@ -7,7 +7,7 @@
 use crate::tensor_file::{read_tensors, write_f32_safetensors};
 use anyhow::{bail, Context, Result};
 use orrery_cpu::CpuTensor;
-use orrery_pipeline::{standard_normal, video_frames_u8, Stage, Text2World, Text2WorldRequest};
+use orrery_pipeline::{resolve_model, standard_normal, video_frames_u8, Stage, Text2World, Text2WorldRequest};
 use orrery_runtime::{peak_rss_bytes, resolve_threads};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,26 +16,29 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct GenerateArgs {
-    /// A diffusers CosmosTextToWorldPipeline folder (model_index.json and its components).
+    /// A diffusers CosmosTextToWorldPipeline folder (model_index.json and its components), or
+    /// a Hugging Face repo id `org/name[@revision]` already in the local cache. Default: the
+    /// tiny random pipeline built into orrery (its output is noise).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<String>,
     #[arg(long)]
     prompt: String,
     /// Default: diffusers' default Cosmos negative prompt.
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Pixels; a multiple of 16.
-    #[arg(long, default_value_t = 704)]
-    height: usize,
-    /// Pixels; a multiple of 16.
-    #[arg(long, default_value_t = 1280)]
-    width: usize,
-    /// Video frames: 1 + 8k.
-    #[arg(long, default_value_t = 121)]
-    frames: usize,
-    /// Denoising steps (two transformer runs each with guidance).
-    #[arg(long, default_value_t = 36)]
-    steps: usize,
+    /// Pixels; a multiple of 16 (default 704; 32 for the built-in pipeline).
+    #[arg(long)]
+    height: Option<usize>,
+    /// Pixels; a multiple of 16 (default 1280; 48 for the built-in pipeline).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Video frames: 1 + 8k (default 121; 9 for the built-in pipeline).
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Denoising steps, two transformer runs each with guidance (default 36, diffusers'; 5 for
+    /// the built-in pipeline).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Classifier-free guidance scale; 1 or less runs the transformer once per step.
     #[arg(long, default_value_t = 7.0)]
     guidance: f32,
@@ -70,12 +73,22 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     }
     let started = Instant::now();
     eprintln!("orrery: guardrails (the Cosmos text and video safety checks) are not implemented in this version; see the README");
-    let pipeline =
-        Text2World::load(&args.model).with_context(|| format!("loading the pipeline {}", args.model.display()))?;
+    let (model, defaults) = match &args.model {
+        Some(spec) => (resolve_model(spec)?, (704, 1280, 121, 36)),
+        None => {
+            eprintln!("orrery: no --model: using the tiny built-in pipeline with random weights (its video is noise)");
+            (crate::embedded::pipeline_dir()?, crate::embedded::DEFAULTS)
+        }
+    };
+    let height = args.height.unwrap_or(defaults.0);
+    let width = args.width.unwrap_or(defaults.1);
+    let frames = args.frames.unwrap_or(defaults.2);
+    let steps = args.steps.unwrap_or(defaults.3);
+    let pipeline = Text2World::load(&model).with_context(|| format!("loading the pipeline {}", model.display()))?;
     if !pipeline.skipped.is_empty() {
         eprintln!("orrery: not run: {} (orrery does not implement them)", pipeline.skipped.join(", "));
     }
-    let latent = pipeline.latent_shape(args.height, args.width, args.frames)?;
+    let latent = pipeline.latent_shape(height, width, frames)?;
     let noise = match &args.init_noise {
         Some(path) => {
             let tensors: HashMap<String, CpuTensor> = read_tensors(path)?.into_iter().collect();
@@ -108,10 +121,10 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let request = Text2WorldRequest {
         prompt: &args.prompt,
         negative_prompt: args.negative_prompt.as_deref(),
-        height: args.height,
-        width: args.width,
-        frames: args.frames,
-        steps: args.steps,
+        height,
+        width,
+        frames,
+        steps,
         guidance: args.guidance,
         fps: args.fps,
         noise: &noise,
@@ -137,14 +150,15 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         write_f32_safetensors(path, &tensors)?;
     }
     if let Some(dir) = &args.frames_dir {
-        let frames = video_frames_u8(&out.decoded_raw.to_f32_vec(), args.frames, args.height, args.width);
-        for (i, rgb) in frames.iter().enumerate() {
-            orrery_formats::write_png_rgb(&dir.join(format!("frame_{i:04}.png")), args.width, args.height, rgb)?;
+        let images = video_frames_u8(&out.decoded_raw.to_f32_vec(), frames, height, width);
+        for (i, rgb) in images.iter().enumerate() {
+            orrery_formats::write_png_rgb(&dir.join(format!("frame_{i:04}.png")), width, height, rgb)?;
         }
         let sidecar = serde_json::json!({
-            "model": args.model.display().to_string(), "prompt": args.prompt,
-            "negative_prompt": args.negative_prompt, "height": args.height, "width": args.width,
-            "frames": args.frames, "steps": args.steps, "guidance": args.guidance, "fps": args.fps,
+            "model": args.model.clone().unwrap_or_else(|| "built-in tiny random pipeline".into()),
+            "model_dir": model.display().to_string(), "prompt": args.prompt,
+            "negative_prompt": args.negative_prompt, "height": height, "width": width,
+            "frames": frames, "steps": steps, "guidance": args.guidance, "fps": args.fps,
             "seed": if args.init_noise.is_some() { serde_json::Value::Null } else { args.seed.into() },
             "init_noise": args.init_noise.as_ref().map(|p| p.display().to_string()),
             "sampler": "diffusers-edm", "noise_generator": "orrery splitmix64 + box-muller",
@@ -159,7 +173,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             "{}",
             serde_json::json!({
                 "seconds": seconds, "peak_rss_bytes": peak, "steps": out.step_latents.len(),
-                "frames": args.frames, "height": args.height, "width": args.width, "threads": threads,
+                "frames": frames, "height": height, "width": width, "threads": threads,
             })
         );
     } else {

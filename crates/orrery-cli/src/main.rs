@@ -11,6 +11,7 @@ mod cmd_generate;
 mod cmd_inspect;
 mod cmd_run;
 mod component_plan;
+mod embedded;
 mod tensor_file;
 
 use clap::{Parser, Subcommand};

@@ -653,3 +653,81 @@ fn generate_runs_text2world_from_a_pipeline_folder() {
     assert!(!r.status.success() && stderr(&r).contains("nothing to write"), "{}", stderr(&r));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn generate_defaults_to_the_built_in_pipeline_and_resolves_repo_ids_in_the_hf_cache() {
+    let dir = tmp_dir("generate-default");
+    let run = |args: &[&str], env: &[(&str, &Path)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        c.args(args).env_remove("HF_HUB_CACHE").env_remove("HF_HOME");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // No --model: the embedded pipeline, written once under XDG_CACHE_HOME, with its own size.
+    let frames = dir.join("frames");
+    let cache = dir.join("xdg");
+    let args = ["generate", "--prompt", "a red cube", "--frames-dir", frames.to_str().unwrap(), "--json"];
+    let r = run(&args, &[("XDG_CACHE_HOME", &cache)]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("built-in pipeline"), "{}", stderr(&r));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(
+        (v["height"].as_u64(), v["width"].as_u64(), v["frames"].as_u64(), v["steps"].as_u64()),
+        (Some(32), Some(48), Some(9), Some(5))
+    );
+    let first = std::fs::read(frames.join("frame_0000.png")).unwrap();
+    assert_eq!(&first[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(std::fs::read_dir(cache.join("orrery")).unwrap().count(), 1, "one extracted copy");
+    // Same seed, same frames; the second run reuses the extracted copy.
+    let again = dir.join("again");
+    let r = run(
+        &["generate", "--prompt", "a red cube", "--frames-dir", again.to_str().unwrap()],
+        &[("XDG_CACHE_HOME", &cache)],
+    );
+    assert!(r.status.success());
+    assert_eq!(
+        std::fs::read(again.join("frame_0008.png")).unwrap(),
+        std::fs::read(frames.join("frame_0008.png")).unwrap()
+    );
+
+    // A repo id found in a fake Hugging Face cache (the snapshot links to the fixture folder).
+    let hub = dir.join("hub");
+    let repo = hub.join("models--nvidia--Cosmos-Tiny");
+    let commit = "c".repeat(40);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots")).unwrap();
+    std::fs::write(repo.join("refs/main"), &commit).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../orrery-pipeline/tests/fixtures/cosmos_t2w_tiny");
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(fixture.canonicalize().unwrap(), repo.join("snapshots").join(&commit)).unwrap();
+    let out = dir.join("hub-frames");
+    let args = [
+        "generate",
+        "--model",
+        "nvidia/Cosmos-Tiny@main",
+        "--prompt",
+        "a red cube",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "--frames-dir",
+        out.to_str().unwrap(),
+    ];
+    let r = run(&args, &[("HF_HUB_CACHE", &hub)]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(out.join("frame_0008.png").is_file());
+    let r = run(
+        &["generate", "--model", "nvidia/Missing", "--prompt", "x", "--frames-dir", "/tmp/unused"],
+        &[("HF_HUB_CACHE", &hub)],
+    );
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("models--nvidia--Missing"), "the error lists where it looked: {}", stderr(&r));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,12 +12,14 @@
 //!   an f32 ramp, then 0; initial noise × √(80² + 1)).
 
 mod error;
+mod hub;
 mod noise;
 mod sampler;
 mod scheduler_config;
 mod text2world;
 
 pub use error::PipelineError;
+pub use hub::{resolve_model, resolve_model_with};
 pub use noise::{standard_normal, video_frames_u8};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};
