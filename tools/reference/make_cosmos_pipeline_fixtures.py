@@ -58,18 +58,21 @@ def randomize(model, seed, vector_base=0.0):
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
 
 
-def main():
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(OUT)
+def tiny_components(out, pipeline_class, transformer_in_channels, transformer_seed):
+    """The tiny random components (the real architectures at toy widths), saved under `out` as a
+    diffusers pipeline folder of `pipeline_class`; returns them."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
     tokenizer = T5TokenizerFast.from_pretrained(TOKENIZER)
     text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=2,
                                            num_heads=2, feed_forward_proj="relu")).eval()
     randomize(text_encoder, 1)
-    transformer = CosmosTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=12,
-                                           num_layers=2, mlp_ratio=2.0, text_embed_dim=16, adaln_lora_dim=8,
-                                           max_size=(8, 16, 16), patch_size=(1, 2, 2), rope_scale=(2.0, 1.0, 1.0),
-                                           concat_padding_mask=True, extra_pos_embed_type="learnable").eval()
-    randomize(transformer, 2)
+    transformer = CosmosTransformer3DModel(in_channels=transformer_in_channels, out_channels=4, num_attention_heads=2,
+                                           attention_head_dim=12, num_layers=2, mlp_ratio=2.0, text_embed_dim=16,
+                                           adaln_lora_dim=8, max_size=(8, 16, 16), patch_size=(1, 2, 2),
+                                           rope_scale=(2.0, 1.0, 1.0), concat_padding_mask=True,
+                                           extra_pos_embed_type="learnable").eval()
+    randomize(transformer, transformer_seed)
     g = torch.Generator().manual_seed(4)
     mean = (0.1 * torch.randn(4 * 16, generator=g)).tolist()
     std = (0.5 + torch.rand(4 * 16, generator=g)).tolist()
@@ -78,22 +81,28 @@ def main():
     randomize(vae, 3)
     scheduler = EDMEulerScheduler(**COSMOS_SCHEDULER)
 
-    text_encoder.save_pretrained(os.path.join(OUT, "text_encoder"))
-    tokenizer.save_pretrained(os.path.join(OUT, "tokenizer"))
-    for f in os.listdir(os.path.join(OUT, "tokenizer")):
+    text_encoder.save_pretrained(os.path.join(out, "text_encoder"))
+    tokenizer.save_pretrained(os.path.join(out, "tokenizer"))
+    for f in os.listdir(os.path.join(out, "tokenizer")):
         if f not in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            os.remove(os.path.join(OUT, "tokenizer", f))
-    transformer.save_pretrained(os.path.join(OUT, "transformer"))
-    vae.save_pretrained(os.path.join(OUT, "vae"))
-    scheduler.save_pretrained(os.path.join(OUT, "scheduler"))
-    with open(os.path.join(OUT, "model_index.json"), "w") as f:
-        json.dump({"_class_name": "CosmosTextToWorldPipeline", "_diffusers_version": "0.42.1",
+            os.remove(os.path.join(out, "tokenizer", f))
+    transformer.save_pretrained(os.path.join(out, "transformer"))
+    vae.save_pretrained(os.path.join(out, "vae"))
+    scheduler.save_pretrained(os.path.join(out, "scheduler"))
+    with open(os.path.join(out, "model_index.json"), "w") as f:
+        json.dump({"_class_name": pipeline_class, "_diffusers_version": "0.42.1",
                    "safety_checker": ["__main__", "DummyCosmosSafetyChecker"],
                    "scheduler": ["diffusers", "EDMEulerScheduler"], "text_encoder": ["transformers", "T5EncoderModel"],
                    "tokenizer": ["transformers", "T5TokenizerFast"],
                    "transformer": ["diffusers", "CosmosTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLCosmos"]},
                   f, indent=2)
+    return dict(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae, scheduler=scheduler)
 
+
+def main():
+    parts = tiny_components(OUT, "CosmosTextToWorldPipeline", 4, 2)
+    text_encoder, tokenizer, transformer, vae, scheduler = (parts[k] for k in
+                                                            ("text_encoder", "tokenizer", "transformer", "vae", "scheduler"))
     pipe = CosmosTextToWorldPipeline(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
                                      scheduler=scheduler, safety_checker=DummySafetyChecker())
     latent_shape = (1, 4, 1 + (SETTINGS["num_frames"] - 1) // 8, SETTINGS["height"] // 8, SETTINGS["width"] // 8)

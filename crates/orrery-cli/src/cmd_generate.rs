@@ -1,13 +1,15 @@
 //! `orrery generate [--model <pipeline-dir>|org/name[@rev]] --prompt "..." [--negative-prompt "..."] [--height H
 //! --width W --frames F --steps N --guidance G --fps R --seed S] [--init-noise noise.safetensors]
-//! [--frames-dir DIR] [--dump-tensors FILE] [--threads N] [--json]`: Text2World from a diffusers
+//! [--frames-dir DIR] [--dump-tensors FILE] [--threads N] [--json]`: CosmosPipeline from a diffusers
 //! Cosmos pipeline folder. Writes PNG frames and/or the run's tensors (MP4 output is not built
 //! yet).
 
 use crate::tensor_file::{read_tensors, write_f32_safetensors};
 use anyhow::{bail, Context, Result};
 use orrery_cpu::CpuTensor;
-use orrery_pipeline::{resolve_model, standard_normal, video_frames_u8, Stage, Text2World, Text2WorldRequest};
+use orrery_pipeline::{
+    resolve_model, standard_normal, video_frames_u8, Condition, CosmosPipeline, GenerateRequest, Stage,
+};
 use orrery_runtime::{peak_rss_bytes, resolve_threads};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,9 +51,21 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// A safetensors file with `noise`: standard normal noise of the latent shape, used instead
-    /// of the seed's (to reproduce a reference run).
+    /// of the seed's (to reproduce a reference run); for Video2World it may also hold
+    /// `augment_noise.step{i}.cond` / `.uncond`, which replace the drawn augment noise.
     #[arg(long)]
     init_noise: Option<PathBuf>,
+    /// Video2World: a safetensors file with `video`, the frames to continue: [1, 3, F, H, W] in
+    /// [-1, 1] at the output size (needs a CosmosVideoToWorldPipeline).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Video2World: condition on the last N input frames (default: all given, at most the
+    /// output's frame count).
+    #[arg(long)]
+    cond_frames: Option<usize>,
+    /// Video2World: the noise level the given frames are re-noised to each step.
+    #[arg(long, default_value_t = 0.001)]
+    augment_sigma: f32,
     /// Write the frames as frame_0000.png … into this folder, with generation.json beside them.
     #[arg(long)]
     frames_dir: Option<PathBuf>,
@@ -84,22 +98,57 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let width = args.width.unwrap_or(defaults.1);
     let frames = args.frames.unwrap_or(defaults.2);
     let steps = args.steps.unwrap_or(defaults.3);
-    let pipeline = Text2World::load(&model).with_context(|| format!("loading the pipeline {}", model.display()))?;
+    let pipeline = CosmosPipeline::load(&model).with_context(|| format!("loading the pipeline {}", model.display()))?;
     if !pipeline.skipped.is_empty() {
         eprintln!("orrery: not run: {} (orrery does not implement them)", pipeline.skipped.join(", "));
     }
     let latent = pipeline.latent_shape(height, width, frames)?;
-    let noise = match &args.init_noise {
+    let count: usize = latent.iter().product();
+    let injected: HashMap<String, CpuTensor> = match &args.init_noise {
+        Some(path) => read_tensors(path)?.into_iter().collect(),
+        None => HashMap::new(),
+    };
+    let injected_values = |name: &str| -> Result<Option<Vec<f32>>> {
+        match injected.get(name) {
+            None => Ok(None),
+            Some(t) if t.shape() == latent => Ok(Some(t.to_f32_vec())),
+            Some(t) => bail!("--init-noise: `{name}` is {:?}, the latents are {latent:?}", t.shape()),
+        }
+    };
+    let noise = match (&args.init_noise, injected_values("noise")?) {
+        (_, Some(values)) => CpuTensor::from_vec(latent.to_vec(), values),
+        (Some(path), None) => bail!("{} has no tensor `noise`", path.display()),
+        (None, None) => CpuTensor::from_vec(latent.to_vec(), standard_normal(count, args.seed)),
+    };
+    // Augment noise per step and branch: injected, else its own stream of the seed.
+    let mut augment = HashMap::new();
+    for i in 0..steps {
+        for (branch, uncond) in [("cond", false), ("uncond", true)] {
+            let values = match injected_values(&format!("augment_noise.step{i}.{branch}"))? {
+                Some(v) => v,
+                None => {
+                    standard_normal(count, args.seed ^ (0x5EED_0000 + 2 * i as u64 + u64::from(uncond)).rotate_left(32))
+                }
+            };
+            augment.insert((i, uncond), values);
+        }
+    }
+    let augment_noise = |i: usize, uncond: bool| augment[&(i, uncond)].clone();
+    let video = match &args.input {
         Some(path) => {
             let tensors: HashMap<String, CpuTensor> = read_tensors(path)?.into_iter().collect();
-            let noise =
-                tensors.get("noise").with_context(|| format!("{} has no tensor `noise`", path.display()))?.contiguous();
-            if noise.shape() != latent {
-                bail!("{}: `noise` is {:?}, the latents are {latent:?}", path.display(), noise.shape());
+            let video = tensors.get("video").with_context(|| format!("{} has no tensor `video`", path.display()))?;
+            let given = video.shape().get(2).copied().unwrap_or(0);
+            let keep = args.cond_frames.unwrap_or(given).min(given);
+            if keep == 0 {
+                bail!("--input {} holds no frames to condition on", path.display());
             }
-            CpuTensor::from_vec(latent.to_vec(), noise.to_f32_vec())
+            Some(video.slice(2, given - keep, given, 1).contiguous())
         }
-        None => CpuTensor::from_vec(latent.to_vec(), standard_normal(latent.iter().product(), args.seed)),
+        None if pipeline.video_to_world => {
+            bail!("{} is a Video2World pipeline: give the frames to continue with --input", model.display())
+        }
+        None => None,
     };
     if let Some(dir) = &args.frames_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -118,7 +167,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         }
         Stage::Decoded { seconds } => eprintln!("orrery: video decoded in {seconds:.2} s"),
     };
-    let request = Text2WorldRequest {
+    let request = GenerateRequest {
         prompt: &args.prompt,
         negative_prompt: args.negative_prompt.as_deref(),
         height,
@@ -131,6 +180,11 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         max_text_len: 512,
         threads,
         progress: &progress,
+        condition: video.as_ref().map(|video| Condition {
+            video,
+            augment_sigma: args.augment_sigma,
+            augment_noise: &augment_noise,
+        }),
     };
     let out = pipeline.generate(&request)?;
 
@@ -162,6 +216,8 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             "seed": if args.init_noise.is_some() { serde_json::Value::Null } else { args.seed.into() },
             "init_noise": args.init_noise.as_ref().map(|p| p.display().to_string()),
             "sampler": "diffusers-edm", "noise_generator": "orrery splitmix64 + box-muller",
+            "input": args.input.as_ref().map(|p| p.display().to_string()),
+            "augment_sigma": args.input.as_ref().map(|_| args.augment_sigma),
         });
         let text = serde_json::to_string_pretty(&sidecar)?;
         std::fs::write(dir.join("generation.json"), text).with_context(|| format!("writing {}", dir.display()))?;

@@ -42,7 +42,7 @@ enum Command {
     /// Tokenize prompts and run the T5 text encoder on them; prints the token ids and
     /// statistics of the embeddings.
     EncodeText(cmd_encode_text::EncodeTextArgs),
-    /// Text2World: a prompt to video frames with a diffusers Cosmos pipeline folder.
+    /// CosmosPipeline: a prompt to video frames with a diffusers Cosmos pipeline folder.
     Generate(cmd_generate::GenerateArgs),
 }
 

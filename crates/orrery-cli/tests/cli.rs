@@ -514,6 +514,25 @@ fn cosmos_tokenizer_config_compiles_encode_and_decode_at_full_size() {
     assert!(encode["weight_bytes"].as_u64().unwrap() > 0 && decode["weight_bytes"].as_u64().unwrap() > 0);
 }
 
+/// Copies the tensors of `from` whose names pass `keep` into a new f32 safetensors file `to`.
+fn copy_tensors(from: &Path, keep: impl Fn(&str) -> bool, to: &Path) {
+    let source = orrery_formats::open_weights(from).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = source
+        .names()
+        .into_iter()
+        .filter(|n| keep(n))
+        .map(|n| {
+            let (shape, values) = read_f32(from, &n);
+            (n, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect();
+    let list: Vec<orrery_formats::TensorToWrite> = tensors
+        .iter()
+        .map(|(name, shape, data)| orrery_formats::TensorToWrite { name, dtype: orrery_ir::DType::F32, shape, data })
+        .collect();
+    orrery_formats::write_safetensors(to, &list).unwrap();
+}
+
 /// Writes `values` as the f32 tensor `name` of a new safetensors file `path`.
 fn write_f32(path: &Path, name: &str, shape: &[usize], values: &[f32]) {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -597,9 +616,8 @@ fn generate_runs_text2world_from_a_pipeline_folder() {
     let model = root.join("crates/orrery-pipeline/tests/fixtures/cosmos_t2w_tiny");
     let reference = model.join("run.safetensors");
     let dir = tmp_dir("generate");
-    let (noise_shape, noise) = read_f32(&reference, "noise");
     let noise_file = dir.join("noise.safetensors");
-    write_f32(&noise_file, "noise", &noise_shape, &noise);
+    copy_tensors(&reference, |n| n == "noise", &noise_file);
     let (frames_dir, dump) = (dir.join("frames"), dir.join("dump.safetensors"));
     let m = model.to_str().unwrap();
     let base = [
@@ -729,5 +747,66 @@ fn generate_defaults_to_the_built_in_pipeline_and_resolves_repo_ids_in_the_hf_ca
     );
     assert!(!r.status.success());
     assert!(stderr(&r).contains("models--nvidia--Missing"), "the error lists where it looked: {}", stderr(&r));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn generate_continues_a_video_with_a_video2world_pipeline() {
+    // diffusers' 9-frame Video2World run, its noise and augment noise injected.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../orrery-pipeline/tests/fixtures/cosmos_v2w_tiny");
+    let reference = model.join("run_f9_sigma0.001.safetensors");
+    let dir = tmp_dir("generate-v2w");
+    let (video_file, noise_file) = (dir.join("video.safetensors"), dir.join("noise.safetensors"));
+    copy_tensors(&reference, |n| n == "video", &video_file);
+    copy_tensors(&reference, |n| n == "noise" || n.starts_with("augment_noise."), &noise_file);
+    let dump = dir.join("dump.safetensors");
+    let m = model.to_str().unwrap();
+    let args = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "The robot arm keeps stacking the cubes.",
+        "--negative-prompt",
+        "blurry, distorted",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--frames",
+        "17",
+        "--steps",
+        "3",
+        "--input",
+        video_file.to_str().unwrap(),
+        "--init-noise",
+        noise_file.to_str().unwrap(),
+        "--dump-tensors",
+        dump.to_str().unwrap(),
+    ];
+    let r = orrery(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+    for name in ["step2.latents", "decoded_raw"] {
+        let (_, got) = read_f32(&dump, name);
+        let (_, want) = read_f32(&reference, name);
+        assert!(rel_err(&got, &want) <= 1e-4, "{name}: {}", rel_err(&got, &want));
+    }
+    // A Video2World pipeline without input frames is refused up front.
+    let r = orrery(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--frames",
+        "17",
+        "--dump-tensors",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success() && stderr(&r).contains("--input"), "{}", stderr(&r));
     std::fs::remove_dir_all(&dir).unwrap();
 }

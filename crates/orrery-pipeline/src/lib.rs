@@ -1,4 +1,4 @@
-//! orrery-pipeline: the Cosmos world-generation pipelines. [`Text2World`] loads a diffusers
+//! orrery-pipeline: the Cosmos world-generation pipelines. [`CosmosPipeline`] loads a diffusers
 //! pipeline folder and runs prompt → T5 embeddings → denoising loop → video decoder; the loop's
 //! own arithmetic (the noise schedule, the EDM preconditioning, the Euler update and
 //! classifier-free guidance, cosmos-reference §4) works on plain f32 slices, while the models
@@ -11,16 +11,16 @@
 //! - [`SamplerKind::Predict1`]: NVIDIA's cosmos-predict1 loop (35 steps from 80 to 0.0002 on
 //!   an f32 ramp, then 0; initial noise × √(80² + 1)).
 
+mod cosmos_pipeline;
 mod error;
 mod hub;
 mod noise;
 mod sampler;
 mod scheduler_config;
-mod text2world;
 
+pub use cosmos_pipeline::{Condition, CosmosPipeline, GenerateOutput, GenerateRequest, Stage, DEFAULT_NEGATIVE_PROMPT};
 pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
 pub use noise::{standard_normal, video_frames_u8};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};
-pub use text2world::{Stage, Text2World, Text2WorldOutput, Text2WorldRequest, DEFAULT_NEGATIVE_PROMPT};

@@ -130,12 +130,17 @@ impl Schedule {
         let root = total.sqrt();
         Preconditioning {
             sigma,
-            c_in: 1.0 / root,
+            c_in: c_in(sigma, sd),
             c_skip: sd * sd / total,
             c_out: sigma * sd / root,
             c_noise: 0.25 * sigma.ln(),
         }
     }
+}
+
+/// `1 / √(σ² + σd²)` in f32, in torch's order.
+pub(crate) fn c_in(sigma: f32, sigma_data: f32) -> f32 {
+    1.0 / (sigma * sigma + sigma_data * sigma_data).sqrt()
 }
 
 impl Preconditioning {

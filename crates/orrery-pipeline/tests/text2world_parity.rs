@@ -1,47 +1,26 @@
-//! Text2World against diffusers' `CosmosTextToWorldPipeline` on a tiny random pipeline
+//! CosmosPipeline against diffusers' `CosmosTextToWorldPipeline` on a tiny random pipeline
 //! (`tools/reference/make_cosmos_pipeline_fixtures.py`): same prompt and negative prompt, text
 //! length 512, the same injected noise, 3 steps, guidance 7. The prompt embeddings, the latents
 //! after every step and the decoder's raw output within 1e-4 relative
 //! (max|out − ref| / max|ref|).
 
-use orrery_cpu::CpuTensor;
-use orrery_pipeline::{video_frames_u8, Stage, Text2World, Text2WorldRequest};
-use orrery_runtime::tensor_from_source;
-use std::path::Path;
+mod common;
 
-fn rel_err(got: &CpuTensor, want: &CpuTensor) -> f64 {
-    assert_eq!(got.shape(), want.shape());
-    let (g, w) = (got.to_f32_vec(), want.to_f32_vec());
-    let scale = w.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    g.iter().zip(&w).fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64)) / scale
-}
+use common::{fixture, rel_err, Run};
+use orrery_cpu::CpuTensor;
+use orrery_pipeline::{video_frames_u8, CosmosPipeline, GenerateRequest, Stage};
 
 #[test]
 fn text2world_matches_diffusers() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cosmos_t2w_tiny");
-    let settings: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run.json")).unwrap()).unwrap();
-    let reference = orrery_formats::open_weights(dir.join("run.safetensors")).unwrap();
-    let get = |name: &str| tensor_from_source(reference.as_ref(), name).unwrap();
-    let pipeline = Text2World::load(&dir).unwrap();
+    let dir = fixture("cosmos_t2w_tiny");
+    let run = Run::open(&dir, "run");
+    let get = |name: &str| run.get(name);
+    let pipeline = CosmosPipeline::load(&dir).unwrap();
     assert_eq!(pipeline.skipped, vec!["safety_checker".to_string()]);
     let noise = get("noise");
     let stages = std::cell::RefCell::new(Vec::new());
-    let n = |k: &str| settings[k].as_u64().unwrap() as usize;
-    let request = Text2WorldRequest {
-        prompt: settings["prompt"].as_str().unwrap(),
-        negative_prompt: settings["negative_prompt"].as_str(),
-        height: n("height"),
-        width: n("width"),
-        frames: n("num_frames"),
-        steps: n("num_inference_steps"),
-        guidance: settings["guidance_scale"].as_f64().unwrap() as f32,
-        fps: settings["fps"].as_f64().unwrap() as f32,
-        noise: &noise,
-        max_text_len: 512,
-        threads: 2,
-        progress: &|stage| stages.borrow_mut().push(stage),
-    };
+    let progress = |stage| stages.borrow_mut().push(stage);
+    let request = run.request(&noise, &progress);
     let out = pipeline.generate(&request).unwrap();
     let mut errors = vec![
         ("prompt_embeds", rel_err(&out.prompt_embeds, &get("prompt_embeds"))),
@@ -80,10 +59,10 @@ fn text2world_matches_diffusers() {
 
 #[test]
 fn bad_requests_and_folders_are_refused_with_the_reason() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cosmos_t2w_tiny");
-    let pipeline = Text2World::load(&dir).unwrap();
+    let dir = fixture("cosmos_t2w_tiny");
+    let pipeline = CosmosPipeline::load(&dir).unwrap();
     let noise = CpuTensor::from_vec(vec![1, 4, 2, 4, 6], vec![0f32; 192]);
-    let request = |height, frames, noise| Text2WorldRequest {
+    let request = |height, frames, noise| GenerateRequest {
         prompt: "a cube",
         negative_prompt: None,
         height,
@@ -96,19 +75,20 @@ fn bad_requests_and_folders_are_refused_with_the_reason() {
         max_text_len: 16,
         threads: 1,
         progress: &|_| {},
+        condition: None,
     };
-    let err = |r: Text2WorldRequest| pipeline.generate(&r).err().expect("refused").to_string();
+    let err = |r: GenerateRequest| pipeline.generate(&r).err().expect("refused").to_string();
     assert!(err(request(30, 9, &noise)).contains("multiples of 16"));
     assert!(err(request(32, 8, &noise)).contains("1 + 8·k"));
     let small = CpuTensor::from_vec(vec![1, 4, 1, 4, 6], vec![0f32; 96]);
     assert!(err(request(32, 9, &small)).contains("initial noise"));
     // A folder that is not a pipeline, and one missing a component.
-    let e = Text2World::load(&dir.join("vae")).err().expect("not a pipeline").to_string();
+    let e = CosmosPipeline::load(&dir.join("vae")).err().expect("not a pipeline").to_string();
     assert!(e.contains("model_index.json"), "{e}");
     let partial = std::env::temp_dir().join(format!("orrery-t2w-partial-{}", std::process::id()));
     std::fs::create_dir_all(&partial).unwrap();
     std::fs::copy(dir.join("model_index.json"), partial.join("model_index.json")).unwrap();
-    let e = Text2World::load(&partial).err().expect("missing components").to_string();
+    let e = CosmosPipeline::load(&partial).err().expect("missing components").to_string();
     assert!(e.contains("no `vae` component"), "{e}");
     std::fs::remove_dir_all(&partial).unwrap();
 }

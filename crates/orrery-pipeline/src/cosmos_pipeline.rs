@@ -1,9 +1,10 @@
-//! Text2World over a diffusers `CosmosTextToWorldPipeline` folder: the prompt and negative
+//! CosmosPipeline over a diffusers `CosmosTextToWorldPipeline` folder: the prompt and negative
 //! prompt through the T5 encoder, the denoising loop (the diffusion transformer twice per step,
 //! classifier-free guidance on the denoised estimates, an Euler step), then the latents into the
 //! tokenizer's space and through its decoder (cosmos-reference §1, §4; diffusers
 //! `pipeline_cosmos_text2world.py`).
 
+use crate::sampler::c_in;
 use crate::{classifier_free_guidance, euler_step, EdmSchedulerConfig, PipelineError, Schedule};
 use orrery_compiler::{compile, Plan};
 use orrery_cpu::CpuTensor;
@@ -56,8 +57,8 @@ impl Part {
     }
 }
 
-/// A loaded Text2World pipeline.
-pub struct Text2World {
+/// A loaded CosmosPipeline pipeline.
+pub struct CosmosPipeline {
     root: PathBuf,
     tokenizer: T5Tokenizer,
     text_encoder: Part,
@@ -67,11 +68,13 @@ pub struct Text2World {
     scheduler: EdmSchedulerConfig,
     /// Components in `model_index.json` that orrery does not run (the safety checker).
     pub skipped: Vec<String>,
+    /// A `CosmosVideoToWorldPipeline` (its transformer takes the condition mask).
+    pub video_to_world: bool,
 }
 
 /// What to generate. `noise` is standard normal noise of the latent shape
 /// ([1, C, 1 + (frames − 1)/8, height/8, width/8]); it is scaled as the sampler scales its own.
-pub struct Text2WorldRequest<'a> {
+pub struct GenerateRequest<'a> {
     pub prompt: &'a str,
     /// `None`: diffusers' default negative prompt.
     pub negative_prompt: Option<&'a str>,
@@ -86,6 +89,29 @@ pub struct Text2WorldRequest<'a> {
     pub threads: usize,
     /// Told as each stage ends (for progress output).
     pub progress: &'a dyn Fn(Stage),
+    /// Video2World: the input frames to continue (needs a `CosmosVideoToWorldPipeline`).
+    pub condition: Option<Condition<'a>>,
+}
+
+/// Video2World's input: the video continues from these frames (cosmos-reference §4.3).
+pub struct Condition<'a> {
+    /// The input frames [1, 3, Fc, H, W] at the output size, in [-1, 1]. Fewer frames than the
+    /// output are padded with zeros; more are cut to the last `frames`.
+    pub video: &'a CpuTensor,
+    /// The noise level the conditioning latents are noised to each step (diffusers: 0.001).
+    pub augment_sigma: f32,
+    /// Standard normal augment noise (latent shape) for step `i`, conditional branch (`false`)
+    /// or unconditional (`true`): diffusers draws fresh noise per step and branch.
+    pub augment_noise: &'a dyn Fn(usize, bool) -> Vec<f32>,
+}
+
+/// The conditioning latents and which latent frames they cover.
+struct Conditioning {
+    latents: Vec<f32>,
+    /// Latent frames given by the input (the rest are generated).
+    frames: usize,
+    /// [1, 1, T, h, w]: 1 on the given frames (the transformer's `condition_mask`).
+    mask: CpuTensor,
 }
 
 /// A finished stage of a run, with its wall time in seconds.
@@ -100,7 +126,7 @@ pub enum Stage {
 }
 
 /// Everything a run produced, for output and for parity checks.
-pub struct Text2WorldOutput {
+pub struct GenerateOutput {
     pub prompt_embeds: CpuTensor,
     pub negative_prompt_embeds: CpuTensor,
     pub sigmas: Vec<f32>,
@@ -110,9 +136,9 @@ pub struct Text2WorldOutput {
     pub decoded_raw: CpuTensor,
 }
 
-impl Text2World {
+impl CosmosPipeline {
     /// Loads a diffusers pipeline folder (`model_index.json` and its component folders).
-    pub fn load(root: &Path) -> Result<Text2World, PipelineError> {
+    pub fn load(root: &Path) -> Result<CosmosPipeline, PipelineError> {
         let index_path = root.join("model_index.json");
         let index: serde_json::Value = std::fs::read_to_string(&index_path)
             .map_err(|e| PipelineError::Config { path: index_path.display().to_string(), reason: e.to_string() })
@@ -122,15 +148,18 @@ impl Text2World {
                     reason: e.to_string(),
                 })
             })?;
-        match index.get("_class_name").and_then(|v| v.as_str()) {
-            Some("CosmosTextToWorldPipeline") => {}
+        let video_to_world = match index.get("_class_name").and_then(|v| v.as_str()) {
+            Some("CosmosTextToWorldPipeline") => false,
+            Some("CosmosVideoToWorldPipeline") => true,
             other => {
                 return Err(PipelineError::Config {
                     path: index_path.display().to_string(),
-                    reason: format!("`_class_name` is {other:?}, expected \"CosmosTextToWorldPipeline\""),
+                    reason: format!(
+                        "`_class_name` is {other:?}, expected \"CosmosTextToWorldPipeline\" or \"CosmosVideoToWorldPipeline\""
+                    ),
                 })
             }
-        }
+        };
         let run = ["text_encoder", "tokenizer", "transformer", "vae", "scheduler"];
         let skipped = index
             .as_object()
@@ -138,7 +167,7 @@ impl Text2World {
             .unwrap_or_default();
         let vae = Part::load(root, "vae")?;
         let vae_config = CosmosVaeConfig::from_config(&ComponentConfig::read(&vae.dir)?)?;
-        Ok(Text2World {
+        Ok(CosmosPipeline {
             root: root.to_path_buf(),
             tokenizer: T5Tokenizer::from_dir(&root.join("tokenizer"))?,
             text_encoder: Part::load(root, "text_encoder")?,
@@ -147,6 +176,7 @@ impl Text2World {
             vae_config,
             scheduler: EdmSchedulerConfig::read(&root.join("scheduler"))?,
             skipped,
+            video_to_world,
         })
     }
 
@@ -191,7 +221,7 @@ impl Text2World {
     }
 
     /// Runs the whole pipeline.
-    pub fn generate(&self, r: &Text2WorldRequest) -> Result<Text2WorldOutput, PipelineError> {
+    pub fn generate(&self, r: &GenerateRequest) -> Result<GenerateOutput, PipelineError> {
         let latent_shape = self.latent_shape(r.height, r.width, r.frames)?;
         if r.noise.shape() != latent_shape {
             return Err(PipelineError::Invalid(format!(
@@ -206,31 +236,70 @@ impl Text2World {
         (r.progress)(Stage::TextEncoded { seconds: started.elapsed().as_secs_f64() });
 
         let schedule = Schedule::diffusers(&self.scheduler, r.steps)?;
+        let conditioning = match (&r.condition, self.video_to_world) {
+            (Some(c), true) => Some(self.conditioning(c, r, &latent_shape, schedule.sigma_data)?),
+            (None, false) => None,
+            (Some(_), false) => {
+                return Err(PipelineError::Invalid(format!(
+                    "{} is a CosmosPipeline pipeline: it cannot continue an input video",
+                    self.root.display()
+                )))
+            }
+            (None, true) => {
+                return Err(PipelineError::Invalid(format!(
+                    "{} is a Video2World pipeline: give the input frames to continue",
+                    self.root.display()
+                )))
+            }
+        };
         let text_shape = prompt_embeds.shape().to_vec();
         let padding = [1, 1, r.height, r.width];
-        let dit = self.transformer.session(
-            "forward",
-            &[
-                ("hidden_states", &latent_shape),
-                ("timestep", &[1]),
-                ("encoder_hidden_states", &text_shape),
-                ("fps", &[]),
-                ("padding_mask", &padding),
-            ],
-            r.threads,
-        )?;
+        let mask_shape = [1, 1, latent_shape[2], latent_shape[3], latent_shape[4]];
+        let mut shapes: Vec<(&str, &[usize])> = vec![
+            ("hidden_states", &latent_shape),
+            ("timestep", &[1]),
+            ("encoder_hidden_states", &text_shape),
+            ("fps", &[]),
+            ("padding_mask", &padding),
+        ];
+        if conditioning.is_some() {
+            shapes.push(("condition_mask", &mask_shape));
+        }
+        let dit = self.transformer.session("forward", &shapes, r.threads)?;
         let mut latents: Vec<f32> = r.noise.to_f32_vec().iter().map(|v| v * schedule.init_noise_scale).collect();
         let n = latents.len();
+        let frame = latent_shape[3] * latent_shape[4];
         let mut step_latents = Vec::with_capacity(r.steps);
-        let (mut scaled, mut x0_cond, mut x0_uncond, mut guided) =
-            (vec![0f32; n], vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let (mut x0_cond, mut x0_uncond, mut guided) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         for i in 0..schedule.steps() {
             let step_started = Instant::now();
             let p = schedule.preconditioning(i);
-            p.scale_input(&latents, &mut scaled);
-            let run = |text: &CpuTensor| -> Result<Vec<f32>, PipelineError> {
-                let inputs = HashMap::from([
-                    ("hidden_states".to_string(), CpuTensor::from_vec(latent_shape.to_vec(), scaled.clone())),
+            // Video2World: the given latent frames, noised to the augment σ and rescaled to σ,
+            // replace the sample there while the augment σ is below σ (cosmos-reference §4.3).
+            let active = match (&conditioning, &r.condition) {
+                (Some(_), Some(c)) => c.augment_sigma < p.sigma,
+                _ => false,
+            };
+            let network_input = |uncond: bool| -> Vec<f32> {
+                let mut x = latents.clone();
+                if let (true, Some(cond), Some(c)) = (active, &conditioning, &r.condition) {
+                    let noise = (c.augment_noise)(i, uncond);
+                    let (c_in_augment, c_in_sigma) = (c_in(c.augment_sigma, schedule.sigma_data), p.c_in);
+                    for (channel, xs) in x.chunks_mut(latent_shape[2] * frame).enumerate() {
+                        let start = channel * latent_shape[2] * frame;
+                        let given = start..start + cond.frames * frame;
+                        for ((x, &z), &e) in xs.iter_mut().zip(&cond.latents[given.clone()]).zip(&noise[given]) {
+                            *x = (z + e * c.augment_sigma) * c_in_augment / c_in_sigma;
+                        }
+                    }
+                }
+                let mut scaled = vec![0f32; x.len()];
+                p.scale_input(&x, &mut scaled);
+                scaled
+            };
+            let run = |text: &CpuTensor, uncond: bool| -> Result<Vec<f32>, PipelineError> {
+                let mut inputs = HashMap::from([
+                    ("hidden_states".to_string(), CpuTensor::from_vec(latent_shape.to_vec(), network_input(uncond))),
                     ("timestep".to_string(), CpuTensor::from_vec(vec![1], vec![p.c_noise])),
                     ("encoder_hidden_states".to_string(), text.clone()),
                     ("fps".to_string(), CpuTensor::from_vec(vec![], vec![r.fps])),
@@ -239,19 +308,34 @@ impl Text2World {
                         CpuTensor::from_vec(padding.to_vec(), vec![0f32; padding.iter().product()]),
                     ),
                 ]);
+                if let Some(cond) = &conditioning {
+                    inputs.insert("condition_mask".to_string(), cond.mask.clone());
+                }
                 let (out, _) = dit.run_owned(inputs)?;
                 let sample = out
                     .get("sample")
                     .ok_or_else(|| PipelineError::Invalid("the transformer gave no `sample`".into()))?;
                 Ok(sample.to_f32_vec())
             };
-            let f_cond = run(&prompt_embeds)?;
+            // The given frames' denoised estimate is the conditioning itself.
+            let pin = |x0: &mut [f32]| {
+                if let (true, Some(cond)) = (active, &conditioning) {
+                    for (channel, xs) in x0.chunks_mut(latent_shape[2] * frame).enumerate() {
+                        let start = channel * latent_shape[2] * frame;
+                        xs[..cond.frames * frame].copy_from_slice(&cond.latents[start..start + cond.frames * frame]);
+                    }
+                }
+            };
+            let f_cond = run(&prompt_embeds, false)?;
             p.denoised(&latents, &f_cond, &mut x0_cond);
             if r.guidance > 1.0 {
-                let f_uncond = run(&negative_prompt_embeds)?;
+                let f_uncond = run(&negative_prompt_embeds, true)?;
                 p.denoised(&latents, &f_uncond, &mut x0_uncond);
+                pin(&mut x0_uncond);
+                pin(&mut x0_cond);
                 classifier_free_guidance(&x0_cond, &x0_uncond, r.guidance, &mut guided);
             } else {
+                pin(&mut x0_cond);
                 guided.copy_from_slice(&x0_cond);
             }
             euler_step(&mut latents, &guided, schedule.sigmas[i], schedule.sigmas[i + 1]);
@@ -269,13 +353,60 @@ impl Text2World {
             .cloned()
             .ok_or_else(|| PipelineError::Invalid("the video decoder gave no `sample`".into()))?;
         (r.progress)(Stage::Decoded { seconds: decode_started.elapsed().as_secs_f64() });
-        Ok(Text2WorldOutput {
-            prompt_embeds,
-            negative_prompt_embeds,
-            sigmas: schedule.sigmas,
-            step_latents,
-            decoded_raw,
-        })
+        Ok(GenerateOutput { prompt_embeds, negative_prompt_embeds, sigmas: schedule.sigmas, step_latents, decoded_raw })
+    }
+
+    /// Video2World's conditioning: the input frames cut or zero-padded to the output's frame
+    /// count, encoded, and mapped into the model's latent space (`(z − μ)·σ_data / s`, diffusers'
+    /// order).
+    fn conditioning(
+        &self,
+        c: &Condition,
+        r: &GenerateRequest,
+        latent_shape: &[usize; 5],
+        sigma_data: f32,
+    ) -> Result<Conditioning, PipelineError> {
+        let dims = c.video.shape();
+        if dims.len() != 5 || dims[0] != 1 || dims[1] != 3 || dims[3] != r.height || dims[4] != r.width {
+            return Err(PipelineError::Invalid(format!(
+                "the input video is {dims:?}; expected [1, 3, frames, {}, {}] (resized to the output first)",
+                r.height, r.width
+            )));
+        }
+        let (given, frames) = (dims[2], r.frames);
+        let t = self.vae_config.temporal_compression_ratio;
+        let plane = r.height * r.width;
+        let values = c.video.contiguous().to_f32_vec();
+        let mut video = vec![0f32; 3 * frames * plane];
+        let (skip, take) = if given >= frames { (given - frames, frames) } else { (0, given) };
+        for ch in 0..3 {
+            let src = &values[(ch * given + skip) * plane..][..take * plane];
+            video[ch * frames * plane..][..take * plane].copy_from_slice(src);
+        }
+        let cond_frames = (take.min(frames) - 1) / t + 1;
+        let encoder = self.vae.session("encode", &[("sample", &[1, 3, frames, r.height, r.width])], r.threads)?;
+        let input = CpuTensor::from_vec(vec![1, 3, frames, r.height, r.width], video);
+        let (out, _) = encoder.run_owned(HashMap::from([("sample".to_string(), input)]))?;
+        let z = out.get("latent").ok_or_else(|| PipelineError::Invalid("the video encoder gave no `latent`".into()))?;
+        if z.shape() != latent_shape {
+            return Err(PipelineError::Invalid(format!("the encoder gave {:?}, expected {latent_shape:?}", z.shape())));
+        }
+        let [_, channels, lt, h, w] = *latent_shape;
+        let z = z.to_f32_vec();
+        let latents = match latent_statistics(&self.vae_config, 0, lt)? {
+            Some(LatentStatistics { mean, std }) => z
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    let k = ((i / (lt * h * w)) % channels) * lt + (i / (h * w)) % lt;
+                    (v - mean[k] as f32) * sigma_data / std[k] as f32
+                })
+                .collect(),
+            None => z.iter().map(|v| v * sigma_data).collect(),
+        };
+        let mask: Vec<f32> =
+            (0..lt).flat_map(|f| std::iter::repeat_n(f32::from(u8::from(f < cond_frames)), h * w)).collect();
+        Ok(Conditioning { latents, frames: cond_frames, mask: CpuTensor::from_vec(vec![1, 1, lt, h, w], mask) })
     }
 
     /// Model latents → tokenizer latents: `latents · s / σ_data + μ` per channel and latent frame
