@@ -1,8 +1,9 @@
-//! `orrery generate [--model <pipeline-dir>|org/name[@rev]] --prompt "..." [--negative-prompt "..."] [--height H
-//! --width W --frames F --steps N --guidance G --fps R --seed S] [--init-noise noise.safetensors]
-//! [--frames-dir DIR] [--dump-tensors FILE] [--threads N] [--json]`: CosmosPipeline from a diffusers
-//! Cosmos pipeline folder. Writes PNG frames and/or the run's tensors (MP4 output is not built
-//! yet).
+//! `orrery generate [--model <pipeline-dir>|org/name[@rev]] --prompt "..." [--negative-prompt
+//! "..."] [--height H --width W --frames F --steps N --guidance G --fps R --seed S]
+//! [--init-noise noise.safetensors] [--input video.safetensors --cond-frames N --augment-sigma X]
+//! [--out FILE.mp4] [--frames-dir DIR] [--dump-tensors FILE] [--threads N] [--json]`:
+//! Text2World or Video2World from a diffusers Cosmos pipeline folder, written as an MP4, PNG
+//! frames and/or the run's tensors.
 
 use crate::tensor_file::{read_tensors, write_f32_safetensors};
 use anyhow::{bail, Context, Result};
@@ -66,6 +67,10 @@ pub struct GenerateArgs {
     /// Video2World: the noise level the given frames are re-noised to each step.
     #[arg(long, default_value_t = 0.001)]
     augment_sigma: f32,
+    /// Write the video here as an MP4 (H.264 Main, yuv420p, lossless I_PCM frames: about 1.5
+    /// bytes per pixel), with `<out>.json` beside it holding every setting.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Write the frames as frame_0000.png … into this folder, with generation.json beside them.
     #[arg(long)]
     frames_dir: Option<PathBuf>,
@@ -82,8 +87,18 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
-    if args.frames_dir.is_none() && args.dump_tensors.is_none() {
-        bail!("nothing to write: give --frames-dir DIR (PNG frames) and/or --dump-tensors FILE (MP4 output is not built yet)");
+    if args.out.is_none() && args.frames_dir.is_none() && args.dump_tensors.is_none() {
+        bail!("nothing to write: give --out FILE.mp4, --frames-dir DIR (PNG frames) and/or --dump-tensors FILE");
+    }
+    // Refuse an output that cannot be written before any work.
+    for path in args.out.iter().chain(&args.dump_tensors) {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !parent.is_dir() {
+            bail!("cannot write {}: the folder {} does not exist", path.display(), parent.display());
+        }
+        if path.is_dir() {
+            bail!("cannot write {}: it is a folder", path.display());
+        }
     }
     let started = Instant::now();
     eprintln!("orrery: guardrails (the Cosmos text and video safety checks) are not implemented in this version; see the README");
@@ -203,12 +218,9 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         }
         write_f32_safetensors(path, &tensors)?;
     }
-    if let Some(dir) = &args.frames_dir {
-        let images = video_frames_u8(&out.decoded_raw.to_f32_vec(), frames, height, width);
-        for (i, rgb) in images.iter().enumerate() {
-            orrery_formats::write_png_rgb(&dir.join(format!("frame_{i:04}.png")), width, height, rgb)?;
-        }
-        let sidecar = serde_json::json!({
+    let images = video_frames_u8(&out.decoded_raw.to_f32_vec(), frames, height, width);
+    let sidecar = {
+        serde_json::json!({
             "model": args.model.clone().unwrap_or_else(|| "built-in tiny random pipeline".into()),
             "model_dir": model.display().to_string(), "prompt": args.prompt,
             "negative_prompt": args.negative_prompt, "height": height, "width": width,
@@ -218,9 +230,22 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             "sampler": "diffusers-edm", "noise_generator": "orrery splitmix64 + box-muller",
             "input": args.input.as_ref().map(|p| p.display().to_string()),
             "augment_sigma": args.input.as_ref().map(|_| args.augment_sigma),
-        });
-        let text = serde_json::to_string_pretty(&sidecar)?;
-        std::fs::write(dir.join("generation.json"), text).with_context(|| format!("writing {}", dir.display()))?;
+        })
+    };
+    let sidecar = serde_json::to_string_pretty(&sidecar)?;
+    if let Some(path) = &args.out {
+        let started = Instant::now();
+        orrery_video::write_mp4(path, &images, width, height, f64::from(args.fps))?;
+        let mut json_path = path.as_os_str().to_owned();
+        json_path.push(".json");
+        std::fs::write(&json_path, &sidecar).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("orrery: wrote {} in {:.2} s", path.display(), started.elapsed().as_secs_f64());
+    }
+    if let Some(dir) = &args.frames_dir {
+        for (i, rgb) in images.iter().enumerate() {
+            orrery_formats::write_png_rgb(&dir.join(format!("frame_{i:04}.png")), width, height, rgb)?;
+        }
+        std::fs::write(dir.join("generation.json"), &sidecar).with_context(|| format!("writing {}", dir.display()))?;
     }
     let seconds = started.elapsed().as_secs_f64();
     let peak = peak_rss_bytes().unwrap_or(0);

@@ -1,4 +1,4 @@
-//! The tiny Cosmos-architecture CosmosPipeline pipeline with random weights that is compiled into
+//! The tiny Cosmos-architecture Text2World pipeline with random weights that is compiled into
 //! the binary (about 2 MB, from `tools/reference/make_cosmos_pipeline_fixtures.py`): the
 //! default of `orrery generate` without `--model`, so that the whole path runs anywhere in well
 //! under a second. Its output is noise, since its weights are random.

@@ -42,7 +42,7 @@ enum Command {
     /// Tokenize prompts and run the T5 text encoder on them; prints the token ids and
     /// statistics of the embeddings.
     EncodeText(cmd_encode_text::EncodeTextArgs),
-    /// CosmosPipeline: a prompt to video frames with a diffusers Cosmos pipeline folder.
+    /// Text2World or Video2World: a prompt (and input frames) to a video, with a diffusers Cosmos pipeline folder.
     Generate(cmd_generate::GenerateArgs),
 }
 

@@ -683,10 +683,21 @@ fn generate_defaults_to_the_built_in_pipeline_and_resolves_repo_ids_in_the_hf_ca
         }
         c.output().unwrap()
     };
-    // No --model: the embedded pipeline, written once under XDG_CACHE_HOME, with its own size.
+    // No --model: the embedded pipeline, written once under XDG_CACHE_HOME, with its own size;
+    // an MP4 with its settings beside it.
     let frames = dir.join("frames");
     let cache = dir.join("xdg");
-    let args = ["generate", "--prompt", "a red cube", "--frames-dir", frames.to_str().unwrap(), "--json"];
+    let mp4 = dir.join("video.mp4");
+    let args = [
+        "generate",
+        "--prompt",
+        "a red cube",
+        "--frames-dir",
+        frames.to_str().unwrap(),
+        "--out",
+        mp4.to_str().unwrap(),
+        "--json",
+    ];
     let r = run(&args, &[("XDG_CACHE_HOME", &cache)]);
     assert!(r.status.success(), "{}", stderr(&r));
     assert!(stderr(&r).contains("built-in pipeline"), "{}", stderr(&r));
@@ -697,6 +708,15 @@ fn generate_defaults_to_the_built_in_pipeline_and_resolves_repo_ids_in_the_hf_ca
     );
     let first = std::fs::read(frames.join("frame_0000.png")).unwrap();
     assert_eq!(&first[..8], b"\x89PNG\r\n\x1a\n");
+    let video = std::fs::read(&mp4).unwrap();
+    assert_eq!(&video[4..8], b"ftyp");
+    assert!(video.windows(4).any(|w| w == b"avc1") && video.windows(4).any(|w| w == b"mdat"));
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("video.mp4.json")).unwrap()).unwrap();
+    assert_eq!(settings["prompt"], "a red cube");
+    // An output folder that does not exist is refused before any work.
+    let r = run(&["generate", "--prompt", "x", "--out", "/nonexistent-dir/v.mp4"], &[("XDG_CACHE_HOME", &cache)]);
+    assert!(!r.status.success() && stderr(&r).contains("does not exist"), "{}", stderr(&r));
     assert_eq!(std::fs::read_dir(cache.join("orrery")).unwrap().count(), 1, "one extracted copy");
     // Same seed, same frames; the second run reuses the extracted copy.
     let again = dir.join("again");

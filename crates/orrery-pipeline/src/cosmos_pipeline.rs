@@ -1,8 +1,10 @@
-//! CosmosPipeline over a diffusers `CosmosTextToWorldPipeline` folder: the prompt and negative
-//! prompt through the T5 encoder, the denoising loop (the diffusion transformer twice per step,
+//! Text2World and Video2World over a diffusers `CosmosTextToWorldPipeline` /
+//! `CosmosVideoToWorldPipeline` folder: the prompt and negative prompt through the T5 encoder,
+//! for Video2World the input frames through the video encoder, the denoising loop (the diffusion
+//! transformer twice per step, the given frames re-noised to the augment σ and pinned,
 //! classifier-free guidance on the denoised estimates, an Euler step), then the latents into the
 //! tokenizer's space and through its decoder (cosmos-reference §1, §4; diffusers
-//! `pipeline_cosmos_text2world.py`).
+//! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
 use crate::sampler::c_in;
 use crate::{classifier_free_guidance, euler_step, EdmSchedulerConfig, PipelineError, Schedule};
@@ -57,7 +59,7 @@ impl Part {
     }
 }
 
-/// A loaded CosmosPipeline pipeline.
+/// A loaded Cosmos world-generation pipeline (Text2World or Video2World).
 pub struct CosmosPipeline {
     root: PathBuf,
     tokenizer: T5Tokenizer,
@@ -241,7 +243,7 @@ impl CosmosPipeline {
             (None, false) => None,
             (Some(_), false) => {
                 return Err(PipelineError::Invalid(format!(
-                    "{} is a CosmosPipeline pipeline: it cannot continue an input video",
+                    "{} is a Text2World pipeline: it cannot continue an input video",
                     self.root.display()
                 )))
             }

@@ -1,6 +1,6 @@
 //! The samplers against diffusers' `EDMEulerScheduler` and cosmos-predict1's grid, from
 //! `tools/reference/make_sampler_fixtures.py`. σ grids, timesteps and EDM scalars within 1e-6
-//! relative (per value); two guided steps of the CosmosPipeline loop within 1e-6 relative
+//! relative (per value); two guided steps of the Text2World loop within 1e-6 relative
 //! (max|out − ref| / max|ref|).
 
 use orrery_pipeline::{classifier_free_guidance, euler_step, EdmSchedulerConfig, Schedule};

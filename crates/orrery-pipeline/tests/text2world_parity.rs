@@ -1,4 +1,4 @@
-//! CosmosPipeline against diffusers' `CosmosTextToWorldPipeline` on a tiny random pipeline
+//! Text2World against diffusers' `CosmosTextToWorldPipeline` on a tiny random pipeline
 //! (`tools/reference/make_cosmos_pipeline_fixtures.py`): same prompt and negative prompt, text
 //! length 512, the same injected noise, 3 steps, guidance 7. The prompt embeddings, the latents
 //! after every step and the decoder's raw output within 1e-4 relative

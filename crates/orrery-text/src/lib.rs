@@ -14,7 +14,7 @@
 //!
 //! ```no_run
 //! use orrery_text::T5Tokenizer;
-//! let tok = T5Tokenizer::from_dir(std::path::Path::new("Cosmos-1.0-Diffusion-7B-CosmosPipeline/tokenizer"))?;
+//! let tok = T5Tokenizer::from_dir(std::path::Path::new("Cosmos-1.0-Diffusion-7B-Text2World/tokenizer"))?;
 //! let enc = tok.encode("A robot arm picks up a red cube.", 512)?;
 //! assert_eq!(enc.ids.len(), 512);
 //! assert_eq!(enc.ids[enc.length - 1], tok.eos_id() as i64);
