@@ -711,6 +711,15 @@ fn generate_defaults_to_the_built_in_pipeline_and_resolves_repo_ids_in_the_hf_ca
     let video = std::fs::read(&mp4).unwrap();
     assert_eq!(&video[4..8], b"ftyp");
     assert!(video.windows(4).any(|w| w == b"avc1") && video.windows(4).any(|w| w == b"mdat"));
+    // Decoded by ffprobe (installed by .ci/run): the 9 frames at 48 × 32.
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_entries", "stream=width,height,nb_read_frames", "-of", "csv=p=0"])
+        .arg(&mp4)
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "48,32,9"),
+        _ => assert!(std::env::var_os("ORRERY_REQUIRE_FFMPEG").is_none(), "ffprobe is required here"),
+    }
     let settings: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("video.mp4.json")).unwrap()).unwrap();
     assert_eq!(settings["prompt"], "a red cube");
