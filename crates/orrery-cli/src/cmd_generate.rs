@@ -165,9 +165,15 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         }
         None => None,
     };
-    if let Some(dir) = &args.frames_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    // Created here, removed again if the run is interrupted.
+    let created_frames_dir = match &args.frames_dir {
+        Some(dir) if !dir.exists() => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            Some(dir.clone())
+        }
+        _ => None,
+    };
+    let stop = crate::interrupt::install();
     let (threads, _) = resolve_threads(args.threads);
     let steps_started = std::cell::Cell::new(None::<Instant>);
     let progress = |stage: Stage| match stage {
@@ -200,8 +206,19 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             augment_sigma: args.augment_sigma,
             augment_noise: &augment_noise,
         }),
+        stop: Some(stop),
     };
-    let out = pipeline.generate(&request)?;
+    let out = match pipeline.generate(&request) {
+        Ok(out) => out,
+        Err(orrery_pipeline::PipelineError::Interrupted) => {
+            if let Some(dir) = created_frames_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            eprintln!("orrery: interrupted; nothing was written");
+            return Ok(ExitCode::from(130));
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     if let Some(path) = &args.dump_tensors {
         let mut tensors = HashMap::from([

@@ -12,6 +12,7 @@ mod cmd_inspect;
 mod cmd_run;
 mod component_plan;
 mod embedded;
+mod interrupt;
 mod tensor_file;
 
 use clap::{Parser, Subcommand};

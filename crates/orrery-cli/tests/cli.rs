@@ -839,3 +839,29 @@ fn generate_continues_a_video_with_a_video2world_pipeline() {
     assert!(!r.status.success() && stderr(&r).contains("--input"), "{}", stderr(&r));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_generation_exits_130_and_leaves_nothing() {
+    let dir = tmp_dir("sigint");
+    let (out, frames) = (dir.join("v.mp4"), dir.join("frames"));
+    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["generate", "--prompt", "x", "--steps", "20000", "--out", out.to_str().unwrap(), "--frames-dir"])
+        .arg(&frames)
+        .env("XDG_CACHE_HOME", dir.join("xdg"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it get into the denoising loop, then press Ctrl-C.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait_with_output().unwrap();
+    assert_eq!(status.status.code(), Some(130), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("interrupted"));
+    assert!(!out.exists() && !frames.exists(), "nothing written");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name() != "xdg").collect();
+    assert!(leftovers.is_empty(), "no temporary files: {leftovers:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

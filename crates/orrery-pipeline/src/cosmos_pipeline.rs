@@ -93,6 +93,9 @@ pub struct GenerateRequest<'a> {
     pub progress: &'a dyn Fn(Stage),
     /// Video2World: the input frames to continue (needs a `CosmosVideoToWorldPipeline`).
     pub condition: Option<Condition<'a>>,
+    /// Checked before each stage and step: when set, the run stops with
+    /// [`PipelineError::Interrupted`] (a Ctrl-C handler sets it).
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// Video2World's input: the video continues from these frames (cosmos-reference §4.3).
@@ -273,7 +276,11 @@ impl CosmosPipeline {
         let frame = latent_shape[3] * latent_shape[4];
         let mut step_latents = Vec::with_capacity(r.steps);
         let (mut x0_cond, mut x0_uncond, mut guided) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let interrupted = || r.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
         for i in 0..schedule.steps() {
+            if interrupted() {
+                return Err(PipelineError::Interrupted);
+            }
             let step_started = Instant::now();
             let p = schedule.preconditioning(i);
             // Video2World: the given latent frames, noised to the augment σ and rescaled to σ,
@@ -344,6 +351,9 @@ impl CosmosPipeline {
             step_latents.push(CpuTensor::from_vec(latent_shape.to_vec(), latents.clone()));
             let seconds = step_started.elapsed().as_secs_f64();
             (r.progress)(Stage::Step { step: i, steps: schedule.steps(), sigma: p.sigma, seconds });
+        }
+        if interrupted() {
+            return Err(PipelineError::Interrupted);
         }
         let decode_started = Instant::now();
 

@@ -6,6 +6,9 @@ pub enum PipelineError {
     Config { path: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// The caller's stop flag was raised (Ctrl-C): the run ended between two steps.
+    #[error("interrupted")]
+    Interrupted,
     #[error(transparent)]
     Model(#[from] orrery_models::ModelError),
     #[error(transparent)]

@@ -61,6 +61,7 @@ impl Run {
             threads: 2,
             progress,
             condition: None,
+            stop: None,
         }
     }
 }
