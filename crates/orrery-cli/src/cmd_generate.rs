@@ -84,6 +84,42 @@ pub struct GenerateArgs {
     /// Print one JSON summary on stdout (progress stays on stderr).
     #[arg(long)]
     json: bool,
+    /// Start runs estimated at over 30 minutes without asking.
+    #[arg(long)]
+    yes: bool,
+}
+
+/// Runs estimated longer than this need `--yes`.
+const LONG_RUN_SECONDS: f64 = 30.0 * 60.0;
+
+/// This machine's speed on what dominates these models: a 1024³ f32 matrix product through the
+/// runtime (best of 3), times 0.7, since whole models run at about 70% of their GEMM speed
+/// here (BENCHMARKS.md).
+fn measured_gflops(threads: usize) -> Result<f64> {
+    let n = 1024;
+    let mut b = orrery_ir::GraphBuilder::new();
+    let x = b.input("a", orrery_ir::DType::F32, [n, n])?;
+    let w = b.input("b", orrery_ir::DType::F32, [n, n])?;
+    let y = b.matmul("mm", x, w)?;
+    b.output("y", y)?;
+    let plan = orrery_compiler::compile(b.finish()?)?;
+    let session =
+        orrery_runtime::Session::new(plan, std::sync::Arc::new(orrery_runtime::MemoryWeights::new()), threads)?;
+    let ones = CpuTensor::from_vec(vec![n, n], vec![1f32; n * n]);
+    let inputs = HashMap::from([("a".to_string(), ones.clone()), ("b".to_string(), ones)]);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(session.run(&inputs)?.1.seconds);
+    }
+    Ok(0.7 * 2.0 * (n * n * n) as f64 / best / 1e9)
+}
+
+fn human_time(seconds: f64) -> String {
+    match seconds {
+        s if s < 90.0 => format!("{s:.0} s"),
+        s if s < 5400.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
@@ -135,20 +171,17 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         (Some(path), None) => bail!("{} has no tensor `noise`", path.display()),
         (None, None) => CpuTensor::from_vec(latent.to_vec(), standard_normal(count, args.seed)),
     };
-    // Augment noise per step and branch: injected, else its own stream of the seed.
-    let mut augment = HashMap::new();
-    for i in 0..steps {
-        for (branch, uncond) in [("cond", false), ("uncond", true)] {
-            let values = match injected_values(&format!("augment_noise.step{i}.{branch}"))? {
-                Some(v) => v,
-                None => {
-                    standard_normal(count, args.seed ^ (0x5EED_0000 + 2 * i as u64 + u64::from(uncond)).rotate_left(32))
-                }
-            };
-            augment.insert((i, uncond), values);
-        }
+    // Augment noise per step and branch (drawn when the step asks): injected, else its own
+    // stream of the seed. Injected tensors are checked now.
+    for name in injected.keys().filter(|n| n.starts_with("augment_noise.")) {
+        injected_values(name)?;
     }
-    let augment_noise = |i: usize, uncond: bool| augment[&(i, uncond)].clone();
+    let augment_noise = |i: usize, uncond: bool| match injected
+        .get(&format!("augment_noise.step{i}.{}", if uncond { "uncond" } else { "cond" }))
+    {
+        Some(t) => t.to_f32_vec(),
+        None => standard_normal(count, args.seed ^ (0x5EED_0000 + 2 * i as u64 + u64::from(uncond)).rotate_left(32)),
+    };
     let video = match &args.input {
         Some(path) => {
             let tensors: HashMap<String, CpuTensor> = read_tensors(path)?.into_iter().collect();
@@ -175,6 +208,29 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     };
     let stop = crate::interrupt::install();
     let (threads, _) = resolve_threads(args.threads);
+    // What the run will cost, before any of it: FLOPs from the plans (kept for the run), the
+    // speed measured here.
+    let estimate = pipeline.estimate((height, width, frames), steps, args.guidance, 512)?;
+    let gflops = measured_gflops(threads)?;
+    let estimated_s = estimate.flops() as f64 / (gflops * 1e9);
+    let memory = match estimate.memory_bytes as f64 / (1u64 << 20) as f64 {
+        mib if mib < 1024.0 => format!("{mib:.0} MiB"),
+        mib => format!("{:.1} GiB", mib / 1024.0),
+    };
+    eprintln!(
+        "orrery: {:.3} TFLOP, about {} at {gflops:.0} GFLOP/s (measured); about {memory} of memory",
+        estimate.flops() as f64 / 1e12,
+        human_time(estimated_s),
+    );
+    if estimated_s > LONG_RUN_SECONDS && !args.yes {
+        if let Some(dir) = created_frames_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        bail!(
+            "this run is estimated at {}; pass --yes to start it (or fewer --steps / --frames, a smaller size)",
+            human_time(estimated_s)
+        );
+    }
     let steps_started = std::cell::Cell::new(None::<Instant>);
     let progress = |stage: Stage| match stage {
         Stage::TextEncoded { seconds } => {
@@ -270,7 +326,8 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         println!(
             "{}",
             serde_json::json!({
-                "seconds": seconds, "peak_rss_bytes": peak, "steps": out.step_latents.len(),
+                "seconds": seconds, "estimated_seconds": estimated_s, "flops": estimate.flops(),
+                "estimated_memory_bytes": estimate.memory_bytes, "peak_rss_bytes": peak, "steps": out.step_latents.len(),
                 "frames": frames, "height": height, "width": width, "threads": threads,
             })
         );

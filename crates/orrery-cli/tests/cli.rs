@@ -723,6 +723,16 @@ fn generate_defaults_to_the_built_in_pipeline_and_resolves_repo_ids_in_the_hf_ca
     let settings: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("video.mp4.json")).unwrap()).unwrap();
     assert_eq!(settings["prompt"], "a red cube");
+    let v: serde_json::Value = v;
+    assert!(v["flops"].as_u64().unwrap() > 0 && v["estimated_memory_bytes"].as_u64().unwrap() > 0);
+    // A run estimated at over 30 minutes needs --yes (10⁸ steps of the tiny transformer).
+    let long = dir.join("long.mp4");
+    let r = run(
+        &["generate", "--prompt", "x", "--steps", "100000000", "--out", long.to_str().unwrap()],
+        &[("XDG_CACHE_HOME", &cache)],
+    );
+    assert!(!r.status.success() && stderr(&r).contains("--yes"), "{}", stderr(&r));
+    assert!(!long.exists());
     // An output folder that does not exist is refused before any work.
     let r = run(&["generate", "--prompt", "x", "--out", "/nonexistent-dir/v.mp4"], &[("XDG_CACHE_HOME", &cache)]);
     assert!(!r.status.success() && stderr(&r).contains("does not exist"), "{}", stderr(&r));

@@ -17,17 +17,40 @@ use orrery_runtime::{FormatWeights, Session};
 use orrery_text::T5Tokenizer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// diffusers' `DEFAULT_NEGATIVE_PROMPT` for the Cosmos pipelines (used when none is given).
 pub const DEFAULT_NEGATIVE_PROMPT: &str = "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. Overall, the video is of poor quality.";
 
-/// One component folder: its builder and its weights.
+/// A plan's key: the method and the input shapes by name.
+type PlanKey = (String, BTreeMap<String, Vec<usize>>);
+
+/// One component folder: its builder, its weights, and the plans compiled so far.
 struct Part {
     dir: PathBuf,
     component: Box<dyn Component>,
     weights: Arc<FormatWeights>,
+    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+}
+
+/// What a run will cost, from its plans: FLOPs per stage and the memory it needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    /// Both prompts through the text encoder.
+    pub text_flops: u64,
+    /// All transformer evaluations (two per step with guidance).
+    pub denoise_flops: u64,
+    /// Video2World's input encoding plus the final decode.
+    pub video_flops: u64,
+    /// Every component's weights (stored bytes) plus the largest plan's activations and inputs.
+    pub memory_bytes: u64,
+}
+
+impl Estimate {
+    pub fn flops(&self) -> u64 {
+        self.text_flops + self.denoise_flops + self.video_flops
+    }
 }
 
 impl Part {
@@ -42,20 +65,27 @@ impl Part {
         }
         let component = load_component(&dir)?;
         let weights = Arc::new(FormatWeights::new(orrery_formats::open_weights(&dir)?));
-        Ok(Part { dir, component, weights })
+        Ok(Part { dir, component, weights, plans: Mutex::default() })
     }
 
-    /// The plan of `method` at `shapes`, weights typed as stored.
-    fn plan(&self, method: &str, shapes: &BTreeMap<String, Vec<usize>>) -> Result<Plan, PipelineError> {
+    /// The plan of `method` at `shapes`, weights typed as stored; compiled once and kept (an
+    /// estimate and the run share it).
+    fn plan(&self, method: &str, shapes: &[(&str, &[usize])]) -> Result<Arc<Plan>, PipelineError> {
+        let shapes: BTreeMap<String, Vec<usize>> = shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+        let key = (method.to_string(), shapes);
+        if let Some(plan) = self.plans.lock().expect("plan cache poisoned").get(&key) {
+            return Ok(plan.clone());
+        }
         let source: &dyn WeightSource = self.weights.source();
         let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape.clone()));
-        let graph = self.component.build(method, shapes, &WeightTypes::Checkpoint(&lookup))?;
-        Ok(compile(graph)?)
+        let graph = self.component.build(method, &key.1, &WeightTypes::Checkpoint(&lookup))?;
+        let plan = Arc::new(compile(graph)?);
+        self.plans.lock().expect("plan cache poisoned").insert(key, plan.clone());
+        Ok(plan)
     }
 
     fn session(&self, method: &str, shapes: &[(&str, &[usize])], threads: usize) -> Result<Session, PipelineError> {
-        let shapes = shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
-        Ok(Session::new(self.plan(method, &shapes)?, self.weights.clone(), threads)?)
+        Ok(Session::new((*self.plan(method, shapes)?).clone(), self.weights.clone(), threads)?)
     }
 }
 
@@ -189,6 +219,68 @@ impl CosmosPipeline {
         &self.root
     }
 
+    /// The cost of a run of this size, from the plans it will use (compiled here and kept for
+    /// the run).
+    pub fn estimate(
+        &self,
+        (height, width, frames): (usize, usize, usize),
+        steps: usize,
+        guidance: f32,
+        max_text_len: usize,
+    ) -> Result<Estimate, PipelineError> {
+        let latent = self.latent_shape(height, width, frames)?;
+        let text_in = [1, max_text_len];
+        let text = self.text_encoder.plan("forward", &[("input_ids", &text_in), ("attention_mask", &text_in)])?;
+        let hidden = text.graph.outputs().iter().find(|(n, _)| n == "last_hidden_state").map(|(_, id)| *id);
+        let d = hidden
+            .map(|id| text.graph.node(id).ty.shape.dims()[2])
+            .ok_or_else(|| PipelineError::Invalid("the text encoder has no `last_hidden_state` output".into()))?;
+        let text_shape = [1, max_text_len, d];
+        let padding = [1, 1, height, width];
+        let mask = [1, 1, latent[2], latent[3], latent[4]];
+        let dit = self.transformer.plan("forward", &self.dit_shapes(&latent, &text_shape, &padding, &mask))?;
+        let decode = self.vae.plan("decode", &[("z", &latent)])?;
+        let mut plans = vec![text.clone(), dit.clone(), decode.clone()];
+        let mut video_flops = decode.flops;
+        if self.video_to_world {
+            let encode = self.vae.plan("encode", &[("sample", &[1, 3, frames, height, width])])?;
+            video_flops += encode.flops;
+            plans.push(encode);
+        }
+        let evaluations = steps as u64 * if guidance > 1.0 { 2 } else { 1 };
+        let weights =
+            text.weight_bytes + dit.weight_bytes + plans[2..].iter().map(|p| p.weight_bytes).max().unwrap_or(0);
+        let activations = plans.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
+        Ok(Estimate {
+            text_flops: 2 * text.flops,
+            denoise_flops: evaluations * dit.flops,
+            video_flops,
+            memory_bytes: weights + activations,
+        })
+    }
+
+    /// The transformer's inputs for latents of `latent` shape (with the condition mask for
+    /// Video2World).
+    fn dit_shapes<'s>(
+        &self,
+        latent: &'s [usize],
+        text: &'s [usize],
+        padding: &'s [usize],
+        mask: &'s [usize],
+    ) -> Vec<(&'static str, &'s [usize])> {
+        let mut shapes: Vec<(&'static str, &'s [usize])> = vec![
+            ("hidden_states", latent),
+            ("timestep", &[1]),
+            ("encoder_hidden_states", text),
+            ("fps", &[]),
+            ("padding_mask", padding),
+        ];
+        if self.video_to_world {
+            shapes.push(("condition_mask", mask));
+        }
+        shapes
+    }
+
     /// The T5 embeddings of `prompt` padded to `len` tokens, with the rows past the prompt's
     /// tokens set to zero (as diffusers does after encoding).
     pub fn encode_prompt(&self, prompt: &str, len: usize, threads: usize) -> Result<CpuTensor, PipelineError> {
@@ -260,16 +352,7 @@ impl CosmosPipeline {
         let text_shape = prompt_embeds.shape().to_vec();
         let padding = [1, 1, r.height, r.width];
         let mask_shape = [1, 1, latent_shape[2], latent_shape[3], latent_shape[4]];
-        let mut shapes: Vec<(&str, &[usize])> = vec![
-            ("hidden_states", &latent_shape),
-            ("timestep", &[1]),
-            ("encoder_hidden_states", &text_shape),
-            ("fps", &[]),
-            ("padding_mask", &padding),
-        ];
-        if conditioning.is_some() {
-            shapes.push(("condition_mask", &mask_shape));
-        }
+        let shapes = self.dit_shapes(&latent_shape, &text_shape, &padding, &mask_shape);
         let dit = self.transformer.session("forward", &shapes, r.threads)?;
         let mut latents: Vec<f32> = r.noise.to_f32_vec().iter().map(|v| v * schedule.init_noise_scale).collect();
         let n = latents.len();

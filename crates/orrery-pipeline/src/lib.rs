@@ -18,7 +18,9 @@ mod noise;
 mod sampler;
 mod scheduler_config;
 
-pub use cosmos_pipeline::{Condition, CosmosPipeline, GenerateOutput, GenerateRequest, Stage, DEFAULT_NEGATIVE_PROMPT};
+pub use cosmos_pipeline::{
+    Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, Stage, DEFAULT_NEGATIVE_PROMPT,
+};
 pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
 pub use noise::{standard_normal, video_frames_u8};
