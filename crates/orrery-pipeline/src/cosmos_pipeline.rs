@@ -6,12 +6,13 @@
 //! tokenizer's space and through its decoder (cosmos-reference §1, §4; diffusers
 //! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
+use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::sampler::c_in;
 use crate::{classifier_free_guidance, euler_step, EdmSchedulerConfig, PipelineError, Schedule};
 use orrery_compiler::{compile, Plan};
 use orrery_cpu::CpuTensor;
 use orrery_formats::WeightSource;
-use orrery_models::cosmos::{latent_statistics, CosmosVaeConfig, LatentStatistics};
+use orrery_models::cosmos::{latent_statistics, CosmosVaeConfig};
 use orrery_models::{load_component, Component, ComponentConfig, WeightTypes};
 use orrery_runtime::{FormatWeights, Session};
 use orrery_text::T5Tokenizer;
@@ -284,22 +285,32 @@ impl CosmosPipeline {
     /// The T5 embeddings of `prompt` padded to `len` tokens, with the rows past the prompt's
     /// tokens set to zero (as diffusers does after encoding).
     pub fn encode_prompt(&self, prompt: &str, len: usize, threads: usize) -> Result<CpuTensor, PipelineError> {
-        let e = self.tokenizer.encode(prompt, len)?;
+        Ok(self.encode_prompts(&[prompt], len, threads)?.remove(0))
+    }
+
+    /// [`CosmosPipeline::encode_prompt`] for several prompts through one session.
+    fn encode_prompts(&self, prompts: &[&str], len: usize, threads: usize) -> Result<Vec<CpuTensor>, PipelineError> {
         let shape = [1, len];
         let session =
             self.text_encoder.session("forward", &[("input_ids", &shape), ("attention_mask", &shape)], threads)?;
-        let inputs = HashMap::from([
-            ("input_ids".to_string(), CpuTensor::from_vec(shape.to_vec(), e.ids.clone())),
-            ("attention_mask".to_string(), CpuTensor::from_vec(shape.to_vec(), e.attention_mask.clone())),
-        ]);
-        let (out, _) = session.run_owned(inputs)?;
-        let hidden = out
-            .get("last_hidden_state")
-            .ok_or_else(|| PipelineError::Invalid("the text encoder gave no `last_hidden_state`".into()))?;
-        let d = hidden.shape()[2];
-        let mut values = hidden.to_f32_vec();
-        values[e.length * d..].fill(0.0);
-        Ok(CpuTensor::from_vec(vec![1, len, d], values))
+        prompts
+            .iter()
+            .map(|prompt| {
+                let e = self.tokenizer.encode(prompt, len)?;
+                let inputs = HashMap::from([
+                    ("input_ids".to_string(), CpuTensor::from_vec(shape.to_vec(), e.ids)),
+                    ("attention_mask".to_string(), CpuTensor::from_vec(shape.to_vec(), e.attention_mask)),
+                ]);
+                let (out, _) = session.run_owned(inputs)?;
+                let hidden = out
+                    .get("last_hidden_state")
+                    .ok_or_else(|| PipelineError::Invalid("the text encoder gave no `last_hidden_state`".into()))?;
+                let d = hidden.shape()[2];
+                let mut values = hidden.to_f32_vec();
+                values[e.length * d..].fill(0.0);
+                Ok(CpuTensor::from_vec(vec![1, len, d], values))
+            })
+            .collect()
     }
 
     /// The latent shape [1, C, 1 + (frames − 1)/8, height/8, width/8] of a video, or why the
@@ -327,9 +338,10 @@ impl CosmosPipeline {
             )));
         }
         let started = Instant::now();
-        let prompt_embeds = self.encode_prompt(r.prompt, r.max_text_len, r.threads)?;
         let negative = r.negative_prompt.unwrap_or(DEFAULT_NEGATIVE_PROMPT);
-        let negative_prompt_embeds = self.encode_prompt(negative, r.max_text_len, r.threads)?;
+        let mut embeds = self.encode_prompts(&[r.prompt, negative], r.max_text_len, r.threads)?;
+        let negative_prompt_embeds = embeds.pop().expect("two prompts");
+        let prompt_embeds = embeds.pop().expect("two prompts");
         (r.progress)(Stage::TextEncoded { seconds: started.elapsed().as_secs_f64() });
 
         let schedule = Schedule::diffusers(&self.scheduler, r.steps)?;
@@ -440,7 +452,9 @@ impl CosmosPipeline {
         }
         let decode_started = Instant::now();
 
-        let z = self.to_tokenizer_latents(&latents, &latent_shape, schedule.sigma_data)?;
+        let stats = latent_statistics(&self.vae_config, 0, latent_shape[2])?;
+        let z = to_tokenizer_latents(&latents, &latent_shape, stats.as_ref(), schedule.sigma_data);
+        let z = CpuTensor::from_vec(latent_shape.to_vec(), z);
         let decoder = self.vae.session("decode", &[("z", &latent_shape)], r.threads)?;
         let (out, _) = decoder.run_owned(HashMap::from([("z".to_string(), z)]))?;
         let decoded_raw = out
@@ -486,45 +500,11 @@ impl CosmosPipeline {
         if z.shape() != latent_shape {
             return Err(PipelineError::Invalid(format!("the encoder gave {:?}, expected {latent_shape:?}", z.shape())));
         }
-        let [_, channels, lt, h, w] = *latent_shape;
-        let z = z.to_f32_vec();
-        let latents = match latent_statistics(&self.vae_config, 0, lt)? {
-            Some(LatentStatistics { mean, std }) => z
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    let k = ((i / (lt * h * w)) % channels) * lt + (i / (h * w)) % lt;
-                    (v - mean[k] as f32) * sigma_data / std[k] as f32
-                })
-                .collect(),
-            None => z.iter().map(|v| v * sigma_data).collect(),
-        };
+        let [_, _, lt, h, w] = *latent_shape;
+        let stats = latent_statistics(&self.vae_config, 0, lt)?;
+        let latents = to_model_latents(&z.to_f32_vec(), latent_shape, stats.as_ref(), sigma_data);
         let mask: Vec<f32> =
             (0..lt).flat_map(|f| std::iter::repeat_n(f32::from(u8::from(f < cond_frames)), h * w)).collect();
         Ok(Conditioning { latents, frames: cond_frames, mask: CpuTensor::from_vec(vec![1, 1, lt, h, w], mask) })
-    }
-
-    /// Model latents → tokenizer latents: `latents · s / σ_data + μ` per channel and latent frame
-    /// (diffusers' order of operations), or `latents / σ_data` without statistics.
-    fn to_tokenizer_latents(
-        &self,
-        latents: &[f32],
-        shape: &[usize; 5],
-        sigma_data: f32,
-    ) -> Result<CpuTensor, PipelineError> {
-        let [_, c, t, h, w] = *shape;
-        let values = match latent_statistics(&self.vae_config, 0, t)? {
-            Some(LatentStatistics { mean, std }) => latents
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    let (ch, frame) = ((i / (t * h * w)) % c, (i / (h * w)) % t);
-                    let k = ch * t + frame;
-                    v * std[k] as f32 / sigma_data + mean[k] as f32
-                })
-                .collect(),
-            None => latents.iter().map(|v| v / sigma_data).collect(),
-        };
-        Ok(CpuTensor::from_vec(shape.to_vec(), values))
     }
 }

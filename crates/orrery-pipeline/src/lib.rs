@@ -14,6 +14,7 @@
 mod cosmos_pipeline;
 mod error;
 mod hub;
+mod latent_space;
 mod noise;
 mod sampler;
 mod scheduler_config;
@@ -23,6 +24,7 @@ pub use cosmos_pipeline::{
 };
 pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
+pub use latent_space::{to_model_latents, to_tokenizer_latents};
 pub use noise::{standard_normal, video_frames_u8};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};

@@ -2,13 +2,13 @@
 
 mod config;
 mod dit_block;
-mod latent_norm;
+mod latent_stats;
 mod transformer;
 mod vae;
 
 pub use config::CosmosDitConfig;
 pub use dit_block::{dit_block, DitBlockConfig, DitBlockInputs};
-pub use latent_norm::{denormalize_latent, latent_statistics, normalize_latent, LatentStatistics, SIGMA_DATA};
+pub use latent_stats::{latent_statistics, LatentStatistics};
 pub use transformer::{transformer_graph, CosmosDitShapes};
 pub use vae::{decoder_chunk_graph, decoder_graph, encoder_chunk_graph, encoder_graph, CosmosVaeConfig, TemporalChunk};
 
