@@ -6,12 +6,13 @@
 //! tokenizer's space and through its decoder (cosmos-reference §1, §4; diffusers
 //! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
+use crate::denoise::{Pinned, Precision, Sampling};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
-use crate::sampler::c_in;
-use crate::{classifier_free_guidance, euler_step, EdmSchedulerConfig, PipelineError, Schedule};
+use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
 use orrery_compiler::{compile, Plan};
 use orrery_cpu::CpuTensor;
 use orrery_formats::WeightSource;
+use orrery_ir::DType;
 use orrery_models::cosmos::{latent_statistics, CosmosVaeConfig};
 use orrery_models::{load_component, Component, ComponentConfig, WeightTypes};
 use orrery_runtime::{FormatWeights, Session};
@@ -85,6 +86,24 @@ impl Part {
         Ok(plan)
     }
 
+    /// The dtype the reference runs this component in: its checkpoint's floating-point dtype
+    /// (bf16 when most of its weight bytes are bf16).
+    fn precision(&self) -> Precision {
+        let source: &dyn WeightSource = self.weights.source();
+        let (mut bf16, mut total) = (0u64, 0u64);
+        for info in source.names().iter().filter_map(|n| source.info(n)) {
+            total += info.byte_len as u64;
+            if info.dtype == DType::BF16 {
+                bf16 += info.byte_len as u64;
+            }
+        }
+        if 2 * bf16 > total {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
     fn session(&self, method: &str, shapes: &[(&str, &[usize])], threads: usize) -> Result<Session, PipelineError> {
         Ok(Session::new((*self.plan(method, shapes)?).clone(), self.weights.clone(), threads)?)
     }
@@ -109,7 +128,8 @@ pub struct CosmosPipeline {
 /// ([1, C, 1 + (frames − 1)/8, height/8, width/8]); it is scaled as the sampler scales its own.
 pub struct GenerateRequest<'a> {
     pub prompt: &'a str,
-    /// `None`: diffusers' default negative prompt.
+    /// `None`: diffusers' default negative prompt. With the Predict1 sampler an empty one
+    /// guides against a zero embedding, as cosmos-predict1 does.
     pub negative_prompt: Option<&'a str>,
     pub height: usize,
     pub width: usize,
@@ -117,6 +137,8 @@ pub struct GenerateRequest<'a> {
     pub steps: usize,
     pub guidance: f32,
     pub fps: f32,
+    /// Whose loop and σ grid: diffusers' (the folder's scheduler config) or cosmos-predict1's.
+    pub sampler: SamplerKind,
     pub noise: &'a CpuTensor,
     pub max_text_len: usize,
     pub threads: usize,
@@ -218,6 +240,15 @@ impl CosmosPipeline {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// How many plans have been compiled so far (each is kept and reused: a batch of runs of
+    /// one size compiles as many as a single run).
+    pub fn compiled_plans(&self) -> usize {
+        [&self.text_encoder, &self.transformer, &self.vae]
+            .iter()
+            .map(|p| p.plans.lock().expect("plan cache poisoned").len())
+            .sum()
     }
 
     /// The cost of a run of this size, from the plans it will use (compiled here and kept for
@@ -339,12 +370,22 @@ impl CosmosPipeline {
         }
         let started = Instant::now();
         let negative = r.negative_prompt.unwrap_or(DEFAULT_NEGATIVE_PROMPT);
-        let mut embeds = self.encode_prompts(&[r.prompt, negative], r.max_text_len, r.threads)?;
-        let negative_prompt_embeds = embeds.pop().expect("two prompts");
-        let prompt_embeds = embeds.pop().expect("two prompts");
+        // cosmos-predict1 guides an empty negative prompt against a zero embedding.
+        let zero_negative = r.sampler == SamplerKind::Predict1 && negative.is_empty();
+        let prompts: &[&str] = if zero_negative { &[r.prompt] } else { &[r.prompt, negative] };
+        let mut embeds = self.encode_prompts(prompts, r.max_text_len, r.threads)?;
+        let negative_prompt_embeds = if zero_negative {
+            CpuTensor::from_vec(embeds[0].shape().to_vec(), vec![0f32; embeds[0].shape().iter().product()])
+        } else {
+            embeds.pop().expect("two prompts")
+        };
+        let prompt_embeds = embeds.pop().expect("one prompt");
         (r.progress)(Stage::TextEncoded { seconds: started.elapsed().as_secs_f64() });
 
-        let schedule = Schedule::diffusers(&self.scheduler, r.steps)?;
+        let schedule = match r.sampler {
+            SamplerKind::DiffusersEdm => Schedule::diffusers(&self.scheduler, r.steps)?,
+            SamplerKind::Predict1 => Schedule::predict1(r.steps)?,
+        };
         let conditioning = match (&r.condition, self.video_to_world) {
             (Some(c), true) => Some(self.conditioning(c, r, &latent_shape, schedule.sigma_data)?),
             (None, false) => None,
@@ -366,90 +407,55 @@ impl CosmosPipeline {
         let mask_shape = [1, 1, latent_shape[2], latent_shape[3], latent_shape[4]];
         let shapes = self.dit_shapes(&latent_shape, &text_shape, &padding, &mask_shape);
         let dit = self.transformer.session("forward", &shapes, r.threads)?;
-        let mut latents: Vec<f32> = r.noise.to_f32_vec().iter().map(|v| v * schedule.init_noise_scale).collect();
-        let n = latents.len();
-        let frame = latent_shape[3] * latent_shape[4];
-        let mut step_latents = Vec::with_capacity(r.steps);
-        let (mut x0_cond, mut x0_uncond, mut guided) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let network = |input: Vec<f32>, c_noise: f32, uncond: bool| -> Result<Vec<f32>, PipelineError> {
+            let text = if uncond { &negative_prompt_embeds } else { &prompt_embeds };
+            let mut inputs = HashMap::from([
+                ("hidden_states".to_string(), CpuTensor::from_vec(latent_shape.to_vec(), input)),
+                ("timestep".to_string(), CpuTensor::from_vec(vec![1], vec![c_noise])),
+                ("encoder_hidden_states".to_string(), text.clone()),
+                ("fps".to_string(), CpuTensor::from_vec(vec![], vec![r.fps])),
+                (
+                    "padding_mask".to_string(),
+                    CpuTensor::from_vec(padding.to_vec(), vec![0f32; padding.iter().product()]),
+                ),
+            ]);
+            if let Some(cond) = &conditioning {
+                inputs.insert("condition_mask".to_string(), cond.mask.clone());
+            }
+            let (out, _) = dit.run_owned(inputs)?;
+            let sample =
+                out.get("sample").ok_or_else(|| PipelineError::Invalid("the transformer gave no `sample`".into()))?;
+            Ok(sample.to_f32_vec())
+        };
+        let sampling = Sampling {
+            schedule: &schedule,
+            guidance: r.guidance,
+            shape: latent_shape,
+            precision: self.transformer.precision(),
+            pinned: conditioning.as_ref().zip(r.condition.as_ref()).map(|(cond, c)| Pinned {
+                latents: &cond.latents,
+                frames: cond.frames,
+                augment_sigma: c.augment_sigma,
+                augment_noise: c.augment_noise,
+            }),
+        };
         let interrupted = || r.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed));
-        for i in 0..schedule.steps() {
-            if interrupted() {
-                return Err(PipelineError::Interrupted);
-            }
-            let step_started = Instant::now();
-            let p = schedule.preconditioning(i);
-            // Video2World: the given latent frames, noised to the augment σ and rescaled to σ,
-            // replace the sample there while the augment σ is below σ (cosmos-reference §4.3).
-            let active = match (&conditioning, &r.condition) {
-                (Some(_), Some(c)) => c.augment_sigma < p.sigma,
-                _ => false,
-            };
-            let network_input = |uncond: bool| -> Vec<f32> {
-                let mut x = latents.clone();
-                if let (true, Some(cond), Some(c)) = (active, &conditioning, &r.condition) {
-                    let noise = (c.augment_noise)(i, uncond);
-                    let (c_in_augment, c_in_sigma) = (c_in(c.augment_sigma, schedule.sigma_data), p.c_in);
-                    for (channel, xs) in x.chunks_mut(latent_shape[2] * frame).enumerate() {
-                        let start = channel * latent_shape[2] * frame;
-                        let given = start..start + cond.frames * frame;
-                        for ((x, &z), &e) in xs.iter_mut().zip(&cond.latents[given.clone()]).zip(&noise[given]) {
-                            *x = (z + e * c.augment_sigma) * c_in_augment / c_in_sigma;
-                        }
-                    }
-                }
-                let mut scaled = vec![0f32; x.len()];
-                p.scale_input(&x, &mut scaled);
-                scaled
-            };
-            let run = |text: &CpuTensor, uncond: bool| -> Result<Vec<f32>, PipelineError> {
-                let mut inputs = HashMap::from([
-                    ("hidden_states".to_string(), CpuTensor::from_vec(latent_shape.to_vec(), network_input(uncond))),
-                    ("timestep".to_string(), CpuTensor::from_vec(vec![1], vec![p.c_noise])),
-                    ("encoder_hidden_states".to_string(), text.clone()),
-                    ("fps".to_string(), CpuTensor::from_vec(vec![], vec![r.fps])),
-                    (
-                        "padding_mask".to_string(),
-                        CpuTensor::from_vec(padding.to_vec(), vec![0f32; padding.iter().product()]),
-                    ),
-                ]);
-                if let Some(cond) = &conditioning {
-                    inputs.insert("condition_mask".to_string(), cond.mask.clone());
-                }
-                let (out, _) = dit.run_owned(inputs)?;
-                let sample = out
-                    .get("sample")
-                    .ok_or_else(|| PipelineError::Invalid("the transformer gave no `sample`".into()))?;
-                Ok(sample.to_f32_vec())
-            };
-            // The given frames' denoised estimate is the conditioning itself.
-            let pin = |x0: &mut [f32]| {
-                if let (true, Some(cond)) = (active, &conditioning) {
-                    for (channel, xs) in x0.chunks_mut(latent_shape[2] * frame).enumerate() {
-                        let start = channel * latent_shape[2] * frame;
-                        xs[..cond.frames * frame].copy_from_slice(&cond.latents[start..start + cond.frames * frame]);
-                    }
-                }
-            };
-            let f_cond = run(&prompt_embeds, false)?;
-            p.denoised(&latents, &f_cond, &mut x0_cond);
-            if r.guidance > 1.0 {
-                let f_uncond = run(&negative_prompt_embeds, true)?;
-                p.denoised(&latents, &f_uncond, &mut x0_uncond);
-                pin(&mut x0_uncond);
-                pin(&mut x0_cond);
-                classifier_free_guidance(&x0_cond, &x0_uncond, r.guidance, &mut guided);
-            } else {
-                pin(&mut x0_cond);
-                guided.copy_from_slice(&x0_cond);
-            }
-            euler_step(&mut latents, &guided, schedule.sigmas[i], schedule.sigmas[i + 1]);
-            step_latents.push(CpuTensor::from_vec(latent_shape.to_vec(), latents.clone()));
-            let seconds = step_started.elapsed().as_secs_f64();
-            (r.progress)(Stage::Step { step: i, steps: schedule.steps(), sigma: p.sigma, seconds });
-        }
         if interrupted() {
             return Err(PipelineError::Interrupted);
         }
+        let mut step_latents = Vec::with_capacity(r.steps);
+        let mut step_started = Instant::now();
+        let initial = r.noise.to_f32_vec().iter().map(|v| v * schedule.init_noise_scale).collect();
+        let latents = sampling.run(initial, &network, &mut |i, sigma, x: &[f32]| {
+            step_latents.push(CpuTensor::from_vec(latent_shape.to_vec(), x.to_vec()));
+            let seconds = step_started.elapsed().as_secs_f64();
+            (r.progress)(Stage::Step { step: i, steps: schedule.steps(), sigma, seconds });
+            step_started = Instant::now();
+            if interrupted() {
+                return Err(PipelineError::Interrupted);
+            }
+            Ok(())
+        })?;
         let decode_started = Instant::now();
 
         let stats = latent_statistics(&self.vae_config, 0, latent_shape[2])?;

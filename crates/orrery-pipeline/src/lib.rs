@@ -12,6 +12,7 @@
 //!   an f32 ramp, then 0; initial noise × √(80² + 1)).
 
 mod cosmos_pipeline;
+mod denoise;
 mod error;
 mod hub;
 mod latent_space;
@@ -22,6 +23,7 @@ mod scheduler_config;
 pub use cosmos_pipeline::{
     Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, Stage, DEFAULT_NEGATIVE_PROMPT,
 };
+pub use denoise::Precision;
 pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
 pub use latent_space::{to_model_latents, to_tokenizer_latents};

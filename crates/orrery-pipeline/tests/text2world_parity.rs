@@ -71,6 +71,7 @@ fn bad_requests_and_folders_are_refused_with_the_reason() {
         steps: 1,
         guidance: 7.0,
         fps: 30.0,
+        sampler: orrery_pipeline::SamplerKind::DiffusersEdm,
         noise,
         max_text_len: 16,
         threads: 1,

@@ -41,7 +41,7 @@ impl Run {
         self.settings[key].as_u64().unwrap() as usize
     }
 
-    /// The request diffusers' call made (text length 512, no condition), with `noise`.
+    /// The request the reference run made (text length 512, no condition), with `noise`.
     pub fn request<'a>(
         &'a self,
         noise: &'a CpuTensor,
@@ -56,6 +56,10 @@ impl Run {
             steps: self.n("num_inference_steps"),
             guidance: self.settings["guidance_scale"].as_f64().unwrap() as f32,
             fps: self.settings["fps"].as_f64().unwrap() as f32,
+            sampler: match self.settings["sampler"].as_str() {
+                Some("predict1") => orrery_pipeline::SamplerKind::Predict1,
+                _ => orrery_pipeline::SamplerKind::DiffusersEdm,
+            },
             noise,
             max_text_len: 512,
             threads: 2,

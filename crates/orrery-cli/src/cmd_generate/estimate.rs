@@ -1,0 +1,55 @@
+//! How long a run will take here, before it starts: the plans' FLOPs over this machine's
+//! measured speed, and how to print times and sizes for people.
+
+use anyhow::Result;
+use orrery_cpu::CpuTensor;
+use std::collections::HashMap;
+
+/// Runs estimated longer than this need `--yes`.
+pub const LONG_RUN_SECONDS: f64 = 30.0 * 60.0;
+
+/// This machine's speed on what dominates these models: a 1024³ f32 matrix product through the
+/// runtime (best of 3), times 0.7, since whole models run at about 70% of their GEMM speed
+/// here (BENCHMARKS.md).
+pub fn measured_gflops(threads: usize) -> Result<f64> {
+    let n = 1024;
+    let mut b = orrery_ir::GraphBuilder::new();
+    let x = b.input("a", orrery_ir::DType::F32, [n, n])?;
+    let w = b.input("b", orrery_ir::DType::F32, [n, n])?;
+    let y = b.matmul("mm", x, w)?;
+    b.output("y", y)?;
+    let plan = orrery_compiler::compile(b.finish()?)?;
+    let session =
+        orrery_runtime::Session::new(plan, std::sync::Arc::new(orrery_runtime::MemoryWeights::new()), threads)?;
+    let ones = CpuTensor::from_vec(vec![n, n], vec![1f32; n * n]);
+    let inputs = HashMap::from([("a".to_string(), ones.clone()), ("b".to_string(), ones)]);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(session.run(&inputs)?.1.seconds);
+    }
+    Ok(0.7 * 2.0 * (n * n * n) as f64 / best / 1e9)
+}
+
+pub fn human_time(seconds: f64) -> String {
+    match seconds {
+        s if s < 1.0 => format!("{:.0} ms", s * 1000.0),
+        s if s < 10.0 => format!("{s:.1} s"),
+        s if s < 90.0 => format!("{s:.0} s"),
+        s if s < 5400.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    match bytes as f64 / (1u64 << 20) as f64 {
+        mib if mib < 1024.0 => format!("{mib:.0} MiB"),
+        mib => format!("{:.1} GiB", mib / 1024.0),
+    }
+}
+
+pub fn human_flops(flops: u64) -> String {
+    match flops as f64 {
+        f if f < 1e12 => format!("{:.1} GFLOP", f / 1e9),
+        f => format!("{:.2} TFLOP", f / 1e12),
+    }
+}
