@@ -13,12 +13,17 @@
 mod memory;
 pub mod passes;
 mod plan;
+mod weight_timeline;
 
 pub use memory::{
     can_run_in_place, plan_memory, validate, BufferSlot, DeviceLimits, MemoryOptions, MemoryPlan, Storage, ARENA_ALIGN,
 };
 pub use passes::{optimize, OptimizeOptions, Optimizer, PassError, RewriteLog};
 pub use plan::{compile, compile_with, CompileOptions, Kernel, Passes, Plan, PlanCache, PlanKey};
+pub use weight_timeline::{
+    largest_kernel_weight_set, min_weight_capacity, plan_weight_timeline, weight_uses, RunPoint, WeightLoad,
+    WeightTimeline, LOAD_ALIGN,
+};
 
 use thiserror::Error;
 
@@ -33,6 +38,9 @@ pub enum CompileError {
     ArenaTooLarge { needed: u64, limit: u64 },
     #[error(transparent)]
     Pass(#[from] PassError),
+    /// The weights cannot be streamed within the given weight budget.
+    #[error("{0}")]
+    WeightBudget(String),
     /// A memory plan failed validation: a planner bug, never a user error.
     #[error("invalid memory plan (a compiler bug): {0}")]
     InvalidPlan(String),

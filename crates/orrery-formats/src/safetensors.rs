@@ -233,13 +233,33 @@ pub struct SafetensorsFile {
     /// name -> index into `header.entries`.
     index: HashMap<String, usize>,
     names: Vec<String>,
+    /// `path` is the file `bytes` maps (not just a label for bytes held in memory).
+    on_disk: bool,
+    /// Opened on the first `read_into` (streamed reads bypass the map).
+    file: std::sync::OnceLock<std::fs::File>,
+}
+
+/// `pread` until `dst` is full.
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, dst: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, dst, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &std::fs::File, dst: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(dst)
 }
 
 impl SafetensorsFile {
     /// Maps and validates `path`.
     pub fn open(path: &Path) -> Result<SafetensorsFile, FormatError> {
         let bytes = map_file(path)?;
-        SafetensorsFile::from_shared(path, bytes)
+        let mut file = SafetensorsFile::from_shared(path, bytes)?;
+        file.on_disk = true;
+        Ok(file)
     }
 
     /// Validates a safetensors image held in memory; `label` is used in messages.
@@ -260,7 +280,7 @@ impl SafetensorsFile {
                 names.push(e.name.clone());
             }
         }
-        Ok(SafetensorsFile { path, bytes, header, index, names })
+        Ok(SafetensorsFile { path, bytes, header, index, names, on_disk: false, file: std::sync::OnceLock::new() })
     }
 
     pub fn header(&self) -> &Header {
@@ -327,6 +347,31 @@ impl WeightSource for SafetensorsFile {
 
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reads the bytes with `pread` on the file, not through the map, so no file pages stay
+    /// resident in this process once the caller drops its copy.
+    fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<(), FormatError> {
+        let Some(e) = self.index.get(name).and_then(|&i| self.header.entries.get(i)).filter(|_| self.on_disk) else {
+            // In memory (or unknown: let `load` explain): copying from the bytes is all there is.
+            return crate::source::copy_tensor_bytes(&self.path, name, self.load(name)?.as_bytes(), dst);
+        };
+        if e.end - e.begin != dst.len() {
+            return Err(FormatError::InvalidTensor {
+                path: self.path.clone(),
+                key: name.to_string(),
+                detail: format!("{} bytes stored, {} expected", e.end - e.begin, dst.len()),
+            });
+        }
+        let file = match self.file.get() {
+            Some(f) => f,
+            None => {
+                let f = std::fs::File::open(&self.path).map_err(|err| FormatError::io(&self.path, "opening", err))?;
+                self.file.get_or_init(|| f)
+            }
+        };
+        read_exact_at(file, dst, (self.header.data_start + e.begin) as u64)
+            .map_err(|err| FormatError::io(&self.path, "reading", err))
     }
 
     fn report(&self) -> SourceReport {

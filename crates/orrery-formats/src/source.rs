@@ -254,6 +254,26 @@ pub trait WeightSource: Send + Sync {
     fn contains(&self, name: &str) -> bool {
         self.info(name).is_some()
     }
+    /// Copies tensor `name`'s contiguous bytes into `dst` (exactly its `byte_len`) without
+    /// keeping them mapped: what a weight streamer reads through, so that a released weight
+    /// leaves no resident file pages behind. The default copies from [`WeightSource::load`]
+    /// (which touches the mapped pages); readers that can read their file directly override it.
+    fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<(), FormatError> {
+        copy_tensor_bytes(self.path(), name, self.load(name)?.as_bytes(), dst)
+    }
+}
+
+/// `dst.copy_from_slice(src)` for tensor `name`, refusing a length mismatch with an error.
+pub(crate) fn copy_tensor_bytes(path: &Path, name: &str, src: &[u8], dst: &mut [u8]) -> Result<(), FormatError> {
+    if src.len() != dst.len() {
+        return Err(FormatError::InvalidTensor {
+            path: path.to_path_buf(),
+            key: name.to_string(),
+            detail: format!("{} bytes stored, {} expected", src.len(), dst.len()),
+        });
+    }
+    dst.copy_from_slice(src);
+    Ok(())
 }
 
 impl std::fmt::Debug for dyn WeightSource {
@@ -332,6 +352,13 @@ impl WeightSource for CombinedWeights {
     fn info(&self, name: &str) -> Option<TensorInfo> {
         self.parts.get(*self.owner.get(name)?)?.info(name)
     }
+    fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<(), FormatError> {
+        match self.owner.get(name).and_then(|&i| self.parts.get(i)) {
+            Some(p) => p.read_into(name, dst),
+            None => self.load(name).map(|_| ()),
+        }
+    }
+
     fn load(&self, name: &str) -> Result<TensorBytes, FormatError> {
         match self.owner.get(name).and_then(|&i| self.parts.get(i)) {
             Some(p) => p.load(name),

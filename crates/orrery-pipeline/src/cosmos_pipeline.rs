@@ -6,7 +6,8 @@
 //! tokenizer's space and through its decoder (cosmos-reference §1, §4; diffusers
 //! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
-use crate::denoise::{Pinned, Precision, Sampling};
+use crate::denoise::{branches, Pinned, Precision, Sampling};
+use crate::memory_budget::{Invoker, MemoryBudget, MemoryPlan};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
 use orrery_compiler::{compile, Plan};
@@ -15,7 +16,7 @@ use orrery_formats::WeightSource;
 use orrery_ir::DType;
 use orrery_models::cosmos::{latent_statistics, CosmosVaeConfig};
 use orrery_models::{load_component, Component, ComponentConfig, WeightTypes};
-use orrery_runtime::{FormatWeights, Session};
+use orrery_runtime::{FormatWeights, Session, StreamEvent, StreamStats};
 use orrery_text::T5Tokenizer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -109,6 +110,27 @@ impl Part {
     }
 }
 
+/// The plans one run uses, each compiled once.
+struct RunPlans {
+    text: Arc<Plan>,
+    dit: Arc<Plan>,
+    /// Video2World's input encoding.
+    encode: Option<Arc<Plan>>,
+    decode: Arc<Plan>,
+}
+
+impl RunPlans {
+    /// Every invocation of a run in order, with its component (0 text encoder, 1 transformer,
+    /// 2 video tokenizer): each prompt, the input video, each transformer evaluation, the decode.
+    fn invocations(&self, prompts: usize, evaluations: usize) -> Vec<(&Arc<Plan>, usize)> {
+        let mut order = vec![(&self.text, 0); prompts];
+        order.extend(self.encode.iter().map(|p| (p, 2)));
+        order.extend(std::iter::repeat_n((&self.dit, 1), evaluations));
+        order.push((&self.decode, 2));
+        order
+    }
+}
+
 /// A loaded Cosmos world-generation pipeline (Text2World or Video2World).
 pub struct CosmosPipeline {
     root: PathBuf,
@@ -146,6 +168,9 @@ pub struct GenerateRequest<'a> {
     pub progress: &'a dyn Fn(Stage),
     /// Video2World: the input frames to continue (needs a `CosmosVideoToWorldPipeline`).
     pub condition: Option<Condition<'a>>,
+    /// A bound on the run's planned memory (weights resident and in flight plus activations):
+    /// weights that do not fit are streamed. `None`: every weight stays resident.
+    pub memory: Option<MemoryBudget>,
     /// Checked before each stage and step: when set, the run stops with
     /// [`PipelineError::Interrupted`] (a Ctrl-C handler sets it).
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
@@ -192,6 +217,12 @@ pub struct GenerateOutput {
     pub step_latents: Vec<CpuTensor>,
     /// The decoder's output before clamping: [1, 3, frames, height, width], about [-1, 1].
     pub decoded_raw: CpuTensor,
+    /// How the run used memory.
+    pub memory: MemoryPlan,
+    /// What streaming the weights measured (`None`: they were resident).
+    pub stream: Option<StreamStats>,
+    /// The weight loads and the kernels' waits for them, timed from the run's start.
+    pub stream_events: Vec<StreamEvent>,
 }
 
 impl CosmosPipeline {
@@ -251,15 +282,8 @@ impl CosmosPipeline {
             .sum()
     }
 
-    /// The cost of a run of this size, from the plans it will use (compiled here and kept for
-    /// the run).
-    pub fn estimate(
-        &self,
-        (height, width, frames): (usize, usize, usize),
-        steps: usize,
-        guidance: f32,
-        max_text_len: usize,
-    ) -> Result<Estimate, PipelineError> {
+    /// The plans a run of this size uses (compiled once and kept).
+    fn run_plans(&self, (height, width, frames): (usize, usize, usize), max_text_len: usize) -> Result<RunPlans, PipelineError> {
         let latent = self.latent_shape(height, width, frames)?;
         let text_in = [1, max_text_len];
         let text = self.text_encoder.plan("forward", &[("input_ids", &text_in), ("attention_mask", &text_in)])?;
@@ -272,23 +296,56 @@ impl CosmosPipeline {
         let mask = [1, 1, latent[2], latent[3], latent[4]];
         let dit = self.transformer.plan("forward", &self.dit_shapes(&latent, &text_shape, &padding, &mask))?;
         let decode = self.vae.plan("decode", &[("z", &latent)])?;
-        let mut plans = vec![text.clone(), dit.clone(), decode.clone()];
-        let mut video_flops = decode.flops;
-        if self.video_to_world {
-            let encode = self.vae.plan("encode", &[("sample", &[1, 3, frames, height, width])])?;
-            video_flops += encode.flops;
-            plans.push(encode);
-        }
-        let evaluations = steps as u64 * if guidance > 1.0 { 2 } else { 1 };
-        let weights =
-            text.weight_bytes + dit.weight_bytes + plans[2..].iter().map(|p| p.weight_bytes).max().unwrap_or(0);
-        let activations = plans.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
+        let encode = match self.video_to_world {
+            true => Some(self.vae.plan("encode", &[("sample", &[1, 3, frames, height, width])])?),
+            false => None,
+        };
+        Ok(RunPlans { text, dit, encode, decode })
+    }
+
+    /// The cost of a run of this size, from the plans it will use (compiled here and kept for
+    /// the run).
+    pub fn estimate(
+        &self,
+        dims: (usize, usize, usize),
+        steps: usize,
+        guidance: f32,
+        sampler: SamplerKind,
+        max_text_len: usize,
+    ) -> Result<Estimate, PipelineError> {
+        let plans = self.run_plans(dims, max_text_len)?;
+        let evaluations = (steps * branches(sampler, guidance)) as u64;
+        let video_flops = plans.decode.flops + plans.encode.as_ref().map_or(0, |p| p.flops);
+        let all: Vec<&Plan> = [&plans.text, &plans.dit, &plans.decode].into_iter().chain(&plans.encode).map(|p| &**p).collect();
+        let weights = all.iter().map(|p| p.weight_bytes).sum::<u64>();
+        let activations = all.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
         Ok(Estimate {
-            text_flops: 2 * text.flops,
-            denoise_flops: evaluations * dit.flops,
+            text_flops: 2 * plans.text.flops,
+            denoise_flops: evaluations * plans.dit.flops,
             video_flops,
             memory_bytes: weights + activations,
         })
+    }
+
+    /// How a run of this size uses memory within `budget`: resident weights when they fit (or
+    /// no budget is given), else the weight timeline it streams through; refused below the
+    /// smallest budget that runs.
+    pub fn memory_plan(
+        &self,
+        dims: (usize, usize, usize),
+        steps: usize,
+        guidance: f32,
+        sampler: SamplerKind,
+        negative_prompt_encoded: bool,
+        max_text_len: usize,
+        budget: Option<MemoryBudget>,
+    ) -> Result<MemoryPlan, PipelineError> {
+        let plans = self.run_plans(dims, max_text_len)?;
+        let prompts = 1 + usize::from(negative_prompt_encoded);
+        let order = plans.invocations(prompts, steps * branches(sampler, guidance));
+        let invocations: Vec<&Plan> = order.iter().map(|(p, _)| &***p).collect();
+        let all: Vec<&Plan> = [&plans.text, &plans.dit, &plans.decode].into_iter().chain(&plans.encode).map(|p| &**p).collect();
+        MemoryPlan::new(&invocations, all.iter().map(|p| p.weight_bytes).sum(), budget)
     }
 
     /// The transformer's inputs for latents of `latent` shape (with the condition mask for
@@ -321,6 +378,18 @@ impl CosmosPipeline {
 
     /// [`CosmosPipeline::encode_prompt`] for several prompts through one session.
     fn encode_prompts(&self, prompts: &[&str], len: usize, threads: usize) -> Result<Vec<CpuTensor>, PipelineError> {
+        let resident = MemoryPlan { weight_bytes: 0, activation_bytes: 0, min_budget: 0, timeline: None };
+        self.encode_prompts_with(&Invoker::new(&resident, Vec::new(), None)?, prompts, len, threads)
+    }
+
+    /// [`CosmosPipeline::encode_prompts`] as the next invocations of a run.
+    fn encode_prompts_with(
+        &self,
+        invoker: &Invoker,
+        prompts: &[&str],
+        len: usize,
+        threads: usize,
+    ) -> Result<Vec<CpuTensor>, PipelineError> {
         let shape = [1, len];
         let session =
             self.text_encoder.session("forward", &[("input_ids", &shape), ("attention_mask", &shape)], threads)?;
@@ -332,7 +401,7 @@ impl CosmosPipeline {
                     ("input_ids".to_string(), CpuTensor::from_vec(shape.to_vec(), e.ids)),
                     ("attention_mask".to_string(), CpuTensor::from_vec(shape.to_vec(), e.attention_mask)),
                 ]);
-                let (out, _) = session.run_owned(inputs)?;
+                let out = invoker.run(&session, inputs)?;
                 let hidden = out
                     .get("last_hidden_state")
                     .ok_or_else(|| PipelineError::Invalid("the text encoder gave no `last_hidden_state`".into()))?;
@@ -373,7 +442,18 @@ impl CosmosPipeline {
         // cosmos-predict1 guides an empty negative prompt against a zero embedding.
         let zero_negative = r.sampler == SamplerKind::Predict1 && negative.is_empty();
         let prompts: &[&str] = if zero_negative { &[r.prompt] } else { &[r.prompt, negative] };
-        let mut embeds = self.encode_prompts(prompts, r.max_text_len, r.threads)?;
+        // Every invocation of the run, in order, before the first: the weight timeline.
+        let dims = (r.height, r.width, r.frames);
+        let memory =
+            self.memory_plan(dims, r.steps, r.guidance, r.sampler, !zero_negative, r.max_text_len, r.memory)?;
+        let plans = self.run_plans(dims, r.max_text_len)?;
+        let sources = plans
+            .invocations(prompts.len(), r.steps * branches(r.sampler, r.guidance))
+            .into_iter()
+            .map(|(_, part)| [&self.text_encoder, &self.transformer, &self.vae][part].weights.clone())
+            .collect();
+        let invoker = Invoker::new(&memory, sources, r.memory.and_then(|m| m.io_bandwidth))?;
+        let mut embeds = self.encode_prompts_with(&invoker, prompts, r.max_text_len, r.threads)?;
         let negative_prompt_embeds = if zero_negative {
             CpuTensor::from_vec(embeds[0].shape().to_vec(), vec![0f32; embeds[0].shape().iter().product()])
         } else {
@@ -387,7 +467,7 @@ impl CosmosPipeline {
             SamplerKind::Predict1 => Schedule::predict1(r.steps)?,
         };
         let conditioning = match (&r.condition, self.video_to_world) {
-            (Some(c), true) => Some(self.conditioning(c, r, &latent_shape, schedule.sigma_data)?),
+            (Some(c), true) => Some(self.conditioning(&invoker, c, r, &latent_shape, schedule.sigma_data)?),
             (None, false) => None,
             (Some(_), false) => {
                 return Err(PipelineError::Invalid(format!(
@@ -422,7 +502,7 @@ impl CosmosPipeline {
             if let Some(cond) = &conditioning {
                 inputs.insert("condition_mask".to_string(), cond.mask.clone());
             }
-            let (out, _) = dit.run_owned(inputs)?;
+            let out = invoker.run(&dit, inputs)?;
             let sample =
                 out.get("sample").ok_or_else(|| PipelineError::Invalid("the transformer gave no `sample`".into()))?;
             Ok(sample.to_f32_vec())
@@ -462,13 +542,22 @@ impl CosmosPipeline {
         let z = to_tokenizer_latents(&latents, &latent_shape, stats.as_ref(), schedule.sigma_data);
         let z = CpuTensor::from_vec(latent_shape.to_vec(), z);
         let decoder = self.vae.session("decode", &[("z", &latent_shape)], r.threads)?;
-        let (out, _) = decoder.run_owned(HashMap::from([("z".to_string(), z)]))?;
+        let out = invoker.run(&decoder, HashMap::from([("z".to_string(), z)]))?;
         let decoded_raw = out
             .get("sample")
             .cloned()
             .ok_or_else(|| PipelineError::Invalid("the video decoder gave no `sample`".into()))?;
         (r.progress)(Stage::Decoded { seconds: decode_started.elapsed().as_secs_f64() });
-        Ok(GenerateOutput { prompt_embeds, negative_prompt_embeds, sigmas: schedule.sigmas, step_latents, decoded_raw })
+        Ok(GenerateOutput {
+            prompt_embeds,
+            negative_prompt_embeds,
+            sigmas: schedule.sigmas,
+            step_latents,
+            decoded_raw,
+            stream: invoker.stats(),
+            stream_events: invoker.events(),
+            memory,
+        })
     }
 
     /// Video2World's conditioning: the input frames cut or zero-padded to the output's frame
@@ -476,6 +565,7 @@ impl CosmosPipeline {
     /// order).
     fn conditioning(
         &self,
+        invoker: &Invoker,
         c: &Condition,
         r: &GenerateRequest,
         latent_shape: &[usize; 5],
@@ -501,7 +591,7 @@ impl CosmosPipeline {
         let cond_frames = (take.min(frames) - 1) / t + 1;
         let encoder = self.vae.session("encode", &[("sample", &[1, 3, frames, r.height, r.width])], r.threads)?;
         let input = CpuTensor::from_vec(vec![1, 3, frames, r.height, r.width], video);
-        let (out, _) = encoder.run_owned(HashMap::from([("sample".to_string(), input)]))?;
+        let out = invoker.run(&encoder, HashMap::from([("sample".to_string(), input)]))?;
         let z = out.get("latent").ok_or_else(|| PipelineError::Invalid("the video encoder gave no `latent`".into()))?;
         if z.shape() != latent_shape {
             return Err(PipelineError::Invalid(format!("the encoder gave {:?}, expected {latent_shape:?}", z.shape())));

@@ -69,15 +69,20 @@ pub(crate) type Network<'a> = dyn Fn(Vec<f32>, f32, bool) -> Result<Vec<f32>, Pi
 /// Told after step `i` with its σ and the new sample; an error (an interrupt) ends the loop.
 pub(crate) type AfterStep<'a> = dyn FnMut(usize, f32, &[f32]) -> Result<(), PipelineError> + 'a;
 
+/// Transformer evaluations per step: 2 when the unconditional branch runs too.
+pub(crate) fn branches(kind: SamplerKind, guidance: f32) -> usize {
+    let uncond = match kind {
+        // diffusers: `do_classifier_free_guidance = guidance_scale > 1`.
+        SamplerKind::DiffusersEdm => guidance > 1.0,
+        // cosmos-predict1 always evaluates both and combines `Fc + g·(Fc − Fu)`.
+        SamplerKind::Predict1 => guidance != 0.0,
+    };
+    1 + usize::from(uncond)
+}
+
 impl Sampling<'_> {
-    /// The guided branches evaluated per step (the unconditional one only with guidance).
     fn uncond_needed(&self) -> bool {
-        match self.schedule.kind {
-            // diffusers: `do_classifier_free_guidance = guidance_scale > 1`.
-            SamplerKind::DiffusersEdm => self.guidance > 1.0,
-            // cosmos-predict1 always evaluates both and combines `Fc + g·(Fc − Fu)`.
-            SamplerKind::Predict1 => self.guidance != 0.0,
-        }
+        branches(self.schedule.kind, self.guidance) == 2
     }
 
     /// The sample the network sees in step `i`: `x` with, while pinning, the given frames

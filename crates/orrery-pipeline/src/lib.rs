@@ -16,6 +16,7 @@ mod denoise;
 mod error;
 mod hub;
 mod latent_space;
+mod memory_budget;
 mod noise;
 mod sampler;
 mod scheduler_config;
@@ -26,6 +27,7 @@ pub use cosmos_pipeline::{
 pub use denoise::Precision;
 pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
+pub use memory_budget::{MemoryBudget, MemoryPlan};
 pub use latent_space::{to_model_latents, to_tokenizer_latents};
 pub use noise::{standard_normal, video_frames_u8};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};

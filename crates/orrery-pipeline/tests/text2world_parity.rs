@@ -77,6 +77,7 @@ fn bad_requests_and_folders_are_refused_with_the_reason() {
         threads: 1,
         progress: &|_| {},
         condition: None,
+        memory: None,
         stop: None,
     };
     let err = |r: GenerateRequest| pipeline.generate(&r).err().expect("refused").to_string();

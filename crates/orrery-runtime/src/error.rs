@@ -14,6 +14,8 @@ pub enum RuntimeError {
     Kernel { node: String, source: orrery_cpu::CpuError },
     #[error("chunked run: {reason}")]
     Chunks { reason: String },
+    #[error("weight stream: {0}")]
+    Stream(String),
     #[error("could not start a pool of {threads} threads: {reason}")]
     ThreadPool { threads: usize, reason: String },
 }

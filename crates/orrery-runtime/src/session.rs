@@ -1,6 +1,6 @@
 //! Running a plan.
 
-use crate::{RuntimeError, WeightResolver};
+use crate::{RuntimeError, StreamCursor, WeightResolver};
 use orrery_compiler::Plan;
 use orrery_cpu::CpuTensor;
 use orrery_ir::{NodeKind, RefTensor};
@@ -73,7 +73,27 @@ impl Session {
     /// freed after its last use instead of living through the whole run.
     pub fn run_owned(
         &self,
+        inputs: HashMap<String, CpuTensor>,
+    ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
+        self.run_inner(inputs, None)
+    }
+
+    /// [`Session::run_owned`] with the weights coming from a [`WeightStream`](crate::WeightStream)
+    /// instead of the session's resolver: each waits for its load, none is cached, and each is
+    /// dropped after its last use so the stream can reuse its memory. The cursor must be the
+    /// stream's next invocation, for this plan.
+    pub fn run_streamed(
+        &self,
+        inputs: HashMap<String, CpuTensor>,
+        cursor: &StreamCursor<'_>,
+    ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
+        self.run_inner(inputs, Some(cursor))
+    }
+
+    fn run_inner(
+        &self,
         mut inputs: HashMap<String, CpuTensor>,
+        cursor: Option<&StreamCursor<'_>>,
     ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
         let graph = &self.plan.graph;
         for name in inputs.keys() {
@@ -109,11 +129,18 @@ impl Session {
         let plan = &self.plan;
         let weight_nodes: Vec<bool> = graph.nodes().iter().map(|n| matches!(n.kind, NodeKind::Weight)).collect();
         self.pool.install(|| -> Result<(), RuntimeError> {
-            for kernel in &plan.kernels {
+            for (k, kernel) in plan.kernels.iter().enumerate() {
                 for &input in &kernel.inputs {
                     if values[input.0].is_none() {
-                        let (t, bytes) = self.weight(input.0)?;
-                        stats.weights_resolved_bytes += bytes;
+                        let node = graph.node(input);
+                        let t = match cursor {
+                            Some(c) if weight_nodes[input.0] => c.weight(input, &node.ty, &node.name)?,
+                            _ => {
+                                let (t, bytes) = self.weight(input.0)?;
+                                stats.weights_resolved_bytes += bytes;
+                                t
+                            }
+                        };
                         values[input.0] = Some(t);
                     }
                 }
@@ -135,9 +162,18 @@ impl Session {
                 for freed in &kernel.frees {
                     values[freed.0] = None;
                 }
+                if let Some(c) = cursor {
+                    for released in c.releases(k) {
+                        values[released.0] = None;
+                    }
+                    c.finished(k);
+                }
             }
             Ok(())
         })?;
+        if let Some(c) = cursor {
+            c.done(plan.kernels.len())?;
+        }
         let mut outputs = HashMap::new();
         for (name, id) in graph.outputs() {
             let value = match values[id.0].clone() {

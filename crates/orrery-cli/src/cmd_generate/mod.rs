@@ -10,6 +10,7 @@
 mod estimate;
 mod input;
 mod jobs;
+mod memory;
 mod progress;
 
 use crate::tensor_file::{read_tensors, write_f32_safetensors};
@@ -18,8 +19,8 @@ use estimate::{human_bytes, human_flops, human_time, measured_gflops, LONG_RUN_S
 use jobs::{Job, Outputs};
 use orrery_cpu::CpuTensor;
 use orrery_pipeline::{
-    resolve_model, standard_normal, video_frames_u8, Condition, CosmosPipeline, GenerateRequest, PipelineError,
-    SamplerKind,
+    resolve_model, standard_normal, video_frames_u8, Condition, CosmosPipeline, GenerateRequest, MemoryBudget,
+    PipelineError, SamplerKind,
 };
 use orrery_runtime::{peak_rss_bytes, resolve_threads};
 use progress::{Progress, StageTimes};
@@ -112,6 +113,14 @@ pub struct GenerateArgs {
     /// `init_noise`, `out`, `frames_dir`, `dump_tensors` (the flags give the defaults).
     #[arg(long)]
     batch: Option<PathBuf>,
+    /// Bound on the run's planned memory (weights resident and in flight plus activations),
+    /// e.g. 6GiB: weights that do not fit are streamed from their files just before use.
+    /// Default: the smaller of the cgroup limit and the memory available at start, less 1 GiB.
+    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    memory_budget: Option<u64>,
+    /// Read weights at most this fast (bytes per second, e.g. 200MB), to simulate a slow disk.
+    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    io_bandwidth: Option<u64>,
     /// Worker threads (default: RAYON_NUM_THREADS, else the available CPUs).
     #[arg(long)]
     threads: Option<usize>,
@@ -134,6 +143,7 @@ struct Settings {
     sampler: SamplerKind,
     augment_sigma: f32,
     threads: usize,
+    memory: Option<MemoryBudget>,
     model_label: String,
     model_dir: PathBuf,
 }
@@ -151,6 +161,7 @@ impl Settings {
 struct JobReport {
     times: StageTimes,
     written: Vec<PathBuf>,
+    stream: Option<orrery_runtime::StreamStats>,
 }
 
 /// Why a job did not finish.
@@ -213,6 +224,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         sampler,
         augment_sigma: args.augment_sigma,
         threads,
+        memory: None,
         model_label: args.model.clone().unwrap_or_else(|| "built-in tiny random pipeline".into()),
         model_dir,
     };
@@ -247,8 +259,24 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         (settings.height, settings.width, settings.frames),
         settings.steps,
         settings.guidance,
+        settings.sampler,
         512,
     )?;
+    let budget = args.memory_budget.or_else(memory::default_budget).map(|bytes| MemoryBudget {
+        bytes,
+        io_bandwidth: args.io_bandwidth.map(|b| b as f64),
+    });
+    let negative_encoded = !(sampler == SamplerKind::Predict1 && args.negative_prompt.as_deref() == Some(""));
+    let memory_plan = pipeline.memory_plan(
+        (settings.height, settings.width, settings.frames),
+        settings.steps,
+        settings.guidance,
+        settings.sampler,
+        negative_encoded,
+        512,
+        budget,
+    )?;
+    eprintln!("orrery: {}", memory::describe(&memory_plan, budget));
     let load_seconds = load_started.elapsed().as_secs_f64();
     let gflops = measured_gflops(threads)?;
     let per_run_s = estimate.flops() as f64 / (gflops * 1e9);
@@ -266,6 +294,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             human_time(estimated_s)
         );
     }
+    let settings = Settings { memory: budget, ..settings };
     let stop = crate::interrupt::install();
     let mut totals = StageTimes::default();
     let mut reports = Vec::new();
@@ -308,6 +337,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             .map(|(job, r)| {
                 serde_json::json!({
                     "prompt": job.prompt, "seconds": r.times.total(), "stages": r.times.to_json(),
+                    "weights_streamed": r.stream.as_ref().map(memory::stream_json),
                     "written": r.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 })
             })
@@ -322,6 +352,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
                 "steps": settings.steps, "frames": settings.frames, "height": settings.height, "width": settings.width,
                 "fps": settings.fps, "sampler": settings.sampler_name(), "threads": threads,
                 "compiled_plans": pipeline.compiled_plans(),
+                "memory": memory::plan_json(&memory_plan, budget),
                 "stages": totals.to_json(), "runs": runs, "failed": failed,
             })
         );
@@ -437,6 +468,7 @@ fn run_job(
             augment_sigma: s.augment_sigma,
             augment_noise: &augment_noise,
         }),
+        memory: s.memory,
         stop: Some(stop),
     };
     let out = match pipeline.generate(&request) {
@@ -451,8 +483,11 @@ fn run_job(
         }
     };
     let cond_frames = video.as_ref().map(|v| v.shape()[2]);
+    if let Some(stream) = &out.stream {
+        progress.line(&memory::describe_stream(stream));
+    }
     match write_outputs(s, job, cond_frames, &out, progress) {
-        Ok(written) => Ok(JobReport { times: progress.times(), written }),
+        Ok(written) => Ok(JobReport { times: progress.times(), written, stream: out.stream.clone() }),
         Err(e) => {
             remove_created();
             Err(JobFailure::Failed(e))

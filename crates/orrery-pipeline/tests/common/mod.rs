@@ -65,6 +65,7 @@ impl Run {
             threads: 2,
             progress,
             condition: None,
+            memory: None,
             stop: None,
         }
     }

@@ -1,0 +1,65 @@
+//! `--memory-budget`: its default from the machine, and how a run's memory plan and weight
+//! streaming are reported.
+
+use super::estimate::{human_bytes, human_time};
+use orrery_pipeline::{MemoryBudget, MemoryPlan};
+use orrery_runtime::StreamStats;
+
+/// The smaller of the cgroup's `memory.max` and `MemAvailable` at start, less 1 GiB; `None`
+/// when neither is known.
+pub fn default_budget() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok().and_then(|t| t.trim().parse::<u64>().ok());
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let line = t.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+    });
+    let limit = match (cgroup, available) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some(limit.saturating_sub(1 << 30))
+}
+
+/// One line on how the run holds its weights.
+pub fn describe(plan: &MemoryPlan, budget: Option<MemoryBudget>) -> String {
+    let within = budget.map_or(String::new(), |b| format!(" within a budget of {}", human_bytes(b.bytes)));
+    match &plan.timeline {
+        None => format!(
+            "weights {} resident, activations up to {}{within}",
+            human_bytes(plan.weight_bytes),
+            human_bytes(plan.activation_bytes)
+        ),
+        Some(t) => format!(
+            "weights {} streamed through {} (reading {} per run), activations up to {}{within}; the smallest budget is {}",
+            human_bytes(plan.weight_bytes),
+            human_bytes(t.capacity),
+            human_bytes(t.bytes_loaded()),
+            human_bytes(plan.activation_bytes),
+            human_bytes(plan.min_budget)
+        ),
+    }
+}
+
+pub fn describe_stream(s: &StreamStats) -> String {
+    format!(
+        "weights streamed: {} in {} loads, {} reading, {} stalled",
+        human_bytes(s.bytes_loaded),
+        s.loads,
+        human_time(s.load_seconds),
+        human_time(s.stall_seconds)
+    )
+}
+
+pub fn stream_json(s: &StreamStats) -> serde_json::Value {
+    serde_json::json!({
+        "bytes": s.bytes_loaded, "loads": s.loads, "load_seconds": s.load_seconds, "stall_seconds": s.stall_seconds,
+    })
+}
+
+pub fn plan_json(plan: &MemoryPlan, budget: Option<MemoryBudget>) -> serde_json::Value {
+    serde_json::json!({
+        "budget_bytes": budget.map(|b| b.bytes), "weight_bytes": plan.weight_bytes,
+        "activation_bytes": plan.activation_bytes, "min_budget_bytes": plan.min_budget,
+        "streamed": plan.timeline.is_some(), "ring_bytes": plan.timeline.as_ref().map(|t| t.capacity),
+    })
+}

@@ -1,0 +1,110 @@
+//! Running a pipeline within a memory budget: every model invocation of the run (T5 per
+//! prompt, the video encoder, the transformer per step and branch, the decoder) is known
+//! before the first one starts, so the weights are planned as one timeline through a ring
+//! (`orrery_compiler::plan_weight_timeline`) and streamed by the runtime's loader while the
+//! kernels run (`orrery_runtime::WeightStream`). With a budget that holds every weight, or
+//! none given, the weights stay mapped and resident instead.
+//!
+//! Planned memory = the ring (resident weights and weights in flight) + the largest
+//! activation footprint of one invocation (invocations run one after another).
+
+use crate::PipelineError;
+use orrery_compiler::{min_weight_capacity, plan_weight_timeline, Plan, WeightTimeline};
+use orrery_cpu::CpuTensor;
+use orrery_runtime::{FormatWeights, Session, StreamStats, WeightStream};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The caller's limit on planned memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryBudget {
+    pub bytes: u64,
+    /// Bytes per second weights may be read at (simulates a slow disk or link).
+    pub io_bandwidth: Option<f64>,
+}
+
+/// How a run uses memory, decided before it starts.
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    /// Every component's weights, each counted once.
+    pub weight_bytes: u64,
+    /// The most bytes one invocation's activations and inputs hold at once.
+    pub activation_bytes: u64,
+    /// The smallest budget that runs (streaming through the smallest ring).
+    pub min_budget: u64,
+    /// `Some` when the weights are streamed: the timeline through a ring of
+    /// `budget − activation_bytes` bytes.
+    pub timeline: Option<WeightTimeline>,
+}
+
+impl MemoryPlan {
+    /// Plans `invocations` (in run order) with `distinct` the plans' weights counted once.
+    pub(crate) fn new(
+        invocations: &[&Plan],
+        weight_bytes: u64,
+        budget: Option<MemoryBudget>,
+    ) -> Result<MemoryPlan, PipelineError> {
+        let activation_bytes = invocations.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
+        let min_budget = activation_bytes + min_weight_capacity(invocations);
+        let timeline = match budget {
+            Some(b) if b.bytes < weight_bytes + activation_bytes => {
+                if b.bytes < min_budget {
+                    return Err(PipelineError::Invalid(format!(
+                        "a memory budget of {} bytes is below the {min_budget} bytes this run needs at least \
+                         ({activation_bytes} of activations plus the weights its largest kernels read at once); \
+                         raise --memory-budget or lower the size, frames or batch",
+                        b.bytes
+                    )));
+                }
+                Some(plan_weight_timeline(invocations, b.bytes - activation_bytes)?)
+            }
+            _ => None,
+        };
+        Ok(MemoryPlan { weight_bytes, activation_bytes, min_budget, timeline })
+    }
+}
+
+/// Runs sessions in the run's order, through the weight stream when there is one.
+pub(crate) struct Invoker {
+    stream: Option<WeightStream>,
+    next: Cell<usize>,
+}
+
+impl Invoker {
+    /// Starts streaming `plan`'s timeline (if any); `sources[i]` holds invocation `i`'s weights.
+    pub(crate) fn new(
+        plan: &MemoryPlan,
+        sources: Vec<Arc<FormatWeights>>,
+        io_bandwidth: Option<f64>,
+    ) -> Result<Invoker, PipelineError> {
+        let stream = match &plan.timeline {
+            Some(t) => Some(WeightStream::start(t.clone(), sources, io_bandwidth)?),
+            None => None,
+        };
+        Ok(Invoker { stream, next: Cell::new(0) })
+    }
+
+    /// Runs the next invocation of the run on `session`.
+    pub(crate) fn run(
+        &self,
+        session: &Session,
+        inputs: HashMap<String, CpuTensor>,
+    ) -> Result<HashMap<String, CpuTensor>, PipelineError> {
+        let i = self.next.get();
+        self.next.set(i + 1);
+        let (out, _) = match &self.stream {
+            Some(stream) => session.run_streamed(inputs, &stream.begin(i)?)?,
+            None => session.run_owned(inputs)?,
+        };
+        Ok(out)
+    }
+
+    pub(crate) fn stats(&self) -> Option<StreamStats> {
+        self.stream.as_ref().map(|s| s.stats())
+    }
+
+    pub(crate) fn events(&self) -> Vec<orrery_runtime::StreamEvent> {
+        self.stream.as_ref().map(|s| s.events()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,357 @@
+//! Streaming weights through a bounded ring, following a compiled [`WeightTimeline`].
+//!
+//! One loader thread walks the timeline's loads in order. Each load waits until the kernel its
+//! bytes are reused after has finished (and nothing still holds the weights it overwrites),
+//! then reads the tensor from its checkpoint with `pread` (no file pages stay mapped) into its
+//! planned offset of one anonymous memory region. Sessions run their invocations in the
+//! timeline's order through a [`StreamCursor`]: before each kernel they wait for its weights
+//! (the wait is the stall), after it they drop the weights whose last use it was and count it
+//! finished, which is what lets the loader go on. The loader runs as far ahead as the ring
+//! allows, so the next subsystem's first weights load while the current one computes.
+//!
+//! Memory: the ring's `capacity` bytes (the weights resident and in flight), never more.
+
+use crate::{FormatWeights, RuntimeError};
+use orrery_compiler::{RunPoint, WeightTimeline};
+use orrery_cpu::CpuTensor;
+use orrery_ir::NodeId;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The ring: one anonymous mapping, written by the loader and read through [`RingSlice`]s,
+/// both through `ptr` (taken once from the owned mapping).
+struct Ring {
+    ptr: *mut u8,
+    len: usize,
+    _map: memmap2::MmapMut,
+}
+
+// SAFETY: the mapping is plain memory owned by the ring; who may touch which bytes when is
+// governed by the timeline and the slice reference counts (see `load_all`).
+unsafe impl Send for Ring {}
+unsafe impl Sync for Ring {}
+
+/// The bytes of one loaded weight, owning a share of the ring.
+struct RingSlice {
+    ring: Arc<Ring>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for RingSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: in bounds (checked when the slice was made); the loader writes these bytes
+        // only before this slice exists and again only once no clone of it is alive.
+        unsafe { std::slice::from_raw_parts(self.ring.ptr.add(self.start), self.len) }
+    }
+}
+
+/// What the stream measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamStats {
+    /// Bytes read from the checkpoints.
+    pub bytes_loaded: u64,
+    /// Time the loader spent reading (including any `io_bandwidth` throttle).
+    pub load_seconds: f64,
+    /// Time kernels waited for their weights.
+    pub stall_seconds: f64,
+    pub loads: usize,
+}
+
+/// One timed event, for traces: a load, or a kernel's wait for its weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamEvent {
+    pub name: String,
+    pub invocation: usize,
+    pub start: Duration,
+    pub end: Duration,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Load,
+    Stall,
+}
+
+struct State {
+    /// Kernels finished, counted over the whole run.
+    finished: usize,
+    /// Loads complete (a prefix of the timeline).
+    loaded: usize,
+    slices: Vec<Option<Arc<RingSlice>>>,
+    error: Option<String>,
+    cancelled: bool,
+    /// The invocation the next `StreamCursor` must be for.
+    next_invocation: usize,
+    stats: StreamStats,
+    events: Vec<StreamEvent>,
+}
+
+struct Shared {
+    ring: Arc<Ring>,
+    timeline: WeightTimeline,
+    /// The weights of each invocation.
+    sources: Vec<Arc<FormatWeights>>,
+    /// Bytes per second the loader may read (simulates a slow link); `None`: as fast as it can.
+    io_bandwidth: Option<f64>,
+    state: Mutex<State>,
+    changed: Condvar,
+    started: Instant,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running weight stream for one pipeline run.
+pub struct WeightStream {
+    shared: Arc<Shared>,
+    /// (invocation, weight node) → load index.
+    index: HashMap<(usize, NodeId), usize>,
+    /// Per invocation: kernel → weights whose last use it is.
+    releases: Vec<HashMap<usize, Vec<NodeId>>>,
+    loader: Option<JoinHandle<()>>,
+}
+
+impl WeightStream {
+    /// Starts loading. `sources[i]` holds the weights of invocation `i`.
+    pub fn start(
+        timeline: WeightTimeline,
+        sources: Vec<Arc<FormatWeights>>,
+        io_bandwidth: Option<f64>,
+    ) -> Result<WeightStream, RuntimeError> {
+        if sources.len() != timeline.kernels_per_invocation.len() {
+            return Err(RuntimeError::Stream(format!(
+                "{} weight sources for {} invocations",
+                sources.len(),
+                timeline.kernels_per_invocation.len()
+            )));
+        }
+        let mut map = memmap2::MmapMut::map_anon(timeline.capacity.max(1) as usize)
+            .map_err(|e| RuntimeError::Stream(format!("reserving {} bytes for weights: {e}", timeline.capacity)))?;
+        let mut index = HashMap::new();
+        let mut releases: Vec<HashMap<usize, Vec<NodeId>>> = vec![HashMap::new(); sources.len()];
+        for (j, l) in timeline.loads.iter().enumerate() {
+            index.insert((l.invocation, l.node), j);
+            releases[l.invocation].entry(l.last_use.kernel).or_default().push(l.node);
+        }
+        let state = State {
+            finished: 0,
+            loaded: 0,
+            slices: vec![None; timeline.loads.len()],
+            error: None,
+            cancelled: false,
+            next_invocation: 0,
+            stats: StreamStats::default(),
+            events: Vec::new(),
+        };
+        let shared = Arc::new(Shared {
+            ring: Arc::new(Ring { ptr: map.as_mut_ptr(), len: map.len(), _map: map }),
+            timeline,
+            sources,
+            io_bandwidth,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            started: Instant::now(),
+        });
+        let worker = shared.clone();
+        let loader = std::thread::Builder::new()
+            .name("orrery-weight-loader".into())
+            .spawn(move || load_all(&worker))
+            .map_err(|e| RuntimeError::Stream(format!("starting the weight loader: {e}")))?;
+        Ok(WeightStream { shared, index, releases, loader: Some(loader) })
+    }
+
+    pub fn timeline(&self) -> &WeightTimeline {
+        &self.shared.timeline
+    }
+
+    pub fn stats(&self) -> StreamStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Loads and stalls so far, timed from the stream's start.
+    pub fn events(&self) -> Vec<StreamEvent> {
+        self.shared.lock().events.clone()
+    }
+
+    /// The moment the stream started (events are relative to it).
+    pub fn started(&self) -> Instant {
+        self.shared.started
+    }
+
+    /// The cursor for the next invocation; invocations must run in the timeline's order.
+    pub fn begin(&self, invocation: usize) -> Result<StreamCursor<'_>, RuntimeError> {
+        let state = self.shared.lock();
+        if state.next_invocation != invocation {
+            return Err(RuntimeError::Stream(format!(
+                "invocation {invocation} started out of order (the timeline expects {})",
+                state.next_invocation
+            )));
+        }
+        Ok(StreamCursor { stream: self, invocation })
+    }
+
+    /// The weight `node` of `invocation`, waiting for its load.
+    fn weight(&self, invocation: usize, node: NodeId, label: &str) -> Result<Arc<RingSlice>, RuntimeError> {
+        let j = *self.index.get(&(invocation, node)).ok_or_else(|| {
+            RuntimeError::Stream(format!("weight `{label}` of invocation {invocation} is not in the timeline"))
+        })?;
+        let mut state = self.shared.lock();
+        let waited = Instant::now();
+        let stalled = state.loaded <= j;
+        while state.loaded <= j && state.error.is_none() {
+            state = self.shared.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(e) = &state.error {
+            return Err(RuntimeError::Stream(e.clone()));
+        }
+        if stalled {
+            let (start, end) = (waited - self.shared.started, self.shared.started.elapsed());
+            state.stats.stall_seconds += (end - start).as_secs_f64();
+            state.events.push(StreamEvent { name: label.into(), invocation, start, end, kind: EventKind::Stall });
+        }
+        state.slices[j].clone().ok_or_else(|| RuntimeError::Stream(format!("weight `{label}` was released early")))
+    }
+}
+
+impl Drop for WeightStream {
+    fn drop(&mut self) {
+        self.shared.lock().cancelled = true;
+        self.shared.changed.notify_all();
+        if let Some(loader) = self.loader.take() {
+            let _ = loader.join();
+        }
+    }
+}
+
+/// One invocation's access to the stream (see [`crate::Session::run_streamed`]).
+pub struct StreamCursor<'a> {
+    stream: &'a WeightStream,
+    invocation: usize,
+}
+
+impl StreamCursor<'_> {
+    /// The tensor of weight `node` (its dtype and shape), once loaded.
+    pub(crate) fn weight(&self, node: NodeId, ty: &orrery_ir::TensorType, name: &str) -> Result<CpuTensor, RuntimeError> {
+        let slice = self.stream.weight(self.invocation, node, name)?;
+        let len = slice.len;
+        CpuTensor::from_mapped(ty.dtype, ty.shape.dims().to_vec(), slice, 0, len).ok_or_else(|| RuntimeError::Weight {
+            name: name.into(),
+            reason: format!("{len} streamed bytes do not hold {ty}"),
+        })
+    }
+
+    /// The weights whose last use is `kernel`.
+    pub(crate) fn releases(&self, kernel: usize) -> &[NodeId] {
+        self.stream.releases[self.invocation].get(&kernel).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Kernel `kernel` finished and its released weights were dropped.
+    pub(crate) fn finished(&self, kernel: usize) {
+        let shared = &self.stream.shared;
+        let mut state = shared.lock();
+        state.finished = shared.timeline.sequence(RunPoint { invocation: self.invocation, kernel }) + 1;
+        drop(state);
+        shared.changed.notify_all();
+    }
+
+    /// The whole invocation ran (the next cursor may begin).
+    pub(crate) fn done(&self, kernels: usize) -> Result<(), RuntimeError> {
+        let expected = self.stream.shared.timeline.kernels_per_invocation[self.invocation];
+        if kernels != expected {
+            return Err(RuntimeError::Stream(format!(
+                "invocation {} ran {kernels} kernels, its timeline has {expected}",
+                self.invocation
+            )));
+        }
+        self.stream.shared.lock().next_invocation = self.invocation + 1;
+        Ok(())
+    }
+}
+
+/// The loader thread: every load of the timeline in order.
+fn load_all(shared: &Shared) {
+    let ring_len = shared.ring.len;
+    for (j, load) in shared.timeline.loads.iter().enumerate() {
+        let (start, len) = (load.offset as usize, load.bytes as usize);
+        // Wait until the bytes are free: the kernel they are reused after has finished and no
+        // value still holds an earlier weight there.
+        {
+            let mut state = shared.lock();
+            loop {
+                if state.cancelled {
+                    return;
+                }
+                let ready = load.issue_after.is_none_or(|p| state.finished > shared.timeline.sequence(p));
+                let overlapping_free = state.slices[..j].iter().all(|s| match s {
+                    Some(s) if s.start < start + len && start < s.start + s.len => Arc::strong_count(s) == 1,
+                    _ => true,
+                });
+                if ready && overlapping_free {
+                    // Those earlier weights are gone for good.
+                    for s in state.slices[..j].iter_mut() {
+                        if s.as_ref().is_some_and(|s| s.start < start + len && start < s.start + s.len) {
+                            *s = None;
+                        }
+                    }
+                    break;
+                }
+                // A value may drop its share without a notification: poll now and then.
+                state = shared.changed.wait_timeout(state, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+        }
+        let began = shared.started.elapsed();
+        let result = if start + len > ring_len {
+            Err(format!("weight `{}` lies outside the ring", load.name))
+        } else {
+            // SAFETY: [start, start + len) is inside the mapping, and no `RingSlice` covering
+            // any of it is alive (checked above under the lock; new ones are made only below,
+            // by this thread).
+            let dst = unsafe { std::slice::from_raw_parts_mut(shared.ring.ptr.add(start), len) };
+            let source = shared.sources[load.invocation].source();
+            match source.info(&load.name) {
+                Some(info) if info.byte_len == len => source.read_into(&load.name, dst).map_err(|e| e.to_string()),
+                Some(info) => Err(format!("`{}` holds {} bytes, the plan expects {len}", load.name, info.byte_len)),
+                None => Err(format!("`{}` is not in {}", load.name, source.path().display())),
+            }
+        };
+        if let (Ok(()), Some(rate)) = (&result, shared.io_bandwidth) {
+            let due = began + Duration::from_secs_f64(len as f64 / rate);
+            if let Some(rest) = due.checked_sub(shared.started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        let end = shared.started.elapsed();
+        let mut state = shared.lock();
+        match result {
+            Ok(()) => {
+                state.slices[j] = Some(Arc::new(RingSlice { ring: shared.ring.clone(), start, len }));
+                state.loaded = j + 1;
+                state.stats.bytes_loaded += load.bytes;
+                state.stats.loads += 1;
+                state.stats.load_seconds += (end - began).as_secs_f64();
+                state.events.push(StreamEvent {
+                    name: load.name.clone(),
+                    invocation: load.invocation,
+                    start: began,
+                    end,
+                    kind: EventKind::Load,
+                });
+            }
+            Err(e) => {
+                state.error = Some(format!("loading weight `{}`: {e}", load.name));
+                drop(state);
+                shared.changed.notify_all();
+                return;
+            }
+        }
+        drop(state);
+        shared.changed.notify_all();
+    }
+}
