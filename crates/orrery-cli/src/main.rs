@@ -1,4 +1,5 @@
-//! The `orrery` command-line tool: `inspect`, `run`, `compile`, `encode-text` and `generate`.
+//! The `orrery` command-line tool: `inspect`, `run`, `compile`, `encode-text`, `generate` and
+//! `make-pipeline`.
 //!
 //! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
 
@@ -9,6 +10,7 @@ mod cmd_compile;
 mod cmd_encode_text;
 mod cmd_generate;
 mod cmd_inspect;
+mod cmd_make_pipeline;
 mod cmd_run;
 mod component_plan;
 mod embedded;
@@ -45,6 +47,8 @@ enum Command {
     EncodeText(cmd_encode_text::EncodeTextArgs),
     /// Text2World or Video2World: a prompt (and input frames) to a video, with a diffusers Cosmos pipeline folder.
     Generate(cmd_generate::GenerateArgs),
+    /// Write a Cosmos-architecture pipeline with random weights (tests, benchmarks).
+    MakePipeline(cmd_make_pipeline::MakePipelineArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cmd_compile::compile(&args),
         Command::EncodeText(args) => cmd_encode_text::encode_text(&args),
         Command::Generate(args) => cmd_generate::generate(&args),
+        Command::MakePipeline(args) => cmd_make_pipeline::make_pipeline(&args),
     };
     match result {
         Ok(code) => code,

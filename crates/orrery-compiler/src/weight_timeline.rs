@@ -150,7 +150,11 @@ pub fn plan_weight_timeline(invocations: &[&Plan], capacity: u64) -> Result<Weig
             });
         }
     }
-    Ok(WeightTimeline { capacity, loads, kernels_per_invocation: invocations.iter().map(|p| p.kernels.len()).collect() })
+    Ok(WeightTimeline {
+        capacity,
+        loads,
+        kernels_per_invocation: invocations.iter().map(|p| p.kernels.len()).collect(),
+    })
 }
 
 /// The smallest ring that runs `invocations` (found by bisection between the largest single

@@ -192,7 +192,7 @@ pub fn open_file(path: &Path) -> Result<Box<dyn WeightSource>, FormatError> {
         return Ok(Box::new(TorchCheckpoint::from_shared(path, bytes)?));
     }
     if data.get(8) == Some(&b'{') || ext == "safetensors" {
-        return Ok(Box::new(SafetensorsFile::from_shared(path, bytes)?));
+        return Ok(Box::new(SafetensorsFile::from_file_map(path, bytes)?));
     }
     if data.is_empty() {
         return Err(FormatError::UnknownFormat {

@@ -256,7 +256,12 @@ fn read_exact_at(file: &std::fs::File, dst: &mut [u8], offset: u64) -> std::io::
 impl SafetensorsFile {
     /// Maps and validates `path`.
     pub fn open(path: &Path) -> Result<SafetensorsFile, FormatError> {
-        let bytes = map_file(path)?;
+        SafetensorsFile::from_file_map(path, map_file(path)?)
+    }
+
+    /// Validates `bytes`, the memory map of the file at `path` (streamed reads then go to the
+    /// file itself, see [`WeightSource::read_into`]).
+    pub fn from_file_map(path: &Path, bytes: SharedBytes) -> Result<SafetensorsFile, FormatError> {
         let mut file = SafetensorsFile::from_shared(path, bytes)?;
         file.on_disk = true;
         Ok(file)

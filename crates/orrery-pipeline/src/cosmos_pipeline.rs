@@ -7,8 +7,8 @@
 //! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
 use crate::denoise::{branches, Pinned, Precision, Sampling};
-use crate::memory_budget::{Invoker, MemoryBudget, MemoryPlan};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
+use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
 use orrery_compiler::{compile, Plan};
 use orrery_cpu::CpuTensor;
@@ -223,6 +223,8 @@ pub struct GenerateOutput {
     pub stream: Option<StreamStats>,
     /// The weight loads and the kernels' waits for them, timed from the run's start.
     pub stream_events: Vec<StreamEvent>,
+    /// Every model invocation, timed from the run's start.
+    pub invocations: Vec<InvocationSpan>,
 }
 
 impl CosmosPipeline {
@@ -283,7 +285,11 @@ impl CosmosPipeline {
     }
 
     /// The plans a run of this size uses (compiled once and kept).
-    fn run_plans(&self, (height, width, frames): (usize, usize, usize), max_text_len: usize) -> Result<RunPlans, PipelineError> {
+    fn run_plans(
+        &self,
+        (height, width, frames): (usize, usize, usize),
+        max_text_len: usize,
+    ) -> Result<RunPlans, PipelineError> {
         let latent = self.latent_shape(height, width, frames)?;
         let text_in = [1, max_text_len];
         let text = self.text_encoder.plan("forward", &[("input_ids", &text_in), ("attention_mask", &text_in)])?;
@@ -316,7 +322,8 @@ impl CosmosPipeline {
         let plans = self.run_plans(dims, max_text_len)?;
         let evaluations = (steps * branches(sampler, guidance)) as u64;
         let video_flops = plans.decode.flops + plans.encode.as_ref().map_or(0, |p| p.flops);
-        let all: Vec<&Plan> = [&plans.text, &plans.dit, &plans.decode].into_iter().chain(&plans.encode).map(|p| &**p).collect();
+        let all: Vec<&Plan> =
+            [&plans.text, &plans.dit, &plans.decode].into_iter().chain(&plans.encode).map(|p| &**p).collect();
         let weights = all.iter().map(|p| p.weight_bytes).sum::<u64>();
         let activations = all.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
         Ok(Estimate {
@@ -344,7 +351,8 @@ impl CosmosPipeline {
         let prompts = 1 + usize::from(negative_prompt_encoded);
         let order = plans.invocations(prompts, steps * branches(sampler, guidance));
         let invocations: Vec<&Plan> = order.iter().map(|(p, _)| &***p).collect();
-        let all: Vec<&Plan> = [&plans.text, &plans.dit, &plans.decode].into_iter().chain(&plans.encode).map(|p| &**p).collect();
+        let all: Vec<&Plan> =
+            [&plans.text, &plans.dit, &plans.decode].into_iter().chain(&plans.encode).map(|p| &**p).collect();
         MemoryPlan::new(&invocations, all.iter().map(|p| p.weight_bytes).sum(), budget)
     }
 
@@ -401,7 +409,7 @@ impl CosmosPipeline {
                     ("input_ids".to_string(), CpuTensor::from_vec(shape.to_vec(), e.ids)),
                     ("attention_mask".to_string(), CpuTensor::from_vec(shape.to_vec(), e.attention_mask)),
                 ]);
-                let out = invoker.run(&session, inputs)?;
+                let out = invoker.run(&session, inputs, "text_encoder")?;
                 let hidden = out
                     .get("last_hidden_state")
                     .ok_or_else(|| PipelineError::Invalid("the text encoder gave no `last_hidden_state`".into()))?;
@@ -452,7 +460,7 @@ impl CosmosPipeline {
             .into_iter()
             .map(|(_, part)| [&self.text_encoder, &self.transformer, &self.vae][part].weights.clone())
             .collect();
-        let invoker = Invoker::new(&memory, sources, r.memory.and_then(|m| m.io_bandwidth))?;
+        let invoker = Invoker::new(&memory, sources, r.memory)?;
         let mut embeds = self.encode_prompts_with(&invoker, prompts, r.max_text_len, r.threads)?;
         let negative_prompt_embeds = if zero_negative {
             CpuTensor::from_vec(embeds[0].shape().to_vec(), vec![0f32; embeds[0].shape().iter().product()])
@@ -502,7 +510,7 @@ impl CosmosPipeline {
             if let Some(cond) = &conditioning {
                 inputs.insert("condition_mask".to_string(), cond.mask.clone());
             }
-            let out = invoker.run(&dit, inputs)?;
+            let out = invoker.run(&dit, inputs, if uncond { "transformer.uncond" } else { "transformer.cond" })?;
             let sample =
                 out.get("sample").ok_or_else(|| PipelineError::Invalid("the transformer gave no `sample`".into()))?;
             Ok(sample.to_f32_vec())
@@ -542,7 +550,7 @@ impl CosmosPipeline {
         let z = to_tokenizer_latents(&latents, &latent_shape, stats.as_ref(), schedule.sigma_data);
         let z = CpuTensor::from_vec(latent_shape.to_vec(), z);
         let decoder = self.vae.session("decode", &[("z", &latent_shape)], r.threads)?;
-        let out = invoker.run(&decoder, HashMap::from([("z".to_string(), z)]))?;
+        let out = invoker.run(&decoder, HashMap::from([("z".to_string(), z)]), "vae.decode")?;
         let decoded_raw = out
             .get("sample")
             .cloned()
@@ -556,6 +564,7 @@ impl CosmosPipeline {
             decoded_raw,
             stream: invoker.stats(),
             stream_events: invoker.events(),
+            invocations: invoker.spans(),
             memory,
         })
     }
@@ -591,7 +600,7 @@ impl CosmosPipeline {
         let cond_frames = (take.min(frames) - 1) / t + 1;
         let encoder = self.vae.session("encode", &[("sample", &[1, 3, frames, r.height, r.width])], r.threads)?;
         let input = CpuTensor::from_vec(vec![1, 3, frames, r.height, r.width], video);
-        let out = invoker.run(&encoder, HashMap::from([("sample".to_string(), input)]))?;
+        let out = invoker.run(&encoder, HashMap::from([("sample".to_string(), input)]), "vae.encode")?;
         let z = out.get("latent").ok_or_else(|| PipelineError::Invalid("the video encoder gave no `latent`".into()))?;
         if z.shape() != latent_shape {
             return Err(PipelineError::Invalid(format!("the encoder gave {:?}, expected {latent_shape:?}", z.shape())));

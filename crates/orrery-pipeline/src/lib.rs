@@ -20,6 +20,7 @@ mod memory_budget;
 mod noise;
 mod sampler;
 mod scheduler_config;
+mod synthetic;
 
 pub use cosmos_pipeline::{
     Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, Stage, DEFAULT_NEGATIVE_PROMPT,
@@ -27,8 +28,9 @@ pub use cosmos_pipeline::{
 pub use denoise::Precision;
 pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
-pub use memory_budget::{MemoryBudget, MemoryPlan};
 pub use latent_space::{to_model_latents, to_tokenizer_latents};
+pub use memory_budget::{InvocationSpan, MemoryBudget, MemoryPlan};
 pub use noise::{standard_normal, video_frames_u8};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
+pub use synthetic::{write_synthetic_pipeline, SyntheticSize};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};

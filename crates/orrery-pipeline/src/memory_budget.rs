@@ -11,10 +11,11 @@
 use crate::PipelineError;
 use orrery_compiler::{min_weight_capacity, plan_weight_timeline, Plan, WeightTimeline};
 use orrery_cpu::CpuTensor;
-use orrery_runtime::{FormatWeights, Session, StreamStats, WeightStream};
-use std::cell::Cell;
+use orrery_runtime::{FormatWeights, Prefetch, Session, StreamEvent, StreamStats, WeightStream};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The caller's limit on planned memory.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,6 +23,17 @@ pub struct MemoryBudget {
     pub bytes: u64,
     /// Bytes per second weights may be read at (simulates a slow disk or link).
     pub io_bandwidth: Option<f64>,
+    /// When streamed weights may load: as the timeline allows, or a fixed lookahead.
+    pub prefetch: Prefetch,
+}
+
+/// One model invocation of a run, timed from the run's start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InvocationSpan {
+    /// The component and method, e.g. `transformer`, `vae.decode`.
+    pub label: String,
+    pub start: Duration,
+    pub end: Duration,
 }
 
 /// How a run uses memory, decided before it starts.
@@ -65,10 +77,13 @@ impl MemoryPlan {
     }
 }
 
-/// Runs sessions in the run's order, through the weight stream when there is one.
+/// Runs sessions in the run's order, through the weight stream when there is one, and times
+/// each invocation.
 pub(crate) struct Invoker {
     stream: Option<WeightStream>,
     next: Cell<usize>,
+    started: Instant,
+    spans: RefCell<Vec<InvocationSpan>>,
 }
 
 impl Invoker {
@@ -76,13 +91,15 @@ impl Invoker {
     pub(crate) fn new(
         plan: &MemoryPlan,
         sources: Vec<Arc<FormatWeights>>,
-        io_bandwidth: Option<f64>,
+        budget: Option<MemoryBudget>,
     ) -> Result<Invoker, PipelineError> {
-        let stream = match &plan.timeline {
-            Some(t) => Some(WeightStream::start(t.clone(), sources, io_bandwidth)?),
-            None => None,
+        let stream = match (&plan.timeline, budget) {
+            (Some(t), Some(b)) => Some(WeightStream::start(t.clone(), sources, b.io_bandwidth, b.prefetch)?),
+            (Some(t), None) => Some(WeightStream::start(t.clone(), sources, None, Prefetch::Planned)?),
+            (None, _) => None,
         };
-        Ok(Invoker { stream, next: Cell::new(0) })
+        let started = stream.as_ref().map_or_else(Instant::now, |s| s.started());
+        Ok(Invoker { stream, next: Cell::new(0), started, spans: RefCell::default() })
     }
 
     /// Runs the next invocation of the run on `session`.
@@ -90,13 +107,16 @@ impl Invoker {
         &self,
         session: &Session,
         inputs: HashMap<String, CpuTensor>,
+        label: &str,
     ) -> Result<HashMap<String, CpuTensor>, PipelineError> {
         let i = self.next.get();
         self.next.set(i + 1);
+        let start = self.started.elapsed();
         let (out, _) = match &self.stream {
             Some(stream) => session.run_streamed(inputs, &stream.begin(i)?)?,
             None => session.run_owned(inputs)?,
         };
+        self.spans.borrow_mut().push(InvocationSpan { label: label.into(), start, end: self.started.elapsed() });
         Ok(out)
     }
 
@@ -104,7 +124,11 @@ impl Invoker {
         self.stream.as_ref().map(|s| s.stats())
     }
 
-    pub(crate) fn events(&self) -> Vec<orrery_runtime::StreamEvent> {
+    pub(crate) fn events(&self) -> Vec<StreamEvent> {
         self.stream.as_ref().map(|s| s.events()).unwrap_or_default()
+    }
+
+    pub(crate) fn spans(&self) -> Vec<InvocationSpan> {
+        self.spans.borrow().clone()
     }
 }

@@ -48,6 +48,16 @@ impl AsRef<[u8]> for RingSlice {
     }
 }
 
+/// When the loader may start a load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    /// As soon as the ring has freed its bytes (the compiled timeline's issue points).
+    Planned,
+    /// Also no more than `K` kernels before the load's first use (the fixed lookahead of
+    /// other runtimes, for comparison).
+    Fixed(usize),
+}
+
 /// What the stream measured.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StreamStats {
@@ -97,6 +107,7 @@ struct Shared {
     sources: Vec<Arc<FormatWeights>>,
     /// Bytes per second the loader may read (simulates a slow link); `None`: as fast as it can.
     io_bandwidth: Option<f64>,
+    prefetch: Prefetch,
     state: Mutex<State>,
     changed: Condvar,
     started: Instant,
@@ -124,6 +135,7 @@ impl WeightStream {
         timeline: WeightTimeline,
         sources: Vec<Arc<FormatWeights>>,
         io_bandwidth: Option<f64>,
+        prefetch: Prefetch,
     ) -> Result<WeightStream, RuntimeError> {
         if sources.len() != timeline.kernels_per_invocation.len() {
             return Err(RuntimeError::Stream(format!(
@@ -155,6 +167,7 @@ impl WeightStream {
             timeline,
             sources,
             io_bandwidth,
+            prefetch,
             state: Mutex::new(state),
             changed: Condvar::new(),
             started: Instant::now(),
@@ -238,7 +251,12 @@ pub struct StreamCursor<'a> {
 
 impl StreamCursor<'_> {
     /// The tensor of weight `node` (its dtype and shape), once loaded.
-    pub(crate) fn weight(&self, node: NodeId, ty: &orrery_ir::TensorType, name: &str) -> Result<CpuTensor, RuntimeError> {
+    pub(crate) fn weight(
+        &self,
+        node: NodeId,
+        ty: &orrery_ir::TensorType,
+        name: &str,
+    ) -> Result<CpuTensor, RuntimeError> {
         let slice = self.stream.weight(self.invocation, node, name)?;
         let len = slice.len;
         CpuTensor::from_mapped(ty.dtype, ty.shape.dims().to_vec(), slice, 0, len).ok_or_else(|| RuntimeError::Weight {
@@ -288,7 +306,10 @@ fn load_all(shared: &Shared) {
                 if state.cancelled {
                     return;
                 }
-                let ready = load.issue_after.is_none_or(|p| state.finished > shared.timeline.sequence(p));
+                let mut ready = load.issue_after.is_none_or(|p| state.finished > shared.timeline.sequence(p));
+                if let Prefetch::Fixed(k) = shared.prefetch {
+                    ready &= state.finished + k >= shared.timeline.sequence(load.first_use);
+                }
                 let overlapping_free = state.slices[..j].iter().all(|s| match s {
                     Some(s) if s.start < start + len && start < s.start + s.len => Arc::strong_count(s) == 1,
                     _ => true,
@@ -303,7 +324,8 @@ fn load_all(shared: &Shared) {
                     break;
                 }
                 // A value may drop its share without a notification: poll now and then.
-                state = shared.changed.wait_timeout(state, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+                state =
+                    shared.changed.wait_timeout(state, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
             }
         }
         let began = shared.started.elapsed();

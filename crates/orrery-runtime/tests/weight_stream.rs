@@ -7,7 +7,7 @@ use orrery_compiler::{compile, min_weight_capacity, plan_weight_timeline, Plan};
 use orrery_cpu::CpuTensor;
 use orrery_formats::{write_safetensors, TensorToWrite};
 use orrery_ir::{DType, GraphBuilder};
-use orrery_runtime::{EventKind, FormatWeights, Session, WeightStream};
+use orrery_runtime::{EventKind, FormatWeights, Prefetch, Session, WeightStream};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,13 +35,23 @@ fn model(dir: &std::path::Path, layers: usize) -> (Plan, Arc<FormatWeights>) {
             wv.iter().flat_map(|v| v.to_le_bytes()).collect()
         };
         files.push((format!("l{i}.weight"), dtype, vec![D, D], bytes));
-        files.push((format!("l{i}.bias"), DType::F32, vec![D], values(D, 50 + i as u64).iter().flat_map(|v| v.to_le_bytes()).collect()));
+        files.push((
+            format!("l{i}.bias"),
+            DType::F32,
+            vec![D],
+            values(D, 50 + i as u64).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
     }
     let wt = b.weight("head", DType::F32, [D, D]).unwrap();
     let t = b.permute("head_t", wt, &[1, 0]).unwrap();
     let y = b.matmul("out", x, t).unwrap();
     b.output("y", y).unwrap();
-    files.push(("head".into(), DType::F32, vec![D, D], values(D * D, 99).iter().flat_map(|v| v.to_le_bytes()).collect()));
+    files.push((
+        "head".into(),
+        DType::F32,
+        vec![D, D],
+        values(D * D, 99).iter().flat_map(|v| v.to_le_bytes()).collect(),
+    ));
     let list: Vec<TensorToWrite> =
         files.iter().map(|(n, d, s, b)| TensorToWrite { name: n, dtype: *d, shape: s, data: b }).collect();
     let path = dir.join("model.safetensors");
@@ -74,7 +84,7 @@ fn a_ring_of_two_weights_gives_the_resident_results_bit_for_bit() {
     let timeline = plan_weight_timeline(&invocations, 2 * min).unwrap();
     let total: u64 = plan.weight_bytes;
     assert!(timeline.capacity < total / 2, "the ring holds well under half the weights");
-    let stream = WeightStream::start(timeline, vec![weights.clone(); 3], None).unwrap();
+    let stream = WeightStream::start(timeline, vec![weights.clone(); 3], None, Prefetch::Planned).unwrap();
     let session = Session::new(plan.clone(), weights, 2).unwrap();
     for (s, want) in want.iter().enumerate() {
         let cursor = stream.begin(s).unwrap();
@@ -97,7 +107,7 @@ fn a_slow_source_shows_as_load_and_stall_time() {
     let timeline = plan_weight_timeline(&[&plan], plan.weight_bytes * 2).unwrap();
     // 2 MB/s: the ~190 KB of weights take about 95 ms to arrive.
     let rate = 2e6;
-    let stream = WeightStream::start(timeline, vec![weights.clone()], Some(rate)).unwrap();
+    let stream = WeightStream::start(timeline, vec![weights.clone()], Some(rate), Prefetch::Planned).unwrap();
     let session = Session::new(plan.clone(), weights, 1).unwrap();
     let cursor = stream.begin(0).unwrap();
     session.run_streamed(input(1), &cursor).unwrap();

@@ -42,6 +42,8 @@ pub fn human_time(seconds: f64) -> String {
 
 pub fn human_bytes(bytes: u64) -> String {
     match bytes as f64 / (1u64 << 20) as f64 {
+        mib if mib < 1.0 => format!("{:.0} KiB", mib * 1024.0),
+        mib if mib < 10.0 => format!("{mib:.1} MiB"),
         mib if mib < 1024.0 => format!("{mib:.0} MiB"),
         mib => format!("{:.1} GiB", mib / 1024.0),
     }

@@ -13,6 +13,8 @@ pub struct Outputs {
     pub mp4: Option<PathBuf>,
     pub frames_dir: Option<PathBuf>,
     pub dump_tensors: Option<PathBuf>,
+    /// A Chrome trace of the run (not an output on its own: a run needs one of the others).
+    pub trace: Option<PathBuf>,
 }
 
 /// One prompt to generate.
@@ -74,8 +76,13 @@ pub fn from_batch(batch: &Path, defaults: &Job) -> Result<Vec<Job>> {
         let path = |key: &str| text(key).map(|s| s.map(PathBuf::from));
         let prompt = text("prompt")?.with_context(|| format!("{origin}: no `prompt`"))?;
         let n = jobs.len() + 1;
-        let line_outputs =
-            Outputs { mp4: path("out")?, frames_dir: path("frames_dir")?, dump_tensors: path("dump_tensors")? };
+        let trace = defaults.outputs.trace.as_ref().map(|p| numbered(p, n));
+        let line_outputs = Outputs {
+            mp4: path("out")?,
+            frames_dir: path("frames_dir")?,
+            dump_tensors: path("dump_tensors")?,
+            trace: trace.clone(),
+        };
         let outputs =
             if line_outputs.mp4.is_some() || line_outputs.frames_dir.is_some() || line_outputs.dump_tensors.is_some() {
                 line_outputs
@@ -84,6 +91,7 @@ pub fn from_batch(batch: &Path, defaults: &Job) -> Result<Vec<Job>> {
                     mp4: defaults.outputs.mp4.as_ref().map(|p| numbered(p, n)),
                     frames_dir: defaults.outputs.frames_dir.as_ref().map(|p| p.join(format!("{n:03}"))),
                     dump_tensors: defaults.outputs.dump_tensors.as_ref().map(|p| numbered(p, n)),
+                    trace,
                 }
             };
         jobs.push(Job {
@@ -115,7 +123,7 @@ pub fn check(jobs: &[Job]) -> Result<()> {
                 "{at}nothing to write: give --out FILE.mp4, --frames-dir DIR (PNG frames) and/or --dump-tensors FILE"
             );
         }
-        for path in o.mp4.iter().chain(&o.dump_tensors) {
+        for path in o.mp4.iter().chain(&o.dump_tensors).chain(&o.trace) {
             let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             if !parent.exists() {
                 bail!("{at}cannot write {}: the folder {} does not exist", path.display(), parent.display());
@@ -132,7 +140,7 @@ pub fn check(jobs: &[Job]) -> Result<()> {
                 bail!("{at}cannot write frames into {}: it is a file", dir.display());
             }
         }
-        for path in o.mp4.iter().chain(&o.dump_tensors).chain(&o.frames_dir) {
+        for path in o.mp4.iter().chain(&o.dump_tensors).chain(&o.frames_dir).chain(&o.trace) {
             if !claimed.insert(path.clone()) {
                 bail!("{at}{} is written by an earlier job too", path.display());
             }
@@ -168,7 +176,12 @@ mod tests {
             init_noise: None,
             input: None,
             cond_frames: None,
-            outputs: Outputs { mp4: Some("/v/video.mp4".into()), frames_dir: Some("/f".into()), dump_tensors: None },
+            outputs: Outputs {
+                mp4: Some("/v/video.mp4".into()),
+                frames_dir: Some("/f".into()),
+                dump_tensors: None,
+                trace: None,
+            },
         };
         let jobs = from_batch(&batch, &defaults).unwrap();
         assert_eq!(jobs.len(), 2);

@@ -12,6 +12,7 @@ mod input;
 mod jobs;
 mod memory;
 mod progress;
+mod trace;
 
 use crate::tensor_file::{read_tensors, write_f32_safetensors};
 use anyhow::{bail, Context, Result};
@@ -22,7 +23,7 @@ use orrery_pipeline::{
     resolve_model, standard_normal, video_frames_u8, Condition, CosmosPipeline, GenerateRequest, MemoryBudget,
     PipelineError, SamplerKind,
 };
-use orrery_runtime::{peak_rss_bytes, resolve_threads};
+use orrery_runtime::{peak_rss_bytes, resolve_threads, Prefetch};
 use progress::{Progress, StageTimes};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,13 @@ pub struct GenerateArgs {
     /// Read weights at most this fast (bytes per second, e.g. 200MB), to simulate a slow disk.
     #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
     io_bandwidth: Option<u64>,
+    /// When streamed weights load: `planned` (as soon as the ring frees their bytes) or
+    /// `fixed:K` (at most K kernels ahead of their use, as other runtimes prefetch).
+    #[arg(long, value_parser = parse_prefetch, default_value = "planned")]
+    prefetch: Prefetch,
+    /// Write a Chrome/Perfetto trace of the run (compute, weight loads, waits) to this file.
+    #[arg(long)]
+    trace: Option<PathBuf>,
     /// Worker threads (default: RAYON_NUM_THREADS, else the available CPUs).
     #[arg(long)]
     threads: Option<usize>,
@@ -176,6 +184,18 @@ impl<E: Into<anyhow::Error>> From<E> for JobFailure {
     }
 }
 
+/// `planned` or `fixed:K`.
+fn parse_prefetch(s: &str) -> Result<Prefetch, String> {
+    match s.split_once(':') {
+        None if s == "planned" => Ok(Prefetch::Planned),
+        Some(("fixed", k)) => k
+            .parse::<usize>()
+            .map(Prefetch::Fixed)
+            .map_err(|_| format!("`{s}`: K in fixed:K must be a whole number of kernels")),
+        _ => Err(format!("`{s}` is not a prefetch policy: use `planned` or `fixed:K`")),
+    }
+}
+
 fn flags_job(args: &GenerateArgs) -> Job {
     Job {
         origin: String::new(),
@@ -189,6 +209,7 @@ fn flags_job(args: &GenerateArgs) -> Job {
             mp4: args.out.clone(),
             frames_dir: args.frames_dir.clone(),
             dump_tensors: args.dump_tensors.clone(),
+            trace: args.trace.clone(),
         },
     }
 }
@@ -265,6 +286,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let budget = args.memory_budget.or_else(memory::default_budget).map(|bytes| MemoryBudget {
         bytes,
         io_bandwidth: args.io_bandwidth.map(|b| b as f64),
+        prefetch: args.prefetch,
     });
     let negative_encoded = !(sampler == SamplerKind::Predict1 && args.negative_prompt.as_deref() == Some(""));
     let memory_plan = pipeline.memory_plan(
@@ -547,6 +569,10 @@ fn write_outputs(
         json_path.push(".json");
         write_atomically(Path::new(&json_path), sidecar.as_bytes())?;
         progress.written(&path.display().to_string(), started.elapsed().as_secs_f64());
+        written.push(path.clone());
+    }
+    if let Some(path) = &job.outputs.trace {
+        trace::write_trace(path, out)?;
         written.push(path.clone());
     }
     if let Some(dir) = &job.outputs.frames_dir {

@@ -1,0 +1,60 @@
+//! `--trace FILE.json`: a run as a Chrome / Perfetto trace (open it in ui.perfetto.dev or
+//! chrome://tracing): one track of model invocations (compute), one of weight loads, one of the
+//! kernels' waits for their weights.
+
+use anyhow::{Context, Result};
+use orrery_pipeline::GenerateOutput;
+use orrery_runtime::EventKind;
+use std::path::Path;
+use std::time::Duration;
+
+const COMPUTE: u32 = 1;
+const LOAD: u32 = 2;
+const WAIT: u32 = 3;
+
+fn span(
+    name: &str,
+    category: &str,
+    track: u32,
+    start: Duration,
+    end: Duration,
+    args: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "cat": category, "ph": "X", "pid": 1, "tid": track,
+        "ts": start.as_secs_f64() * 1e6, "dur": (end.saturating_sub(start)).as_secs_f64() * 1e6, "args": args,
+    })
+}
+
+fn track_name(track: u32, name: &str) -> serde_json::Value {
+    serde_json::json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": track, "args": {"name": name}})
+}
+
+/// The trace of one run as JSON.
+pub fn trace_json(out: &GenerateOutput) -> serde_json::Value {
+    let mut events = vec![track_name(COMPUTE, "compute"), track_name(LOAD, "weight loads"), track_name(WAIT, "waits")];
+    for (i, s) in out.invocations.iter().enumerate() {
+        events.push(span(&s.label, "compute", COMPUTE, s.start, s.end, serde_json::json!({"invocation": i})));
+    }
+    for e in &out.stream_events {
+        let (category, track) = match e.kind {
+            EventKind::Load => ("load", LOAD),
+            EventKind::Stall => ("wait", WAIT),
+        };
+        let label = out.invocations.get(e.invocation).map_or("", |s| s.label.as_str());
+        events.push(span(
+            &e.name,
+            category,
+            track,
+            e.start,
+            e.end,
+            serde_json::json!({"invocation": e.invocation, "subsystem": label}),
+        ));
+    }
+    serde_json::json!({"traceEvents": events, "displayTimeUnit": "ms"})
+}
+
+pub fn write_trace(path: &Path, out: &GenerateOutput) -> Result<()> {
+    let text = serde_json::to_string(&trace_json(out))?;
+    super::write_atomically(path, text.as_bytes()).with_context(|| format!("writing the trace {}", path.display()))
+}
