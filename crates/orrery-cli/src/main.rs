@@ -46,7 +46,7 @@ enum Command {
     /// statistics of the embeddings.
     EncodeText(cmd_encode_text::EncodeTextArgs),
     /// Text2World or Video2World: a prompt (and input frames) to a video, with a diffusers Cosmos pipeline folder.
-    Generate(cmd_generate::GenerateArgs),
+    Generate(Box<cmd_generate::GenerateArgs>),
     /// Write a Cosmos-architecture pipeline with random weights (tests, benchmarks).
     MakePipeline(cmd_make_pipeline::MakePipelineArgs),
 }

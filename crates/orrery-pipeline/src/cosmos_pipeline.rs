@@ -110,6 +110,24 @@ impl Part {
     }
 }
 
+/// The size of a run: what its plans and costs depend on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunSize {
+    pub height: usize,
+    pub width: usize,
+    pub frames: usize,
+    pub steps: usize,
+    pub guidance: f32,
+    pub sampler: SamplerKind,
+    pub max_text_len: usize,
+}
+
+impl RunSize {
+    fn dims(&self) -> (usize, usize, usize) {
+        (self.height, self.width, self.frames)
+    }
+}
+
 /// The plans one run uses, each compiled once.
 struct RunPlans {
     text: Arc<Plan>,
@@ -120,6 +138,11 @@ struct RunPlans {
 }
 
 impl RunPlans {
+    /// Each plan once.
+    fn distinct(&self) -> Vec<&Plan> {
+        [&self.text, &self.dit, &self.decode].into_iter().chain(&self.encode).map(|p| &**p).collect()
+    }
+
     /// Every invocation of a run in order, with its component (0 text encoder, 1 transformer,
     /// 2 video tokenizer): each prompt, the input video, each transformer evaluation, the decode.
     fn invocations(&self, prompts: usize, evaluations: usize) -> Vec<(&Arc<Plan>, usize)> {
@@ -311,19 +334,11 @@ impl CosmosPipeline {
 
     /// The cost of a run of this size, from the plans it will use (compiled here and kept for
     /// the run).
-    pub fn estimate(
-        &self,
-        dims: (usize, usize, usize),
-        steps: usize,
-        guidance: f32,
-        sampler: SamplerKind,
-        max_text_len: usize,
-    ) -> Result<Estimate, PipelineError> {
-        let plans = self.run_plans(dims, max_text_len)?;
-        let evaluations = (steps * branches(sampler, guidance)) as u64;
+    pub fn estimate(&self, run: &RunSize) -> Result<Estimate, PipelineError> {
+        let plans = self.run_plans(run.dims(), run.max_text_len)?;
+        let evaluations = (run.steps * branches(run.sampler, run.guidance)) as u64;
         let video_flops = plans.decode.flops + plans.encode.as_ref().map_or(0, |p| p.flops);
-        let all: Vec<&Plan> =
-            [&plans.text, &plans.dit, &plans.decode].into_iter().chain(&plans.encode).map(|p| &**p).collect();
+        let all = plans.distinct();
         let weights = all.iter().map(|p| p.weight_bytes).sum::<u64>();
         let activations = all.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
         Ok(Estimate {
@@ -336,24 +351,21 @@ impl CosmosPipeline {
 
     /// How a run of this size uses memory within `budget`: resident weights when they fit (or
     /// no budget is given), else the weight timeline it streams through; refused below the
-    /// smallest budget that runs.
+    /// smallest budget that runs. `negative_encoded`: false when the negative prompt is a zero
+    /// embedding (Predict1's empty one), which skips one text-encoder run.
     pub fn memory_plan(
         &self,
-        dims: (usize, usize, usize),
-        steps: usize,
-        guidance: f32,
-        sampler: SamplerKind,
-        negative_prompt_encoded: bool,
-        max_text_len: usize,
+        run: &RunSize,
+        negative_encoded: bool,
         budget: Option<MemoryBudget>,
     ) -> Result<MemoryPlan, PipelineError> {
-        let plans = self.run_plans(dims, max_text_len)?;
-        let prompts = 1 + usize::from(negative_prompt_encoded);
-        let order = plans.invocations(prompts, steps * branches(sampler, guidance));
-        let invocations: Vec<&Plan> = order.iter().map(|(p, _)| &***p).collect();
-        let all: Vec<&Plan> =
-            [&plans.text, &plans.dit, &plans.decode].into_iter().chain(&plans.encode).map(|p| &**p).collect();
-        MemoryPlan::new(&invocations, all.iter().map(|p| p.weight_bytes).sum(), budget)
+        let plans = self.run_plans(run.dims(), run.max_text_len)?;
+        let prompts = 1 + usize::from(negative_encoded);
+        let evaluations = run.steps * branches(run.sampler, run.guidance);
+        let short = plans.invocations(prompts, evaluations.min(2));
+        let short: Vec<&Plan> = short.iter().map(|(p, _)| &***p).collect();
+        let all = || plans.invocations(prompts, evaluations).into_iter().map(|(p, _)| p.clone()).collect();
+        MemoryPlan::new(&short, all, plans.distinct().iter().map(|p| p.weight_bytes).sum(), budget)
     }
 
     /// The transformer's inputs for latents of `latent` shape (with the condition mask for
@@ -451,10 +463,17 @@ impl CosmosPipeline {
         let zero_negative = r.sampler == SamplerKind::Predict1 && negative.is_empty();
         let prompts: &[&str] = if zero_negative { &[r.prompt] } else { &[r.prompt, negative] };
         // Every invocation of the run, in order, before the first: the weight timeline.
-        let dims = (r.height, r.width, r.frames);
-        let memory =
-            self.memory_plan(dims, r.steps, r.guidance, r.sampler, !zero_negative, r.max_text_len, r.memory)?;
-        let plans = self.run_plans(dims, r.max_text_len)?;
+        let size = RunSize {
+            height: r.height,
+            width: r.width,
+            frames: r.frames,
+            steps: r.steps,
+            guidance: r.guidance,
+            sampler: r.sampler,
+            max_text_len: r.max_text_len,
+        };
+        let memory = self.memory_plan(&size, !zero_negative, r.memory)?;
+        let plans = self.run_plans(size.dims(), r.max_text_len)?;
         let sources = plans
             .invocations(prompts.len(), r.steps * branches(r.sampler, r.guidance))
             .into_iter()

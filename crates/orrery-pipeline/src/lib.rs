@@ -23,7 +23,7 @@ mod scheduler_config;
 mod synthetic;
 
 pub use cosmos_pipeline::{
-    Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, Stage, DEFAULT_NEGATIVE_PROMPT,
+    Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, RunSize, Stage, DEFAULT_NEGATIVE_PROMPT,
 };
 pub use denoise::Precision;
 pub use error::PipelineError;
@@ -32,5 +32,5 @@ pub use latent_space::{to_model_latents, to_tokenizer_latents};
 pub use memory_budget::{InvocationSpan, MemoryBudget, MemoryPlan};
 pub use noise::{standard_normal, video_frames_u8};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
-pub use synthetic::{write_synthetic_pipeline, SyntheticSize};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};
+pub use synthetic::{write_synthetic_pipeline, SyntheticSize};

@@ -51,14 +51,18 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// Plans `invocations` (in run order) with `distinct` the plans' weights counted once.
+    /// Plans `invocations` (in run order) with `weight_bytes` the plans' weights counted once.
+    /// `representative` is the same sequence with each run of repeated invocations cut to two
+    /// (the ring only ever overlaps neighbours, so its minimum is the same), which keeps the
+    /// minimum cheap to find; `invocations` is built only when the weights are streamed.
     pub(crate) fn new(
-        invocations: &[&Plan],
+        representative: &[&Plan],
+        invocations: impl FnOnce() -> Vec<Arc<Plan>>,
         weight_bytes: u64,
         budget: Option<MemoryBudget>,
     ) -> Result<MemoryPlan, PipelineError> {
-        let activation_bytes = invocations.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
-        let min_budget = activation_bytes + min_weight_capacity(invocations);
+        let activation_bytes = representative.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
+        let min_budget = activation_bytes + min_weight_capacity(representative);
         let timeline = match budget {
             Some(b) if b.bytes < weight_bytes + activation_bytes => {
                 if b.bytes < min_budget {
@@ -69,7 +73,9 @@ impl MemoryPlan {
                         b.bytes
                     )));
                 }
-                Some(plan_weight_timeline(invocations, b.bytes - activation_bytes)?)
+                let all = invocations();
+                let all: Vec<&Plan> = all.iter().map(|p| &**p).collect();
+                Some(plan_weight_timeline(&all, b.bytes - activation_bytes)?)
             }
             _ => None,
         };

@@ -82,14 +82,12 @@ fn random_tensor(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     }
 }
 
+/// A method and its graph inputs' shapes.
+type MethodShapes<'a> = (&'a str, Vec<(&'a str, Vec<usize>)>);
+
 /// Builds `component_dir`'s graphs for `methods` at `shapes` and writes every weight they
 /// read, random, as f32 safetensors `file`.
-fn write_weights(
-    component_dir: &Path,
-    file: &str,
-    methods: &[(&str, Vec<(&str, Vec<usize>)>)],
-    seed: u64,
-) -> Result<u64, PipelineError> {
+fn write_weights(component_dir: &Path, file: &str, methods: &[MethodShapes], seed: u64) -> Result<u64, PipelineError> {
     let component = load_component(component_dir)?;
     let mut weights: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (method, shapes) in methods {
@@ -106,10 +104,8 @@ fn write_weights(
             (name, shape, bytes)
         })
         .collect();
-    let list: Vec<TensorToWrite> = data
-        .iter()
-        .map(|(name, shape, bytes)| TensorToWrite { name, dtype: DType::F32, shape, data: bytes })
-        .collect();
+    let list: Vec<TensorToWrite> =
+        data.iter().map(|(name, shape, bytes)| TensorToWrite { name, dtype: DType::F32, shape, data: bytes }).collect();
     write_safetensors(&component_dir.join(file), &list)?;
     Ok(data.iter().map(|(_, _, b)| b.len() as u64).sum())
 }

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 /// Runs estimated longer than this need `--yes`.
 pub const LONG_RUN_SECONDS: f64 = 30.0 * 60.0;
 
-/// This machine's speed on what dominates these models: a 1024³ f32 matrix product through the
-/// runtime (best of 3), times 0.7, since whole models run at about 70% of their GEMM speed
-/// here (BENCHMARKS.md).
+/// This machine's speed on what dominates these models: a 512³ f32 matrix product through the
+/// runtime (best of 5; small enough to add only 4 MiB to the process), times 0.7, since whole
+/// models run at about 70% of their GEMM speed here (BENCHMARKS.md).
 pub fn measured_gflops(threads: usize) -> Result<f64> {
-    let n = 1024;
+    let n = 512;
     let mut b = orrery_ir::GraphBuilder::new();
     let x = b.input("a", orrery_ir::DType::F32, [n, n])?;
     let w = b.input("b", orrery_ir::DType::F32, [n, n])?;
@@ -24,7 +24,7 @@ pub fn measured_gflops(threads: usize) -> Result<f64> {
     let ones = CpuTensor::from_vec(vec![n, n], vec![1f32; n * n]);
     let inputs = HashMap::from([("a".to_string(), ones.clone()), ("b".to_string(), ones)]);
     let mut best = f64::INFINITY;
-    for _ in 0..3 {
+    for _ in 0..5 {
         best = best.min(session.run(&inputs)?.1.seconds);
     }
     Ok(0.7 * 2.0 * (n * n * n) as f64 / best / 1e9)

@@ -21,7 +21,7 @@ use jobs::{Job, Outputs};
 use orrery_cpu::CpuTensor;
 use orrery_pipeline::{
     resolve_model, standard_normal, video_frames_u8, Condition, CosmosPipeline, GenerateRequest, MemoryBudget,
-    PipelineError, SamplerKind,
+    PipelineError, RunSize, SamplerKind,
 };
 use orrery_runtime::{peak_rss_bytes, resolve_threads, Prefetch};
 use progress::{Progress, StageTimes};
@@ -274,31 +274,18 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             _ => {}
         }
     }
+    let size = RunSize {
+        height: settings.height,
+        width: settings.width,
+        frames: settings.frames,
+        steps: settings.steps,
+        guidance: settings.guidance,
+        sampler: settings.sampler,
+        max_text_len: 512,
+    };
     // What the runs will cost, before any of them: FLOPs from the plans (kept for the runs),
     // the speed measured here.
-    let estimate = pipeline.estimate(
-        (settings.height, settings.width, settings.frames),
-        settings.steps,
-        settings.guidance,
-        settings.sampler,
-        512,
-    )?;
-    let budget = args.memory_budget.or_else(memory::default_budget).map(|bytes| MemoryBudget {
-        bytes,
-        io_bandwidth: args.io_bandwidth.map(|b| b as f64),
-        prefetch: args.prefetch,
-    });
-    let negative_encoded = !(sampler == SamplerKind::Predict1 && args.negative_prompt.as_deref() == Some(""));
-    let memory_plan = pipeline.memory_plan(
-        (settings.height, settings.width, settings.frames),
-        settings.steps,
-        settings.guidance,
-        settings.sampler,
-        negative_encoded,
-        512,
-        budget,
-    )?;
-    eprintln!("orrery: {}", memory::describe(&memory_plan, budget));
+    let estimate = pipeline.estimate(&size)?;
     let load_seconds = load_started.elapsed().as_secs_f64();
     let gflops = measured_gflops(threads)?;
     let per_run_s = estimate.flops() as f64 / (gflops * 1e9);
@@ -316,6 +303,16 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             human_time(estimated_s)
         );
     }
+    // The memory plan: weights resident, or streamed within the budget (refused below its
+    // minimum before any work).
+    let budget = args.memory_budget.or_else(memory::default_budget).map(|bytes| MemoryBudget {
+        bytes,
+        io_bandwidth: args.io_bandwidth.map(|b| b as f64),
+        prefetch: args.prefetch,
+    });
+    let negative_encoded = !(sampler == SamplerKind::Predict1 && args.negative_prompt.as_deref() == Some(""));
+    let memory_plan = pipeline.memory_plan(&size, negative_encoded, budget)?;
+    eprintln!("orrery: {}", memory::describe(&memory_plan, budget));
     let settings = Settings { memory: budget, ..settings };
     let stop = crate::interrupt::install();
     let mut totals = StageTimes::default();

@@ -1,0 +1,102 @@
+//! `orrery generate --memory-budget` on the medium pipeline (`orrery make-pipeline`, random
+//! weights from a seed), run as child processes: a budget of a quarter of the weights plus the
+//! activations streams the weights and gives the resident run's tensors bit for bit, within
+//! the budget plus a stated overhead of process memory; its trace shows the transformer's
+//! weights loading while T5 computes and the decoder's while the last step computes; a budget
+//! under the run's minimum is refused before any work.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// What the process holds besides planned memory: the binary and its libraries, thread
+/// stacks, the speed probe's 1024² matrices, the tokenizer, the allocator's slack and the
+/// tensors the pipeline keeps (embeddings, latents per step, the decoded video).
+const OVERHEAD: u64 = 48 << 20;
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Compute spans and loads of a trace: (name or subsystem, invocation, start µs, end µs).
+fn spans(trace: &serde_json::Value, category: &str) -> Vec<(String, u64, f64, f64)> {
+    trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["cat"] == category)
+        .map(|e| {
+            let (ts, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
+            let name = e["args"]["subsystem"].as_str().or(e["name"].as_str()).unwrap().to_string();
+            (name, e["args"]["invocation"].as_u64().unwrap(), ts, ts + dur)
+        })
+        .collect()
+}
+
+#[test]
+fn a_quarter_of_the_weights_streams_bit_identically_within_the_budget() {
+    let dir = tmp_dir("budget");
+    let model = dir.join("medium");
+    let r = orrery(&["make-pipeline", "--out", model.to_str().unwrap(), "--seed", "5"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let (resident_dump, streamed_dump, trace) =
+        (dir.join("resident.safetensors"), dir.join("streamed.safetensors"), dir.join("trace.json"));
+    let generate = |dump: &Path, extra: &[&str]| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "a robot arm stacks cubes"];
+        args.extend(["--height", "64", "--width", "96", "--frames", "17", "--steps", "3", "--seed", "1", "--json"]);
+        args.extend(["--dump-tensors", dump.to_str().unwrap()]);
+        args.extend(extra);
+        orrery(&args)
+    };
+    let resident = json(&generate(&resident_dump, &[]));
+    let memory = &resident["memory"];
+    assert_eq!(memory["streamed"], false);
+    let (weights, activations) =
+        (memory["weight_bytes"].as_u64().unwrap(), memory["activation_bytes"].as_u64().unwrap());
+    let budget = weights / 4 + activations;
+    let budget_flag = budget.to_string();
+    // Throttled reads (400 MB/s) so that loads take long enough to see them overlap compute.
+    let extra = ["--memory-budget", &budget_flag, "--io-bandwidth", "400MB", "--trace", trace.to_str().unwrap()];
+    let streamed = json(&generate(&streamed_dump, &extra));
+    assert_eq!(streamed["memory"]["streamed"], true);
+    let ring = streamed["memory"]["ring_bytes"].as_u64().unwrap();
+    assert!(ring <= weights / 4);
+    for name in ["step0.latents", "step2.latents", "decoded_raw", "prompt_embeds"] {
+        assert_eq!(read_f32(&streamed_dump, name), read_f32(&resident_dump, name), "{name} differs");
+    }
+    let (peak, resident_peak) =
+        (streamed["peak_rss_bytes"].as_u64().unwrap(), resident["peak_rss_bytes"].as_u64().unwrap());
+    println!("weights {weights} B, activations {activations} B, budget {budget} B, ring {ring} B");
+    println!("VmHWM streamed {peak} B, resident {resident_peak} B");
+    assert!(peak <= budget + OVERHEAD, "VmHWM {peak} over budget {budget} + overhead {OVERHEAD}");
+    assert!(peak + (weights - ring) / 2 <= resident_peak, "streaming saves at least half the weights not in the ring");
+
+    // The trace: 2 prompts, 3 steps × 2 branches, 1 decode.
+    let trace: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let compute = spans(&trace, "compute");
+    let loads = spans(&trace, "load");
+    assert_eq!(compute.len(), 9);
+    let overlaps = |a: &(String, u64, f64, f64), b: &(String, u64, f64, f64)| a.2 < b.3 && b.2 < a.3;
+    let t5 = compute.iter().filter(|c| c.0 == "text_encoder");
+    let transformer_loads: Vec<_> = loads.iter().filter(|l| l.0.starts_with("transformer")).collect();
+    assert!(
+        t5.clone().any(|c| transformer_loads.iter().any(|l| overlaps(c, l))),
+        "the transformer's weights load while T5 computes"
+    );
+    let last_step = compute.iter().rfind(|c| c.0.starts_with("transformer")).unwrap();
+    assert!(
+        loads.iter().filter(|l| l.0 == "vae.decode").any(|l| overlaps(last_step, l)),
+        "the decoder's weights load during the last denoising step"
+    );
+    assert!(spans(&trace, "wait").iter().all(|w| w.3 >= w.2));
+
+    // Below the smallest budget: refused up front, nothing written.
+    let min = streamed["memory"]["min_budget_bytes"].as_u64().unwrap();
+    let refused = dir.join("refused.safetensors");
+    let r = generate(&refused, &["--memory-budget", &(min - 1).to_string()]);
+    assert!(!r.status.success() && stderr(&r).contains(&min.to_string()), "{}", stderr(&r));
+    assert!(!refused.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
