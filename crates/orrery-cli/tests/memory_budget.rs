@@ -11,9 +11,11 @@ use common::*;
 use std::path::Path;
 
 /// What the process holds besides planned memory: the binary and its libraries, thread
-/// stacks, the speed probe's 1024² matrices, the tokenizer, the allocator's slack and the
-/// tensors the pipeline keeps (embeddings, latents per step, the decoded video).
-const OVERHEAD: u64 = 48 << 20;
+/// stacks, the speed probe's 512² matrices, the tokenizer, the compiled plans, the allocator's
+/// per-thread arenas and the tensors the pipeline keeps (embeddings, latents per step, the
+/// decoded video). Streamed runs of this test peaked at 46–62 MiB in all, so about 27–43 MiB
+/// of it; the bound leaves room for a noisier machine.
+const OVERHEAD: u64 = 64 << 20;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", stderr(out));

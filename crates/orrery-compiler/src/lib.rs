@@ -21,8 +21,8 @@ pub use memory::{
 pub use passes::{optimize, OptimizeOptions, Optimizer, PassError, RewriteLog};
 pub use plan::{compile, compile_with, CompileOptions, Kernel, Passes, Plan, PlanCache, PlanKey};
 pub use weight_timeline::{
-    largest_kernel_weight_set, min_weight_capacity, plan_weight_timeline, weight_uses, RunPoint, WeightLoad,
-    WeightTimeline, LOAD_ALIGN,
+    largest_kernel_weight_set, min_weight_capacity, plan_weight_timeline, plan_weight_timeline_pinned, weight_uses,
+    RunPoint, WeightLoad, WeightTimeline, LOAD_ALIGN,
 };
 
 use thiserror::Error;

@@ -16,7 +16,7 @@
 
 use crate::{CompileError, Plan};
 use orrery_ir::{NodeId, NodeKind};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A point in the run: kernel `kernel` of invocation `invocation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,12 +42,19 @@ pub struct WeightLoad {
     /// The load may start only after this kernel has finished (the last use of the earlier
     /// loads it overwrites); `None`: at once.
     pub issue_after: Option<RunPoint>,
+    /// Kept resident for the whole run (in the pinned region): never overwritten.
+    pub pinned: bool,
+    /// Later invocations that read this pinned weight without loading it: (first use, last
+    /// use) in each.
+    pub reused_by: Vec<(RunPoint, RunPoint)>,
 }
 
 /// Where every weight of a run lives and when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightTimeline {
     pub capacity: u64,
+    /// Bytes at the front of the memory holding pinned weights; the ring is the rest.
+    pub pinned_bytes: u64,
     /// In the order they are issued.
     pub loads: Vec<WeightLoad>,
     /// Kernels per invocation (to turn run points into a running count).
@@ -104,39 +111,133 @@ pub fn largest_kernel_weight_set(plan: &Plan) -> u64 {
         .unwrap_or(0)
 }
 
-/// Places the weights of `invocations` (in run order) in a ring of `capacity` bytes.
+/// Places the weights of `invocations` (in run order) in a ring of `capacity` bytes, every
+/// weight loaded again by every invocation that reads it.
 pub fn plan_weight_timeline(invocations: &[&Plan], capacity: u64) -> Result<WeightTimeline, CompileError> {
+    place(invocations, capacity, &HashSet::new())
+}
+
+/// [`plan_weight_timeline`], but the weights of plans invoked more than once (the transformer
+/// every step, T5 per prompt) are kept resident where the budget allows: they are loaded once
+/// into a pinned region at the start of the ring's memory and never reloaded, which saves
+/// (invocations − 1) reads of each. The ring keeps at least a quarter of the capacity (and
+/// twice the largest weight set one kernel reads) for the weights that stream.
+pub fn plan_weight_timeline_pinned(invocations: &[&Plan], capacity: u64) -> Result<WeightTimeline, CompileError> {
+    let mut uses: HashMap<*const Plan, (usize, &Plan)> = HashMap::new();
+    for plan in invocations {
+        uses.entry(*plan as *const Plan).or_insert((0, plan)).0 += 1;
+    }
+    let largest = invocations.iter().map(|p| largest_kernel_weight_set(p)).max().unwrap_or(0);
+    let ring = (capacity / 4).max(2 * largest).max(min_weight_capacity(invocations)).min(capacity);
+    // Candidates: weights of repeated plans, the most reused first, and within a plan the
+    // last-read first: with the end of each invocation resident, the ring frees early in it
+    // and the next invocation's first weights stream in while the resident end computes.
+    let mut candidates: Vec<(usize, usize, *const Plan, NodeId, u64)> = Vec::new();
+    for (order, plan) in invocations.iter().enumerate() {
+        let (count, _) = uses[&(*plan as *const Plan)];
+        if count < 2 || invocations[..order].iter().any(|p| std::ptr::eq(*p, *plan)) {
+            continue;
+        }
+        for (node, first, _) in weight_uses(plan) {
+            candidates.push((count, first, *plan as *const Plan, node, align(plan.graph.node(node).ty.size_bytes())));
+        }
+    }
+    candidates.sort_by_key(|&(count, first, _, _, _)| (std::cmp::Reverse(count), std::cmp::Reverse(first)));
+    let mut room = capacity - ring;
+    let mut pinned = HashSet::new();
+    for (_, _, plan, node, size) in candidates {
+        if size.max(LOAD_ALIGN) <= room {
+            room -= size.max(LOAD_ALIGN);
+            pinned.insert((plan, node));
+        }
+    }
+    place(invocations, capacity, &pinned).or_else(|_| place(invocations, capacity, &HashSet::new()))
+}
+
+/// The ring's current occupants: start → (end, load index); disjoint intervals.
+type Occupants = BTreeMap<u64, (u64, usize)>;
+
+/// Claims `[start, end)` for load `index`, returning the loads whose bytes it overwrites.
+fn claim(occupants: &mut Occupants, start: u64, end: u64, index: usize) -> Vec<usize> {
+    let overlapping: Vec<(u64, u64, usize)> =
+        occupants.range(..end).rev().take_while(|(_, &(e, _))| e > start).map(|(&s, &(e, i))| (s, e, i)).collect();
+    for &(s, e, i) in &overlapping {
+        occupants.remove(&s);
+        if s < start {
+            occupants.insert(s, (start, i));
+        }
+        if e > end {
+            occupants.insert(end, (e, i));
+        }
+    }
+    occupants.insert(start, (end, index));
+    overlapping.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// Lays out the loads: `pinned` weights (by plan and node) once, at the front; the others
+/// through the ring behind them, per invocation.
+fn place(
+    invocations: &[&Plan],
+    capacity: u64,
+    pinned: &HashSet<(*const Plan, NodeId)>,
+) -> Result<WeightTimeline, CompileError> {
     let mut loads: Vec<WeightLoad> = Vec::new();
-    let mut cursor = 0u64;
+    // Where each pinned weight was loaded.
+    let mut resident: HashMap<(*const Plan, NodeId), usize> = HashMap::new();
+    let mut pinned_end = 0u64;
+    // The pinned region: every pinned weight once (the keys name plans of `invocations`).
+    let ring_start: u64 = pinned
+        .iter()
+        .filter_map(|&(p, n)| invocations.iter().find(|q| std::ptr::eq(**q, p)).map(|plan| (plan, n)))
+        .map(|(plan, n)| align(plan.graph.node(n).ty.size_bytes()).max(LOAD_ALIGN))
+        .sum();
+    let mut occupants = Occupants::new();
+    let mut cursor = ring_start;
     for (i, plan) in invocations.iter().enumerate() {
+        let key = *plan as *const Plan;
         for (node, first, last) in weight_uses(plan) {
             let n = plan.graph.node(node);
             let bytes = n.ty.size_bytes();
             let size = align(bytes).max(LOAD_ALIGN);
-            if size > capacity {
+            let first_use = RunPoint { invocation: i, kernel: first };
+            let last_use = RunPoint { invocation: i, kernel: last };
+            if pinned.contains(&(key, node)) {
+                if let Some(&j) = resident.get(&(key, node)) {
+                    loads[j].reused_by.push((first_use, last_use));
+                    continue;
+                }
+                resident.insert((key, node), loads.len());
+                loads.push(WeightLoad {
+                    invocation: i,
+                    node,
+                    name: n.name.clone(),
+                    bytes,
+                    offset: pinned_end,
+                    first_use,
+                    last_use,
+                    issue_after: None,
+                    pinned: true,
+                    reused_by: Vec::new(),
+                });
+                pinned_end += size;
+                continue;
+            }
+            if size > capacity - ring_start {
                 return Err(CompileError::WeightBudget(format!(
                     "weight `{}` ({bytes} bytes) does not fit in a weight budget of {capacity} bytes",
                     n.name
                 )));
             }
-            let offset = if cursor + size > capacity { 0 } else { cursor };
+            let offset = if cursor + size > capacity { ring_start } else { cursor };
             cursor = offset + size;
-            let first_use = RunPoint { invocation: i, kernel: first };
             // Every earlier load still holding bytes of [offset, offset + size) must be done.
-            let issue_after = loads
-                .iter()
-                .rev()
-                .filter(|l| l.offset < offset + size && offset < l.offset + align(l.bytes).max(LOAD_ALIGN))
-                .map(|l| l.last_use)
-                .max();
-            if let Some(after) = issue_after {
-                if after >= first_use {
-                    return Err(CompileError::WeightBudget(format!(
-                        "a weight budget of {capacity} bytes cannot hold the weights kernel {} of invocation {i} reads \
-                         together with those still in use",
-                        first
-                    )));
-                }
+            let overwritten = claim(&mut occupants, offset, offset + size, loads.len());
+            let issue_after = overwritten.iter().map(|&j| loads[j].last_use).max();
+            if issue_after.is_some_and(|after| after >= first_use) {
+                return Err(CompileError::WeightBudget(format!(
+                    "a weight budget of {capacity} bytes cannot hold the weights kernel {first} of invocation {i} reads \
+                     together with those still in use"
+                )));
             }
             loads.push(WeightLoad {
                 invocation: i,
@@ -145,13 +246,16 @@ pub fn plan_weight_timeline(invocations: &[&Plan], capacity: u64) -> Result<Weig
                 bytes,
                 offset,
                 first_use,
-                last_use: RunPoint { invocation: i, kernel: last },
+                last_use,
                 issue_after,
+                pinned: false,
+                reused_by: Vec::new(),
             });
         }
     }
     Ok(WeightTimeline {
         capacity,
+        pinned_bytes: ring_start,
         loads,
         kernels_per_invocation: invocations.iter().map(|p| p.kernels.len()).collect(),
     })
@@ -250,5 +354,24 @@ mod tests {
         // reads one weight, so one slot is the minimum.
         assert_eq!(min_weight_capacity(&[&plan]), kib16);
         assert!(plan_weight_timeline(&[&plan], kib16 - 64).is_err());
+    }
+
+    #[test]
+    fn repeated_plans_keep_what_fits_resident_and_stream_the_rest() {
+        let plan = chain();
+        let kib16 = 16384;
+        // Room for 3 of the 4 weights of a plan run 4 times: the ring keeps a quarter
+        // (and twice the largest kernel set, 2 slots), so 2 weights are pinned.
+        let t = plan_weight_timeline_pinned(&[&plan, &plan, &plan, &plan], 4 * kib16).unwrap();
+        let pinned: Vec<&WeightLoad> = t.loads.iter().filter(|l| l.pinned).collect();
+        assert_eq!(pinned.len(), 2);
+        assert_eq!(t.pinned_bytes, 2 * kib16);
+        assert!(pinned.iter().all(|l| l.reused_by.len() == 3 && l.issue_after.is_none() && l.offset < t.pinned_bytes));
+        assert!(t.loads.iter().filter(|l| !l.pinned).all(|l| l.offset >= t.pinned_bytes));
+        // 2 pinned loads once, 2 streamed per invocation.
+        assert_eq!(t.loads.len(), 2 + 4 * 2);
+        assert_eq!(t.bytes_loaded(), (2 + 8) * kib16);
+        // A plan run once pins nothing.
+        assert!(plan_weight_timeline_pinned(&[&plan], 4 * kib16).unwrap().loads.iter().all(|l| !l.pinned));
     }
 }

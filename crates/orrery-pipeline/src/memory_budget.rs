@@ -6,10 +6,12 @@
 //! none given, the weights stay mapped and resident instead.
 //!
 //! Planned memory = the ring (resident weights and weights in flight) + the largest
-//! activation footprint of one invocation (invocations run one after another).
+//! activation footprint of one invocation (invocations run one after another). With the
+//! planned prefetch, part of that memory keeps the weights of repeated invocations (the
+//! transformer's, every step) resident, so fewer bytes are read per step.
 
 use crate::PipelineError;
-use orrery_compiler::{min_weight_capacity, plan_weight_timeline, Plan, WeightTimeline};
+use orrery_compiler::{min_weight_capacity, plan_weight_timeline, plan_weight_timeline_pinned, Plan, WeightTimeline};
 use orrery_cpu::CpuTensor;
 use orrery_runtime::{FormatWeights, Prefetch, Session, StreamEvent, StreamStats, WeightStream};
 use std::cell::{Cell, RefCell};
@@ -75,7 +77,14 @@ impl MemoryPlan {
                 }
                 let all = invocations();
                 let all: Vec<&Plan> = all.iter().map(|p| &**p).collect();
-                Some(plan_weight_timeline(&all, b.bytes - activation_bytes)?)
+                let capacity = b.bytes - activation_bytes;
+                Some(match b.prefetch {
+                    // The planned schedule keeps what the budget allows of the repeated
+                    // invocations' weights resident.
+                    Prefetch::Planned => plan_weight_timeline_pinned(&all, capacity)?,
+                    // A fixed lookahead models the peers, which stream every block every time.
+                    Prefetch::Fixed(_) => plan_weight_timeline(&all, capacity)?,
+                })
             }
             _ => None,
         };

@@ -149,8 +149,11 @@ impl WeightStream {
         let mut index = HashMap::new();
         let mut releases: Vec<HashMap<usize, Vec<NodeId>>> = vec![HashMap::new(); sources.len()];
         for (j, l) in timeline.loads.iter().enumerate() {
-            index.insert((l.invocation, l.node), j);
-            releases[l.invocation].entry(l.last_use.kernel).or_default().push(l.node);
+            let spans = std::iter::once((l.first_use, l.last_use)).chain(l.reused_by.iter().copied());
+            for (first, last) in spans {
+                index.insert((first.invocation, l.node), j);
+                releases[first.invocation].entry(last.kernel).or_default().push(l.node);
+            }
         }
         let state = State {
             finished: 0,
