@@ -1,5 +1,5 @@
-//! The `orrery` command-line tool: `inspect`, `run`, `compile`, `encode-text`, `generate` and
-//! `make-pipeline`.
+//! The `orrery` command-line tool: `inspect`, `run`, `compile`, `encode-text`, `generate`,
+//! `make-pipeline` and `plan`.
 //!
 //! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
 
@@ -11,6 +11,7 @@ mod cmd_encode_text;
 mod cmd_generate;
 mod cmd_inspect;
 mod cmd_make_pipeline;
+mod cmd_plan;
 mod cmd_run;
 mod component_plan;
 mod embedded;
@@ -49,6 +50,8 @@ enum Command {
     Generate(Box<cmd_generate::GenerateArgs>),
     /// Write a Cosmos-architecture pipeline with random weights (tests, benchmarks).
     MakePipeline(cmd_make_pipeline::MakePipelineArgs),
+    /// Predict a run's peak memory, weight traffic and time per step on this CPU or modelled devices.
+    Plan(cmd_plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::EncodeText(args) => cmd_encode_text::encode_text(&args),
         Command::Generate(args) => cmd_generate::generate(&args),
         Command::MakePipeline(args) => cmd_make_pipeline::make_pipeline(&args),
+        Command::Plan(args) => cmd_plan::plan(&args),
     };
     match result {
         Ok(code) => code,

@@ -94,6 +94,52 @@ fn a_quarter_of_the_weights_streams_bit_identically_within_the_budget() {
     );
     assert!(spans(&trace, "wait").iter().all(|w| w.3 >= w.2));
 
+    // `orrery plan` on the same run: its memory figures against what the run measured (the
+    // activations' peak, the weights held at once, the bytes read in the middle step, within
+    // 10%); other devices are labelled as modelled.
+    let r = orrery(&[
+        "plan",
+        "--model",
+        model.to_str().unwrap(),
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--frames",
+        "17",
+        "--steps",
+        "3",
+        "--memory-budget",
+        &budget_flag,
+        "--io-bandwidth",
+        "400MB",
+        "--target",
+        "all",
+        "--dump",
+        "--json",
+    ]);
+    let plan = json(&r);
+    let targets = plan["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 4);
+    assert!(targets[1..].iter().all(|t| t["measured"] == false && t["target"].as_str().unwrap().contains("modelled")));
+    let cpu = &targets[0];
+    assert_eq!((cpu["measured"].as_bool(), cpu["streamed"].as_bool()), (Some(true), Some(true)));
+    assert!(stderr(&r).contains("load 0: invocation 0"), "--dump lists the loads");
+    let measured = &streamed["runs"][0]["measured"];
+    let invocations = measured["invocations"].as_array().unwrap();
+    // The middle step (1 of 0..3) is invocations 4 and 5: after 2 prompts and step 0's pair.
+    let step_bytes: u64 = invocations[4..6].iter().map(|i| i["weight_bytes_read"].as_u64().unwrap()).sum();
+    let within = |predicted: &serde_json::Value, measured: u64, what: &str| {
+        let p = predicted.as_u64().unwrap() as f64;
+        let err = (p - measured as f64).abs() / measured as f64;
+        println!("{what}: predicted {p}, measured {measured} ({:.1}%)", 100.0 * err);
+        assert!(err <= 0.10, "{what}: predicted {p}, measured {measured}");
+    };
+    within(&cpu["bytes_per_step"], step_bytes, "weight bytes per step");
+    within(&cpu["activation_bytes"], measured["peak_live_bytes"].as_u64().unwrap(), "activations");
+    let held = streamed["runs"][0]["weights_streamed"]["peak_resident_bytes"].as_u64().unwrap();
+    within(&cpu["resident_weight_bytes"], held, "weights held at once");
+
     // Below the smallest budget: refused up front, nothing written.
     let min = streamed["memory"]["min_budget_bytes"].as_u64().unwrap();
     let refused = dir.join("refused.safetensors");

@@ -42,6 +42,8 @@ pub struct WeightLoad {
     /// The load may start only after this kernel has finished (the last use of the earlier
     /// loads it overwrites); `None`: at once.
     pub issue_after: Option<RunPoint>,
+    /// Earlier loads whose bytes this one overwrites (indices into the timeline's loads).
+    pub overwrites: Vec<usize>,
     /// Kept resident for the whole run (in the pinned region): never overwritten.
     pub pinned: bool,
     /// Later invocations that read this pinned weight without loading it: (first use, last
@@ -216,6 +218,7 @@ fn place(
                     first_use,
                     last_use,
                     issue_after: None,
+                    overwrites: Vec::new(),
                     pinned: true,
                     reused_by: Vec::new(),
                 });
@@ -248,6 +251,7 @@ fn place(
                 first_use,
                 last_use,
                 issue_after,
+                overwrites: overwritten,
                 pinned: false,
                 reused_by: Vec::new(),
             });

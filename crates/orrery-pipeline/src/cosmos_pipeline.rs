@@ -9,6 +9,7 @@
 use crate::denoise::{branches, Pinned, Precision, Sampling};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
+use crate::prediction::{predict, Prediction, Target};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
 use orrery_compiler::{compile, Plan};
 use orrery_cpu::CpuTensor;
@@ -366,6 +367,32 @@ impl CosmosPipeline {
         let short: Vec<&Plan> = short.iter().map(|(p, _)| &***p).collect();
         let all = || plans.invocations(prompts, evaluations).into_iter().map(|(p, _)| p.clone()).collect();
         MemoryPlan::new(&short, all, plans.distinct().iter().map(|p| p.weight_bytes).sum(), budget)
+    }
+
+    /// Predicts a run of this size on `target` (see [`crate::prediction`]): its memory plan
+    /// within `budget` (the target's memory when none is given) and the simulated times and
+    /// bytes of a middle denoising step.
+    pub fn predict(
+        &self,
+        run: &RunSize,
+        negative_encoded: bool,
+        target: &Target,
+        budget: Option<MemoryBudget>,
+    ) -> Result<(MemoryPlan, Prediction), PipelineError> {
+        let budget = budget.unwrap_or(MemoryBudget {
+            bytes: target.memory_bytes,
+            io_bandwidth: None,
+            prefetch: orrery_runtime::Prefetch::Planned,
+        });
+        let memory = self.memory_plan(run, negative_encoded, Some(budget))?;
+        let plans = self.run_plans(run.dims(), run.max_text_len)?;
+        let prompts = 1 + usize::from(negative_encoded);
+        let branches = branches(run.sampler, run.guidance);
+        let order = plans.invocations(prompts, run.steps * branches);
+        let invocations: Vec<&Plan> = order.iter().map(|(p, _)| &***p).collect();
+        let first = prompts + usize::from(plans.encode.is_some()) + run.steps / 2 * branches;
+        let prediction = predict(&invocations, &memory, target, first..first + branches);
+        Ok((memory, prediction))
     }
 
     /// The transformer's inputs for latents of `latent` shape (with the condition mask for

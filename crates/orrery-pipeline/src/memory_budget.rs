@@ -36,6 +36,8 @@ pub struct InvocationSpan {
     pub label: String,
     pub start: Duration,
     pub end: Duration,
+    /// The most activation bytes it held at once (measured).
+    pub peak_live_bytes: u64,
 }
 
 /// How a run uses memory, decided before it starts.
@@ -127,11 +129,16 @@ impl Invoker {
         let i = self.next.get();
         self.next.set(i + 1);
         let start = self.started.elapsed();
-        let (out, _) = match &self.stream {
+        let (out, stats) = match &self.stream {
             Some(stream) => session.run_streamed(inputs, &stream.begin(i)?)?,
             None => session.run_owned(inputs)?,
         };
-        self.spans.borrow_mut().push(InvocationSpan { label: label.into(), start, end: self.started.elapsed() });
+        self.spans.borrow_mut().push(InvocationSpan {
+            label: label.into(),
+            start,
+            end: self.started.elapsed(),
+            peak_live_bytes: stats.peak_live_bytes,
+        });
         Ok(out)
     }
 

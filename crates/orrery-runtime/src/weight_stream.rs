@@ -68,6 +68,8 @@ pub struct StreamStats {
     /// Time kernels waited for their weights.
     pub stall_seconds: f64,
     pub loads: usize,
+    /// The most weight bytes held in the ring at once (loaded and not yet overwritten).
+    pub peak_resident_bytes: u64,
 }
 
 /// One timed event, for traces: a load, or a kernel's wait for its weights.
@@ -75,6 +77,8 @@ pub struct StreamStats {
 pub struct StreamEvent {
     pub name: String,
     pub invocation: usize,
+    /// Bytes read (loads; 0 for stalls).
+    pub bytes: u64,
     pub start: Duration,
     pub end: Duration,
     pub kind: EventKind,
@@ -91,6 +95,8 @@ struct State {
     finished: usize,
     /// Loads complete (a prefix of the timeline).
     loaded: usize,
+    /// Bytes of the loaded weights not yet overwritten.
+    resident_bytes: u64,
     slices: Vec<Option<Arc<RingSlice>>>,
     error: Option<String>,
     cancelled: bool,
@@ -158,6 +164,7 @@ impl WeightStream {
         let state = State {
             finished: 0,
             loaded: 0,
+            resident_bytes: 0,
             slices: vec![None; timeline.loads.len()],
             error: None,
             cancelled: false,
@@ -230,7 +237,14 @@ impl WeightStream {
         if stalled {
             let (start, end) = (waited - self.shared.started, self.shared.started.elapsed());
             state.stats.stall_seconds += (end - start).as_secs_f64();
-            state.events.push(StreamEvent { name: label.into(), invocation, start, end, kind: EventKind::Stall });
+            state.events.push(StreamEvent {
+                name: label.into(),
+                invocation,
+                bytes: 0,
+                start,
+                end,
+                kind: EventKind::Stall,
+            });
         }
         state.slices[j].clone().ok_or_else(|| RuntimeError::Stream(format!("weight `{label}` was released early")))
     }
@@ -313,17 +327,15 @@ fn load_all(shared: &Shared) {
                 if let Prefetch::Fixed(k) = shared.prefetch {
                     ready &= state.finished + k >= shared.timeline.sequence(load.first_use);
                 }
-                let overlapping_free = state.slices[..j].iter().all(|s| match s {
-                    Some(s) if s.start < start + len && start < s.start + s.len => Arc::strong_count(s) == 1,
-                    _ => true,
-                });
+                let overlapping_free =
+                    load.overwrites.iter().all(|&o| state.slices[o].as_ref().is_none_or(|s| Arc::strong_count(s) == 1));
                 if ready && overlapping_free {
                     // Those earlier weights are gone for good.
-                    for s in state.slices[..j].iter_mut() {
-                        if s.as_ref().is_some_and(|s| s.start < start + len && start < s.start + s.len) {
-                            *s = None;
-                        }
+                    let mut freed = 0u64;
+                    for &o in &load.overwrites {
+                        freed += state.slices[o].take().map_or(0, |s| s.len as u64);
                     }
+                    state.resident_bytes -= freed;
                     break;
                 }
                 // A value may drop its share without a notification: poll now and then.
@@ -361,9 +373,12 @@ fn load_all(shared: &Shared) {
                 state.stats.bytes_loaded += load.bytes;
                 state.stats.loads += 1;
                 state.stats.load_seconds += (end - began).as_secs_f64();
+                state.resident_bytes += load.bytes;
+                state.stats.peak_resident_bytes = state.stats.peak_resident_bytes.max(state.resident_bytes);
                 state.events.push(StreamEvent {
                     name: load.name.clone(),
                     invocation: load.invocation,
+                    bytes: load.bytes,
                     start: began,
                     end,
                     kind: EventKind::Load,

@@ -8,26 +8,33 @@ use std::collections::HashMap;
 /// Runs estimated longer than this need `--yes`.
 pub const LONG_RUN_SECONDS: f64 = 30.0 * 60.0;
 
-/// This machine's speed on what dominates these models: a 512³ f32 matrix product through the
-/// runtime (best of 5; small enough to add only 4 MiB to the process), times 0.7, since whole
-/// models run at about 70% of their GEMM speed here (BENCHMARKS.md).
-pub fn measured_gflops(threads: usize) -> Result<f64> {
-    let n = 512;
+/// The speed of an f32 matrix product `[m, k] × [k, n]` through the runtime here, in
+/// FLOP/s (best of `runs`).
+fn gemm_rate((m, k, n): (usize, usize, usize), threads: usize, runs: usize) -> Result<f64> {
     let mut b = orrery_ir::GraphBuilder::new();
-    let x = b.input("a", orrery_ir::DType::F32, [n, n])?;
-    let w = b.input("b", orrery_ir::DType::F32, [n, n])?;
+    let x = b.input("a", orrery_ir::DType::F32, [m, k])?;
+    let w = b.input("b", orrery_ir::DType::F32, [k, n])?;
     let y = b.matmul("mm", x, w)?;
     b.output("y", y)?;
     let plan = orrery_compiler::compile(b.finish()?)?;
     let session =
         orrery_runtime::Session::new(plan, std::sync::Arc::new(orrery_runtime::MemoryWeights::new()), threads)?;
-    let ones = CpuTensor::from_vec(vec![n, n], vec![1f32; n * n]);
-    let inputs = HashMap::from([("a".to_string(), ones.clone()), ("b".to_string(), ones)]);
+    let inputs = HashMap::from([
+        ("a".to_string(), CpuTensor::from_vec(vec![m, k], vec![1f32; m * k])),
+        ("b".to_string(), CpuTensor::from_vec(vec![k, n], vec![1f32; k * n])),
+    ]);
     let mut best = f64::INFINITY;
-    for _ in 0..5 {
+    for _ in 0..runs {
         best = best.min(session.run(&inputs)?.1.seconds);
     }
-    Ok(0.7 * 2.0 * (n * n * n) as f64 / best / 1e9)
+    Ok(2.0 * (m * k * n) as f64 / best)
+}
+
+/// This machine's speed on what dominates these models: a 512³ f32 matrix product through the
+/// runtime (best of 5; small enough to add only 4 MiB to the process), times 0.7, since whole
+/// models run at about 70% of their GEMM speed here (BENCHMARKS.md).
+pub fn measured_gflops(threads: usize) -> Result<f64> {
+    Ok(0.7 * gemm_rate((512, 512, 512), threads, 5)? / 1e9)
 }
 
 pub fn human_time(seconds: f64) -> String {

@@ -53,6 +53,33 @@ pub fn describe_stream(s: &StreamStats) -> String {
 pub fn stream_json(s: &StreamStats) -> serde_json::Value {
     serde_json::json!({
         "bytes": s.bytes_loaded, "loads": s.loads, "load_seconds": s.load_seconds, "stall_seconds": s.stall_seconds,
+        "peak_resident_bytes": s.peak_resident_bytes,
+    })
+}
+
+/// What the run measured per invocation: its activations' peak and the weight bytes read for
+/// it, with its label and seconds (to set beside `orrery plan`'s predictions).
+pub fn measured_json(out: &orrery_pipeline::GenerateOutput) -> serde_json::Value {
+    let mut loaded = vec![0u64; out.invocations.len()];
+    for e in out.stream_events.iter().filter(|e| e.kind == orrery_runtime::EventKind::Load) {
+        if let Some(b) = loaded.get_mut(e.invocation) {
+            *b += e.bytes;
+        }
+    }
+    let invocations: Vec<serde_json::Value> = out
+        .invocations
+        .iter()
+        .zip(&loaded)
+        .map(|(s, bytes)| {
+            serde_json::json!({
+                "label": s.label, "seconds": (s.end - s.start).as_secs_f64(), "peak_live_bytes": s.peak_live_bytes,
+                "weight_bytes_read": bytes,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "peak_live_bytes": out.invocations.iter().map(|s| s.peak_live_bytes).max().unwrap_or(0),
+        "invocations": invocations,
     })
 }
 

@@ -7,10 +7,10 @@
 //! and weights shared by all jobs), its outputs written atomically; a closing summary per job
 //! and for the batch.
 
-mod estimate;
+pub(crate) mod estimate;
 mod input;
 mod jobs;
-mod memory;
+pub(crate) mod memory;
 mod progress;
 mod trace;
 
@@ -170,6 +170,8 @@ struct JobReport {
     times: StageTimes,
     written: Vec<PathBuf>,
     stream: Option<orrery_runtime::StreamStats>,
+    /// Per-invocation measurements (activations, weight bytes read).
+    measured: serde_json::Value,
 }
 
 /// Why a job did not finish.
@@ -357,6 +359,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
                 serde_json::json!({
                     "prompt": job.prompt, "seconds": r.times.total(), "stages": r.times.to_json(),
                     "weights_streamed": r.stream.as_ref().map(memory::stream_json),
+                    "measured": r.measured,
                     "written": r.written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
                 })
             })
@@ -505,8 +508,9 @@ fn run_job(
     if let Some(stream) = &out.stream {
         progress.line(&memory::describe_stream(stream));
     }
+    let measured = memory::measured_json(&out);
     match write_outputs(s, job, cond_frames, &out, progress) {
-        Ok(written) => Ok(JobReport { times: progress.times(), written, stream: out.stream.clone() }),
+        Ok(written) => Ok(JobReport { times: progress.times(), written, stream: out.stream.clone(), measured }),
         Err(e) => {
             remove_created();
             Err(JobFailure::Failed(e))
