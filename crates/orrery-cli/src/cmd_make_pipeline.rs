@@ -11,6 +11,9 @@ use std::process::ExitCode;
 pub enum Preset {
     /// T5 256 × 2 layers, DiT 256 (4 × 64) × 4 layers, VAE widths (32, 64, 64, 64): 43 MB.
     Medium,
+    /// The real 7B transformer's shapes and the tokenizer's real widths, bf16, a small T5 of
+    /// the real width: about 14 GB (the runtime's scale benchmark).
+    Dit7b,
 }
 
 #[derive(clap::Args)]
@@ -34,11 +37,12 @@ pub fn make_pipeline(args: &MakePipelineArgs) -> Result<ExitCode> {
     }
     let size = match args.preset {
         Preset::Medium => SyntheticSize { video_to_world: args.video_to_world, ..SyntheticSize::MEDIUM },
+        Preset::Dit7b => SyntheticSize { video_to_world: args.video_to_world, ..SyntheticSize::DIT_7B },
     };
     let tokenizer = crate::embedded::pipeline_dir()?.join("tokenizer");
     let bytes = write_synthetic_pipeline(&args.out, &size, &tokenizer, args.seed)?;
     eprintln!(
-        "orrery: wrote {} ({:.1} MB of random f32 weights; its videos are noise)",
+        "orrery: wrote {} ({:.1} MB of random weights; its videos are noise)",
         args.out.display(),
         bytes as f64 / 1e6
     );

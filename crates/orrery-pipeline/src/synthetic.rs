@@ -10,7 +10,7 @@
 //! is copied from a given folder.
 
 use crate::{standard_normal, PipelineError};
-use orrery_formats::{write_safetensors, TensorToWrite};
+use orrery_formats::StreamingSafetensors;
 use orrery_ir::DType;
 use orrery_models::{load_component, WeightTypes};
 use std::collections::BTreeMap;
@@ -28,6 +28,10 @@ pub struct SyntheticSize {
     pub dit_layers: usize,
     pub vae_widths: [usize; 4],
     pub latent_channels: usize,
+    /// The transformer's `max_size` (latent frames, height, width it can position).
+    pub max_size: [usize; 3],
+    /// Weights stored as bf16 (the real checkpoints' dtype) instead of f32.
+    pub bf16: bool,
     /// A `CosmosVideoToWorldPipeline` (the transformer takes the condition mask).
     pub video_to_world: bool,
 }
@@ -46,6 +50,27 @@ impl SyntheticSize {
         dit_layers: 4,
         vae_widths: [32, 64, 64, 64],
         latent_channels: 16,
+        max_size: [8, 16, 16],
+        bf16: false,
+        video_to_world: false,
+    };
+
+    /// The scale benchmark's pipeline: the transformer of Cosmos-1.0-Diffusion-7B (4096 =
+    /// 32 × 128 heads, 28 layers, max_size 128 × 240 × 240) and the tokenizer's real widths
+    /// (128, 256, 512, 512), bf16 like the real checkpoints (about 14 GB), with a small T5 of
+    /// the real width (1024 × 2 layers).
+    pub const DIT_7B: SyntheticSize = SyntheticSize {
+        t5_d_model: 1024,
+        t5_heads: 16,
+        t5_layers: 2,
+        t5_d_ff: 4096,
+        dit_heads: 32,
+        dit_head_dim: 128,
+        dit_layers: 28,
+        vae_widths: [128, 256, 512, 512],
+        latent_channels: 16,
+        max_size: [128, 240, 240],
+        bf16: true,
         video_to_world: false,
     };
 }
@@ -86,8 +111,14 @@ fn random_tensor(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
 type MethodShapes<'a> = (&'a str, Vec<(&'a str, Vec<usize>)>);
 
 /// Builds `component_dir`'s graphs for `methods` at `shapes` and writes every weight they
-/// read, random, as f32 safetensors `file`.
-fn write_weights(component_dir: &Path, file: &str, methods: &[MethodShapes], seed: u64) -> Result<u64, PipelineError> {
+/// read, random, as safetensors `file` (f32, or bf16 like the real checkpoints).
+fn write_weights(
+    component_dir: &Path,
+    file: &str,
+    methods: &[MethodShapes],
+    seed: u64,
+    bf16: bool,
+) -> Result<u64, PipelineError> {
     let component = load_component(component_dir)?;
     let mut weights: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (method, shapes) in methods {
@@ -97,17 +128,24 @@ fn write_weights(component_dir: &Path, file: &str, methods: &[MethodShapes], see
             weights.insert(node.name.clone(), node.ty.shape.dims().to_vec());
         }
     }
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = weights
-        .into_iter()
-        .map(|(name, shape)| {
-            let bytes = random_tensor(&name, &shape, seed).iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name, shape, bytes)
-        })
-        .collect();
-    let list: Vec<TensorToWrite> =
-        data.iter().map(|(name, shape, bytes)| TensorToWrite { name, dtype: DType::F32, shape, data: bytes }).collect();
-    write_safetensors(&component_dir.join(file), &list)?;
-    Ok(data.iter().map(|(_, _, b)| b.len() as u64).sum())
+    // Written tensor by tensor: a 7B-shaped transformer never sits in memory whole.
+    let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+    let declared: Vec<(&str, DType, &[usize])> =
+        weights.iter().map(|(n, s)| (n.as_str(), dtype, s.as_slice())).collect();
+    let mut file = StreamingSafetensors::create(&component_dir.join(file), &declared)?;
+    let mut total = 0u64;
+    for (name, shape) in &weights {
+        let values = random_tensor(name, shape, seed);
+        let bytes: Vec<u8> = if bf16 {
+            values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+        } else {
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
+        file.write(name, 0, &bytes)?;
+        total += bytes.len() as u64;
+    }
+    file.finish()?;
+    Ok(total)
 }
 
 /// Writes a pipeline of `size` with weights from `seed` into `out` (created), the tokenizer
@@ -163,7 +201,7 @@ pub fn write_synthetic_pipeline(
         &serde_json::json!({
             "_class_name": "CosmosTransformer3DModel", "adaln_lora_dim": 256, "attention_head_dim": size.dit_head_dim,
             "concat_padding_mask": true, "extra_pos_embed_type": "learnable",
-            "in_channels": c + usize::from(size.video_to_world), "out_channels": c, "max_size": [8, 16, 16],
+            "in_channels": c + usize::from(size.video_to_world), "out_channels": c, "max_size": size.max_size,
             "mlp_ratio": 4.0, "num_attention_heads": size.dit_heads, "num_layers": size.dit_layers,
             "patch_size": [1, 2, 2], "rope_scale": [2.0, 1.0, 1.0], "text_embed_dim": d,
         }),
@@ -182,7 +220,8 @@ pub fn write_synthetic_pipeline(
     )?;
     // Graph input shapes only decide which weights are read, not their shapes.
     let text = vec![("input_ids", vec![1, 8]), ("attention_mask", vec![1, 8])];
-    let mut total = write_weights(&out.join("text_encoder"), "model.safetensors", &[("forward", text)], seed)?;
+    let bf16 = size.bf16;
+    let mut total = write_weights(&out.join("text_encoder"), "model.safetensors", &[("forward", text)], seed, bf16)?;
     let mut dit = vec![
         ("hidden_states", vec![1, c, 2, 4, 4]),
         ("timestep", vec![1]),
@@ -193,8 +232,9 @@ pub fn write_synthetic_pipeline(
     if size.video_to_world {
         dit.push(("condition_mask", vec![1, 1, 2, 4, 4]));
     }
-    total += write_weights(&out.join("transformer"), "diffusion_pytorch_model.safetensors", &[("forward", dit)], seed)?;
+    let dit_methods = [("forward", dit)];
+    total += write_weights(&out.join("transformer"), "diffusion_pytorch_model.safetensors", &dit_methods, seed, bf16)?;
     let vae = [("encode", vec![("sample", vec![1, 3, 9, 32, 32])]), ("decode", vec![("z", vec![1, c, 2, 4, 4])])];
-    total += write_weights(&out.join("vae"), "diffusion_pytorch_model.safetensors", &vae, seed)?;
+    total += write_weights(&out.join("vae"), "diffusion_pytorch_model.safetensors", &vae, seed, bf16)?;
     Ok(total)
 }
