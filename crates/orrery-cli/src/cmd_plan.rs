@@ -55,6 +55,10 @@ pub struct PlanArgs {
     /// in the page cache).
     #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
     io_bandwidth: Option<u64>,
+    /// For the CPU target: run each component whose modelled run takes under this many seconds
+    /// once (twice, the second timed) and scale the model to what it measured (0: never).
+    #[arg(long, default_value_t = 10.0)]
+    calibrate_seconds: f64,
     /// Also print the weight timeline of each streaming target (every load: invocation, weight,
     /// bytes, offset, first use, issue point).
     #[arg(long)]
@@ -128,6 +132,7 @@ fn report(target: &Target, memory: &MemoryPlan, p: &Prediction, run: &RunSize) -
         "activation_bytes": p.activation_bytes, "peak_bytes": p.peak_bytes(), "min_budget_bytes": memory.min_budget,
         "bytes_per_step": p.bytes_per_step, "seconds_per_step": p.seconds_per_step,
         "stall_seconds_per_step": p.stall_seconds_per_step, "seconds": p.seconds, "steps": run.steps,
+        "calibration": p.calibration.iter().map(|(c, f)| serde_json::json!({"component": c, "scale": f})).collect::<Vec<_>>(),
     })
 }
 
@@ -173,7 +178,8 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
     for target in &targets {
         let budget =
             args.memory_budget.map(|bytes| MemoryBudget { bytes, io_bandwidth: None, prefetch: Prefetch::Planned });
-        let (memory, p) = match pipeline.predict(&run, true, target, budget) {
+        let calibrate = (target.measured && args.calibrate_seconds > 0.0).then_some((threads, args.calibrate_seconds));
+        let (memory, p) = match pipeline.predict(&run, true, target, budget, calibrate) {
             Ok(result) => result,
             Err(e) => {
                 eprintln!("orrery: {}: cannot run: {e}", target.name);
@@ -204,6 +210,10 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
             human_time(p.stall_seconds_per_step),
             human_time(p.seconds)
         );
+        if !p.calibration.is_empty() {
+            let list: Vec<String> = p.calibration.iter().map(|(c, f)| format!("{c} × {f:.2}")).collect();
+            eprintln!("  calibrated (measured / modelled): {}", list.join(", "));
+        }
         if args.dump {
             if let Some(t) = &memory.timeline {
                 for (j, l) in t.loads.iter().enumerate() {

@@ -9,7 +9,7 @@
 use crate::denoise::{branches, Pinned, Precision, Sampling};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
-use crate::prediction::{predict, Prediction, Target};
+use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
 use orrery_compiler::{compile, Plan};
 use orrery_cpu::CpuTensor;
@@ -372,12 +372,16 @@ impl CosmosPipeline {
     /// Predicts a run of this size on `target` (see [`crate::prediction`]): its memory plan
     /// within `budget` (the target's memory when none is given) and the simulated times and
     /// bytes of a middle denoising step.
+    /// With `calibrate = Some((threads, limit))` (this machine only), every component whose
+    /// modelled run takes under `limit` seconds is run twice here and its kernel times scaled
+    /// to the measured one.
     pub fn predict(
         &self,
         run: &RunSize,
         negative_encoded: bool,
         target: &Target,
         budget: Option<MemoryBudget>,
+        calibrate: Option<(usize, f64)>,
     ) -> Result<(MemoryPlan, Prediction), PipelineError> {
         let budget = budget.unwrap_or(MemoryBudget {
             bytes: target.memory_bytes,
@@ -391,7 +395,27 @@ impl CosmosPipeline {
         let order = plans.invocations(prompts, run.steps * branches);
         let invocations: Vec<&Plan> = order.iter().map(|(p, _)| &***p).collect();
         let first = prompts + usize::from(plans.encode.is_some()) + run.steps / 2 * branches;
-        let prediction = predict(&invocations, &memory, target, first..first + branches);
+        let parts = [("text_encoder", &self.text_encoder), ("transformer", &self.transformer), ("vae", &self.vae)];
+        let mut scale_of: HashMap<*const Plan, f64> = HashMap::new();
+        let mut calibration = Vec::new();
+        if let Some((threads, limit)) = calibrate {
+            for (plan, part) in &order {
+                let key = Arc::as_ptr(plan);
+                if scale_of.contains_key(&key) {
+                    continue;
+                }
+                let modelled = modelled_seconds(plan, target);
+                if modelled > 0.0 && 2.0 * modelled < limit {
+                    let measured = measured_seconds(plan, parts[*part].1.weights.clone(), threads)?;
+                    scale_of.insert(key, measured / modelled);
+                    calibration.push((parts[*part].0.to_string(), measured / modelled));
+                }
+            }
+        }
+        let scales: Vec<f64> =
+            order.iter().map(|(p, _)| scale_of.get(&Arc::as_ptr(p)).copied().unwrap_or(1.0)).collect();
+        let mut prediction = predict(&invocations, &scales, &memory, target, first..first + branches);
+        prediction.calibration = calibration;
         Ok((memory, prediction))
     }
 

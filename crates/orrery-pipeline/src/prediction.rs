@@ -7,9 +7,17 @@
 //! bytes are reused after; each kernel starts when the previous one has ended and its weights
 //! have arrived. Resident weights are loaded once before the run (not counted in the steps).
 //! Targets other than this machine are labelled as modelled: nothing of them was measured.
+//! For this machine the model can be calibrated: each component's plan runs once (twice, the
+//! second timed) and its kernel times are scaled by measured / modelled, when the model says
+//! that takes under the caller's limit.
 
 use crate::memory_budget::MemoryPlan;
+use crate::PipelineError;
 use orrery_compiler::{Plan, RunPoint};
+use orrery_cpu::CpuTensor;
+use orrery_runtime::{FormatWeights, Session};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What a run is predicted on.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +98,9 @@ pub struct Prediction {
     pub bytes_per_step: u64,
     /// Seconds of one denoising step, loads included.
     pub seconds_per_step: f64,
+    /// Per component (text encoder, transformer, video decoder/encoder): measured seconds of
+    /// one run here over the model's, when calibrated (else empty).
+    pub calibration: Vec<(String, f64)>,
     /// Of which kernels wait for weights.
     pub stall_seconds_per_step: f64,
     /// The whole run: text, steps, decoding (resident weights' first load excluded).
@@ -102,10 +113,34 @@ impl Prediction {
     }
 }
 
+/// How long one run of `plan` takes on `target` by the model (no loads).
+pub(crate) fn modelled_seconds(plan: &Plan, target: &Target) -> f64 {
+    (0..plan.kernels.len()).map(|k| target.kernel_seconds(plan, k)).sum()
+}
+
+/// Runs `plan` on this machine with zero inputs and its weights resident, twice, and returns
+/// the second run's seconds (steady state: weights already paged in).
+pub(crate) fn measured_seconds(plan: &Plan, weights: Arc<FormatWeights>, threads: usize) -> Result<f64, PipelineError> {
+    let session = Session::new(plan.clone(), weights, threads)?;
+    let inputs: HashMap<String, CpuTensor> = plan
+        .graph
+        .inputs()
+        .map(|(_, n)| {
+            let dims = n.ty.shape.dims().to_vec();
+            let count: usize = dims.iter().product();
+            (n.name.clone(), CpuTensor::from_f64(n.ty.dtype, dims, &vec![0.0; count]))
+        })
+        .collect();
+    session.run(&inputs)?;
+    Ok(session.run(&inputs)?.1.seconds)
+}
+
 /// Simulates `invocations` (the run in order) on `target` with `memory`'s weight timeline;
+/// `scales[i]` multiplies invocation `i`'s kernel times (1 unless calibrated);
 /// `step_invocations` are the indices of one denoising step's transformer runs.
 pub(crate) fn predict(
     invocations: &[&Plan],
+    scales: &[f64],
     memory: &MemoryPlan,
     target: &Target,
     step_invocations: std::ops::Range<usize>,
@@ -119,9 +154,9 @@ pub(crate) fn predict(
     let mut loaded_in = vec![0u64; invocations.len()];
     match &memory.timeline {
         None => {
-            for (plan, plan_ends) in invocations.iter().zip(ends.iter_mut()) {
+            for ((plan, plan_ends), scale) in invocations.iter().zip(ends.iter_mut()).zip(scales) {
                 for (k, end) in plan_ends.iter_mut().enumerate() {
-                    clock += target.kernel_seconds(plan, k);
+                    clock += scale * target.kernel_seconds(plan, k);
                     *end = clock;
                 }
             }
@@ -149,7 +184,7 @@ pub(crate) fn predict(
                     }
                     let start = clock.max(ready[i][k]);
                     stall[i] += start - clock;
-                    clock = start + target.kernel_seconds(plan, k);
+                    clock = start + scales[i] * target.kernel_seconds(plan, k);
                     ends[i][k] = clock;
                 }
             }
@@ -162,6 +197,7 @@ pub(crate) fn predict(
         resident_weight_bytes: memory.timeline.as_ref().map_or(memory.weight_bytes, |t| t.capacity),
         activation_bytes: memory.activation_bytes,
         bytes_per_step: step_invocations.clone().map(|i| loaded_in[i]).sum(),
+        calibration: Vec::new(),
         seconds_per_step: step_end - step_start,
         stall_seconds_per_step: step_invocations.map(|i| stall[i]).sum(),
         seconds: clock,
