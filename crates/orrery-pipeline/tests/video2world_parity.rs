@@ -2,12 +2,14 @@
 //! (`tools/reference/make_cosmos_v2w_fixtures.py`): 1 and 9 input frames already at the output
 //! size (17 output frames: 1 resp. 2 given latent frames), (a) augment σ 0.001 with diffusers'
 //! augment noise injected, (b) augment σ 0. Latents after every step and the decoder's raw
-//! output within 1e-4 relative (max|out − ref| / max|ref|).
+//! output within 1e-4 relative (max|out − ref| / max|ref|); the same runs within the smallest
+//! memory budget (weights streamed) bit-identical to the resident ones.
 
 mod common;
 
 use common::{fixture, rel_err, Run};
-use orrery_pipeline::{Condition, CosmosPipeline};
+use orrery_pipeline::{Condition, CosmosPipeline, MemoryBudget};
+use orrery_runtime::Prefetch;
 
 #[test]
 fn video2world_matches_diffusers() {
@@ -37,5 +39,14 @@ fn video2world_matches_diffusers() {
         let err = rel_err(&out.decoded_raw, &get("decoded_raw"));
         println!("{case} decoded_raw: {err:.2e}");
         assert!(worst.max(err) <= 1e-4, "{case}: {}", worst.max(err));
+
+        // Within the smallest memory budget the weights stream (the video encoder's run
+        // included in the timeline, before the transformer's), and the result is the same.
+        request.memory =
+            Some(MemoryBudget { bytes: out.memory.min_budget, io_bandwidth: None, prefetch: Prefetch::Planned });
+        let streamed = pipeline.generate(&request).unwrap();
+        assert!(streamed.stream.is_some(), "{case}: streamed");
+        assert_eq!(streamed.invocations.iter().filter(|s| s.label == "vae.encode").count(), 1);
+        assert_eq!(streamed.decoded_raw.to_f32_vec(), out.decoded_raw.to_f32_vec(), "{case}: bit-identical");
     }
 }
