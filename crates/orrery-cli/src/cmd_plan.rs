@@ -55,6 +55,9 @@ pub struct PlanArgs {
     /// in the page cache).
     #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
     io_bandwidth: Option<u64>,
+    /// The prefetch policy to predict: `planned` or `fixed:K` (as `generate --prefetch`).
+    #[arg(long, value_parser = crate::cmd_generate::parse_prefetch, default_value = "planned")]
+    prefetch: Prefetch,
     /// For the CPU target: run each component whose modelled run takes under this many seconds
     /// once (twice, the second timed) and scale the model to what it measured (0: never).
     #[arg(long, default_value_t = 10.0)]
@@ -176,10 +179,13 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
         run.height, run.width, run.frames, run.steps, run.guidance
     );
     for target in &targets {
-        let budget =
-            args.memory_budget.map(|bytes| MemoryBudget { bytes, io_bandwidth: None, prefetch: Prefetch::Planned });
+        let budget = MemoryBudget {
+            bytes: args.memory_budget.unwrap_or(target.memory_bytes),
+            io_bandwidth: None,
+            prefetch: args.prefetch,
+        };
         let calibrate = (target.measured && args.calibrate_seconds > 0.0).then_some((threads, args.calibrate_seconds));
-        let (memory, p) = match pipeline.predict(&run, true, target, budget, calibrate) {
+        let (memory, p) = match pipeline.predict(&run, true, target, Some(budget), calibrate) {
             Ok(result) => result,
             Err(e) => {
                 eprintln!("orrery: {}: cannot run: {e}", target.name);

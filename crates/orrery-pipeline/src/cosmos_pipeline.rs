@@ -414,7 +414,7 @@ impl CosmosPipeline {
         }
         let scales: Vec<f64> =
             order.iter().map(|(p, _)| scale_of.get(&Arc::as_ptr(p)).copied().unwrap_or(1.0)).collect();
-        let mut prediction = predict(&invocations, &scales, &memory, target, first..first + branches);
+        let mut prediction = predict(&invocations, &scales, &memory, target, budget.prefetch, first..first + branches);
         prediction.calibration = calibration;
         Ok((memory, prediction))
     }

@@ -15,7 +15,7 @@ use crate::memory_budget::MemoryPlan;
 use crate::PipelineError;
 use orrery_compiler::{Plan, RunPoint};
 use orrery_cpu::CpuTensor;
-use orrery_runtime::{FormatWeights, Session};
+use orrery_runtime::{FormatWeights, Prefetch, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -135,14 +135,16 @@ pub(crate) fn measured_seconds(plan: &Plan, weights: Arc<FormatWeights>, threads
     Ok(session.run(&inputs)?.1.seconds)
 }
 
-/// Simulates `invocations` (the run in order) on `target` with `memory`'s weight timeline;
-/// `scales[i]` multiplies invocation `i`'s kernel times (1 unless calibrated);
-/// `step_invocations` are the indices of one denoising step's transformer runs.
+/// Simulates `invocations` (the run in order) on `target` with `memory`'s weight timeline,
+/// loads issued as `prefetch` allows; `scales[i]` multiplies invocation `i`'s kernel times
+/// (1 unless calibrated); `step_invocations` are the indices of one denoising step's
+/// transformer runs.
 pub(crate) fn predict(
     invocations: &[&Plan],
     scales: &[f64],
     memory: &MemoryPlan,
     target: &Target,
+    prefetch: Prefetch,
     step_invocations: std::ops::Range<usize>,
 ) -> Prediction {
     // Kernel end times, per invocation.
@@ -167,6 +169,8 @@ pub(crate) fn predict(
             // run order, loads first up to the kernel that needs them, is exact.
             let mut loader = 0.0f64;
             let mut next = 0usize;
+            // Kernel end times in run order (for a fixed lookahead's gate).
+            let mut finished: Vec<f64> = Vec::new();
             let loads = &timeline.loads;
             let end_of = |ends: &Vec<Vec<f64>>, p: RunPoint| ends[p.invocation][p.kernel];
             for (i, plan) in invocations.iter().enumerate() {
@@ -175,7 +179,14 @@ pub(crate) fn predict(
                     // Issue every load needed by this kernel (and those before it in order).
                     while next < loads.len() && loads[next].first_use <= here {
                         let l = &loads[next];
-                        let start = loader.max(l.issue_after.map_or(0.0, |p| end_of(&ends, p)));
+                        let mut start = loader.max(l.issue_after.map_or(0.0, |p| end_of(&ends, p)));
+                        if let Prefetch::Fixed(k) = prefetch {
+                            // The runtime lets a load go once kernel first_use − K − 1 is done.
+                            let seq = timeline.sequence(l.first_use);
+                            if let Some(gate) = seq.checked_sub(k + 1).and_then(|g| finished.get(g)) {
+                                start = start.max(*gate);
+                            }
+                        }
                         loader = start + l.bytes as f64 / target.link_bandwidth;
                         let f = l.first_use;
                         ready[f.invocation][f.kernel] = ready[f.invocation][f.kernel].max(loader);
@@ -186,6 +197,7 @@ pub(crate) fn predict(
                     stall[i] += start - clock;
                     clock = start + scales[i] * target.kernel_seconds(plan, k);
                     ends[i][k] = clock;
+                    finished.push(clock);
                 }
             }
         }

@@ -187,7 +187,7 @@ impl<E: Into<anyhow::Error>> From<E> for JobFailure {
 }
 
 /// `planned` or `fixed:K`.
-fn parse_prefetch(s: &str) -> Result<Prefetch, String> {
+pub(crate) fn parse_prefetch(s: &str) -> Result<Prefetch, String> {
     match s.split_once(':') {
         None if s == "planned" => Ok(Prefetch::Planned),
         Some(("fixed", k)) => k
