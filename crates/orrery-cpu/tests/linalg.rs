@@ -242,3 +242,19 @@ fn tokens_major_attention_equals_the_permuted_heads_major_output() {
         assert_eq!(bits(&got), bits(&permuted));
     }
 }
+
+#[test]
+fn few_rows_against_a_bf16_weight_equal_the_widened_weight_bit_for_bit() {
+    // Up to 8 rows stream a bf16 weight row by row instead of widening it whole; widening is
+    // exact, so the bits must be those of the same product with the weight given in f32.
+    for (rows, k, n) in [(1, 300, 70), (5, 64, 33), (8, 131, 200)] {
+        let x = rand_f32(20 + rows as u64, &[rows, k]);
+        let w = rand_of(DType::BF16, 21, &[n, k]);
+        let w32 = CpuTensor::from_vec(vec![n, k], w.to_f32_vec());
+        let out = orrery_ir::TensorType::new(DType::F32, [rows, n]);
+        let op = Op::Linear { has_bias: false };
+        let got = orrery_cpu::execute(&op, &[&x, &w], &out).unwrap().to_f32_vec();
+        let want = orrery_cpu::execute(&op, &[&x, &w32], &out).unwrap().to_f32_vec();
+        assert_eq!(got, want, "{rows}x{k}x{n}");
+    }
+}

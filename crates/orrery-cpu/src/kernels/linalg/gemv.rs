@@ -9,6 +9,8 @@
 //! identically (fused multiply-adds everywhere).
 
 use super::operand::SharedMut;
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// The most input rows this kernel takes: up to here it measured faster than the blocked GEMM
@@ -34,11 +36,36 @@ impl Rows<'_> {
     }
 }
 
+/// The weight of a [`rows_times_weight`] product: f32 rows read in place, or bf16 rows (a
+/// checkpoint's own dtype) widened one row at a time while it is in L1, so the weight is read
+/// once at half the bytes and never copied whole. Widening is exact, so both give the same
+/// bits.
+#[derive(Clone, Copy)]
+pub(super) enum WeightRows<'a> {
+    F32(Rows<'a>),
+    /// Dense rows of `k` bf16 values.
+    Bf16(&'a [bf16]),
+}
+
+impl WeightRows<'_> {
+    /// Row `j` as f32: borrowed, or widened into `scratch`.
+    fn row<'s>(&'s self, j: usize, k: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        match self {
+            WeightRows::F32(rows) => rows.row(j, k),
+            WeightRows::Bf16(data) => {
+                scratch.resize(k, 0.0);
+                data[j * k..][..k].convert_to_f32_slice(scratch);
+                scratch
+            }
+        }
+    }
+}
+
 /// `y[i·n + j] = Σ_k a[i][k]·w[j][k]` for i < m, j < n (`+=` with `accumulate`); `y` is the
 /// dense m × n output.
 pub(super) fn rows_times_weight(
     a: Rows<'_>,
-    w: Rows<'_>,
+    w: WeightRows<'_>,
     m: usize,
     n: usize,
     k: usize,
@@ -49,10 +76,10 @@ pub(super) fn rows_times_weight(
     let out = SharedMut(y.as_mut_ptr());
     let tasks = n.div_ceil(COLS_PER_TASK);
     let simd = simd_available();
-    (0..tasks).into_par_iter().for_each(|t| {
+    (0..tasks).into_par_iter().for_each_init(Vec::new, |scratch, t| {
         let j0 = t * COLS_PER_TASK;
         for j in j0..(j0 + COLS_PER_TASK).min(n) {
-            let wj = w.row(j, k);
+            let wj = w.row(j, k, scratch);
             for i in 0..m {
                 let d = dot(a.row(i, k), wj, simd);
                 // SAFETY: column j belongs to this task alone; i·n + j < m·n ≤ y.len().
@@ -158,8 +185,8 @@ mod tests {
         for (m, n, k) in [(1, 1, 1), (1, 33, 7), (3, 65, 100), (16, 40, 257), (5, 1, 1024)] {
             let (a, w) = (values(m * (k + 3), 1), values(n * k, 2));
             // a rows padded to k + 3 (a strided operand), w dense.
-            let (ar, wr) =
-                (Rows { data: &a, offset: 0, row_stride: k + 3 }, Rows { data: &w, offset: 0, row_stride: k });
+            let ar = Rows { data: &a, offset: 0, row_stride: k + 3 };
+            let wr = WeightRows::F32(Rows { data: &w, offset: 0, row_stride: k });
             let mut y = vec![0f32; m * n];
             rows_times_weight(ar, wr, m, n, k, &mut y, false);
             for i in 0..m {

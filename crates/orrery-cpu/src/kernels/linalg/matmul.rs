@@ -1,10 +1,11 @@
 //! MatMul and Linear: strided GEMM calls, no operand copies for f32 views.
 
 use super::blas::{gemm, MatMut, MatRef, Threads};
-use super::gemv::{rows_times_weight, Rows, MAX_ROWS};
+use super::gemv::{rows_times_weight, Rows, WeightRows, MAX_ROWS};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
 use crate::CpuTensor;
-use orrery_ir::TensorType;
+use half::bf16;
+use orrery_ir::{DType, TensorType};
 use rayon::prelude::*;
 
 /// Per-matrix work (m·n·k) from which one GEMM is worth splitting over threads; below it the
@@ -26,6 +27,9 @@ fn matrix_strides(strides: &[usize], transpose: bool) -> (usize, usize) {
 struct Gemms {
     a: F32Operand,
     b: F32Operand,
+    /// A bf16 `linear` weight `[N, K]` kept as stored for the few-rows path (then `b` is
+    /// empty): widening it whole would double its bytes and cost more than the product.
+    b_bf16: Option<CpuTensor>,
     bias: Option<F32Operand>,
     m: usize,
     n: usize,
@@ -52,7 +56,7 @@ impl Gemms {
         let b_offsets =
             index_offsets(batch, &broadcast_strides_to(&b.shape[..rb - 2], &b.strides[..rb - 2], batch), b.offset);
         let (a_strides, b_strides) = (matrix_strides(&a.strides, ta), matrix_strides(&b.strides, tb));
-        Gemms { a, b, bias: None, m, n, k, a_offsets, b_offsets, a_strides, b_strides }
+        Gemms { a, b, b_bf16: None, m, n, k, a_offsets, b_offsets, a_strides, b_strides, bias: None }
     }
 
     /// torch `linear`: every leading row of x times `wᵀ`. x's leading dims are read through
@@ -67,11 +71,18 @@ impl Gemms {
             Some(s) => (strided, s),
             None => (F32Operand::dense(x), k),
         };
+        let bias = bias.map(F32Operand::dense);
+        let a_strides = (row_stride, x.strides[lead]);
+        if rows <= MAX_ROWS && a_strides.1 == 1 && w.dtype() == DType::BF16 && w.data::<bf16>().is_some() {
+            let b = F32Operand::empty();
+            let (a_offsets, b_offsets) = (vec![x.offset], vec![0]);
+            let b_bf16 = Some(w.clone());
+            return Gemms { a: x, b, b_bf16, bias, m: rows, n, k, a_offsets, b_offsets, a_strides, b_strides: (1, k) };
+        }
         let w = F32Operand::strided(w);
         let (a_offsets, b_offsets) = (vec![x.offset], vec![w.offset]);
-        let (a_strides, b_strides) = ((row_stride, x.strides[lead]), (w.strides[1], w.strides[0]));
-        let bias = bias.map(F32Operand::dense);
-        Gemms { a: x, b: w, bias, m: rows, n, k, a_offsets, b_offsets, a_strides, b_strides }
+        let b_strides = (w.strides[1], w.strides[0]);
+        Gemms { a: x, b: w, b_bf16: None, bias, m: rows, n, k, a_offsets, b_offsets, a_strides, b_strides }
     }
 
     fn count(&self) -> usize {
@@ -114,7 +125,14 @@ impl Gemms {
         if self.streams_weight() {
             for (bi, dst) in y.chunks_mut(m * n).enumerate() {
                 let a = Rows { data: self.a.data(), offset: self.a_offsets[bi], row_stride: self.a_strides.0 };
-                let w = Rows { data: self.b.data(), offset: self.b_offsets[bi], row_stride: self.b_strides.1 };
+                let w = match self.b_bf16.as_ref().and_then(|w| w.data::<bf16>()) {
+                    Some(data) => WeightRows::Bf16(data),
+                    None => WeightRows::F32(Rows {
+                        data: self.b.data(),
+                        offset: self.b_offsets[bi],
+                        row_stride: self.b_strides.1,
+                    }),
+                };
                 rows_times_weight(a, w, m, n, k, dst, accumulate);
             }
             return;

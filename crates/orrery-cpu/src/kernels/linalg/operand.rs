@@ -56,6 +56,11 @@ impl F32Operand {
         F32Operand::owned(t.shape().to_vec(), widen_to_f32(t))
     }
 
+    /// An operand of no elements (a placeholder where the data is read another way).
+    pub fn empty() -> F32Operand {
+        F32Operand::owned(vec![0], Vec::new())
+    }
+
     fn owned(shape: Vec<usize>, data: Vec<f32>) -> F32Operand {
         F32Operand { storage: Storage::Owned(data), offset: 0, strides: contiguous_strides(&shape), shape }
     }
