@@ -3,7 +3,7 @@
 //! Video2World run from its plans alone: peak memory, weight bytes moved per denoising step
 //! and time per step, on this CPU (measured speeds) or on modelled devices.
 
-use crate::cmd_generate::estimate::{human_bytes, human_time, measured_gflops};
+use crate::cmd_generate::estimate::{best_run_seconds, human_bytes, human_time, measured_gflops};
 use crate::cmd_generate::{memory::default_budget, SamplerArg};
 use anyhow::{Context, Result};
 use orrery_pipeline::{
@@ -99,14 +99,9 @@ fn measured_kernel_overhead(threads: usize) -> Result<f64> {
     b.output("y", x)?;
     let options = orrery_compiler::CompileOptions { passes: orrery_compiler::Passes::None, ..Default::default() };
     let plan = orrery_compiler::compile_with(b.finish()?, &options)?;
-    let session =
-        orrery_runtime::Session::new(plan, std::sync::Arc::new(orrery_runtime::MemoryWeights::new()), threads)?;
     let small = || orrery_cpu::CpuTensor::from_vec(vec![8, 8], vec![0.1; 64]);
     let inputs = std::collections::HashMap::from([("x".to_string(), small()), ("w".to_string(), small())]);
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        best = best.min(session.run(&inputs)?.1.seconds);
-    }
+    let best = best_run_seconds(plan, &inputs, threads, 5)?;
     Ok(best / 64.0)
 }
 

@@ -354,8 +354,8 @@ mod tests {
             assert!(l.issue_after.is_none_or(|a| a < l.first_use));
         }
         assert_eq!(two.sequence(RunPoint { invocation: 1, kernel: 0 }), plan.kernels.len());
-        // One slot cannot hold `wt` while the transpose waits for `mm`... it can: one kernel
-        // reads one weight, so one slot is the minimum.
+        // Each kernel reads one weight (the transpose's view keeps `wt` to `mm`, which reads
+        // nothing else), so one slot is the minimum.
         assert_eq!(min_weight_capacity(&[&plan]), kib16);
         assert!(plan_weight_timeline(&[&plan], kib16 - 64).is_err());
     }

@@ -449,8 +449,7 @@ impl CosmosPipeline {
 
     /// [`CosmosPipeline::encode_prompt`] for several prompts through one session.
     fn encode_prompts(&self, prompts: &[&str], len: usize, threads: usize) -> Result<Vec<CpuTensor>, PipelineError> {
-        let resident = MemoryPlan { weight_bytes: 0, activation_bytes: 0, min_budget: 0, timeline: None };
-        self.encode_prompts_with(&Invoker::new(&resident, Vec::new(), None)?, prompts, len, threads)
+        self.encode_prompts_with(&Invoker::resident(), prompts, len, threads)
     }
 
     /// [`CosmosPipeline::encode_prompts`] as the next invocations of a run.

@@ -110,13 +110,18 @@ impl Invoker {
         sources: Vec<Arc<FormatWeights>>,
         budget: Option<MemoryBudget>,
     ) -> Result<Invoker, PipelineError> {
-        let stream = match (&plan.timeline, budget) {
-            (Some(t), Some(b)) => Some(WeightStream::start(t.clone(), sources, b.io_bandwidth, b.prefetch)?),
-            (Some(t), None) => Some(WeightStream::start(t.clone(), sources, None, Prefetch::Planned)?),
-            (None, _) => None,
+        let (io_bandwidth, prefetch) = budget.map_or((None, Prefetch::Planned), |b| (b.io_bandwidth, b.prefetch));
+        let stream = match &plan.timeline {
+            Some(t) => Some(WeightStream::start(t.clone(), sources, io_bandwidth, prefetch)?),
+            None => None,
         };
         let started = stream.as_ref().map_or_else(Instant::now, |s| s.started());
         Ok(Invoker { stream, next: Cell::new(0), started, spans: RefCell::default() })
+    }
+
+    /// Runs sessions with their weights resident (no stream).
+    pub(crate) fn resident() -> Invoker {
+        Invoker { stream: None, next: Cell::new(0), started: Instant::now(), spans: RefCell::default() }
     }
 
     /// Runs the next invocation of the run on `session`.

@@ -8,6 +8,22 @@ use std::collections::HashMap;
 /// Runs estimated longer than this need `--yes`.
 pub const LONG_RUN_SECONDS: f64 = 30.0 * 60.0;
 
+/// The best of `runs` timings of `plan` on `inputs` (no weights), on `threads` workers.
+pub fn best_run_seconds(
+    plan: orrery_compiler::Plan,
+    inputs: &HashMap<String, CpuTensor>,
+    threads: usize,
+    runs: usize,
+) -> Result<f64> {
+    let session =
+        orrery_runtime::Session::new(plan, std::sync::Arc::new(orrery_runtime::MemoryWeights::new()), threads)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..runs {
+        best = best.min(session.run(inputs)?.1.seconds);
+    }
+    Ok(best)
+}
+
 /// The speed of an f32 matrix product `[m, k] × [k, n]` through the runtime here, in
 /// FLOP/s (best of `runs`).
 fn gemm_rate((m, k, n): (usize, usize, usize), threads: usize, runs: usize) -> Result<f64> {
@@ -16,17 +32,11 @@ fn gemm_rate((m, k, n): (usize, usize, usize), threads: usize, runs: usize) -> R
     let w = b.input("b", orrery_ir::DType::F32, [k, n])?;
     let y = b.matmul("mm", x, w)?;
     b.output("y", y)?;
-    let plan = orrery_compiler::compile(b.finish()?)?;
-    let session =
-        orrery_runtime::Session::new(plan, std::sync::Arc::new(orrery_runtime::MemoryWeights::new()), threads)?;
     let inputs = HashMap::from([
         ("a".to_string(), CpuTensor::from_vec(vec![m, k], vec![1f32; m * k])),
         ("b".to_string(), CpuTensor::from_vec(vec![k, n], vec![1f32; k * n])),
     ]);
-    let mut best = f64::INFINITY;
-    for _ in 0..runs {
-        best = best.min(session.run(&inputs)?.1.seconds);
-    }
+    let best = best_run_seconds(orrery_compiler::compile(b.finish()?)?, &inputs, threads, runs)?;
     Ok(2.0 * (m * k * n) as f64 / best)
 }
 
