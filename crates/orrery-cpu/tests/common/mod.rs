@@ -147,6 +147,34 @@ pub fn check_op(op: &Op, inputs: &[CpuTensor], tol: f64) -> CpuTensor {
     got
 }
 
+/// [`check_op`] for products (matmul, linear): the error is measured against the largest
+/// `Σ|a|·|b|` (+ |bias|) of any output — the scale f32 rounding of a dot product grows with —
+/// rather than the largest output, which cancellation can make arbitrarily small beside its
+/// terms (a single 1 × 8 × 1 product once failed that way).
+pub fn check_product(op: &Op, inputs: &[CpuTensor], tol: f64) -> CpuTensor {
+    let tys: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
+    let out_ty = op.infer(&tys).unwrap_or_else(|e| panic!("{op} rejected {tys:?}: {e}"));
+    let refs: Vec<RefTensor> = inputs.iter().map(to_ref).collect();
+    let abs: Vec<RefTensor> = refs
+        .iter()
+        .map(|r| RefTensor::new(r.dtype, r.shape.clone(), r.data.iter().map(|v| v.abs()).collect()))
+        .collect();
+    let eval = |args: &[RefTensor]| {
+        let args: Vec<&RefTensor> = args.iter().collect();
+        eval_op(op, &args, &out_ty).unwrap_or_else(|e| panic!("reference {op}: {e}"))
+    };
+    let (expected, magnitude) = (eval(&refs), eval(&abs));
+    let args: Vec<&CpuTensor> = inputs.iter().collect();
+    let got = orrery_cpu::execute(op, &args, &out_ty).unwrap_or_else(|e| panic!("cpu {op}: {e}"));
+    assert_eq!(got.shape(), out_ty.shape.dims(), "{op}: shape");
+    assert_eq!(got.dtype(), out_ty.dtype, "{op}: dtype");
+    let diff = got.to_f64_vec().iter().zip(&expected.data).fold(0f64, |m, (g, e)| m.max((g - e).abs()));
+    let scale = magnitude.data.iter().fold(0f64, |m, v| m.max(*v));
+    let err = if scale == 0.0 { diff } else { diff / scale };
+    assert!(err <= tol, "{op}: error {err:e} of the largest Σ|a||b| > {tol:e} for inputs {tys:?}");
+    got
+}
+
 /// Runs `op` on the CPU backend only (panics if the op rejects the inputs or the kernel fails).
 pub fn run_cpu(op: &Op, inputs: &[&CpuTensor]) -> CpuTensor {
     let tys: Vec<_> = inputs.iter().map(|t| t.ty()).collect();
