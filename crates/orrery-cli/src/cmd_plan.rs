@@ -55,7 +55,7 @@ pub struct PlanArgs {
     /// in the page cache).
     #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
     io_bandwidth: Option<u64>,
-    /// The prefetch policy to predict: `planned` or `fixed:K` (as `generate --prefetch`).
+    /// The prefetch policy to predict: `planned`, `eager` or `fixed:K` (as `generate --prefetch`).
     #[arg(long, value_parser = crate::cmd_generate::parse_prefetch, default_value = "planned")]
     prefetch: Prefetch,
     /// For the CPU target: run each component whose modelled run takes under this many seconds
@@ -127,7 +127,7 @@ fn report(target: &Target, memory: &MemoryPlan, p: &Prediction, run: &RunSize) -
         "link_bandwidth": target.link_bandwidth,
         "streamed": memory.timeline.is_some(), "weight_bytes": memory.weight_bytes,
         "resident_weight_bytes": p.resident_weight_bytes, "pinned_bytes": memory.timeline.as_ref().map(|t| t.pinned_bytes),
-        "activation_bytes": p.activation_bytes, "peak_bytes": p.peak_bytes(), "min_budget_bytes": memory.min_budget,
+        "activation_bytes": p.activation_bytes, "transient_bytes": p.transient_bytes, "peak_bytes": p.peak_bytes(), "min_budget_bytes": memory.min_budget,
         "bytes_per_step": p.bytes_per_step, "seconds_per_step": p.seconds_per_step,
         "stall_seconds_per_step": p.stall_seconds_per_step, "seconds": p.seconds, "steps": run.steps,
         "calibration": p.calibration.iter().map(|(c, f)| serde_json::json!({"component": c, "scale": f})).collect::<Vec<_>>(),
@@ -175,9 +175,8 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
     );
     for target in &targets {
         let budget = MemoryBudget {
-            bytes: args.memory_budget.unwrap_or(target.memory_bytes),
-            io_bandwidth: None,
             prefetch: args.prefetch,
+            ..MemoryBudget::new(args.memory_budget.unwrap_or(target.memory_bytes))
         };
         let calibrate = (target.measured && args.calibrate_seconds > 0.0).then_some((threads, args.calibrate_seconds));
         let (memory, p) = match pipeline.predict(&run, true, target, Some(budget), calibrate) {
@@ -199,10 +198,11 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
         };
         eprintln!("orrery: {}:", target.name);
         eprintln!(
-            "  memory: {weights}; peak {} = {} weights + {} activations",
+            "  memory: {weights}; peak {} = {} weights + {} activations + {} widened in one kernel",
             human_bytes(p.peak_bytes()),
             human_bytes(p.resident_weight_bytes),
-            human_bytes(p.activation_bytes)
+            human_bytes(p.activation_bytes),
+            human_bytes(p.transient_bytes)
         );
         eprintln!(
             "  per step: {} of weights moved, {} ({} waiting for weights); whole run {}",
@@ -218,9 +218,13 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
         if args.dump {
             if let Some(t) = &memory.timeline {
                 for (j, l) in t.loads.iter().enumerate() {
-                    let after = l.issue_after.map_or("start".to_string(), |a| format!("{}:{}", a.invocation, a.kernel));
+                    let point = |p: Option<orrery_compiler::RunPoint>| {
+                        p.map_or("start".to_string(), |a| format!("{}:{}", a.invocation, a.kernel))
+                    };
+                    let (after, issue) = (point(l.issue_after), point(l.issue_at));
                     eprintln!(
-                        "  load {j}: invocation {} `{}` {} B at {}{} first use {}:{} after {after}",
+                        "  load {j}: invocation {} `{}` {} B at {}{} first use {}:{} ring free after {after}, \
+                         issue after {issue}",
                         l.invocation,
                         l.name,
                         l.bytes,

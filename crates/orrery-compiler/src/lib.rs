@@ -10,11 +10,13 @@
 //! Architecture invariant: everything the runtime does is decided here, before any data
 //! exists: kernel order, frees and memory. The compiler never touches tensors or files.
 
+mod issue_points;
 mod memory;
 pub mod passes;
 mod plan;
 mod weight_timeline;
 
+pub use issue_points::{IssueModel, ISSUE_MARGIN_SECONDS, ISSUE_SLACK};
 pub use memory::{
     can_run_in_place, plan_memory, validate, BufferSlot, DeviceLimits, MemoryOptions, MemoryPlan, Storage, ARENA_ALIGN,
 };

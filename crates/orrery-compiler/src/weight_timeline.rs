@@ -8,9 +8,9 @@
 //! (wrapping to 0 when it does not fit before the end). A load may start once every earlier
 //! load overlapping its bytes has had its last use (`issue_after`); with the loads issued in
 //! order, the loader runs ahead of the kernels as far as the ring allows, so the next
-//! subsystem's first weights arrive while the current one computes. The runtime may move the
-//! moment it starts a load (it re-times them from measured speeds), never the order or the
-//! offsets.
+//! subsystem's first weights arrive while the current one computes. Within that bound each
+//! load also gets an issue point from a cost model (`issue_points.rs`), which the runtime
+//! re-times from the speeds it measures; neither ever changes the order or the offsets.
 //!
 //! A weight's last use counts the views of it: a transposed weight read later keeps it alive.
 
@@ -42,6 +42,11 @@ pub struct WeightLoad {
     /// The load may start only after this kernel has finished (the last use of the earlier
     /// loads it overwrites); `None`: at once.
     pub issue_after: Option<RunPoint>,
+    /// When the cost model says to start the load: after this kernel has finished, the latest
+    /// point that still has it arrive in time (with [`crate::ISSUE_SLACK`]), never before
+    /// `issue_after`; `None`: at once. Set by [`WeightTimeline::schedule_issue_points`]; the
+    /// runtime re-times it from measured speeds.
+    pub issue_at: Option<RunPoint>,
     /// Earlier loads whose bytes this one overwrites (indices into the timeline's loads).
     pub overwrites: Vec<usize>,
     /// Kept resident for the whole run (in the pinned region): never overwritten.
@@ -52,7 +57,7 @@ pub struct WeightLoad {
 }
 
 /// Where every weight of a run lives and when.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WeightTimeline {
     pub capacity: u64,
     /// Bytes at the front of the memory holding pinned weights; the ring is the rest.
@@ -61,6 +66,14 @@ pub struct WeightTimeline {
     pub loads: Vec<WeightLoad>,
     /// Kernels per invocation (to turn run points into a running count).
     pub kernels_per_invocation: Vec<usize>,
+    /// Which distinct plan each invocation runs (invocations of one plan share an index), so
+    /// times measured on one invocation predict the next of the same plan.
+    pub plan_of_invocation: Vec<usize>,
+    /// Per distinct plan, each kernel's modelled seconds (empty until issue points are
+    /// scheduled): the runtime's first guess for plans it has not run yet.
+    pub modelled_kernel_seconds: Vec<Vec<f64>>,
+    /// The load speed (bytes per second) the issue points were scheduled with.
+    pub modelled_load_bandwidth: f64,
 }
 
 /// Offsets in the ring are multiples of this (cache lines, and every dtype's alignment).
@@ -218,6 +231,7 @@ fn place(
                     first_use,
                     last_use,
                     issue_after: None,
+                    issue_at: None,
                     overwrites: Vec::new(),
                     pinned: true,
                     reused_by: Vec::new(),
@@ -251,17 +265,32 @@ fn place(
                 first_use,
                 last_use,
                 issue_after,
+                issue_at: issue_after,
                 overwrites: overwritten,
                 pinned: false,
                 reused_by: Vec::new(),
             });
         }
     }
+    let mut distinct: Vec<*const Plan> = Vec::new();
+    let plan_of_invocation = invocations
+        .iter()
+        .map(|p| {
+            let key = *p as *const Plan;
+            distinct.iter().position(|&d| d == key).unwrap_or_else(|| {
+                distinct.push(key);
+                distinct.len() - 1
+            })
+        })
+        .collect();
     Ok(WeightTimeline {
         capacity,
         pinned_bytes: ring_start,
         loads,
         kernels_per_invocation: invocations.iter().map(|p| p.kernels.len()).collect(),
+        plan_of_invocation,
+        modelled_kernel_seconds: Vec::new(),
+        modelled_load_bandwidth: f64::INFINITY,
     })
 }
 

@@ -13,5 +13,5 @@ pub mod kernels;
 mod tensor;
 
 pub use error::CpuError;
-pub use kernels::execute;
+pub use kernels::{execute, transient_bytes};
 pub use tensor::{Buffer, CpuTensor, Element, MappedBytes};

@@ -383,11 +383,11 @@ impl CosmosPipeline {
         budget: Option<MemoryBudget>,
         calibrate: Option<(usize, f64)>,
     ) -> Result<(MemoryPlan, Prediction), PipelineError> {
-        let budget = budget.unwrap_or(MemoryBudget {
-            bytes: target.memory_bytes,
-            io_bandwidth: None,
-            prefetch: orrery_runtime::Prefetch::Planned,
-        });
+        // Issue points planned with the target's own speeds.
+        let budget = MemoryBudget {
+            issue_model: Some(target.issue_model()),
+            ..budget.unwrap_or(MemoryBudget::new(target.memory_bytes))
+        };
         let memory = self.memory_plan(run, negative_encoded, Some(budget))?;
         let plans = self.run_plans(run.dims(), run.max_text_len)?;
         let prompts = 1 + usize::from(negative_encoded);

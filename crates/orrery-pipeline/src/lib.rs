@@ -30,7 +30,7 @@ pub use denoise::Precision;
 pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
 pub use latent_space::{to_model_latents, to_tokenizer_latents};
-pub use memory_budget::{InvocationSpan, MemoryBudget, MemoryPlan};
+pub use memory_budget::{cpu_issue_model, InvocationSpan, MemoryBudget, MemoryPlan};
 pub use noise::{standard_normal, video_frames_u8};
 pub use prediction::{Prediction, Target};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};

@@ -6,14 +6,20 @@
 //! none given, the weights stay mapped and resident instead.
 //!
 //! Planned memory = the ring (resident weights and weights in flight) + the largest
-//! activation footprint of one invocation (invocations run one after another). With the
+//! activation footprint of one invocation (invocations run one after another) + the largest
+//! transient a kernel allocates besides its output (a bf16 weight widened to f32 inside a
+//! product: `orrery_cpu::transient_bytes`). With the
 //! planned prefetch, part of that memory keeps the weights of repeated invocations (the
-//! transformer's, every step) resident, so fewer bytes are read per step.
+//! transformer's, every step) resident, so fewer bytes are read per step, and each load gets
+//! an issue point from a cost model (the budget's, or a first guess for a CPU), which the
+//! runtime re-times from what it measures.
 
 use crate::PipelineError;
-use orrery_compiler::{min_weight_capacity, plan_weight_timeline, plan_weight_timeline_pinned, Plan, WeightTimeline};
+use orrery_compiler::{
+    min_weight_capacity, plan_weight_timeline, plan_weight_timeline_pinned, IssueModel, Plan, WeightTimeline,
+};
 use orrery_cpu::CpuTensor;
-use orrery_runtime::{FormatWeights, Prefetch, Session, StreamEvent, StreamStats, WeightStream};
+use orrery_runtime::{FormatWeights, Prefetch, Session, StreamEvent, StreamOptions, StreamStats, WeightStream};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,8 +31,33 @@ pub struct MemoryBudget {
     pub bytes: u64,
     /// Bytes per second weights may be read at (simulates a slow disk or link).
     pub io_bandwidth: Option<f64>,
-    /// When streamed weights may load: as the timeline allows, or a fixed lookahead.
+    /// When streamed weights may load: at the planned issue points, as soon as the ring
+    /// allows, or a fixed lookahead.
     pub prefetch: Prefetch,
+    /// Re-time the planned issue points between invocations from measured times.
+    pub retime: bool,
+    /// The speeds the issue points are first planned with; `None`: [`cpu_issue_model`].
+    pub issue_model: Option<IssueModel>,
+}
+
+impl MemoryBudget {
+    /// `bytes` with the defaults: planned and re-timed prefetch, reads as fast as they go.
+    pub fn new(bytes: u64) -> MemoryBudget {
+        MemoryBudget { bytes, io_bandwidth: None, prefetch: Prefetch::Planned, retime: true, issue_model: None }
+    }
+}
+
+/// A first guess at a CPU's speeds, for issue points before anything was measured: 50 GFLOP/s
+/// and 10 GB/s (about two cores of this class), 20 µs per kernel, weights at `io_bandwidth`
+/// or 2 GB/s (a local SSD). The runtime replaces it with measured times after the first
+/// invocation.
+pub fn cpu_issue_model(io_bandwidth: Option<f64>) -> IssueModel {
+    IssueModel {
+        flop_rate: 50e9,
+        memory_bandwidth: 10e9,
+        kernel_overhead: 20e-6,
+        load_bandwidth: io_bandwidth.unwrap_or(2e9),
+    }
 }
 
 /// One model invocation of a run, timed from the run's start.
@@ -47,10 +78,13 @@ pub struct MemoryPlan {
     pub weight_bytes: u64,
     /// The most bytes one invocation's activations and inputs hold at once.
     pub activation_bytes: u64,
+    /// The most bytes one kernel allocates besides its output while it runs (0 for f32
+    /// weights; a bf16 weight's f32 copy inside a product of more than a few rows).
+    pub transient_bytes: u64,
     /// The smallest budget that runs (streaming through the smallest ring).
     pub min_budget: u64,
     /// `Some` when the weights are streamed: the timeline through a ring of
-    /// `budget − activation_bytes` bytes.
+    /// `budget − activation_bytes − transient_bytes` bytes.
     pub timeline: Option<WeightTimeline>,
 }
 
@@ -66,32 +100,54 @@ impl MemoryPlan {
         budget: Option<MemoryBudget>,
     ) -> Result<MemoryPlan, PipelineError> {
         let activation_bytes = representative.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
-        let min_budget = activation_bytes + min_weight_capacity(representative);
+        let transient_bytes = representative.iter().map(|p| largest_transient(p)).max().unwrap_or(0);
+        let working = activation_bytes + transient_bytes;
+        let min_budget = working + min_weight_capacity(representative);
         let timeline = match budget {
-            Some(b) if b.bytes < weight_bytes + activation_bytes => {
+            Some(b) if b.bytes < weight_bytes + working => {
                 if b.bytes < min_budget {
                     return Err(PipelineError::Invalid(format!(
                         "a memory budget of {} bytes is below the {min_budget} bytes this run needs at least \
-                         ({activation_bytes} of activations plus the weights its largest kernels read at once); \
+                         ({activation_bytes} of activations, {transient_bytes} of a kernel's widened weight and \
+                         the weights its largest kernels read at once); \
                          raise --memory-budget or lower the size, frames or batch",
                         b.bytes
                     )));
                 }
                 let all = invocations();
                 let all: Vec<&Plan> = all.iter().map(|p| &**p).collect();
-                let capacity = b.bytes - activation_bytes;
+                let capacity = b.bytes - working;
                 Some(match b.prefetch {
                     // The planned schedule keeps what the budget allows of the repeated
-                    // invocations' weights resident.
-                    Prefetch::Planned => plan_weight_timeline_pinned(&all, capacity)?,
+                    // invocations' weights resident, and issues each load by the model.
+                    Prefetch::Planned => {
+                        let mut t = plan_weight_timeline_pinned(&all, capacity)?;
+                        t.schedule_issue_points(&all, &b.issue_model.unwrap_or(cpu_issue_model(b.io_bandwidth)));
+                        t
+                    }
+                    Prefetch::Eager => plan_weight_timeline_pinned(&all, capacity)?,
                     // A fixed lookahead models the peers, which stream every block every time.
                     Prefetch::Fixed(_) => plan_weight_timeline(&all, capacity)?,
                 })
             }
             _ => None,
         };
-        Ok(MemoryPlan { weight_bytes, activation_bytes, min_budget, timeline })
+        Ok(MemoryPlan { weight_bytes, activation_bytes, transient_bytes, min_budget, timeline })
     }
+}
+
+/// The most bytes one kernel of `plan` allocates on the CPU besides its output.
+fn largest_transient(plan: &Plan) -> u64 {
+    let graph = &plan.graph;
+    plan.kernels
+        .iter()
+        .filter_map(|k| {
+            let op = graph.node(k.node).op()?;
+            let inputs: Vec<&orrery_ir::TensorType> = k.inputs.iter().map(|i| &graph.node(*i).ty).collect();
+            Some(orrery_cpu::transient_bytes(op, &inputs, &k.output))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Runs sessions in the run's order, through the weight stream when there is one, and times
@@ -110,9 +166,13 @@ impl Invoker {
         sources: Vec<Arc<FormatWeights>>,
         budget: Option<MemoryBudget>,
     ) -> Result<Invoker, PipelineError> {
-        let (io_bandwidth, prefetch) = budget.map_or((None, Prefetch::Planned), |b| (b.io_bandwidth, b.prefetch));
+        let options = budget.map_or_else(StreamOptions::default, |b| StreamOptions {
+            io_bandwidth: b.io_bandwidth,
+            prefetch: b.prefetch,
+            retime: b.retime,
+        });
         let stream = match &plan.timeline {
-            Some(t) => Some(WeightStream::start(t.clone(), sources, io_bandwidth, prefetch)?),
+            Some(t) => Some(WeightStream::start(t.clone(), sources, options)?),
             None => None,
         };
         let started = stream.as_ref().map_or_else(Instant::now, |s| s.started());

@@ -4,8 +4,9 @@
 //! The cost model: each kernel takes a fixed overhead plus `max(flops / flop_rate, bytes /
 //! memory_bandwidth)` (a roofline); each weight load takes `bytes / link_bandwidth`. The run is then simulated: one
 //! loader issues the weight timeline's loads in order, each no earlier than the kernel its
-//! bytes are reused after; each kernel starts when the previous one has ended and its weights
-//! have arrived. Resident weights are loaded once before the run (not counted in the steps).
+//! bytes are reused after (and, planned, than its issue point: the steady state of the
+//! runtime's re-timing, i.e. issue points from the simulated times themselves); each kernel
+//! starts when the previous one has ended and its weights have arrived. Resident weights are loaded once before the run (not counted in the steps).
 //! Targets other than this machine are labelled as modelled: nothing of them was measured.
 //! For this machine the model can be calibrated: each component's plan runs once (twice, the
 //! second timed) and its kernel times are scaled by measured / modelled, when the model says
@@ -13,7 +14,7 @@
 
 use crate::memory_budget::MemoryPlan;
 use crate::PipelineError;
-use orrery_compiler::{Plan, RunPoint};
+use orrery_compiler::{IssueModel, Plan, RunPoint};
 use orrery_cpu::CpuTensor;
 use orrery_runtime::{FormatWeights, Prefetch, Session};
 use std::collections::HashMap;
@@ -80,10 +81,18 @@ impl Target {
         }
     }
 
+    /// The target's speeds as the compiler's issue-point model.
+    pub fn issue_model(&self) -> IssueModel {
+        IssueModel {
+            flop_rate: self.flop_rate,
+            memory_bandwidth: self.memory_bandwidth,
+            kernel_overhead: self.kernel_overhead,
+            load_bandwidth: self.link_bandwidth,
+        }
+    }
+
     fn kernel_seconds(&self, plan: &Plan, k: usize) -> f64 {
-        let cost = &plan.kernels[k].cost;
-        let work = cost.flops as f64 / self.flop_rate;
-        self.kernel_overhead + work.max(cost.bytes as f64 / self.memory_bandwidth)
+        self.issue_model().kernel_seconds(plan, k)
     }
 }
 
@@ -94,6 +103,8 @@ pub struct Prediction {
     pub resident_weight_bytes: u64,
     /// The largest activation footprint of one invocation.
     pub activation_bytes: u64,
+    /// The largest transient one kernel allocates besides its output (widened weights).
+    pub transient_bytes: u64,
     /// Weight bytes read during one denoising step (a middle one): 0 when resident.
     pub bytes_per_step: u64,
     /// Seconds of one denoising step, loads included.
@@ -109,7 +120,7 @@ pub struct Prediction {
 
 impl Prediction {
     pub fn peak_bytes(&self) -> u64 {
-        self.resident_weight_bytes + self.activation_bytes
+        self.resident_weight_bytes + self.activation_bytes + self.transient_bytes
     }
 }
 
@@ -169,6 +180,18 @@ pub(crate) fn predict(
             // run order, loads first up to the kernel that needs them, is exact.
             let mut loader = 0.0f64;
             let mut next = 0usize;
+            // Planned: the issue points the runtime converges to once it has measured the
+            // kernels and the link (here: the model's own times).
+            let gates = (prefetch == Prefetch::Planned).then(|| {
+                let kernel_seconds: Vec<Vec<f64>> = invocations
+                    .iter()
+                    .zip(scales)
+                    .map(|(plan, scale)| {
+                        (0..plan.kernels.len()).map(|k| scale * target.kernel_seconds(plan, k)).collect()
+                    })
+                    .collect();
+                timeline.issue_gates(&kernel_seconds, &|l| l.bytes as f64 / target.link_bandwidth)
+            });
             // Kernel end times in run order (for a fixed lookahead's gate).
             let mut finished: Vec<f64> = Vec::new();
             let loads = &timeline.loads;
@@ -180,6 +203,9 @@ pub(crate) fn predict(
                     while next < loads.len() && loads[next].first_use <= here {
                         let l = &loads[next];
                         let mut start = loader.max(l.issue_after.map_or(0.0, |p| end_of(&ends, p)));
+                        if let Some(gate) = gates.as_ref().and_then(|g| g[next].checked_sub(1)) {
+                            start = start.max(finished[gate]);
+                        }
                         if let Prefetch::Fixed(k) = prefetch {
                             // The runtime lets a load go once kernel first_use − K − 1 is done.
                             let seq = timeline.sequence(l.first_use);
@@ -208,6 +234,7 @@ pub(crate) fn predict(
     Prediction {
         resident_weight_bytes: memory.timeline.as_ref().map_or(memory.weight_bytes, |t| t.capacity),
         activation_bytes: memory.activation_bytes,
+        transient_bytes: memory.transient_bytes,
         bytes_per_step: step_invocations.clone().map(|i| loaded_in[i]).sum(),
         calibration: Vec::new(),
         seconds_per_step: step_end - step_start,

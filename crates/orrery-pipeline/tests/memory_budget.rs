@@ -8,7 +8,6 @@ use orrery_pipeline::{
     standard_normal, write_synthetic_pipeline, CosmosPipeline, GenerateRequest, MemoryBudget, SamplerKind,
     SyntheticSize,
 };
-use orrery_runtime::Prefetch;
 use std::path::Path;
 
 fn request<'a>(noise: &'a CpuTensor, memory: Option<MemoryBudget>) -> GenerateRequest<'a> {
@@ -51,7 +50,7 @@ fn a_quarter_of_the_weights_streams_to_the_same_video() {
         "weights {} B, activations {} B, smallest budget {} B, budget {budget} B",
         plan.weight_bytes, plan.activation_bytes, plan.min_budget
     );
-    let memory = MemoryBudget { bytes: budget, io_bandwidth: None, prefetch: Prefetch::Planned };
+    let memory = MemoryBudget::new(budget);
     let streamed = pipeline.generate(&request(&noise, Some(memory))).unwrap();
     let stats = streamed.stream.clone().expect("streamed");
     let timeline = streamed.memory.timeline.as_ref().unwrap();

@@ -9,7 +9,6 @@ mod common;
 
 use common::{fixture, rel_err, Run};
 use orrery_pipeline::{Condition, CosmosPipeline, MemoryBudget};
-use orrery_runtime::Prefetch;
 
 #[test]
 fn video2world_matches_diffusers() {
@@ -42,8 +41,7 @@ fn video2world_matches_diffusers() {
 
         // Within the smallest memory budget the weights stream (the video encoder's run
         // included in the timeline, before the transformer's), and the result is the same.
-        request.memory =
-            Some(MemoryBudget { bytes: out.memory.min_budget, io_bandwidth: None, prefetch: Prefetch::Planned });
+        request.memory = Some(MemoryBudget::new(out.memory.min_budget));
         let streamed = pipeline.generate(&request).unwrap();
         assert!(streamed.stream.is_some(), "{case}: streamed");
         assert_eq!(streamed.invocations.iter().filter(|s| s.label == "vae.encode").count(), 1);

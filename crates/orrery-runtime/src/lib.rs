@@ -19,5 +19,5 @@ pub use chunks::{run_chunks, ChunkStats, Concat, Placement, Span};
 pub use error::RuntimeError;
 pub use session::{peak_rss_bytes, RunStats, Session};
 pub use threads::{resolve_threads, ThreadSource};
-pub use weight_stream::{EventKind, Prefetch, StreamCursor, StreamEvent, StreamStats, WeightStream};
+pub use weight_stream::{EventKind, Prefetch, StreamCursor, StreamEvent, StreamOptions, StreamStats, WeightStream};
 pub use weights::{tensor_from_source, FormatWeights, MemoryWeights, WeightResolver};

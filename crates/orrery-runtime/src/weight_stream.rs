@@ -6,8 +6,14 @@
 //! planned offset of one anonymous memory region. Sessions run their invocations in the
 //! timeline's order through a [`StreamCursor`]: before each kernel they wait for its weights
 //! (the wait is the stall), after it they drop the weights whose last use it was and count it
-//! finished, which is what lets the loader go on. The loader runs as far ahead as the ring
-//! allows, so the next subsystem's first weights load while the current one computes.
+//! finished, which is what lets the loader go on.
+//!
+//! When a load starts ([`Prefetch`]): with `Planned`, at its issue point (the latest start
+//! the cost model says still meets its first use) but never before the ring has freed its
+//! bytes; the points are re-timed before every invocation from the kernel and load times
+//! measured so far, the order and the offsets never change. With `Eager`, as soon as the ring
+//! allows; with `Fixed(K)`, also no more than K kernels ahead (the peers' lookahead). Either
+//! way the next subsystem's first weights load while the current one computes.
 //!
 //! Memory: the ring's `capacity` bytes (the weights resident and in flight), never more.
 
@@ -51,8 +57,11 @@ impl AsRef<[u8]> for RingSlice {
 /// When the loader may start a load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prefetch {
-    /// As soon as the ring has freed its bytes (the compiled timeline's issue points).
+    /// At the timeline's issue points (re-timed while running when [`StreamOptions::retime`]),
+    /// never before the ring has freed the load's bytes.
     Planned,
+    /// As soon as the ring has freed its bytes.
+    Eager,
     /// Also no more than `K` kernels before the load's first use (the fixed lookahead of
     /// other runtimes, for comparison).
     Fixed(usize),
@@ -70,6 +79,28 @@ pub struct StreamStats {
     pub loads: usize,
     /// The most weight bytes held in the ring at once (loaded and not yet overwritten).
     pub peak_resident_bytes: u64,
+    /// Times the issue points were re-timed from measurements (once per invocation after the
+    /// first, with `Prefetch::Planned`).
+    pub retimes: usize,
+    /// Issue points those re-timings moved, in all.
+    pub issue_points_moved: usize,
+}
+
+/// How a [`WeightStream`] loads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StreamOptions {
+    /// Bytes per second the loader may read (simulates a slow disk or link); `None`: as fast
+    /// as it can.
+    pub io_bandwidth: Option<f64>,
+    pub prefetch: Prefetch,
+    /// Re-time the issue points between invocations from measured times (`Prefetch::Planned`).
+    pub retime: bool,
+}
+
+impl Default for StreamOptions {
+    fn default() -> StreamOptions {
+        StreamOptions { io_bandwidth: None, prefetch: Prefetch::Planned, retime: true }
+    }
 }
 
 /// One timed event, for traces: a load, or a kernel's wait for its weights.
@@ -88,6 +119,9 @@ pub struct StreamEvent {
 pub enum EventKind {
     Load,
     Stall,
+    /// The issue points were re-timed before `invocation` (an instant; `bytes` holds how many
+    /// moved).
+    Retime,
 }
 
 struct State {
@@ -104,6 +138,15 @@ struct State {
     next_invocation: usize,
     stats: StreamStats,
     events: Vec<StreamEvent>,
+    /// Per load: how many kernels of the run must have finished before it starts.
+    gates: Vec<usize>,
+    /// Measured seconds of each kernel of each finished invocation.
+    measured: Vec<Option<Vec<f64>>>,
+    /// The running invocation's kernel seconds so far.
+    current: Vec<f64>,
+    /// When the last kernel finished (or the invocation began), and the stalls since.
+    mark: Duration,
+    stalled_since_mark: f64,
 }
 
 struct Shared {
@@ -111,9 +154,7 @@ struct Shared {
     timeline: WeightTimeline,
     /// The weights of each invocation.
     sources: Vec<Arc<FormatWeights>>,
-    /// Bytes per second the loader may read (simulates a slow link); `None`: as fast as it can.
-    io_bandwidth: Option<f64>,
-    prefetch: Prefetch,
+    options: StreamOptions,
     state: Mutex<State>,
     changed: Condvar,
     started: Instant,
@@ -140,8 +181,7 @@ impl WeightStream {
     pub fn start(
         timeline: WeightTimeline,
         sources: Vec<Arc<FormatWeights>>,
-        io_bandwidth: Option<f64>,
-        prefetch: Prefetch,
+        options: StreamOptions,
     ) -> Result<WeightStream, RuntimeError> {
         if sources.len() != timeline.kernels_per_invocation.len() {
             return Err(RuntimeError::Stream(format!(
@@ -171,13 +211,17 @@ impl WeightStream {
             next_invocation: 0,
             stats: StreamStats::default(),
             events: Vec::new(),
+            gates: timeline.loads.iter().map(|l| l.issue_at.map_or(0, |p| timeline.sequence(p) + 1)).collect(),
+            measured: vec![None; timeline.kernels_per_invocation.len()],
+            current: Vec::new(),
+            mark: Duration::ZERO,
+            stalled_since_mark: 0.0,
         };
         let shared = Arc::new(Shared {
             ring: Arc::new(Ring { ptr: map.as_mut_ptr(), len: map.len(), _map: map }),
             timeline,
             sources,
-            io_bandwidth,
-            prefetch,
+            options,
             state: Mutex::new(state),
             changed: Condvar::new(),
             started: Instant::now(),
@@ -209,15 +253,82 @@ impl WeightStream {
     }
 
     /// The cursor for the next invocation; invocations must run in the timeline's order.
+    /// With `Prefetch::Planned` and re-timing on, the issue points of the loads not yet
+    /// started are re-timed first, from what the earlier invocations measured.
     pub fn begin(&self, invocation: usize) -> Result<StreamCursor<'_>, RuntimeError> {
-        let state = self.shared.lock();
-        if state.next_invocation != invocation {
-            return Err(RuntimeError::Stream(format!(
-                "invocation {invocation} started out of order (the timeline expects {})",
-                state.next_invocation
-            )));
+        let measured = {
+            let state = self.shared.lock();
+            if state.next_invocation != invocation {
+                return Err(RuntimeError::Stream(format!(
+                    "invocation {invocation} started out of order (the timeline expects {})",
+                    state.next_invocation
+                )));
+            }
+            let options = &self.shared.options;
+            let retime = options.prefetch == Prefetch::Planned && options.retime && invocation > 0;
+            retime.then(|| (state.measured.clone(), state.stats.bytes_loaded, state.stats.load_seconds))
+        };
+        if let Some((measured, bytes, seconds)) = measured {
+            self.retime(invocation, &measured, bytes, seconds);
         }
+        let mut state = self.shared.lock();
+        state.current.clear();
+        state.mark = self.shared.started.elapsed();
+        state.stalled_since_mark = 0.0;
         Ok(StreamCursor { stream: self, invocation })
+    }
+
+    /// Re-runs the timeline's issue-point pass with measured kernel times (per plan, the
+    /// latest invocation of it that ran; plans not run yet: their modelled times scaled by
+    /// measured / modelled so far) and the measured load speed, and moves the issue points of
+    /// the loads not started yet.
+    fn retime(&self, invocation: usize, measured: &[Option<Vec<f64>>], bytes_loaded: u64, load_seconds: f64) {
+        let t = &self.shared.timeline;
+        if t.modelled_kernel_seconds.is_empty() {
+            return;
+        }
+        let modelled = |v: usize| &t.modelled_kernel_seconds[t.plan_of_invocation[v]];
+        let (mut seen, mut model) = (0.0f64, 0.0f64);
+        let mut latest: HashMap<usize, usize> = HashMap::new();
+        for (v, m) in measured.iter().enumerate() {
+            if let Some(m) = m {
+                seen += m.iter().sum::<f64>();
+                model += modelled(v).iter().sum::<f64>();
+                latest.insert(t.plan_of_invocation[v], v);
+            }
+        }
+        let scale = if seen > 0.0 && model > 0.0 { seen / model } else { 1.0 };
+        let kernel_seconds: Vec<Vec<f64>> = (0..measured.len())
+            .map(|v| match (&measured[v], latest.get(&t.plan_of_invocation[v])) {
+                (Some(m), _) => m.clone(),
+                (None, Some(&u)) => measured[u].clone().unwrap_or_default(),
+                (None, None) => modelled(v).iter().map(|s| s * scale).collect(),
+            })
+            .collect();
+        let rate = if load_seconds > 0.0 { bytes_loaded as f64 / load_seconds } else { t.modelled_load_bandwidth };
+        let gates = t.issue_gates(&kernel_seconds, &|l| l.bytes as f64 / rate);
+        let mut state = self.shared.lock();
+        let first = state.loaded;
+        let mut moved = 0;
+        for (j, gate) in gates.into_iter().enumerate().skip(first) {
+            if state.gates[j] != gate {
+                state.gates[j] = gate;
+                moved += 1;
+            }
+        }
+        state.stats.retimes += 1;
+        state.stats.issue_points_moved += moved;
+        let now = self.shared.started.elapsed();
+        state.events.push(StreamEvent {
+            name: format!("re-timed {moved} issue points"),
+            invocation,
+            bytes: moved as u64,
+            start: now,
+            end: now,
+            kind: EventKind::Retime,
+        });
+        drop(state);
+        self.shared.changed.notify_all();
     }
 
     /// The weight `node` of `invocation`, waiting for its load.
@@ -237,6 +348,7 @@ impl WeightStream {
         if stalled {
             let (start, end) = (waited - self.shared.started, self.shared.started.elapsed());
             state.stats.stall_seconds += (end - start).as_secs_f64();
+            state.stalled_since_mark += (end - start).as_secs_f64();
             state.events.push(StreamEvent {
                 name: label.into(),
                 invocation,
@@ -292,6 +404,12 @@ impl StreamCursor<'_> {
         let shared = &self.stream.shared;
         let mut state = shared.lock();
         state.finished = shared.timeline.sequence(RunPoint { invocation: self.invocation, kernel }) + 1;
+        // The kernel's own time: since the previous one finished, less its wait for weights.
+        let now = shared.started.elapsed();
+        let seconds = (now.saturating_sub(state.mark)).as_secs_f64() - state.stalled_since_mark;
+        state.current.push(seconds.max(0.0));
+        state.mark = now;
+        state.stalled_since_mark = 0.0;
         drop(state);
         shared.changed.notify_all();
     }
@@ -305,7 +423,9 @@ impl StreamCursor<'_> {
                 self.invocation
             )));
         }
-        self.stream.shared.lock().next_invocation = self.invocation + 1;
+        let mut state = self.stream.shared.lock();
+        state.next_invocation = self.invocation + 1;
+        state.measured[self.invocation] = Some(std::mem::take(&mut state.current));
         Ok(())
     }
 }
@@ -324,8 +444,10 @@ fn load_all(shared: &Shared) {
                     return;
                 }
                 let mut ready = load.issue_after.is_none_or(|p| state.finished > shared.timeline.sequence(p));
-                if let Prefetch::Fixed(k) = shared.prefetch {
-                    ready &= state.finished + k >= shared.timeline.sequence(load.first_use);
+                match shared.options.prefetch {
+                    Prefetch::Planned => ready &= state.finished >= state.gates[j],
+                    Prefetch::Eager => {}
+                    Prefetch::Fixed(k) => ready &= state.finished + k >= shared.timeline.sequence(load.first_use),
                 }
                 let overlapping_free =
                     load.overwrites.iter().all(|&o| state.slices[o].as_ref().is_none_or(|s| Arc::strong_count(s) == 1));
@@ -358,7 +480,7 @@ fn load_all(shared: &Shared) {
                 None => Err(format!("`{}` is not in {}", load.name, source.path().display())),
             }
         };
-        if let (Ok(()), Some(rate)) = (&result, shared.io_bandwidth) {
+        if let (Ok(()), Some(rate)) = (&result, shared.options.io_bandwidth) {
             let due = began + Duration::from_secs_f64(len as f64 / rate);
             if let Some(rest) = due.checked_sub(shared.started.elapsed()) {
                 std::thread::sleep(rest);

@@ -25,35 +25,47 @@ pub fn describe(plan: &MemoryPlan, budget: Option<MemoryBudget>) -> String {
     let within = budget.map_or(String::new(), |b| format!(" within a budget of {}", human_bytes(b.bytes)));
     match &plan.timeline {
         None => format!(
-            "weights {} resident, activations up to {}{within}",
+            "weights {} resident, activations up to {}{}{within}",
             human_bytes(plan.weight_bytes),
-            human_bytes(plan.activation_bytes)
+            human_bytes(plan.activation_bytes),
+            transient(plan)
         ),
         Some(t) => format!(
-            "weights {} streamed through {} (reading {} per run), activations up to {}{within}; the smallest budget is {}",
+            "weights {} streamed through {} (reading {} per run), activations up to {}{}{within}; the smallest budget is {}",
             human_bytes(plan.weight_bytes),
             human_bytes(t.capacity),
             human_bytes(t.bytes_loaded()),
             human_bytes(plan.activation_bytes),
+            transient(plan),
             human_bytes(plan.min_budget)
         ),
     }
 }
 
+/// The clause naming the weight a kernel widens to f32, when one does.
+fn transient(plan: &MemoryPlan) -> String {
+    match plan.transient_bytes {
+        0 => String::new(),
+        b => format!(" plus {} of a weight widened to f32 inside one product", human_bytes(b)),
+    }
+}
+
 pub fn describe_stream(s: &StreamStats) -> String {
     format!(
-        "weights streamed: {} in {} loads, {} reading, {} stalled",
+        "weights streamed: {} in {} loads, {} reading, {} stalled, issue points re-timed {} times ({} moved)",
         human_bytes(s.bytes_loaded),
         s.loads,
         human_time(s.load_seconds),
-        human_time(s.stall_seconds)
+        human_time(s.stall_seconds),
+        s.retimes,
+        s.issue_points_moved
     )
 }
 
 pub fn stream_json(s: &StreamStats) -> serde_json::Value {
     serde_json::json!({
         "bytes": s.bytes_loaded, "loads": s.loads, "load_seconds": s.load_seconds, "stall_seconds": s.stall_seconds,
-        "peak_resident_bytes": s.peak_resident_bytes,
+        "peak_resident_bytes": s.peak_resident_bytes, "retimes": s.retimes, "issue_points_moved": s.issue_points_moved,
     })
 }
 
@@ -86,7 +98,8 @@ pub fn measured_json(out: &orrery_pipeline::GenerateOutput) -> serde_json::Value
 pub fn plan_json(plan: &MemoryPlan, budget: Option<MemoryBudget>) -> serde_json::Value {
     serde_json::json!({
         "budget_bytes": budget.map(|b| b.bytes), "weight_bytes": plan.weight_bytes,
-        "activation_bytes": plan.activation_bytes, "min_budget_bytes": plan.min_budget,
+        "activation_bytes": plan.activation_bytes, "transient_bytes": plan.transient_bytes,
+        "min_budget_bytes": plan.min_budget,
         "streamed": plan.timeline.is_some(), "ring_bytes": plan.timeline.as_ref().map(|t| t.capacity),
     })
 }

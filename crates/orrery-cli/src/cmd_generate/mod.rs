@@ -122,10 +122,14 @@ pub struct GenerateArgs {
     /// Read weights at most this fast (bytes per second, e.g. 200MB), to simulate a slow disk.
     #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
     io_bandwidth: Option<u64>,
-    /// When streamed weights load: `planned` (as soon as the ring frees their bytes) or
+    /// When streamed weights load: `planned` (at issue points from a cost model, re-timed from
+    /// measured speeds between model runs), `eager` (as soon as the ring frees their bytes) or
     /// `fixed:K` (at most K kernels ahead of their use, as other runtimes prefetch).
     #[arg(long, value_parser = parse_prefetch, default_value = "planned")]
     prefetch: Prefetch,
+    /// Keep the planned issue points as compiled (no re-timing from measured speeds).
+    #[arg(long)]
+    no_retime: bool,
     /// Write a Chrome/Perfetto trace of the run (compute, weight loads, waits) to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -186,15 +190,16 @@ impl<E: Into<anyhow::Error>> From<E> for JobFailure {
     }
 }
 
-/// `planned` or `fixed:K`.
+/// `planned`, `eager` or `fixed:K`.
 pub(crate) fn parse_prefetch(s: &str) -> Result<Prefetch, String> {
     match s.split_once(':') {
         None if s == "planned" => Ok(Prefetch::Planned),
+        None if s == "eager" => Ok(Prefetch::Eager),
         Some(("fixed", k)) => k
             .parse::<usize>()
             .map(Prefetch::Fixed)
             .map_err(|_| format!("`{s}`: K in fixed:K must be a whole number of kernels")),
-        _ => Err(format!("`{s}` is not a prefetch policy: use `planned` or `fixed:K`")),
+        _ => Err(format!("`{s}` is not a prefetch policy: use `planned`, `eager` or `fixed:K`")),
     }
 }
 
@@ -308,9 +313,10 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     // The memory plan: weights resident, or streamed within the budget (refused below its
     // minimum before any work).
     let budget = args.memory_budget.or_else(memory::default_budget).map(|bytes| MemoryBudget {
-        bytes,
         io_bandwidth: args.io_bandwidth.map(|b| b as f64),
         prefetch: args.prefetch,
+        retime: !args.no_retime,
+        ..MemoryBudget::new(bytes)
     });
     let negative_encoded = !(sampler == SamplerKind::Predict1 && args.negative_prompt.as_deref() == Some(""));
     let memory_plan = pipeline.memory_plan(&size, negative_encoded, budget)?;

@@ -1,6 +1,7 @@
 //! `--trace FILE.json`: a run as a Chrome / Perfetto trace (open it in ui.perfetto.dev or
 //! chrome://tracing): one track of model invocations (compute), one of weight loads, one of the
-//! kernels' waits for their weights.
+//! kernels' waits for their weights; each re-timing of the issue points is an instant on the
+//! loads' track.
 
 use anyhow::{Context, Result};
 use orrery_pipeline::GenerateOutput;
@@ -37,11 +38,19 @@ pub fn trace_json(out: &GenerateOutput) -> serde_json::Value {
         events.push(span(&s.label, "compute", COMPUTE, s.start, s.end, serde_json::json!({"invocation": i})));
     }
     for e in &out.stream_events {
+        let label = out.invocations.get(e.invocation).map_or("", |s| s.label.as_str());
         let (category, track) = match e.kind {
             EventKind::Load => ("load", LOAD),
             EventKind::Stall => ("wait", WAIT),
+            EventKind::Retime => {
+                events.push(serde_json::json!({
+                    "name": e.name, "cat": "retime", "ph": "i", "s": "t", "pid": 1, "tid": LOAD,
+                    "ts": e.start.as_secs_f64() * 1e6,
+                    "args": {"invocation": e.invocation, "subsystem": label, "moved": e.bytes},
+                }));
+                continue;
+            }
         };
-        let label = out.invocations.get(e.invocation).map_or("", |s| s.label.as_str());
         events.push(span(
             &e.name,
             category,

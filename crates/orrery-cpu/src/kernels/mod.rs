@@ -8,10 +8,12 @@ mod layout;
 mod linalg;
 mod norm;
 mod reduce;
+mod transient;
 
 use crate::{CpuError, CpuTensor};
 pub(crate) use elementwise::dense_copy;
 use orrery_ir::{Op, OpFamily, TensorType};
+pub use transient::transient_bytes;
 
 /// Runs `op` on `inputs`; `out` is the type the IR inferred for the result.
 pub fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 /// The most input rows this kernel takes: up to here it measured faster than the blocked GEMM
 /// (2.5× at one row, even at eight); with more rows the product turns compute-bound.
-pub(super) const MAX_ROWS: usize = 8;
+pub(crate) const MAX_ROWS: usize = 8;
 /// Weight rows (output columns) per task: fixed, never derived from the thread count.
 const COLS_PER_TASK: usize = 32;
 /// Partial sums per dot product: 8 AVX2 registers of 8, enough independent chains to hide the

@@ -1,0 +1,62 @@
+//! What a kernel allocates besides its output while it runs, from types alone, so a memory
+//! budget can hold it (the compiler's arena counts outputs only).
+//!
+//! The products and convolutions read f32 operands in place but widen others (bf16/f16
+//! weights) into a dense f32 copy for the length of the call; `linear` with at most
+//! [`MAX_ROWS`] rows reads a bf16 weight as stored instead. Per-thread scratch (attention's
+//! score blocks, a convolution's row of zeros) is a few KiB and not counted.
+
+use super::linalg::MAX_ROWS;
+use orrery_ir::{DType, Op, TensorType};
+
+fn widened(t: &TensorType) -> u64 {
+    if t.dtype == DType::F32 {
+        0
+    } else {
+        t.shape.numel() as u64 * 4
+    }
+}
+
+/// Bytes `op` allocates on top of its output for inputs of types `inputs` and output `out`.
+pub fn transient_bytes(op: &Op, inputs: &[&TensorType], out: &TensorType) -> u64 {
+    match op {
+        Op::Epilogue { base, .. } => {
+            let n = base.epilogue_base_inputs().unwrap_or(inputs.len()).min(inputs.len());
+            // The base runs into an f32 buffer of its own shape, which the program then reads.
+            transient_bytes(base, &inputs[..n], out)
+        }
+        Op::Linear { .. } => {
+            let (x, w) = (inputs[0], inputs[1]);
+            let n = w.shape.dims().first().copied().unwrap_or(1).max(1);
+            let rows = out.shape.numel() / n;
+            let weight = if rows <= MAX_ROWS && w.dtype == DType::BF16 { 0 } else { widened(w) };
+            widened(x) + weight + inputs.get(2).map_or(0, |b| widened(b))
+        }
+        Op::MatMul { .. } | Op::Conv { .. } => inputs.iter().map(|t| widened(t)).sum(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orrery_ir::Shape;
+
+    fn ty(dtype: DType, dims: &[usize]) -> TensorType {
+        TensorType { dtype, shape: Shape::new(dims.to_vec()) }
+    }
+
+    #[test]
+    fn widened_weights_count_unless_the_few_rows_path_reads_them_as_stored() {
+        let linear = Op::Linear { has_bias: false };
+        let w16 = ty(DType::BF16, &[64, 32]);
+        let w32 = ty(DType::F32, &[64, 32]);
+        let x = |rows| ty(DType::F32, &[rows, 32]);
+        let y = |rows| ty(DType::F32, &[rows, 64]);
+        assert_eq!(transient_bytes(&linear, &[&x(16), &w16], &y(16)), 64 * 32 * 4);
+        assert_eq!(transient_bytes(&linear, &[&x(8), &w16], &y(8)), 0, "≤ 8 rows read bf16 in place");
+        assert_eq!(transient_bytes(&linear, &[&x(16), &w32], &y(16)), 0);
+        let matmul = Op::MatMul { transpose_a: false, transpose_b: true };
+        assert_eq!(transient_bytes(&matmul, &[&x(3), &w16], &y(3)), 64 * 32 * 4);
+    }
+}
