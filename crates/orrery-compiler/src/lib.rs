@@ -13,6 +13,7 @@
 mod memory;
 pub mod passes;
 mod plan;
+mod plan_store;
 mod weight_timeline;
 
 pub use memory::{
@@ -20,6 +21,7 @@ pub use memory::{
 };
 pub use passes::{optimize, OptimizeOptions, Optimizer, PassError, RewriteLog};
 pub use plan::{compile, compile_with, CompileOptions, Kernel, Passes, Plan, PlanCache, PlanKey};
+pub use plan_store::{binary_fingerprint, component_identity, PlanStore, StoreKey, StoreWarning, PLAN_STORE_FORMAT};
 pub use weight_timeline::{
     largest_kernel_weight_set, min_weight_capacity, plan_weight_timeline, plan_weight_timeline_pinned, weight_uses,
     RunPoint, WeightLoad, WeightTimeline, LOAD_ALIGN,
