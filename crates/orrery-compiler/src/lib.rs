@@ -4,11 +4,12 @@
 //! A plan is the verified graph, one kernel per op node in graph order, each value's last use
 //! (so the runtime frees it at once), the static memory plan (every activation's offset in
 //! one arena, `memory.rs`) and the totals `orrery compile` reports. Plans are cached per
-//! input shapes by [`PlanCache`]. Before planning, the rewrite passes (`passes/`: simplification and
+//! input shapes by [`PlanCache`], and across runs on disk by [`PlanStore`] (`plan_store.rs`). Before planning, the rewrite passes (`passes/`: simplification and
 //! elementwise fusion) run to a fixpoint; the runtime consumes only the `Plan`.
 //!
 //! Architecture invariant: everything the runtime does is decided here, before any data
-//! exists: kernel order, frees and memory. The compiler never touches tensors or files.
+//! exists: kernel order, frees and memory. The compiler never touches tensors, and files only in
+//! `plan_store.rs`, whose plans are verified ([`Plan::verify`]) before they are used.
 
 mod memory;
 pub mod passes;

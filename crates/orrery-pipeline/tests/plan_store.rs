@@ -285,3 +285,41 @@ fn compile_versus_load_times() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&store).unwrap();
 }
+
+#[test]
+fn real_component_plans_round_trip_through_json_unchanged() {
+    // The tiny pipeline's transformer (RoPE tables and masks as constants, fused epilogues)
+    // and video decoder, compiled, serialized and read back: equal, and still verifying.
+    use orrery_models::{load_component, WeightTypes};
+    let root = fixture("cosmos_t2w_tiny");
+    type Shapes = Vec<(&'static str, Vec<usize>)>;
+    let cases: [(&str, &str, Shapes); 2] = [
+        (
+            "transformer",
+            "forward",
+            vec![
+                ("hidden_states", vec![1, 4, 2, 4, 6]),
+                ("timestep", vec![1]),
+                ("encoder_hidden_states", vec![1, 32, 16]),
+                ("fps", vec![]),
+                ("padding_mask", vec![1, 1, 32, 48]),
+            ],
+        ),
+        ("vae", "decode", vec![("z", vec![1, 4, 2, 4, 6])]),
+    ];
+    for (part, method, shapes) in cases {
+        let dir = root.join(part);
+        let component = load_component(&dir).unwrap();
+        let source = orrery_formats::open_weights(&dir).unwrap();
+        let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape.clone()));
+        let shapes = shapes.into_iter().map(|(n, s)| (n.to_string(), s)).collect();
+        let graph = component.build(method, &shapes, &WeightTypes::Checkpoint(&lookup)).unwrap();
+        let plan = orrery_compiler::compile(graph).unwrap();
+        let json = serde_json::to_string(&plan).unwrap();
+        let back: orrery_compiler::Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, plan, "{part}");
+        assert_eq!(serde_json::to_string(&back).unwrap(), json, "{part}");
+        back.verify().unwrap();
+        assert!(plan.kernels.len() > 10, "{part}: {} kernels", plan.kernels.len());
+    }
+}
