@@ -70,6 +70,8 @@ pub struct PlanArgs {
     threads: Option<usize>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    plan_cache: crate::plan_cache::PlanCacheArgs,
 }
 
 /// Bytes per second of a 64 MiB copy here (read + write counted), best of 5.
@@ -139,8 +141,9 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
         Some(spec) => (resolve_model(spec)?, spec.clone()),
         None => (crate::embedded::pipeline_dir()?, "built-in tiny random pipeline".to_string()),
     };
-    let pipeline =
+    let mut pipeline =
         CosmosPipeline::load(&model_dir).with_context(|| format!("loading the pipeline {}", model_dir.display()))?;
+    args.plan_cache.attach(&mut pipeline);
     let sampler = match args.sampler {
         SamplerArg::DiffusersEdm => SamplerKind::DiffusersEdm,
         SamplerArg::Predict1 => SamplerKind::Predict1,
@@ -238,8 +241,10 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
         }
         reports.push(report(target, &memory, &p, &run));
     }
+    crate::plan_cache::report_warnings(&pipeline);
     if args.json {
-        println!("{}", serde_json::json!({"model": label, "targets": reports}));
+        let plan_cache = crate::plan_cache::stats_json(&pipeline);
+        println!("{}", serde_json::json!({"model": label, "targets": reports, "plan_cache": plan_cache}));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ mod cmd_run;
 mod component_plan;
 mod embedded;
 mod interrupt;
+mod plan_cache;
 mod tensor_file;
 
 use clap::{Parser, Subcommand};

@@ -77,7 +77,7 @@ fn generate_runs_text2world_from_a_pipeline_folder() {
 fn generate_defaults_to_the_built_in_pipeline_and_resolves_repo_ids_in_the_hf_cache() {
     let dir = tmp_dir("generate-default");
     let run = |args: &[&str], env: &[(&str, &Path)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        let mut c = orrery_command();
         c.args(args).env_remove("HF_HUB_CACHE").env_remove("HF_HOME");
         for (k, v) in env {
             c.env(k, v);
@@ -256,7 +256,7 @@ fn generate_continues_a_video_with_a_video2world_pipeline() {
 fn ctrl_c_during_generation_exits_130_and_leaves_nothing() {
     let dir = tmp_dir("sigint");
     let (out, frames) = (dir.join("v.mp4"), dir.join("frames"));
-    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+    let child = orrery_command()
         .args(["generate", "--prompt", "x", "--steps", "20000", "--out", out.to_str().unwrap(), "--frames-dir"])
         .arg(&frames)
         .env("XDG_CACHE_HOME", dir.join("xdg"))
@@ -432,5 +432,49 @@ fn video2world_continues_images_folders_and_videos_in_one_batch() {
     let r = generate(&["--prompt", "x", "--input", image.to_str().unwrap(), "--out", under_file.to_str().unwrap()]);
     assert!(!r.status.success() && stderr(&r).contains("is not a folder"), "{}", stderr(&r));
     assert!(!Path::new(x).exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_generate_reads_its_plans_from_the_plan_cache() {
+    // Two runs with one --plan-cache: the first compiles and stores the text encoder's, the
+    // transformer's and the decoder's plans, the second reads all three and writes the same
+    // tensors. A cache directory that cannot be created is a warning, not a failure.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../orrery-pipeline/tests/fixtures/cosmos_t2w_tiny");
+    let dir = tmp_dir("plan-cache");
+    let cache = dir.join("plans");
+    let generate = |dump: &Path, cache_args: &[&str]| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "a red cube"];
+        args.extend(["--height", "32", "--width", "48", "--frames", "9", "--steps", "2", "--seed", "5"]);
+        args.extend(["--dump-tensors", dump.to_str().unwrap(), "--json"]);
+        args.extend(cache_args);
+        let r = orrery(&args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        (v["plan_cache"].clone(), stderr(&r))
+    };
+    let (first_dump, second_dump) = (dir.join("first.safetensors"), dir.join("second.safetensors"));
+    let (first, _) = generate(&first_dump, &["--plan-cache", cache.to_str().unwrap()]);
+    assert_eq!(first["compiled"], 3, "{first}");
+    assert_eq!(first["disk_hits"], 0, "{first}");
+    assert_eq!(first["disk_stored"], 3, "{first}");
+    assert_eq!(first["dir"], cache.to_str().unwrap());
+    let (second, _) = generate(&second_dump, &["--plan-cache", cache.to_str().unwrap()]);
+    assert_eq!(second["compiled"], 0, "{second}");
+    assert_eq!(second["disk_hits"], 3, "{second}");
+    for name in ["decoded_raw", "step1.latents", "prompt_embeds"] {
+        let bits = |p: &Path| read_f32(p, name).1.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&first_dump), bits(&second_dump), "{name}");
+    }
+
+    let blocked = dir.join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    let (unusable, err) = generate(&second_dump, &["--plan-cache", blocked.join("plans").to_str().unwrap()]);
+    assert!(err.contains("warning: plan cache"), "{err}");
+    assert_eq!(unusable["compiled"], 3, "{unusable}");
+    assert!(unusable["dir"].is_null());
+    let (off, _) = generate(&second_dump, &["--no-plan-cache"]);
+    assert_eq!(off["compiled"], 3, "{off}");
+    assert!(off["dir"].is_null());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,16 +4,18 @@
 //! A plan is the verified graph, one kernel per op node in graph order, each value's last use
 //! (so the runtime frees it at once), the static memory plan (every activation's offset in
 //! one arena, `memory.rs`) and the totals `orrery compile` reports. Plans are cached per
-//! input shapes by [`PlanCache`]. Before planning, the rewrite passes (`passes/`: simplification and
+//! input shapes by [`PlanCache`], and across runs on disk by [`PlanStore`] (`plan_store.rs`). Before planning, the rewrite passes (`passes/`: simplification and
 //! elementwise fusion) run to a fixpoint; the runtime consumes only the `Plan`.
 //!
 //! Architecture invariant: everything the runtime does is decided here, before any data
-//! exists: kernel order, frees and memory. The compiler never touches tensors or files.
+//! exists: kernel order, frees and memory. The compiler never touches tensors, and files only in
+//! `plan_store.rs`, whose plans are verified ([`Plan::verify`]) before they are used.
 
 mod issue_points;
 mod memory;
 pub mod passes;
 mod plan;
+mod plan_store;
 mod weight_timeline;
 
 pub use issue_points::{IssueModel, ISSUE_MARGIN_SECONDS, ISSUE_SLACK};
@@ -22,6 +24,7 @@ pub use memory::{
 };
 pub use passes::{optimize, OptimizeOptions, Optimizer, PassError, RewriteLog};
 pub use plan::{compile, compile_with, CompileOptions, Kernel, Passes, Plan, PlanCache, PlanKey};
+pub use plan_store::{binary_fingerprint, component_identity, PlanStore, StoreKey, StoreWarning, PLAN_STORE_FORMAT};
 pub use weight_timeline::{
     largest_kernel_weight_set, min_weight_capacity, plan_weight_timeline, plan_weight_timeline_pinned, weight_uses,
     RunPoint, WeightLoad, WeightTimeline, LOAD_ALIGN,

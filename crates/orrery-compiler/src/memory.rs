@@ -32,13 +32,14 @@
 
 use crate::CompileError;
 use orrery_ir::{Graph, NodeId, NodeKind, Op};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Every buffer's offset is a multiple of this (a cache line; enough for AVX-512 loads).
 pub const ARENA_ALIGN: u64 = 64;
 
 /// How a value's bytes are obtained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Storage {
     /// A buffer of its own, allocated when its kernel runs.
     Owned,
@@ -50,7 +51,7 @@ pub enum Storage {
 }
 
 /// Where a value lives in the arena.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BufferSlot {
     /// Byte offset in the arena, a multiple of [`ARENA_ALIGN`].
     pub offset: u64,
@@ -75,7 +76,8 @@ impl DeviceLimits {
 }
 
 /// Options of [`plan_memory`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MemoryOptions {
     /// A plan whose arena exceeds this is refused ([`CompileError::ArenaTooLarge`]).
     pub max_arena_bytes: Option<u64>,
@@ -97,7 +99,7 @@ impl MemoryOptions {
 }
 
 /// The result of [`plan_memory`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryPlan {
     /// Bytes of the activation arena: the end of the highest buffer.
     pub arena_bytes: u64,
@@ -553,6 +555,15 @@ pub fn validate(plan: &MemoryPlan, graph: &Graph) -> Result<(), CompileError> {
     let bad = |why: String| Err(CompileError::InvalidPlan(why));
     if plan.buffers.len() != graph.len() {
         return bad(format!("{} buffer slots for a graph of {} nodes", plan.buffers.len(), graph.len()));
+    }
+    // Operands named by slots index the graph below: out-of-range ones (a damaged plan read
+    // from a file) are refused first.
+    for (i, slot) in plan.buffers.iter().enumerate() {
+        if let Some(BufferSlot { storage: Storage::InPlace { over: r } | Storage::View { of: r }, .. }) = slot {
+            if r.0 >= graph.len() {
+                return bad(format!("the slot of `{}` names {r}, which is not in the graph", graph.nodes()[i].name));
+            }
+        }
     }
     let steps = &plan.steps;
     let step_of = step_index(graph, steps)?;

@@ -5,11 +5,12 @@ use crate::memory::{plan_memory, validate, BufferSlot, MemoryOptions, MemoryPlan
 use crate::passes::{optimize, OptimizeOptions, RewriteLog};
 use crate::CompileError;
 use orrery_ir::{Cost, Graph, NodeId, NodeKind, TensorType};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// One kernel launch: an op node of the graph.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Kernel {
     pub node: NodeId,
     /// The node's name (`<source>.<suffix>` for rewritten nodes, later).
@@ -34,7 +35,7 @@ pub struct Kernel {
 /// The memory plan is computed and validated, but the CPU runtime does not execute into the
 /// arena yet: kernels still allocate their own outputs and release them per `Kernel::frees`.
 /// `arena_bytes` is what the runtime will need once it does.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub graph: Graph,
     pub kernels: Vec<Kernel>,
@@ -55,7 +56,7 @@ pub struct Plan {
 }
 
 /// Which rewrite passes [`compile_with`] runs before planning.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Passes {
     /// The graph as built (to compare against, or to bisect a bad rewrite).
     None,
@@ -67,7 +68,8 @@ pub enum Passes {
 }
 
 /// What [`compile_with`] may assume about the target, and which passes it runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompileOptions {
     pub memory: MemoryOptions,
     pub passes: Passes,
@@ -97,16 +99,36 @@ pub fn compile_with(graph: Graph, options: &CompileOptions) -> Result<Plan, Comp
             },
         )?,
     };
-    let last_use = last_uses(&graph);
+    let steps: Vec<NodeId> = graph.ids().filter(|id| graph.node(*id).op().is_some()).collect();
+    let memory = plan_memory(&graph, &steps, &options.memory)?;
+    validate(&memory, &graph)?;
+    let kernels = schedule(&graph, &memory);
+    let weight_bytes = graph.weights().map(|(_, n)| n.ty.size_bytes()).sum();
+    let flops = kernels.iter().map(|k| k.cost.flops).sum();
+    Ok(Plan {
+        rewrites,
+        graph,
+        kernels,
+        weight_bytes,
+        arena_bytes: memory.arena_bytes,
+        peak_live_bytes: memory.peak_live_bytes,
+        peak_resident_bytes: memory.peak_resident_bytes,
+        flops,
+        memory,
+    })
+}
+
+/// One kernel per op node of `graph` in graph order, with its cost, its slot in `memory` and
+/// the values whose last use it is: everything in a [`Kernel`] follows from the graph and
+/// the memory plan.
+fn schedule(graph: &Graph, memory: &MemoryPlan) -> Vec<Kernel> {
+    let last_use = last_uses(graph);
     let mut frees_at: Vec<Vec<NodeId>> = vec![Vec::new(); graph.len()];
     for (value, user) in last_use.iter().enumerate() {
         if let Some(user) = user {
             frees_at[user.0].push(NodeId(value));
         }
     }
-    let steps: Vec<NodeId> = graph.ids().filter(|id| graph.node(*id).op().is_some()).collect();
-    let memory = plan_memory(&graph, &steps, &options.memory)?;
-    validate(&memory, &graph)?;
     let mut kernels = Vec::new();
     for (id, node) in graph.ids().zip(graph.nodes()) {
         let NodeKind::Op(op) = &node.kind else { continue };
@@ -124,19 +146,45 @@ pub fn compile_with(graph: Graph, options: &CompileOptions) -> Result<Plan, Comp
             frees: std::mem::take(&mut frees_at[id.0]),
         });
     }
-    let weight_bytes = graph.weights().map(|(_, n)| n.ty.size_bytes()).sum();
-    let flops = kernels.iter().map(|k| k.cost.flops).sum();
-    Ok(Plan {
-        rewrites,
-        graph,
-        kernels,
-        weight_bytes,
-        arena_bytes: memory.arena_bytes,
-        peak_live_bytes: memory.peak_live_bytes,
-        peak_resident_bytes: memory.peak_resident_bytes,
-        flops,
-        memory,
-    })
+    kernels
+}
+
+impl Plan {
+    /// Checks that the plan is one [`compile_with`] could have produced for its own graph: the
+    /// graph verifies, its memory plan is sound ([`validate`]) and schedules the op nodes in
+    /// graph order, and the kernels and totals are exactly what the graph and the memory plan
+    /// give. A plan read from a file is checked this way before it is used; the rewrites
+    /// are a log only and are not checked.
+    pub fn verify(&self) -> Result<(), CompileError> {
+        let bad = |why: String| Err(CompileError::InvalidPlan(why));
+        self.graph.verify()?;
+        validate(&self.memory, &self.graph)?;
+        let steps = self.graph.ids().filter(|id| self.graph.node(*id).op().is_some());
+        if !steps.eq(self.memory.steps.iter().copied()) {
+            return bad("the memory plan does not run the op nodes in graph order".into());
+        }
+        let kernels = schedule(&self.graph, &self.memory);
+        if kernels.len() != self.kernels.len() {
+            return bad(format!("{} kernels for a graph of {} op nodes", self.kernels.len(), kernels.len()));
+        }
+        if let Some(k) = self.kernels.iter().zip(&kernels).find(|(k, want)| k != want).map(|(k, _)| k) {
+            return bad(format!("kernel `{}` does not match its graph node", k.name));
+        }
+        let weight_bytes: u64 = self.graph.weights().map(|(_, n)| n.ty.size_bytes()).sum();
+        let flops: u64 = kernels.iter().map(|k| k.cost.flops).sum();
+        let m = &self.memory;
+        let totals = [
+            ("weight_bytes", self.weight_bytes, weight_bytes),
+            ("flops", self.flops, flops),
+            ("arena_bytes", self.arena_bytes, m.arena_bytes),
+            ("peak_live_bytes", self.peak_live_bytes, m.peak_live_bytes),
+            ("peak_resident_bytes", self.peak_resident_bytes, m.peak_resident_bytes),
+        ];
+        if let Some((what, got, want)) = totals.iter().find(|(_, got, want)| got != want) {
+            return bad(format!("{what} is {got}, the graph gives {want}"));
+        }
+        Ok(())
+    }
 }
 
 /// For each value, the op node that uses it last, or `None` when it must outlive the run

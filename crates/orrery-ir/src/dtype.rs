@@ -1,10 +1,11 @@
 //! Element types. Computation is f32; the others are storage types (see `ops` for which op
 //! accepts what).
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The element type of a value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum DType {
     F32,
     F16,

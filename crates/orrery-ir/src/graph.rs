@@ -1,10 +1,12 @@
 //! The graph: nodes in topological order, each producing one typed value.
 
 use crate::{Op, RefTensor, TensorType};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Index of a node (and of the value it produces) in its [`Graph`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct NodeId(pub usize);
 
 impl fmt::Display for NodeId {
@@ -14,7 +16,7 @@ impl fmt::Display for NodeId {
 }
 
 /// Where a node's value comes from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum NodeKind {
     /// Supplied by the caller at run time, by the node's name.
     Input,
@@ -27,7 +29,7 @@ pub enum NodeKind {
 }
 
 /// One SSA value.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Unique within the graph. For inputs and weights it is the external name.
     pub name: String,
@@ -48,7 +50,7 @@ impl Node {
 
 /// A typed SSA graph. Invariant: every node's inputs precede it, so index order is a valid
 /// execution order, and every node's `ty` is what its op infers from its inputs' types.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     pub(crate) outputs: Vec<(String, NodeId)>,

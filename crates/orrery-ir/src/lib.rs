@@ -15,6 +15,7 @@ mod error;
 mod graph;
 pub mod ops;
 pub mod reference;
+mod serde_bits;
 pub mod shape;
 
 pub use builder::GraphBuilder;
@@ -28,8 +29,10 @@ pub use ops::{
 pub use reference::RefTensor;
 pub use shape::Shape;
 
+use serde::{Deserialize, Serialize};
+
 /// The static type of a value: dtype and shape.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TensorType {
     pub dtype: DType,
     pub shape: Shape,

@@ -1,9 +1,11 @@
 //! Static shapes and numpy-style broadcasting.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A static shape. Rank 0 is a scalar.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Shape(pub Vec<usize>);
 
 impl Shape {

@@ -11,7 +11,9 @@ use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
 use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
-use orrery_compiler::{compile, Plan};
+use orrery_compiler::{
+    binary_fingerprint, compile_with, component_identity, CompileOptions, Plan, PlanStore, StoreKey, StoreWarning,
+};
 use orrery_cpu::CpuTensor;
 use orrery_formats::WeightSource;
 use orrery_ir::DType;
@@ -21,6 +23,7 @@ use orrery_runtime::{FormatWeights, Session, StreamEvent, StreamStats};
 use orrery_text::T5Tokenizer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -33,9 +36,52 @@ type PlanKey = (String, BTreeMap<String, Vec<usize>>);
 /// One component folder: its builder, its weights, and the plans compiled so far.
 struct Part {
     dir: PathBuf,
+    /// Its config and weight index by content ([`component_identity`]): the plan store's key.
+    identity: String,
     component: Box<dyn Component>,
     weights: Arc<FormatWeights>,
     plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
+    /// How many plans this part compiled (not read from the store).
+    compiled: AtomicUsize,
+    /// Compiled plans kept on disk across runs, shared by the pipeline's parts.
+    disk: Option<Arc<DiskPlans>>,
+}
+
+/// The compile options of every pipeline plan.
+const OPTIONS: CompileOptions = CompileOptions {
+    memory: orrery_compiler::MemoryOptions { max_arena_bytes: None, allow_in_place: true },
+    passes: orrery_compiler::Passes::Fuse,
+    stop_after_rewrites: None,
+};
+
+/// A plan store with what it did for this pipeline.
+struct DiskPlans {
+    store: PlanStore,
+    /// The running binary's fingerprint (part of every key).
+    binary: String,
+    hits: AtomicUsize,
+    misses: AtomicUsize,
+    stored: AtomicUsize,
+    warnings: Mutex<Vec<StoreWarning>>,
+}
+
+impl DiskPlans {
+    fn warn(&self, w: StoreWarning) {
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+    }
+}
+
+/// What the plan caches did so far (see [`CosmosPipeline::plan_cache_stats`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanCacheStats {
+    /// Plans compiled from their graphs.
+    pub compiled: usize,
+    /// Plans read from the plan store.
+    pub disk_hits: usize,
+    /// Plans looked up in the plan store and not found there (or found unusable).
+    pub disk_misses: usize,
+    /// Plans written to the plan store.
+    pub disk_stored: usize,
 }
 
 /// What a run will cost, from its plans: FLOPs per stage and the memory it needs.
@@ -69,7 +115,23 @@ impl Part {
         }
         let component = load_component(&dir)?;
         let weights = Arc::new(FormatWeights::new(orrery_formats::open_weights(&dir)?));
-        Ok(Part { dir, component, weights, plans: Mutex::default() })
+        let config_path = dir.join("config.json");
+        let config = std::fs::read(&config_path)
+            .map_err(|e| PipelineError::Config { path: config_path.display().to_string(), reason: e.to_string() })?;
+        let source: &dyn WeightSource = weights.source();
+        let mut index: Vec<_> = source.names().iter().filter_map(|n| source.info(n)).collect();
+        index.sort_by(|a, b| a.name.cmp(&b.name));
+        let identity =
+            component_identity(&config, index.iter().map(|i| (i.name.as_str(), i.dtype, i.shape.as_slice())));
+        Ok(Part {
+            dir,
+            identity,
+            component,
+            weights,
+            plans: Mutex::default(),
+            compiled: AtomicUsize::new(0),
+            disk: None,
+        })
     }
 
     /// The plan of `method` at `shapes`, weights typed as stored; compiled once and kept (an
@@ -80,10 +142,49 @@ impl Part {
         if let Some(plan) = self.plans.lock().expect("plan cache poisoned").get(&key) {
             return Ok(plan.clone());
         }
-        let source: &dyn WeightSource = self.weights.source();
-        let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape.clone()));
-        let graph = self.component.build(method, &key.1, &WeightTypes::Checkpoint(&lookup))?;
-        let plan = Arc::new(compile(graph)?);
+        let store_key = self.disk.as_ref().map(|disk| StoreKey {
+            binary: disk.binary.clone(),
+            component: self.identity.clone(),
+            method: method.to_string(),
+            shapes: key.1.clone(),
+            options: OPTIONS,
+        });
+        let stored = match (&self.disk, &store_key) {
+            (Some(disk), Some(k)) => match disk.store.load(k) {
+                Ok(Some(plan)) => {
+                    disk.hits.fetch_add(1, Ordering::Relaxed);
+                    Some(plan)
+                }
+                Ok(None) => {
+                    disk.misses.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                Err(w) => {
+                    disk.misses.fetch_add(1, Ordering::Relaxed);
+                    disk.warn(w);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let plan = match stored {
+            Some(plan) => plan,
+            None => {
+                let source: &dyn WeightSource = self.weights.source();
+                let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape.clone()));
+                let graph = self.component.build(method, &key.1, &WeightTypes::Checkpoint(&lookup))?;
+                let plan = compile_with(graph, &OPTIONS)?;
+                self.compiled.fetch_add(1, Ordering::Relaxed);
+                if let (Some(disk), Some(k)) = (&self.disk, &store_key) {
+                    match disk.store.store(k, &plan) {
+                        Ok(()) => _ = disk.stored.fetch_add(1, Ordering::Relaxed),
+                        Err(w) => disk.warn(w),
+                    }
+                }
+                plan
+            }
+        };
+        let plan = Arc::new(plan);
         self.plans.lock().expect("plan cache poisoned").insert(key, plan.clone());
         Ok(plan)
     }
@@ -299,13 +400,66 @@ impl CosmosPipeline {
         &self.root
     }
 
-    /// How many plans have been compiled so far (each is kept and reused: a batch of runs of
-    /// one size compiles as many as a single run).
+    /// How many plans the pipeline holds so far, compiled or read from the plan store (each is
+    /// kept and reused: a batch of runs of one size needs as many as a single run).
     pub fn compiled_plans(&self) -> usize {
+        self.parts().iter().map(|p| p.plans.lock().expect("plan cache poisoned").len()).sum()
+    }
+
+    fn parts(&self) -> [&Part; 3] {
         [&self.text_encoder, &self.transformer, &self.vae]
-            .iter()
-            .map(|p| p.plans.lock().expect("plan cache poisoned").len())
-            .sum()
+    }
+
+    /// Keeps compiled plans in `store` across runs: a plan not yet held is looked up there
+    /// before it is compiled (keyed by the running binary, the component's config and weight
+    /// index, the method, the input shapes and the compile options; a stored plan is verified
+    /// before use), and a compiled one is written there. Refused, leaving the pipeline without
+    /// a store, when the running executable cannot be identified (no stored plan could then be
+    /// trusted).
+    pub fn set_plan_store(&mut self, store: PlanStore) -> Result<(), StoreWarning> {
+        let Some(binary) = binary_fingerprint() else {
+            let reason = "cannot identify the running executable, so stored plans are not used".to_string();
+            return Err(StoreWarning { path: store.dir().to_path_buf(), reason });
+        };
+        let disk = Arc::new(DiskPlans {
+            store,
+            binary,
+            hits: AtomicUsize::new(0),
+            misses: AtomicUsize::new(0),
+            stored: AtomicUsize::new(0),
+            warnings: Mutex::default(),
+        });
+        for part in [&mut self.text_encoder, &mut self.transformer, &mut self.vae] {
+            part.disk = Some(disk.clone());
+        }
+        Ok(())
+    }
+
+    /// The plan store in use, if any.
+    pub fn plan_store(&self) -> Option<&PlanStore> {
+        self.transformer.disk.as_ref().map(|d| &d.store)
+    }
+
+    /// What the plan caches did so far: plans compiled, read from and written to the store.
+    pub fn plan_cache_stats(&self) -> PlanCacheStats {
+        let disk = self.transformer.disk.as_ref();
+        let count = |f: fn(&DiskPlans) -> &AtomicUsize| disk.map_or(0, |d| f(d).load(Ordering::Relaxed));
+        PlanCacheStats {
+            compiled: self.parts().iter().map(|p| p.compiled.load(Ordering::Relaxed)).sum(),
+            disk_hits: count(|d| &d.hits),
+            disk_misses: count(|d| &d.misses),
+            disk_stored: count(|d| &d.stored),
+        }
+    }
+
+    /// The plan store's warnings since the last call (unusable files, failed writes), for the
+    /// caller to log; each was a miss or a plan left unstored, never an error of the run.
+    pub fn take_plan_cache_warnings(&self) -> Vec<StoreWarning> {
+        self.transformer
+            .disk
+            .as_ref()
+            .map(|d| std::mem::take(&mut *d.warnings.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 
     /// The plans a run of this size uses (compiled once and kept).

@@ -24,7 +24,8 @@ mod scheduler_config;
 mod synthetic;
 
 pub use cosmos_pipeline::{
-    Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, RunSize, Stage, DEFAULT_NEGATIVE_PROMPT,
+    Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, PlanCacheStats, RunSize, Stage,
+    DEFAULT_NEGATIVE_PROMPT,
 };
 pub use denoise::Precision;
 pub use error::PipelineError;

@@ -142,6 +142,8 @@ pub struct GenerateArgs {
     /// Start runs estimated at over 30 minutes without asking.
     #[arg(long)]
     yes: bool,
+    #[command(flatten)]
+    plan_cache: crate::plan_cache::PlanCacheArgs,
 }
 
 /// The settings every job of one invocation shares.
@@ -260,8 +262,9 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         bail!("--fps must be a positive number, got {}", settings.fps);
     }
     let load_started = Instant::now();
-    let pipeline = CosmosPipeline::load(&settings.model_dir)
+    let mut pipeline = CosmosPipeline::load(&settings.model_dir)
         .with_context(|| format!("loading the pipeline {}", settings.model_dir.display()))?;
+    args.plan_cache.attach(&mut pipeline);
     if !pipeline.skipped.is_empty() {
         eprintln!("orrery: not run: {} (orrery does not implement them)", pipeline.skipped.join(", "));
     }
@@ -293,6 +296,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     // What the runs will cost, before any of them: FLOPs from the plans (kept for the runs),
     // the speed measured here.
     let estimate = pipeline.estimate(&size)?;
+    crate::plan_cache::report_warnings(&pipeline);
     let load_seconds = load_started.elapsed().as_secs_f64();
     let gflops = measured_gflops(threads)?;
     let per_run_s = estimate.flops() as f64 / (gflops * 1e9);
@@ -380,6 +384,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
                 "steps": settings.steps, "frames": settings.frames, "height": settings.height, "width": settings.width,
                 "fps": settings.fps, "sampler": settings.sampler_name(), "threads": threads,
                 "compiled_plans": pipeline.compiled_plans(),
+                "plan_cache": crate::plan_cache::stats_json(&pipeline),
                 "memory": memory::plan_json(&memory_plan, budget),
                 "stages": totals.to_json(), "runs": runs, "failed": failed,
             })

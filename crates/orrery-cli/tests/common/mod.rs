@@ -9,8 +9,16 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The orrery binary, with its default plan cache in the temporary folder rather than the
+/// user's cache (plans are keyed by the binary, so test runs never see each other's stale ones).
+pub fn orrery_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_orrery"));
+    c.env("ORRERY_PLAN_CACHE", std::env::temp_dir().join("orrery-cli-test-plans"));
+    c
+}
+
 pub fn orrery(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orrery")).args(args).output().expect("the orrery binary runs")
+    orrery_command().args(args).output().expect("the orrery binary runs")
 }
 
 pub fn stderr(o: &Output) -> String {

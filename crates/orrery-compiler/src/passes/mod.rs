@@ -36,6 +36,7 @@ pub use patch::{Patch, Value};
 pub use recognize_attention::RecognizeAttention;
 
 use orrery_ir::{Graph, IrError};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A rewrite rule.
@@ -50,7 +51,7 @@ pub trait Rule {
 }
 
 /// One applied patch, in application order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedRewrite {
     pub rule: String,
     pub label: String,

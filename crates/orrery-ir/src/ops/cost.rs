@@ -4,9 +4,10 @@
 
 use super::*;
 use crate::TensorType;
+use serde::{Deserialize, Serialize};
 
 /// What one op costs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
     pub flops: u64,
     pub bytes: u64,

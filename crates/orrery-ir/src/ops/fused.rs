@@ -5,21 +5,24 @@
 //! so fuse normalisation with what surrounds it.
 
 use super::{BinaryOp, RopeStyle, UnaryOp};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// One instruction. Operands are value indices: the program's inputs first (`0..n_inputs`),
 /// then the results of earlier steps (`n_inputs + step`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FusedStep {
     Unary(UnaryOp, usize),
     Clamp {
+        #[serde(with = "crate::serde_bits::f64")]
         min: f64,
+        #[serde(with = "crate::serde_bits::f64")]
         max: f64,
         x: usize,
     },
     Binary(BinaryOp, usize, usize),
     /// An f32 constant, broadcast like a scalar.
-    Const(f64),
+    Const(#[serde(with = "crate::serde_bits::f64")] f64),
     /// The mean of each segment of `len` consecutive elements of the last axis (segments start
     /// at multiples of `len`; `len` divides the last dim), broadcast back over the segment.
     /// Accumulated in f64, rounded once to f32.
@@ -39,7 +42,7 @@ pub enum FusedStep {
 
 /// An elementwise program; its result is the last step's value, broadcast to the shape of all
 /// inputs together.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FusedProgram {
     pub n_inputs: usize,
     pub steps: Vec<FusedStep>,

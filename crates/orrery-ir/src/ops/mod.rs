@@ -19,10 +19,11 @@ pub use cost::Cost;
 pub use fused::{FusedProgram, FusedStep};
 
 use crate::DType;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Elementwise unary functions on f32 (`y = f(x)`, same shape).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum UnaryOp {
     /// `-x`
     Neg,
@@ -54,7 +55,7 @@ pub enum UnaryOp {
 }
 
 /// Elementwise binary functions on f32 with numpy broadcasting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BinaryOp {
     Add,
     Sub,
@@ -69,7 +70,7 @@ pub enum BinaryOp {
 }
 
 /// Comparisons with numpy broadcasting; output bool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CompareOp {
     Eq,
     Ne,
@@ -79,7 +80,7 @@ pub enum CompareOp {
     Ge,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReduceOp {
     Sum,
     Mean,
@@ -88,10 +89,10 @@ pub enum ReduceOp {
 }
 
 /// How [`Op::Pad`] fills the border.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum PadMode {
     /// A constant value (cast to the tensor's dtype).
-    Constant(f64),
+    Constant(#[serde(with = "crate::serde_bits::f64")] f64),
     /// Repeat the edge element (torch `replicate`).
     Replicate,
     /// Mirror without repeating the edge (torch `reflect`); padding must be < the dim.
@@ -99,14 +100,14 @@ pub enum PadMode {
 }
 
 /// How [`Op::Conv`] fills the padding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ConvPadMode {
     Zeros,
     /// Edge replication: the causal convolutions of the Cosmos tokenizer pad time this way.
     Replicate,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ResizeMode {
     /// torch `nearest`: `src = floor(dst · in / out)`.
     Nearest,
@@ -116,7 +117,7 @@ pub enum ResizeMode {
     Bicubic,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PoolKind {
     /// Average; with `count_include_pad` the divisor is the full window, else only in-bounds taps.
     Avg { count_include_pad: bool },
@@ -125,7 +126,7 @@ pub enum PoolKind {
 }
 
 /// How [`Op::Rope`] pairs the channels it rotates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RopeStyle {
     /// `rotate(x) = concat(-x[D/2..], x[..D/2])` (GPT-NeoX, diffusers `use_real_unbind_dim=-2`).
     RotateHalf,
@@ -134,7 +135,7 @@ pub enum RopeStyle {
 }
 
 /// Where [`Op::Attention`] puts the heads axis of its output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AttentionLayout {
     /// `[..., H, Lq, Dv]`: the same leading dims as q (the SDPA convention).
     #[default]
@@ -146,7 +147,7 @@ pub enum AttentionLayout {
 }
 
 /// The optional mask of [`Op::Attention`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AttentionMask {
     None,
     /// f32, added to the scaled scores. A row whose entries are all -inf gives zeros (torch
@@ -157,7 +158,7 @@ pub enum AttentionMask {
 }
 
 /// Parameters of an N-d convolution (N = 1, 2 or 3).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConvParams {
     pub stride: Vec<usize>,
     pub dilation: Vec<usize>,
@@ -169,7 +170,7 @@ pub struct ConvParams {
 }
 
 /// Parameters of an N-d transposed convolution (N = 2 or 3; 1 is accepted too).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConvTransposeParams {
     pub stride: Vec<usize>,
     pub dilation: Vec<usize>,
@@ -181,7 +182,7 @@ pub struct ConvTransposeParams {
 }
 
 /// Parameters of N-d pooling (N = 1, 2 or 3).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PoolParams {
     pub kind: PoolKind,
     pub kernel: Vec<usize>,
@@ -213,12 +214,17 @@ pub enum OpFamily {
 }
 
 /// An operator with its parameters. Inputs are positional; each variant documents them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     /// `y = f(x)`; x f32; y has x's shape.
     Unary(UnaryOp),
     /// `y = min(max(x, min), max)`; x f32.
-    Clamp { min: f64, max: f64 },
+    Clamp {
+        #[serde(with = "crate::serde_bits::f64")]
+        min: f64,
+        #[serde(with = "crate::serde_bits::f64")]
+        max: f64,
+    },
     /// `y = a ∘ b` with numpy broadcasting; a, b f32; y f32 of the broadcast shape.
     Binary(BinaryOp),
     /// `y = a ⋚ b` with broadcasting; a, b of one dtype (any); y bool.
@@ -247,21 +253,43 @@ pub enum Op {
     LogSoftmax { axis: usize },
     /// Normalises the last dim: `(x - mean) / √(var + eps)` (biased variance), then `· w + b`
     /// when affine. Inputs: x f32 `[..., D]`[, w `[D]`, b `[D]` f32].
-    LayerNorm { eps: f64, affine: bool },
+    LayerNorm {
+        #[serde(with = "crate::serde_bits::f64")]
+        eps: f64,
+        affine: bool,
+    },
     /// `x / √(mean(x²) + eps) (· w)` over the last dim. Inputs: x f32 `[..., D]`[, w `[D]`].
-    RmsNorm { eps: f64, has_weight: bool },
+    RmsNorm {
+        #[serde(with = "crate::serde_bits::f64")]
+        eps: f64,
+        has_weight: bool,
+    },
     /// x `[N, C, *]` split into `groups` groups of C/groups channels; each (n, group) is
     /// normalised over its channels and all trailing dims; then `· w[c] + b[c]` when affine.
-    GroupNorm { groups: usize, eps: f64, affine: bool },
+    GroupNorm {
+        groups: usize,
+        #[serde(with = "crate::serde_bits::f64")]
+        eps: f64,
+        affine: bool,
+    },
     /// Inference batch norm over channel dim 1: `(x - mean[c]) / √(var[c] + eps) (· w[c] + b[c])`.
     /// Inputs: x `[N, C, *]`, mean `[C]`, var `[C]`[, w `[C]`, b `[C]`], all f32.
-    BatchNorm { eps: f64, affine: bool },
+    BatchNorm {
+        #[serde(with = "crate::serde_bits::f64")]
+        eps: f64,
+        affine: bool,
+    },
     /// Scaled dot-product attention `softmax(q·kᵀ·scale (+ mask)) · v`, never materialising the
     /// `Lq × Lk` matrix in the kernel. q `[..., Lq, D]`, k `[..., Lk, D]`, v `[..., Lk, Dv]` with
     /// equal leading dims; mask (when present) broadcasts to `[..., Lq, Lk]`. y `[..., Lq, Dv]`
     /// ([`AttentionLayout::HeadsMajor`]) or `[..., Lq, H, Dv]` with H q's dim `r - 3`
     /// ([`AttentionLayout::TokensMajor`]).
-    Attention { scale: f64, mask: AttentionMask, layout: AttentionLayout },
+    Attention {
+        #[serde(with = "crate::serde_bits::f64")]
+        scale: f64,
+        mask: AttentionMask,
+        layout: AttentionLayout,
+    },
     /// Rotary embedding `y = x · cos + rotate(x) · sin`; x f32 `[..., D]` (D even), cos and sin
     /// f32 broadcastable to x (the caller expands the frequency table to width D).
     Rope { style: RopeStyle },
@@ -302,7 +330,14 @@ pub enum Op {
     /// An id outside `0..V` is an error at run time.
     Embedding,
     /// `start + i·step` for `i < len`, as `dtype` (f32, i64 or i32). No inputs.
-    Arange { start: f64, step: f64, len: usize, dtype: DType },
+    Arange {
+        #[serde(with = "crate::serde_bits::f64")]
+        start: f64,
+        #[serde(with = "crate::serde_bits::f64")]
+        step: f64,
+        len: usize,
+        dtype: DType,
+    },
     /// A fused elementwise program (made by the fusion pass, or by hand): all inputs f32, y f32
     /// of the broadcast shape of all inputs. Each step rounds to f32 like the unfused ops, so
     /// results equal the unfused graph's bit for bit when the kernels' scalar functions agree.

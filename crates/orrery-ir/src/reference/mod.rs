@@ -17,13 +17,16 @@ pub use eval::eval_op;
 
 use crate::graph::{Graph, NodeKind};
 use crate::{DType, IrError, TensorType};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// A dense row-major tensor of f64 values tagged with its logical dtype.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RefTensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// Stored as the values' bit patterns, so non-finite values and every bit survive.
+    #[serde(with = "crate::serde_bits::vec_f64")]
     pub data: Vec<f64>,
 }
 

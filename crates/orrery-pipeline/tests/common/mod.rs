@@ -1,6 +1,8 @@
 //! Shared by the pipeline parity tests: reading a fixture run's settings and tensors, and the
 //! relative error they are judged by.
 
+#![allow(dead_code)]
+
 use orrery_cpu::CpuTensor;
 use orrery_formats::WeightSource;
 use orrery_pipeline::GenerateRequest;
