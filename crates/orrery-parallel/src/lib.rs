@@ -1,0 +1,65 @@
+//! orrery-parallel: what several devices (ranks) running one plan together need.
+//!
+//! [`Collective`] is the communication a parallel plan inserts between its kernels:
+//! all-reduce after a row-parallel linear (tensor parallelism), all-gather of the guidance
+//! branches (CFG parallelism), all-to-all between sequence and head sharding (Ulysses
+//! sequence parallelism), broadcast of the inputs, barriers. Backends implement it over
+//! threads in one process ([`InProcessGroup`], for several CPU devices and for tests) and, to
+//! come, over MPI between processes.
+//!
+//! Architecture invariants:
+//! - Every collective is deterministic: reductions add the ranks' contributions in rank order,
+//!   so a run's bits depend on the layout, never on timing.
+//! - No collective waits forever. A rank that leaves (its handle dropped, including by a panic,
+//!   or [`Collective::abort`]) makes every other rank's current and next collective fail with
+//!   [`CollectiveError::RankLost`] naming it; a rank that stops calling makes the others fail
+//!   with [`CollectiveError::Timeout`] naming the ranks they waited for.
+
+mod in_process;
+
+pub use in_process::{InProcessComm, InProcessGroup};
+
+use std::time::Duration;
+use thiserror::Error;
+
+/// How long a collective waits for the other ranks by default before it fails.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum CollectiveError {
+    #[error("rank {rank} of {size} was lost ({reason}) while rank {me} waited in {op}")]
+    RankLost { rank: usize, size: usize, me: usize, op: &'static str, reason: String },
+    #[error(
+        "rank {me} waited {seconds:.1} s in {op} for rank(s) {waiting_for:?} of {size}; a rank hangs or has \
+         failed without exiting (raise the collective timeout if a step legitimately takes longer)"
+    )]
+    Timeout { me: usize, size: usize, op: &'static str, seconds: f64, waiting_for: Vec<usize> },
+    #[error("rank {me} called {op} but rank {rank} called {other} at the same point: the ranks' plans differ")]
+    Mismatch { me: usize, rank: usize, op: &'static str, other: &'static str },
+    #[error("{op} on rank {me}: {reason}")]
+    Invalid { me: usize, op: &'static str, reason: String },
+}
+
+/// Communication among the ranks of one group. Every rank must call the same collectives in
+/// the same order (as the plan inserts them); the data is f32.
+pub trait Collective: Send {
+    /// This rank, in `0..size()`.
+    fn rank(&self) -> usize;
+    /// How many ranks the group has.
+    fn size(&self) -> usize;
+    /// Every rank's `data` summed element-wise (in rank order) into `data` on every rank; all
+    /// ranks' lengths must agree.
+    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError>;
+    /// Every rank's `data` concatenated in rank order (lengths may differ).
+    fn all_gather(&mut self, data: &[f32]) -> Result<Vec<f32>, CollectiveError>;
+    /// `data` cut into `size()` equal parts, part `j` sent to rank `j`; returns the parts this
+    /// rank received, in rank order. All ranks' lengths must agree and divide by `size()`.
+    fn all_to_all(&mut self, data: &[f32]) -> Result<Vec<f32>, CollectiveError>;
+    /// Rank `root`'s `data` on every rank (other ranks' contents are replaced).
+    fn broadcast(&mut self, data: &mut Vec<f32>, root: usize) -> Result<(), CollectiveError>;
+    /// Returns once every rank has called it.
+    fn barrier(&mut self) -> Result<(), CollectiveError>;
+    /// Leaves the group because of `reason`: every other rank's collectives fail naming this
+    /// rank and the reason.
+    fn abort(&mut self, reason: &str);
+}
