@@ -43,7 +43,7 @@ pub struct InProcessGroup;
 
 impl InProcessGroup {
     /// `size` connected ranks with the default timeout; hand one to each thread.
-    pub fn new(size: usize) -> Vec<InProcessComm> {
+    pub fn ranks(size: usize) -> Vec<InProcessComm> {
         InProcessGroup::with_timeout(size, DEFAULT_TIMEOUT)
     }
 
@@ -177,7 +177,7 @@ impl Collective for InProcessComm {
     }
 
     fn all_to_all(&mut self, data: &[f32]) -> Result<Vec<f32>, CollectiveError> {
-        if data.len() % self.size != 0 {
+        if !data.len().is_multiple_of(self.size) {
             let reason = format!("{} values do not split into {} equal parts", data.len(), self.size);
             // Still take part, so the other ranks fail on this rank's error rather than wait.
             self.leave(format!("all_to_all: {reason}"));
@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn one_rank_is_its_own_group() {
-        let mut comms = InProcessGroup::new(1);
+        let mut comms = InProcessGroup::ranks(1);
         let c = &mut comms[0];
         let mut x = vec![1.0, 2.0];
         c.all_reduce_sum(&mut x).unwrap();

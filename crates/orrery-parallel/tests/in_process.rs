@@ -22,7 +22,7 @@ fn values(rank: usize, n: usize) -> Vec<f32> {
 fn collectives_give_the_rank_order_results_on_every_rank() {
     for size in [2, 3, 4] {
         let n = 6 * size;
-        let results = on_ranks(InProcessGroup::new(size), |mut c| {
+        let results = on_ranks(InProcessGroup::ranks(size), |mut c| {
             let r = c.rank();
             let mut sum = values(r, n);
             c.all_reduce_sum(&mut sum).unwrap();
@@ -63,7 +63,7 @@ fn collectives_give_the_rank_order_results_on_every_rank() {
 
 #[test]
 fn many_rounds_never_overwrite_a_contribution_before_everyone_read_it() {
-    let results = on_ranks(InProcessGroup::new(4), |mut c| {
+    let results = on_ranks(InProcessGroup::ranks(4), |mut c| {
         let mut last = 0.0;
         for round in 0..500 {
             let mut x = vec![(c.rank() + round) as f32];
