@@ -478,3 +478,36 @@ fn a_second_generate_reads_its_plans_from_the_plan_cache() {
     assert!(off["dir"].is_null());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn cfg_parallel_writes_the_single_rank_tensors_and_video() {
+    // `--cfg-parallel` runs the guidance branches on two in-process ranks: the same tensors
+    // and the same MP4 bytes as one rank; refused (naming the flags) when the weights stream.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../orrery-pipeline/tests/fixtures/cosmos_t2w_tiny");
+    let dir = tmp_dir("cfg-parallel");
+    let generate = |tag: &str, extra: &[&str]| {
+        let (dump, video) = (dir.join(format!("{tag}.safetensors")), dir.join(format!("{tag}.mp4")));
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "a red cube"];
+        args.extend(["--height", "32", "--width", "48", "--frames", "9", "--steps", "2", "--seed", "5"]);
+        args.extend(["--threads", "2", "--dump-tensors", dump.to_str().unwrap(), "--out", video.to_str().unwrap()]);
+        args.extend(["--json"]);
+        args.extend(extra);
+        let r = orrery(&args);
+        (r, dump, video)
+    };
+    let (one, one_dump, one_video) = generate("one", &[]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let (two, two_dump, two_video) = generate("two", &["--cfg-parallel"]);
+    assert!(two.status.success(), "{}", stderr(&two));
+    let v: serde_json::Value = serde_json::from_slice(&two.stdout).unwrap();
+    assert_eq!(v["cfg_parallel"], true);
+    for name in ["decoded_raw", "step0.latents", "step1.latents"] {
+        let bits = |p: &Path| read_f32(p, name).1.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&one_dump), bits(&two_dump), "{name}");
+    }
+    assert_eq!(std::fs::read(&one_video).unwrap(), std::fs::read(&two_video).unwrap());
+    let (streamed, _, _) = generate("streamed", &["--cfg-parallel", "--memory-budget", "5MB"]);
+    assert!(!streamed.status.success());
+    assert!(stderr(&streamed).contains("--cfg-parallel"), "{}", stderr(&streamed));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

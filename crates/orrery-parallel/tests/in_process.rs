@@ -15,7 +15,9 @@ fn on_ranks<T: Send>(comms: Vec<InProcessComm>, body: impl Fn(InProcessComm) -> 
 
 /// Rank r's values: chosen so that the order of the additions changes the float result.
 fn values(rank: usize, n: usize) -> Vec<f32> {
-    (0..n).map(|i| if rank.is_multiple_of(2) { 1e8 * (i as f32 + 1.0) } else { 1.0 + rank as f32 * 0.37 + i as f32 }).collect()
+    (0..n)
+        .map(|i| if rank.is_multiple_of(2) { 1e8 * (i as f32 + 1.0) } else { 1.0 + rank as f32 * 0.37 + i as f32 })
+        .collect()
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! tokenizer's space and through its decoder (cosmos-reference §1, §4; diffusers
 //! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
-use crate::denoise::{branches, Pinned, Precision, Sampling};
+use crate::denoise::{branches, Branch, Pinned, Precision, Sampling};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
 use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
@@ -299,6 +299,10 @@ pub struct GenerateRequest<'a> {
     /// Checked before each stage and step: when set, the run stops with
     /// [`PipelineError::Interrupted`] (a Ctrl-C handler sets it).
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// Run the guidance branches at once on two ranks (in-process, `threads` split between
+    /// them), exchanging the transformer's outputs through a collective: bit-identical to one
+    /// rank. Needs the transformer's weights resident (no streaming budget).
+    pub cfg_parallel: bool,
 }
 
 /// Video2World's input: the video continues from these frames (cosmos-reference §4.3).
@@ -677,6 +681,14 @@ impl CosmosPipeline {
             max_text_len: r.max_text_len,
         };
         let memory = self.memory_plan(&size, !zero_negative, r.memory)?;
+        let cfg_parallel = r.cfg_parallel && branches(r.sampler, r.guidance) == 2;
+        if cfg_parallel && memory.timeline.is_some() {
+            return Err(PipelineError::Invalid(
+                "--cfg-parallel runs both guidance branches at once, which needs the weights resident, but this run \
+                 streams them within its memory budget: raise --memory-budget or drop --cfg-parallel"
+                    .into(),
+            ));
+        }
         let plans = self.run_plans(size.dims(), r.max_text_len)?;
         let sources = plans
             .invocations(prompts.len(), r.steps * branches(r.sampler, r.guidance))
@@ -717,14 +729,17 @@ impl CosmosPipeline {
         let padding = [1, 1, r.height, r.width];
         let mask_shape = [1, 1, latent_shape[2], latent_shape[3], latent_shape[4]];
         let shapes = self.dit_shapes(&latent_shape, &text_shape, &padding, &mask_shape);
-        let dit = self.transformer.session("forward", &shapes, r.threads)?;
-        let network = |input: Vec<f32>, c_noise: f32, uncond: bool| -> Result<Vec<f32>, PipelineError> {
+        // With CFG parallelism each rank gets half the threads.
+        let rank_threads = if cfg_parallel { (r.threads / 2).max(1) } else { r.threads };
+        let dit = self.transformer.session("forward", &shapes, rank_threads)?;
+        let fps = r.fps;
+        let dit_inputs = |input: Vec<f32>, c_noise: f32, uncond: bool| {
             let text = if uncond { &negative_prompt_embeds } else { &prompt_embeds };
             let mut inputs = HashMap::from([
                 ("hidden_states".to_string(), CpuTensor::from_vec(latent_shape.to_vec(), input)),
                 ("timestep".to_string(), CpuTensor::from_vec(vec![1], vec![c_noise])),
                 ("encoder_hidden_states".to_string(), text.clone()),
-                ("fps".to_string(), CpuTensor::from_vec(vec![], vec![r.fps])),
+                ("fps".to_string(), CpuTensor::from_vec(vec![], vec![fps])),
                 (
                     "padding_mask".to_string(),
                     CpuTensor::from_vec(padding.to_vec(), vec![0f32; padding.iter().product()]),
@@ -733,10 +748,21 @@ impl CosmosPipeline {
             if let Some(cond) = &conditioning {
                 inputs.insert("condition_mask".to_string(), cond.mask.clone());
             }
-            let out = invoker.run(&dit, inputs, if uncond { "transformer.uncond" } else { "transformer.cond" })?;
+            inputs
+        };
+        let sample_of = |out: HashMap<String, CpuTensor>| -> Result<Vec<f32>, PipelineError> {
             let sample =
                 out.get("sample").ok_or_else(|| PipelineError::Invalid("the transformer gave no `sample`".into()))?;
             Ok(sample.to_f32_vec())
+        };
+        let one_rank = |branches: Vec<Branch>, c_noise: f32| -> Result<Vec<Vec<f32>>, PipelineError> {
+            branches
+                .into_iter()
+                .map(|b| {
+                    let label = if b.uncond { "transformer.uncond" } else { "transformer.cond" };
+                    sample_of(invoker.run(&dit, dit_inputs(b.input, c_noise, b.uncond), label)?)
+                })
+                .collect()
         };
         let sampling = Sampling {
             schedule: &schedule,
@@ -757,7 +783,7 @@ impl CosmosPipeline {
         let mut step_latents = Vec::with_capacity(r.steps);
         let mut step_started = Instant::now();
         let initial = r.noise.to_f32_vec().iter().map(|v| v * schedule.init_noise_scale).collect();
-        let latents = sampling.run(initial, &network, &mut |i, sigma, x: &[f32]| {
+        let mut after_step = |i, sigma, x: &[f32]| {
             step_latents.push(CpuTensor::from_vec(latent_shape.to_vec(), x.to_vec()));
             let seconds = step_started.elapsed().as_secs_f64();
             (r.progress)(Stage::Step { step: i, steps: schedule.steps(), sigma, seconds });
@@ -766,7 +792,19 @@ impl CosmosPipeline {
                 return Err(PipelineError::Interrupted);
             }
             Ok(())
-        })?;
+        };
+        let latents = if cfg_parallel {
+            // Rank 1 runs the unconditional branch on a session of its own.
+            let dit1 = self.transformer.session("forward", &shapes, rank_threads)?;
+            let uncond_rank =
+                |input: Vec<f32>, c_noise: f32| sample_of(dit1.run_owned(dit_inputs(input, c_noise, true))?.0);
+            let cond_rank = |input: Vec<f32>, c_noise: f32| {
+                sample_of(invoker.run(&dit, dit_inputs(input, c_noise, false), "transformer.cond")?)
+            };
+            crate::cfg_parallel::run(&sampling, initial, &cond_rank, &uncond_rank, &mut after_step)?
+        } else {
+            sampling.run(initial, &one_rank, &mut after_step)?
+        };
         let decode_started = Instant::now();
 
         let stats = latent_statistics(&self.vae_config, 0, latent_shape[2])?;

@@ -62,9 +62,16 @@ pub(crate) struct Sampling<'a> {
     pub pinned: Option<Pinned<'a>>,
 }
 
-/// The network: `F` for the scaled input `c_in·x` at timestep `c_noise`, with the prompt
-/// (`false`) or the negative prompt (`true`).
-pub(crate) type Network<'a> = dyn Fn(Vec<f32>, f32, bool) -> Result<Vec<f32>, PipelineError> + 'a;
+/// One network input of a step: the scaled sample `c_in·x`, and whether it is for the
+/// negative prompt (the unconditional branch).
+pub(crate) struct Branch {
+    pub input: Vec<f32>,
+    pub uncond: bool,
+}
+
+/// The network: `F` for every branch of a step at timestep `c_noise`, in the order given. A
+/// step's branches are independent, so a network may run them at once (CFG parallelism).
+pub(crate) type Network<'a> = dyn Fn(Vec<Branch>, f32) -> Result<Vec<Vec<f32>>, PipelineError> + 'a;
 
 /// Told after step `i` with its σ and the new sample; an error (an interrupt) ends the loop.
 pub(crate) type AfterStep<'a> = dyn FnMut(usize, f32, &[f32]) -> Result<(), PipelineError> + 'a;
@@ -119,20 +126,34 @@ impl Sampling<'_> {
         }
     }
 
-    /// The network's output for `sample`: `F(c_in·sample, c_noise)`, through its dtype.
+    /// The network's outputs for the step's samples (the conditional one, then the
+    /// unconditional one when guidance needs it): `F(c_in·sample, c_noise)`, through its dtype.
     fn evaluate(
         &self,
         network: &Network,
-        sample: &[f32],
+        samples: &[&[f32]],
         p: &Preconditioning,
-        uncond: bool,
-    ) -> Result<Vec<f32>, PipelineError> {
-        let mut scaled = vec![0f32; sample.len()];
-        p.scale_input(sample, &mut scaled);
-        self.precision.round_all(&mut scaled);
-        let mut f = network(scaled, self.precision.round(p.c_noise), uncond)?;
-        self.precision.round_all(&mut f);
-        Ok(f)
+    ) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let branches = samples
+            .iter()
+            .enumerate()
+            .map(|(b, sample)| {
+                let mut input = vec![0f32; sample.len()];
+                p.scale_input(sample, &mut input);
+                self.precision.round_all(&mut input);
+                Branch { input, uncond: b == 1 }
+            })
+            .collect();
+        let mut fs = network(branches, self.precision.round(p.c_noise))?;
+        if fs.len() != samples.len() {
+            return Err(PipelineError::Invalid(format!(
+                "the network gave {} outputs for {} branches",
+                fs.len(),
+                samples.len()
+            )));
+        }
+        fs.iter_mut().for_each(|f| self.precision.round_all(f));
+        Ok(fs)
     }
 
     /// Runs every step from the initial sample `x` (already scaled by the schedule's noise
@@ -150,12 +171,14 @@ impl Sampling<'_> {
             let (sigma, sigma_next) = (self.schedule.sigmas[i], self.schedule.sigmas[i + 1]);
             match self.schedule.kind {
                 SamplerKind::DiffusersEdm => {
-                    let f = self.evaluate(network, &self.network_sample(&x, i, &p, false), &p, false)?;
-                    p.denoised(&x, &f, &mut x0);
+                    let cond = self.network_sample(&x, i, &p, false);
+                    let uncond = self.uncond_needed().then(|| self.network_sample(&x, i, &p, true));
+                    let samples: Vec<&[f32]> = std::iter::once(&cond).chain(&uncond).map(|s| s.as_slice()).collect();
+                    let fs = self.evaluate(network, &samples, &p)?;
+                    p.denoised(&x, &fs[0], &mut x0);
                     self.pin(&mut x0, &p);
-                    if self.uncond_needed() {
-                        let f = self.evaluate(network, &self.network_sample(&x, i, &p, true), &p, true)?;
-                        p.denoised(&x, &f, &mut x0_uncond);
+                    if let Some(f) = fs.get(1) {
+                        p.denoised(&x, f, &mut x0_uncond);
                         self.pin(&mut x0_uncond, &p);
                         classifier_free_guidance(&x0, &x0_uncond, self.guidance, &mut guided);
                         std::mem::swap(&mut x0, &mut guided);
@@ -170,9 +193,11 @@ impl Sampling<'_> {
                         sample
                     };
                     let mut sample = sample_for(false);
-                    let mut f = self.evaluate(network, &sample, &p, false)?;
-                    if self.uncond_needed() {
-                        let f_uncond = self.evaluate(network, &sample_for(true), &p, true)?;
+                    let uncond = self.uncond_needed().then(|| sample_for(true));
+                    let samples: Vec<&[f32]> = std::iter::once(&sample).chain(&uncond).map(|s| s.as_slice()).collect();
+                    let mut fs = self.evaluate(network, &samples, &p)?.into_iter();
+                    let mut f = fs.next().expect("one output per branch");
+                    if let Some(f_uncond) = fs.next() {
                         let r = |v: f32| self.precision.round(v);
                         let g = self.guidance;
                         f.iter_mut().zip(&f_uncond).for_each(|(c, &u)| *c = r(*c + r(g * r(*c - u))));
@@ -199,9 +224,12 @@ mod tests {
     use super::*;
 
     /// A stand-in network: a fixed mix of its input and the timestep, different per branch.
-    fn toy_network(input: Vec<f32>, t: f32, uncond: bool) -> Result<Vec<f32>, PipelineError> {
-        let k = if uncond { 0.3 } else { -0.7 };
-        Ok(input.iter().enumerate().map(|(j, v)| k * v + 0.1 * t + 0.01 * j as f32).collect())
+    fn toy_network(branches: Vec<Branch>, t: f32) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let one = |b: &Branch| {
+            let k = if b.uncond { 0.3 } else { -0.7 };
+            b.input.iter().enumerate().map(|(j, v)| k * v + 0.1 * t + 0.01 * j as f32).collect()
+        };
+        Ok(branches.iter().map(one).collect())
     }
 
     fn run(schedule: &Schedule, precision: Precision, guidance: f32) -> (Vec<f32>, Vec<Vec<f32>>) {

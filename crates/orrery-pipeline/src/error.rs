@@ -19,4 +19,7 @@ pub enum PipelineError {
     Format(#[from] orrery_formats::FormatError),
     #[error(transparent)]
     Text(#[from] orrery_text::TextError),
+    /// A parallel run's ranks could not exchange data (one failed, hung or left).
+    #[error(transparent)]
+    Collective(#[from] orrery_parallel::CollectiveError),
 }

@@ -11,6 +11,7 @@
 //! - [`SamplerKind::Predict1`]: NVIDIA's cosmos-predict1 loop (35 steps from 80 to 0.0002 on
 //!   an f32 ramp, then 0; initial noise × √(80² + 1)).
 
+mod cfg_parallel;
 mod cosmos_pipeline;
 mod denoise;
 mod error;

@@ -106,10 +106,14 @@ impl MemoryPlan {
         let timeline = match budget {
             Some(b) if b.bytes < weight_bytes + working => {
                 if b.bytes < min_budget {
+                    let widened = match transient_bytes {
+                        0 => String::new(),
+                        t => format!(", {t} of a weight one kernel widens to f32,"),
+                    };
                     return Err(PipelineError::Invalid(format!(
                         "a memory budget of {} bytes is below the {min_budget} bytes this run needs at least \
-                         ({activation_bytes} of activations, {transient_bytes} of a kernel's widened weight and \
-                         the weights its largest kernels read at once); \
+                         ({activation_bytes} of activations{widened} plus the weights its largest kernels read at \
+                         once); \
                          raise --memory-budget or lower the size, frames or batch",
                         b.bytes
                     )));

@@ -130,6 +130,10 @@ pub struct GenerateArgs {
     /// Keep the planned issue points as compiled (no re-timing from measured speeds).
     #[arg(long)]
     no_retime: bool,
+    /// Run the two guidance branches of every step at once on two in-process ranks, each with
+    /// half of --threads (bit-identical output; needs the weights resident).
+    #[arg(long)]
+    cfg_parallel: bool,
     /// Write a Chrome/Perfetto trace of the run (compute, weight loads, waits) to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -158,6 +162,7 @@ struct Settings {
     augment_sigma: f32,
     threads: usize,
     memory: Option<MemoryBudget>,
+    cfg_parallel: bool,
     model_label: String,
     model_dir: PathBuf,
 }
@@ -255,6 +260,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         augment_sigma: args.augment_sigma,
         threads,
         memory: None,
+        cfg_parallel: args.cfg_parallel,
         model_label: args.model.clone().unwrap_or_else(|| "built-in tiny random pipeline".into()),
         model_dir,
     };
@@ -383,6 +389,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
                 "flops": estimate.flops(), "estimated_memory_bytes": estimate.memory_bytes, "peak_rss_bytes": peak,
                 "steps": settings.steps, "frames": settings.frames, "height": settings.height, "width": settings.width,
                 "fps": settings.fps, "sampler": settings.sampler_name(), "threads": threads,
+                "cfg_parallel": settings.cfg_parallel,
                 "compiled_plans": pipeline.compiled_plans(),
                 "plan_cache": crate::plan_cache::stats_json(&pipeline),
                 "memory": memory::plan_json(&memory_plan, budget),
@@ -503,6 +510,7 @@ fn run_job(
         }),
         memory: s.memory,
         stop: Some(stop),
+        cfg_parallel: s.cfg_parallel,
     };
     let out = match pipeline.generate(&request) {
         Ok(out) => out,

@@ -69,6 +69,7 @@ impl Run {
             condition: None,
             memory: None,
             stop: None,
+            cfg_parallel: false,
         }
     }
 }
