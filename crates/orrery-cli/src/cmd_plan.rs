@@ -66,6 +66,10 @@ pub struct PlanArgs {
     /// bytes, offset, first use, issue point).
     #[arg(long)]
     dump: bool,
+    /// Parallel layouts to report the transformer's communication per denoising step for:
+    /// `tp:N` (tensor), `sp:N` (sequence, Ulysses), `cfg` (guidance branches), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "cfg,tp:2,tp:4,tp:8,sp:2,sp:4")]
+    parallel: Vec<orrery_pipeline::ParallelLayout>,
     #[arg(long)]
     threads: Option<usize>,
     #[arg(long)]
@@ -241,10 +245,47 @@ pub fn plan(args: &PlanArgs) -> Result<ExitCode> {
         }
         reports.push(report(target, &memory, &p, &run));
     }
+    let parallel = communication(&pipeline, &run, &args.parallel);
     crate::plan_cache::report_warnings(&pipeline);
     if args.json {
         let plan_cache = crate::plan_cache::stats_json(&pipeline);
-        println!("{}", serde_json::json!({"model": label, "targets": reports, "plan_cache": plan_cache}));
+        println!(
+            "{}",
+            serde_json::json!({"model": label, "targets": reports, "parallel": parallel, "plan_cache": plan_cache})
+        );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints (and returns as JSON) what each parallel layout sends per denoising step.
+fn communication(
+    pipeline: &CosmosPipeline,
+    run: &RunSize,
+    layouts: &[orrery_pipeline::ParallelLayout],
+) -> Vec<serde_json::Value> {
+    if !layouts.is_empty() {
+        eprintln!("orrery: communication per denoising step (the transformer's f32 activations; half for bf16):");
+    }
+    let mut out = Vec::new();
+    for &layout in layouts {
+        match pipeline.step_communication(run, layout) {
+            Ok(c) => {
+                eprintln!(
+                    "  {layout}: {} ranks, {} collectives, {} sent by each rank",
+                    c.ranks,
+                    c.collectives,
+                    human_bytes(c.bytes_per_rank)
+                );
+                out.push(serde_json::json!({
+                    "layout": layout.to_string(), "ranks": c.ranks, "collectives_per_step": c.collectives,
+                    "bytes_per_rank_per_step": c.bytes_per_rank,
+                }));
+            }
+            Err(e) => {
+                eprintln!("  {e}");
+                out.push(serde_json::json!({"layout": layout.to_string(), "error": e.to_string()}));
+            }
+        }
+    }
+    out
 }

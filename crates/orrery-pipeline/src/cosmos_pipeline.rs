@@ -491,6 +491,17 @@ impl CosmosPipeline {
         Ok(RunPlans { text, dit, encode, decode })
     }
 
+    /// What `layout` communicates per denoising step in a run of this size (see
+    /// [`crate::parallel_layout`]).
+    pub fn step_communication(
+        &self,
+        run: &RunSize,
+        layout: crate::ParallelLayout,
+    ) -> Result<crate::StepCommunication, PipelineError> {
+        let plans = self.run_plans(run.dims(), run.max_text_len)?;
+        crate::step_communication(&plans.dit, branches(run.sampler, run.guidance), layout)
+    }
+
     /// The cost of a run of this size, from the plans it will use (compiled here and kept for
     /// the run).
     pub fn estimate(&self, run: &RunSize) -> Result<Estimate, PipelineError> {
