@@ -352,7 +352,8 @@ pub struct GenerateOutput {
     pub stream: Option<StreamStats>,
     /// The weight loads and the kernels' waits for them, timed from the run's start.
     pub stream_events: Vec<StreamEvent>,
-    /// Every model invocation, timed from the run's start.
+    /// Every model invocation, timed from the run's start: rank 0's in run order (the
+    /// stream's numbering), then, with `cfg_parallel`, rank 1's.
     pub invocations: Vec<InvocationSpan>,
 }
 
@@ -807,12 +808,25 @@ impl CosmosPipeline {
         let latents = if cfg_parallel {
             // Rank 1 runs the unconditional branch on a session of its own.
             let dit1 = self.transformer.session("forward", &shapes, rank_threads)?;
-            let uncond_rank =
-                |input: Vec<f32>, c_noise: f32| sample_of(dit1.run_owned(dit_inputs(input, c_noise, true))?.0);
+            let (started, rank1_spans) = (invoker.started(), Mutex::new(Vec::new()));
+            let uncond_rank = |input: Vec<f32>, c_noise: f32| {
+                let start = started.elapsed();
+                let (out, stats) = dit1.run_owned(dit_inputs(input, c_noise, true))?;
+                rank1_spans.lock().unwrap_or_else(|e| e.into_inner()).push(InvocationSpan {
+                    label: "transformer.uncond".into(),
+                    start,
+                    end: started.elapsed(),
+                    peak_live_bytes: stats.peak_live_bytes,
+                    rank: 1,
+                });
+                sample_of(out)
+            };
             let cond_rank = |input: Vec<f32>, c_noise: f32| {
                 sample_of(invoker.run(&dit, dit_inputs(input, c_noise, false), "transformer.cond")?)
             };
-            crate::cfg_parallel::run(&sampling, initial, &cond_rank, &uncond_rank, &mut after_step)?
+            let latents = crate::cfg_parallel::run(&sampling, initial, &cond_rank, &uncond_rank, &mut after_step);
+            invoker.add_spans(rank1_spans.into_inner().unwrap_or_else(|e| e.into_inner()));
+            latents?
         } else {
             sampling.run(initial, &one_rank, &mut after_step)?
         };

@@ -69,6 +69,8 @@ pub struct InvocationSpan {
     pub end: Duration,
     /// The most activation bytes it held at once (measured).
     pub peak_live_bytes: u64,
+    /// The rank that ran it (0 unless `--cfg-parallel` put it on the second rank).
+    pub rank: usize,
 }
 
 /// How a run uses memory, decided before it starts.
@@ -207,8 +209,20 @@ impl Invoker {
             start,
             end: self.started.elapsed(),
             peak_live_bytes: stats.peak_live_bytes,
+            rank: 0,
         });
         Ok(out)
+    }
+
+    /// When the run started (spans are timed from it).
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Adds spans timed elsewhere (another rank's invocations), after this rank's, so that
+    /// span `i` stays this rank's invocation `i` (the stream's numbering).
+    pub(crate) fn add_spans(&self, spans: Vec<InvocationSpan>) {
+        self.spans.borrow_mut().extend(spans);
     }
 
     pub(crate) fn stats(&self) -> Option<StreamStats> {

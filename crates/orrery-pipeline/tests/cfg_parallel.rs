@@ -32,10 +32,13 @@ fn two_ranks_give_the_single_rank_bits_with_either_sampler() {
         let one = pipeline.generate(&single).unwrap();
         let two = pipeline.generate(&orrery_pipeline::GenerateRequest { cfg_parallel: true, ..single }).unwrap();
         assert_same_run(&one, &two, &format!("{sampler:?}"));
-        // Rank 0 ran only the conditional branch; rank 1 the unconditional one.
-        let labels = |o: &GenerateOutput| o.invocations.iter().filter(|s| s.label.starts_with("transformer")).count();
-        assert_eq!(labels(&one), 2 * single.steps);
-        assert_eq!(labels(&two), single.steps);
+        // Rank 0 ran the conditional branch, rank 1 the unconditional one (whether they overlap
+        // in time is the benchmark's business: the tiny model takes well under a millisecond).
+        let evaluations = |o: &GenerateOutput, rank: usize| {
+            o.invocations.iter().filter(|s| s.label.starts_with("transformer") && s.rank == rank).count()
+        };
+        assert_eq!((evaluations(&one, 0), evaluations(&one, 1)), (2 * single.steps, 0));
+        assert_eq!((evaluations(&two, 0), evaluations(&two, 1)), (single.steps, single.steps));
     }
     // Guidance off: one branch, nothing to run in parallel; the flag changes nothing.
     let unguided = orrery_pipeline::GenerateRequest { guidance: 1.0, ..run.request(&noise, &progress) };
