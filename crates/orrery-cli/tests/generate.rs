@@ -497,8 +497,15 @@ fn cfg_parallel_writes_the_single_rank_tensors_and_video() {
     };
     let (one, one_dump, one_video) = generate("one", &[]);
     assert!(one.status.success(), "{}", stderr(&one));
-    let (two, two_dump, two_video) = generate("two", &["--cfg-parallel"]);
+    let trace = dir.join("trace.json");
+    let (two, two_dump, two_video) = generate("two", &["--cfg-parallel", "--trace", trace.to_str().unwrap()]);
     assert!(two.status.success(), "{}", stderr(&two));
+    // The trace draws rank 1's unconditional evaluations (one per step) on a track of their own.
+    let events: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let on_track = |tid: u64, name: &str| {
+        events["traceEvents"].as_array().unwrap().iter().filter(|e| e["tid"] == tid && e["name"] == name).count()
+    };
+    assert_eq!((on_track(1, "transformer.cond"), on_track(4, "transformer.uncond")), (2, 2));
     let v: serde_json::Value = serde_json::from_slice(&two.stdout).unwrap();
     assert_eq!(v["cfg_parallel"], true);
     for name in ["decoded_raw", "step0.latents", "step1.latents"] {

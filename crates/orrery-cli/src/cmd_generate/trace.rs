@@ -1,6 +1,7 @@
 //! `--trace FILE.json`: a run as a Chrome / Perfetto trace (open it in ui.perfetto.dev or
 //! chrome://tracing): one track of model invocations (compute), one of weight loads, one of the
-//! kernels' waits for their weights; each re-timing of the issue points is an instant on the
+//! kernels' waits for their weights (and with `--cfg-parallel` one of the second rank's
+//! invocations); each re-timing of the issue points is an instant on the
 //! loads' track.
 
 use anyhow::{Context, Result};
@@ -12,6 +13,7 @@ use std::time::Duration;
 const COMPUTE: u32 = 1;
 const LOAD: u32 = 2;
 const WAIT: u32 = 3;
+const COMPUTE_RANK_1: u32 = 4;
 
 fn span(
     name: &str,
@@ -34,8 +36,12 @@ fn track_name(track: u32, name: &str) -> serde_json::Value {
 /// The trace of one run as JSON.
 pub fn trace_json(out: &GenerateOutput) -> serde_json::Value {
     let mut events = vec![track_name(COMPUTE, "compute"), track_name(LOAD, "weight loads"), track_name(WAIT, "waits")];
+    if out.invocations.iter().any(|s| s.rank == 1) {
+        events.push(track_name(COMPUTE_RANK_1, "compute (rank 1, --cfg-parallel)"));
+    }
     for (i, s) in out.invocations.iter().enumerate() {
-        events.push(span(&s.label, "compute", COMPUTE, s.start, s.end, serde_json::json!({"invocation": i})));
+        let track = if s.rank == 1 { COMPUTE_RANK_1 } else { COMPUTE };
+        events.push(span(&s.label, "compute", track, s.start, s.end, serde_json::json!({"invocation": i})));
     }
     for e in &out.stream_events {
         let label = out.invocations.get(e.invocation).map_or("", |s| s.label.as_str());
