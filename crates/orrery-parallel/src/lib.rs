@@ -4,8 +4,8 @@
 //! all-reduce after a row-parallel linear (tensor parallelism), all-gather of the guidance
 //! branches (CFG parallelism), all-to-all between sequence and head sharding (Ulysses
 //! sequence parallelism), broadcast of the inputs, barriers. Backends implement it over
-//! threads in one process ([`InProcessGroup`], for several CPU devices and for tests) and, to
-//! come, over MPI between processes.
+//! threads in one process ([`InProcessGroup`], for several CPU devices and for tests) and over
+//! MPI between processes (`MpiComm`, with the `mpi` feature: `mpirun -np N`).
 //!
 //! Architecture invariants:
 //! - Every collective is deterministic: reductions add the ranks' contributions in rank order,
@@ -16,8 +16,12 @@
 //!   with [`CollectiveError::Timeout`] naming the ranks they waited for.
 
 mod in_process;
+#[cfg(feature = "mpi")]
+mod mpi_backend;
 
 pub use in_process::{InProcessComm, InProcessGroup};
+#[cfg(feature = "mpi")]
+pub use mpi_backend::MpiComm;
 
 use std::time::Duration;
 use thiserror::Error;
@@ -41,8 +45,9 @@ pub enum CollectiveError {
 }
 
 /// Communication among the ranks of one group. Every rank must call the same collectives in
-/// the same order (as the plan inserts them); the data is f32.
-pub trait Collective: Send {
+/// the same order (as the plan inserts them); the data is f32. Not `Send` in general: an MPI
+/// rank's handle stays on the thread that initialized MPI (the in-process one is `Send`).
+pub trait Collective {
     /// This rank, in `0..size()`.
     fn rank(&self) -> usize;
     /// How many ranks the group has.
