@@ -68,3 +68,31 @@ pub trait Collective {
     /// rank and the reason.
     fn abort(&mut self, reason: &str);
 }
+
+/// A boxed collective (a backend chosen at run time) is a collective.
+impl<C: Collective + ?Sized> Collective for Box<C> {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+    fn size(&self) -> usize {
+        (**self).size()
+    }
+    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
+        (**self).all_reduce_sum(data)
+    }
+    fn all_gather(&mut self, data: &[f32]) -> Result<Vec<f32>, CollectiveError> {
+        (**self).all_gather(data)
+    }
+    fn all_to_all(&mut self, data: &[f32]) -> Result<Vec<f32>, CollectiveError> {
+        (**self).all_to_all(data)
+    }
+    fn broadcast(&mut self, data: &mut Vec<f32>, root: usize) -> Result<(), CollectiveError> {
+        (**self).broadcast(data, root)
+    }
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        (**self).barrier()
+    }
+    fn abort(&mut self, reason: &str) {
+        (**self).abort(reason)
+    }
+}

@@ -299,10 +299,37 @@ pub struct GenerateRequest<'a> {
     /// Checked before each stage and step: when set, the run stops with
     /// [`PipelineError::Interrupted`] (a Ctrl-C handler sets it).
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
-    /// Run the guidance branches at once on two ranks (in-process, `threads` split between
-    /// them), exchanging the transformer's outputs through a collective: bit-identical to one
-    /// rank. Needs the transformer's weights resident (no streaming budget).
-    pub cfg_parallel: bool,
+    /// Run the guidance branches at once on two ranks, exchanging the transformer's outputs
+    /// through a collective: bit-identical to one rank. Needs the weights resident (no
+    /// streaming budget).
+    pub cfg_parallel: CfgParallel<'a>,
+}
+
+/// What this process does in a run: all of it, or CFG rank 1's share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Lead,
+    Serve,
+}
+
+/// Where the two guidance branches of a step run.
+#[derive(Clone, Copy, Default)]
+pub enum CfgParallel<'a> {
+    /// One after the other, here.
+    #[default]
+    Off,
+    /// At once on two ranks of this process, `threads` split between them.
+    InProcess,
+    /// On the two ranks of a collective (e.g. MPI processes): rank 0 calls
+    /// [`CosmosPipeline::generate`] and gets the video, rank 1 calls
+    /// [`CosmosPipeline::serve_uncond`] with the same request.
+    Ranks(&'a std::cell::RefCell<dyn orrery_parallel::Collective + 'static>),
+}
+
+impl CfgParallel<'_> {
+    fn is_on(&self) -> bool {
+        !matches!(self, CfgParallel::Off)
+    }
 }
 
 /// Video2World's input: the video continues from these frames (cosmos-reference §4.3).
@@ -670,6 +697,22 @@ impl CosmosPipeline {
 
     /// Runs the whole pipeline.
     pub fn generate(&self, r: &GenerateRequest) -> Result<GenerateOutput, PipelineError> {
+        self.run(r, Role::Lead)?
+            .ok_or_else(|| PipelineError::Invalid("the run ended without a video (a serving rank)".into()))
+    }
+
+    /// Rank 1 of a [`CfgParallel::Ranks`] run: encodes the prompts like rank 0, then evaluates
+    /// the unconditional branch of every step rank 0 sends, until rank 0 is done. Rank 0 writes
+    /// the video.
+    pub fn serve_uncond(&self, r: &GenerateRequest) -> Result<(), PipelineError> {
+        match r.cfg_parallel {
+            CfgParallel::Ranks(_) => self.run(r, Role::Serve).map(|_| ()),
+            _ => Err(PipelineError::Invalid("serve_uncond needs a request with CfgParallel::Ranks".into())),
+        }
+    }
+
+    /// The run, as the leader (the whole pipeline) or as CFG rank 1 (`None` at the end).
+    fn run(&self, r: &GenerateRequest, role: Role) -> Result<Option<GenerateOutput>, PipelineError> {
         let latent_shape = self.latent_shape(r.height, r.width, r.frames)?;
         if r.noise.shape() != latent_shape {
             return Err(PipelineError::Invalid(format!(
@@ -693,7 +736,12 @@ impl CosmosPipeline {
             max_text_len: r.max_text_len,
         };
         let memory = self.memory_plan(&size, !zero_negative, r.memory)?;
-        let cfg_parallel = r.cfg_parallel && branches(r.sampler, r.guidance) == 2;
+        let cfg_parallel = r.cfg_parallel.is_on() && branches(r.sampler, r.guidance) == 2;
+        if role == Role::Serve && !cfg_parallel {
+            return Err(PipelineError::Invalid(
+                "this run has no unconditional branch to serve (guidance is off for its sampler)".into(),
+            ));
+        }
         if cfg_parallel && memory.timeline.is_some() {
             return Err(PipelineError::Invalid(
                 "--cfg-parallel runs both guidance branches at once, which needs the weights resident, but this run \
@@ -742,7 +790,10 @@ impl CosmosPipeline {
         let mask_shape = [1, 1, latent_shape[2], latent_shape[3], latent_shape[4]];
         let shapes = self.dit_shapes(&latent_shape, &text_shape, &padding, &mask_shape);
         // With CFG parallelism each rank gets half the threads.
-        let rank_threads = if cfg_parallel { (r.threads / 2).max(1) } else { r.threads };
+        let rank_threads = match r.cfg_parallel {
+            CfgParallel::InProcess if cfg_parallel => (r.threads / 2).max(1),
+            _ => r.threads,
+        };
         let dit = self.transformer.session("forward", &shapes, rank_threads)?;
         let fps = r.fps;
         let dit_inputs = |input: Vec<f32>, c_noise: f32, uncond: bool| {
@@ -805,30 +856,43 @@ impl CosmosPipeline {
             }
             Ok(())
         };
-        let latents = if cfg_parallel {
-            // Rank 1 runs the unconditional branch on a session of its own.
-            let dit1 = self.transformer.session("forward", &shapes, rank_threads)?;
-            let (started, rank1_spans) = (invoker.started(), Mutex::new(Vec::new()));
-            let uncond_rank = |input: Vec<f32>, c_noise: f32| {
-                let start = started.elapsed();
-                let (out, stats) = dit1.run_owned(dit_inputs(input, c_noise, true))?;
-                rank1_spans.lock().unwrap_or_else(|e| e.into_inner()).push(InvocationSpan {
-                    label: "transformer.uncond".into(),
-                    start,
-                    end: started.elapsed(),
-                    peak_live_bytes: stats.peak_live_bytes,
-                    rank: 1,
-                });
-                sample_of(out)
-            };
-            let cond_rank = |input: Vec<f32>, c_noise: f32| {
-                sample_of(invoker.run(&dit, dit_inputs(input, c_noise, false), "transformer.cond")?)
-            };
-            let latents = crate::cfg_parallel::run(&sampling, initial, &cond_rank, &uncond_rank, &mut after_step);
-            invoker.add_spans(rank1_spans.into_inner().unwrap_or_else(|e| e.into_inner()));
-            latents?
-        } else {
-            sampling.run(initial, &one_rank, &mut after_step)?
+        let cond_rank = |input: Vec<f32>, c_noise: f32| {
+            sample_of(invoker.run(&dit, dit_inputs(input, c_noise, false), "transformer.cond")?)
+        };
+        let latents = match (r.cfg_parallel, role) {
+            _ if !cfg_parallel => sampling.run(initial, &one_rank, &mut after_step)?,
+            (CfgParallel::Ranks(comm), Role::Lead) => {
+                let mut comm = comm.borrow_mut();
+                crate::cfg_parallel::lead(&sampling, initial, &cond_rank, &mut *comm, &mut after_step)?
+            }
+            (CfgParallel::Ranks(comm), Role::Serve) => {
+                let uncond = |input: Vec<f32>, c_noise: f32| {
+                    sample_of(invoker.run(&dit, dit_inputs(input, c_noise, true), "transformer.uncond")?)
+                };
+                crate::cfg_parallel::serve(&mut *comm.borrow_mut(), &uncond)?;
+                return Ok(None);
+            }
+            _ => {
+                // Rank 1 runs the unconditional branch on a session of its own.
+                let dit1 = self.transformer.session("forward", &shapes, rank_threads)?;
+                let (started, rank1_spans) = (invoker.started(), Mutex::new(Vec::new()));
+                let uncond_rank = |input: Vec<f32>, c_noise: f32| {
+                    let start = started.elapsed();
+                    let (out, stats) = dit1.run_owned(dit_inputs(input, c_noise, true))?;
+                    rank1_spans.lock().unwrap_or_else(|e| e.into_inner()).push(InvocationSpan {
+                        label: "transformer.uncond".into(),
+                        start,
+                        end: started.elapsed(),
+                        peak_live_bytes: stats.peak_live_bytes,
+                        rank: 1,
+                    });
+                    sample_of(out)
+                };
+                let latents =
+                    crate::cfg_parallel::run_in_process(&sampling, initial, &cond_rank, &uncond_rank, &mut after_step);
+                invoker.add_spans(rank1_spans.into_inner().unwrap_or_else(|e| e.into_inner()));
+                latents?
+            }
         };
         let decode_started = Instant::now();
 
@@ -842,7 +906,7 @@ impl CosmosPipeline {
             .cloned()
             .ok_or_else(|| PipelineError::Invalid("the video decoder gave no `sample`".into()))?;
         (r.progress)(Stage::Decoded { seconds: decode_started.elapsed().as_secs_f64() });
-        Ok(GenerateOutput {
+        Ok(Some(GenerateOutput {
             prompt_embeds,
             negative_prompt_embeds,
             sigmas: schedule.sigmas,
@@ -852,7 +916,7 @@ impl CosmosPipeline {
             stream_events: invoker.events(),
             invocations: invoker.spans(),
             memory,
-        })
+        }))
     }
 
     /// Video2World's conditioning: the input frames cut or zero-padded to the output's frame

@@ -26,7 +26,7 @@ mod scheduler_config;
 mod synthetic;
 
 pub use cosmos_pipeline::{
-    Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, PlanCacheStats, RunSize, Stage,
+    CfgParallel, Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, PlanCacheStats, RunSize, Stage,
     DEFAULT_NEGATIVE_PROMPT,
 };
 pub use denoise::Precision;

@@ -30,7 +30,12 @@ fn two_ranks_give_the_single_rank_bits_with_either_sampler() {
     for sampler in [SamplerKind::DiffusersEdm, SamplerKind::Predict1] {
         let single = orrery_pipeline::GenerateRequest { sampler, ..run.request(&noise, &progress) };
         let one = pipeline.generate(&single).unwrap();
-        let two = pipeline.generate(&orrery_pipeline::GenerateRequest { cfg_parallel: true, ..single }).unwrap();
+        let two = pipeline
+            .generate(&orrery_pipeline::GenerateRequest {
+                cfg_parallel: orrery_pipeline::CfgParallel::InProcess,
+                ..single
+            })
+            .unwrap();
         assert_same_run(&one, &two, &format!("{sampler:?}"));
         // Rank 0 ran the conditional branch, rank 1 the unconditional one (whether they overlap
         // in time is the benchmark's business: the tiny model takes well under a millisecond).
@@ -43,7 +48,12 @@ fn two_ranks_give_the_single_rank_bits_with_either_sampler() {
     // Guidance off: one branch, nothing to run in parallel; the flag changes nothing.
     let unguided = orrery_pipeline::GenerateRequest { guidance: 1.0, ..run.request(&noise, &progress) };
     let a = pipeline.generate(&unguided).unwrap();
-    let b = pipeline.generate(&orrery_pipeline::GenerateRequest { cfg_parallel: true, ..unguided }).unwrap();
+    let b = pipeline
+        .generate(&orrery_pipeline::GenerateRequest {
+            cfg_parallel: orrery_pipeline::CfgParallel::InProcess,
+            ..unguided
+        })
+        .unwrap();
     assert_same_run(&a, &b, "guidance 1");
 }
 
@@ -56,8 +66,11 @@ fn a_streamed_run_refuses_cfg_parallelism_before_any_work() {
     let progress = |_| {};
     let resident = pipeline.generate(&run.request(&noise, &progress)).unwrap();
     let budget = MemoryBudget::new(resident.memory.min_budget);
-    let request =
-        orrery_pipeline::GenerateRequest { cfg_parallel: true, memory: Some(budget), ..run.request(&noise, &progress) };
+    let request = orrery_pipeline::GenerateRequest {
+        cfg_parallel: orrery_pipeline::CfgParallel::InProcess,
+        memory: Some(budget),
+        ..run.request(&noise, &progress)
+    };
     match pipeline.generate(&request) {
         Err(PipelineError::Invalid(m)) => assert!(m.contains("--cfg-parallel") && m.contains("--memory-budget"), "{m}"),
         other => panic!("{:?}", other.map(|_| ())),

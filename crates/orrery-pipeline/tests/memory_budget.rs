@@ -28,7 +28,7 @@ fn request<'a>(noise: &'a CpuTensor, memory: Option<MemoryBudget>) -> GenerateRe
         condition: None,
         memory,
         stop: None,
-        cfg_parallel: false,
+        cfg_parallel: orrery_pipeline::CfgParallel::Off,
     }
 }
 

@@ -12,6 +12,7 @@ mod input;
 mod jobs;
 pub(crate) mod memory;
 mod progress;
+mod ranks;
 mod trace;
 
 use crate::tensor_file::{read_tensors, write_f32_safetensors};
@@ -20,8 +21,8 @@ use estimate::{human_bytes, human_flops, human_time, measured_gflops, LONG_RUN_S
 use jobs::{Job, Outputs};
 use orrery_cpu::CpuTensor;
 use orrery_pipeline::{
-    resolve_model, standard_normal, video_frames_u8, Condition, CosmosPipeline, GenerateRequest, MemoryBudget,
-    PipelineError, RunSize, SamplerKind,
+    resolve_model, standard_normal, video_frames_u8, CfgParallel, Condition, CosmosPipeline, GenerateRequest,
+    MemoryBudget, PipelineError, RunSize, SamplerKind,
 };
 use orrery_runtime::{peak_rss_bytes, resolve_threads, Prefetch};
 use progress::{Progress, StageTimes};
@@ -332,14 +333,27 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let memory_plan = pipeline.memory_plan(&size, negative_encoded, budget)?;
     eprintln!("orrery: {}", memory::describe(&memory_plan, budget));
     let settings = Settings { memory: budget, ..settings };
+    // Under mpirun: this process's rank and the collective joining it to the others.
+    let launch = ranks::detect();
+    let comm = match launch {
+        Some(l) => Some(ranks::connect(l, args.cfg_parallel, args.batch.is_some())?),
+        None => None,
+    };
+    let cfg = match (&comm, args.cfg_parallel) {
+        (Some(c), _) => CfgParallel::Ranks(c),
+        (None, true) => CfgParallel::InProcess,
+        (None, false) => CfgParallel::Off,
+    };
+    let serving = launch.is_some_and(|l| l.rank != 0);
     let stop = crate::interrupt::install();
     let mut totals = StageTimes::default();
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         let label = if jobs.len() > 1 { format!("[{}/{}] ", i + 1, jobs.len()) } else { String::new() };
+        let label = if serving { format!("rank 1: {label}") } else { label };
         let progress = Progress::new(label);
-        match run_job(&pipeline, &settings, job, &progress, stop) {
+        match run_job(&pipeline, &settings, job, &progress, stop, cfg, serving) {
             Ok(report) => {
                 if jobs.len() > 1 {
                     progress.line(&format!(
@@ -368,6 +382,11 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
 
     let seconds = started.elapsed().as_secs_f64();
     let peak = peak_rss_bytes().unwrap_or(0);
+    if serving {
+        // Rank 0 reports the run and writes its outputs.
+        eprintln!("orrery: rank 1 served the unconditional branch in {}", human_time(seconds));
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         let runs: Vec<serde_json::Value> = reports
             .iter()
@@ -389,7 +408,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
                 "flops": estimate.flops(), "estimated_memory_bytes": estimate.memory_bytes, "peak_rss_bytes": peak,
                 "steps": settings.steps, "frames": settings.frames, "height": settings.height, "width": settings.width,
                 "fps": settings.fps, "sampler": settings.sampler_name(), "threads": threads,
-                "cfg_parallel": settings.cfg_parallel,
+                "cfg_parallel": settings.cfg_parallel, "ranks": launch.map_or(1, |l| l.size),
                 "compiled_plans": pipeline.compiled_plans(),
                 "plan_cache": crate::plan_cache::stats_json(&pipeline),
                 "memory": memory::plan_json(&memory_plan, budget),
@@ -447,12 +466,16 @@ fn job_noise(job: &Job, latent: &[usize]) -> Result<JobNoise> {
     Ok(JobNoise { noise, injected })
 }
 
+/// Runs one job; `serving`: this is CFG rank 1 of an mpirun launch, which computes the
+/// unconditional branch for rank 0 and writes nothing.
 fn run_job(
     pipeline: &CosmosPipeline,
     s: &Settings,
     job: &Job,
     progress: &Progress,
     stop: &AtomicBool,
+    cfg: CfgParallel<'_>,
+    serving: bool,
 ) -> Result<JobReport, JobFailure> {
     let prepare_started = Instant::now();
     progress.started("reading the inputs");
@@ -477,7 +500,7 @@ fn run_job(
     progress.inputs_ready(prepare_started.elapsed().as_secs_f64());
     // Created here, removed again if the run does not finish.
     let created_frames_dir = match &job.outputs.frames_dir {
-        Some(dir) if !dir.exists() => {
+        Some(dir) if !dir.exists() && !serving => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             Some(dir.clone())
         }
@@ -510,8 +533,13 @@ fn run_job(
         }),
         memory: s.memory,
         stop: Some(stop),
-        cfg_parallel: s.cfg_parallel,
+        cfg_parallel: cfg,
     };
+    if serving {
+        pipeline.serve_uncond(&request)?;
+        let measured = serde_json::Value::Null;
+        return Ok(JobReport { times: progress.times(), written: Vec::new(), stream: None, measured });
+    }
     let out = match pipeline.generate(&request) {
         Ok(out) => out,
         Err(PipelineError::Interrupted) => {

@@ -69,7 +69,7 @@ impl Run {
             condition: None,
             memory: None,
             stop: None,
-            cfg_parallel: false,
+            cfg_parallel: orrery_pipeline::CfgParallel::Off,
         }
     }
 }

@@ -1,0 +1,72 @@
+//! `mpirun -np 2 orrery generate --cfg-parallel`: the guidance branches on two processes give
+//! the single-process tensors and MP4 bit for bit; a launch without a parallel layout is
+//! refused instead of running the job twice. Needs the `mpi` feature and mpirun (skipped
+//! without mpirun unless `ORRERY_REQUIRE_MPI=1`, as in CI).
+
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use common::{orrery, read_f32, stderr, tmp_dir};
+use std::path::Path;
+use std::process::Command;
+
+fn mpirun_available() -> bool {
+    if Command::new("mpirun").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var_os("ORRERY_REQUIRE_MPI").is_none(), "mpirun is missing but ORRERY_REQUIRE_MPI is set");
+    eprintln!("skipping: mpirun is not installed");
+    false
+}
+
+#[test]
+fn two_processes_give_the_single_process_video() {
+    if !mpirun_available() {
+        return;
+    }
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../orrery-pipeline/tests/fixtures/cosmos_t2w_tiny");
+    let dir = tmp_dir("mpi");
+    let args = |tag: &str| -> Vec<String> {
+        let mut a: Vec<String> = ["generate", "--model", model.to_str().unwrap(), "--prompt", "a red cube"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--height", "32", "--width", "48", "--frames", "9", "--steps", "2", "--seed", "5"].map(String::from));
+        a.extend(["--threads".into(), "1".into(), "--json".into()]);
+        a.extend(["--dump-tensors".into(), dir.join(format!("{tag}.safetensors")).display().to_string()]);
+        a.extend(["--out".into(), dir.join(format!("{tag}.mp4")).display().to_string()]);
+        a
+    };
+    let one = orrery(&args("one").iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(one.status.success(), "{}", stderr(&one));
+    let mpirun = |extra: &[&str], tag: &str| {
+        Command::new("mpirun")
+            .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_orrery")])
+            .args(args(tag))
+            .args(extra)
+            .env("ORRERY_PLAN_CACHE", std::env::temp_dir().join("orrery-cli-test-plans"))
+            .output()
+            .unwrap()
+    };
+    let two = mpirun(&["--cfg-parallel"], "two");
+    let log = format!("{}{}", String::from_utf8_lossy(&two.stdout), stderr(&two));
+    assert!(two.status.success(), "{log}");
+    // One report, from rank 0, naming both ranks.
+    let v: serde_json::Value = serde_json::from_slice(&two.stdout).unwrap();
+    assert_eq!((v["ranks"].as_u64(), v["cfg_parallel"].as_bool()), (Some(2), Some(true)), "{v}");
+    assert!(log.contains("rank 1 served the unconditional branch"), "{log}");
+    for name in ["decoded_raw", "step0.latents", "step1.latents"] {
+        let bits = |tag: &str| {
+            read_f32(&dir.join(format!("{tag}.safetensors")), name).1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(bits("one"), bits("two"), "{name}");
+    }
+    assert_eq!(std::fs::read(dir.join("one.mp4")).unwrap(), std::fs::read(dir.join("two.mp4")).unwrap());
+    // Without a parallel layout both processes would run the whole job: refused, nothing written.
+    let refused = mpirun(&[], "refused");
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("no parallel layout"), "{}", stderr(&refused));
+    assert!(!dir.join("refused.mp4").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
