@@ -70,3 +70,70 @@ fn two_processes_give_the_single_process_video() {
     assert!(!dir.join("refused.mp4").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The processes `mpirun` (pid `parent`) started, by MPI rank.
+fn ranks_of(parent: u32) -> Vec<(usize, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        if ppid != Some(parent) {
+            continue;
+        }
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let rank = env
+            .split(|&b| b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix("OMPI_COMM_WORLD_RANK="))
+            .find_map(|r| r.parse().ok());
+        if let Some(rank) = rank {
+            found.push((rank, pid));
+        }
+    }
+    found
+}
+
+#[test]
+fn killing_one_rank_mid_run_stops_the_other_naming_it() {
+    if !mpirun_available() {
+        return;
+    }
+    // The medium pipeline at 40 steps: several seconds of denoising to kill rank 1 in.
+    let dir = tmp_dir("mpi-kill");
+    let model = dir.join("medium");
+    let made = orrery(&["make-pipeline", "--out", model.to_str().unwrap(), "--seed", "0"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let out = dir.join("video.mp4");
+    let started = std::time::Instant::now();
+    let mut job = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_orrery"), "generate"])
+        .args(["--model", model.to_str().unwrap(), "--prompt", "a red cube", "--height", "64", "--width", "96"])
+        .args(["--frames", "17", "--steps", "40", "--threads", "1", "--cfg-parallel", "--yes"])
+        .args(["--out", out.to_str().unwrap()])
+        .env("ORRERY_PLAN_CACHE", std::env::temp_dir().join("orrery-cli-test-plans"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until both ranks run, then a little into the denoising, and kill rank 1.
+    let victim = loop {
+        let ranks = ranks_of(job.id());
+        if let Some(&(_, pid)) = ranks.iter().find(|(r, _)| *r == 1).filter(|_| ranks.len() == 2) {
+            break pid;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the ranks never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
+    let result = job.wait_with_output().unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&result.stdout), stderr(&result));
+    println!("{log}");
+    assert!(!result.status.success(), "{log}");
+    // mpirun names the lost process: rank 1, killed by signal 9.
+    assert!(log.contains("rank 1") && log.contains("signal 9"), "{log}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "stopped by the timeout, not the loss");
+    assert!(!out.exists(), "rank 0 must not write a video after losing rank 1");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
