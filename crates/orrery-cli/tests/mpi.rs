@@ -106,7 +106,7 @@ fn killing_one_rank_mid_run_stops_the_other_naming_it() {
     assert!(made.status.success(), "{}", stderr(&made));
     let out = dir.join("video.mp4");
     let started = std::time::Instant::now();
-    let mut job = Command::new("mpirun")
+    let job = Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_orrery"), "generate"])
         .args(["--model", model.to_str().unwrap(), "--prompt", "a red cube", "--height", "64", "--width", "96"])
         .args(["--frames", "17", "--steps", "40", "--threads", "1", "--cfg-parallel", "--yes"])
