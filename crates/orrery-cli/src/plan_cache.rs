@@ -1,7 +1,9 @@
 //! `--plan-cache DIR` / `--no-plan-cache`: where `generate` and `plan` keep compiled plans
 //! across runs (`orrery_compiler::PlanStore`). Default: `$ORRERY_PLAN_CACHE`, else
 //! `$XDG_CACHE_HOME/orrery/plans`, else `~/.cache/orrery/plans`. A directory that cannot be
-//! created or written is a warning and the run compiles as before.
+//! created or written is a warning and the run compiles as before. The folder keeps at most
+//! `$ORRERY_PLAN_CACHE_MAX` (e.g. `500MB`; default 2 GiB) of plans, the least recently used
+//! deleted first.
 
 use orrery_compiler::PlanStore;
 use orrery_pipeline::CosmosPipeline;
@@ -34,7 +36,17 @@ impl PlanCacheArgs {
     /// Gives `pipeline` its plan store; any problem is a warning on stderr, never an error.
     pub fn attach(&self, pipeline: &mut CosmosPipeline) {
         let Some(dir) = self.dir() else { return };
-        let attached = PlanStore::open(&dir).and_then(|store| pipeline.set_plan_store(store));
+        let max = match std::env::var("ORRERY_PLAN_CACHE_MAX") {
+            Ok(v) if !v.is_empty() => match crate::byte_size::parse_byte_size(&v) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("orrery: warning: ORRERY_PLAN_CACHE_MAX: {e}; keeping the default 2 GiB");
+                    orrery_compiler::DEFAULT_MAX_BYTES
+                }
+            },
+            _ => orrery_compiler::DEFAULT_MAX_BYTES,
+        };
+        let attached = PlanStore::open(&dir).and_then(|store| pipeline.set_plan_store(store.with_max_bytes(max)));
         if let Err(w) = attached {
             eprintln!("orrery: warning: {w}; plans are compiled and not kept");
         }

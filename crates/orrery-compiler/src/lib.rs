@@ -24,7 +24,9 @@ pub use memory::{
 };
 pub use passes::{optimize, OptimizeOptions, Optimizer, PassError, RewriteLog};
 pub use plan::{compile, compile_with, CompileOptions, Kernel, Passes, Plan, PlanCache, PlanKey};
-pub use plan_store::{binary_fingerprint, component_identity, PlanStore, StoreKey, StoreWarning, PLAN_STORE_FORMAT};
+pub use plan_store::{
+    binary_fingerprint, component_identity, PlanStore, StoreKey, StoreWarning, DEFAULT_MAX_BYTES, PLAN_STORE_FORMAT,
+};
 pub use weight_timeline::{
     largest_kernel_weight_set, min_weight_capacity, plan_weight_timeline, plan_weight_timeline_pinned, weight_uses,
     RunPoint, WeightLoad, WeightTimeline, LOAD_ALIGN,

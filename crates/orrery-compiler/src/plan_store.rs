@@ -12,6 +12,12 @@
 //! format version, holds another key or fails verification is a miss with a warning
 //! ([`StoreWarning`]) for the caller to log, never a panic; nothing in it is executed. Writes
 //! are atomic (`<name>.tmp.<pid>`, then renamed), so a reader never sees half a file.
+//!
+//! The directory is bounded: after each write, the least recently used plan files (a hit
+//! refreshes a file's modification time) are deleted until the plans take at most
+//! `max_bytes` ([`DEFAULT_MAX_BYTES`] unless set), and temporary files a crashed writer left
+//! behind are removed once they are an hour old. Plans of older binaries are never read, so
+//! they age out this way.
 
 use crate::{CompileOptions, Plan};
 use orrery_ir::DType;
@@ -26,6 +32,12 @@ pub const PLAN_STORE_FORMAT: u32 = 1;
 
 /// Files larger than this are not read (a plan of a 7B transformer is a few MB).
 const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// The plan files a store keeps by default, in bytes.
+pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
+
+/// A temporary file this old was left by a writer that died.
+const STALE_TMP: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Everything that changes a compiled plan. Two keys that compare equal give the same plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +108,7 @@ struct FormatOnly {
 #[derive(Clone, Debug)]
 pub struct PlanStore {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl PlanStore {
@@ -107,7 +120,51 @@ impl PlanStore {
         let probe = dir.join(format!(".probe.tmp.{}", std::process::id()));
         std::fs::write(&probe, b"").map_err(|e| warn(format!("cannot write to the directory: {e}")))?;
         let _ = std::fs::remove_file(&probe);
-        Ok(PlanStore { dir: dir.to_path_buf() })
+        Ok(PlanStore { dir: dir.to_path_buf(), max_bytes: DEFAULT_MAX_BYTES })
+    }
+
+    /// Keeps at most `max_bytes` of plan files (the least recently used go first).
+    pub fn with_max_bytes(self, max_bytes: u64) -> PlanStore {
+        PlanStore { max_bytes, ..self }
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Deletes the least recently used plan files until the rest take at most `max_bytes`
+    /// (never `keep`, the file just written), and temporary files older than an hour; returns
+    /// how many files it deleted. Files it cannot examine or delete are left alone.
+    fn prune(&self, keep: &Path) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
+        let now = std::time::SystemTime::now();
+        let mut plans = Vec::new();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let (path, name) = (entry.path(), entry.file_name().to_string_lossy().into_owned());
+            let Ok(meta) = entry.metadata() else { continue };
+            let modified = meta.modified().unwrap_or(now);
+            if name.contains(".tmp.") {
+                if now.duration_since(modified).is_ok_and(|age| age > STALE_TMP) && std::fs::remove_file(&path).is_ok()
+                {
+                    removed += 1;
+                }
+            } else if name.ends_with(".plan.json") && meta.is_file() {
+                plans.push((modified, meta.len(), path));
+            }
+        }
+        let mut total: u64 = plans.iter().map(|p| p.1).sum();
+        plans.sort_by_key(|p| p.0);
+        for (_, len, path) in plans {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep && std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                removed += 1;
+            }
+        }
+        removed
     }
 
     pub fn dir(&self) -> &Path {
@@ -165,7 +222,13 @@ impl PlanStore {
         // Verification is written for plans from this compiler; a damaged plan must not
         // panic it, so any panic is one more reason to refuse the file.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.verify())) {
-            Ok(Ok(())) => Ok(Some(plan)),
+            Ok(Ok(())) => {
+                // Recently used: the last to be pruned.
+                if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
+                Ok(Some(plan))
+            }
             Ok(Err(e)) => Err(warn(format!("the stored plan is invalid: {e}"))),
             Err(_) => Err(warn("the stored plan is invalid: its verification panicked".into())),
         }
@@ -187,7 +250,9 @@ impl PlanStore {
         write().map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             warn(format!("cannot write: {e}"))
-        })
+        })?;
+        self.prune(&path);
+        Ok(())
     }
 }
 
@@ -404,6 +469,42 @@ mod tests {
             std::fs::write(&path, &good[..at]).unwrap();
             store.load(&k).expect_err("a truncated file is a miss");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_least_recently_used_plans_go_first_when_the_store_is_full() {
+        let dir = tmp("prune");
+        let plan = plan();
+        let size = encode(&key("a"), &plan).len() as u64;
+        // Room for two files.
+        let store = PlanStore::open(&dir).unwrap().with_max_bytes(2 * size + size / 2);
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        store.store(&key("a"), &plan).unwrap();
+        store.store(&key("b"), &plan).unwrap();
+        // `a` is older on disk, but a hit makes it the most recently used.
+        for k in ["a", "b"] {
+            std::fs::File::options().append(true).open(store.path(&key(k))).unwrap().set_modified(old).unwrap();
+        }
+        assert!(store.load(&key("a")).unwrap().is_some());
+        // A crashed writer's temporary file, two hours old.
+        let stale = dir.join("x.plan.json.tmp.1");
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::File::options()
+            .append(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+        store.store(&key("c"), &plan).unwrap();
+        assert!(store.path(&key("a")).exists(), "recently used, kept");
+        assert!(!store.path(&key("b")).exists(), "least recently used, deleted");
+        assert!(store.path(&key("c")).exists(), "just written, kept");
+        assert!(!stale.exists());
+        // A store smaller than one plan still keeps the plan it just wrote.
+        let tiny = PlanStore::open(&dir).unwrap().with_max_bytes(1);
+        tiny.store(&key("d"), &plan).unwrap();
+        assert!(tiny.path(&key("d")).exists() && !tiny.path(&key("a")).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
