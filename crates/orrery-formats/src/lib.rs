@@ -22,6 +22,7 @@ mod png_write;
 mod reader;
 pub mod safetensors;
 mod safetensors_write;
+pub mod slice;
 pub mod source;
 pub mod torch;
 pub mod zip;
@@ -34,6 +35,7 @@ pub use layout::StridedLayout;
 pub use png_write::{png_rgb, write_png_rgb};
 pub use safetensors::SafetensorsFile;
 pub use safetensors_write::{write_safetensors, StreamingSafetensors, TensorToWrite};
+pub use slice::{read_tensor_into, tensor_info, SliceAxis, TensorSlice};
 pub use source::{
     map_file, CombinedWeights, MappedFile, SharedBytes, SourceReport, TensorBytes, TensorData, TensorInfo,
     TensorProblem, UnknownGlobal, WeightSource,

@@ -368,6 +368,22 @@ impl WeightSource for SafetensorsFile {
                 detail: format!("{} bytes stored, {} expected", e.end - e.begin, dst.len()),
             });
         }
+        self.read_range_into(name, 0, dst)
+    }
+
+    fn read_range_into(&self, name: &str, offset: usize, dst: &mut [u8]) -> Result<(), FormatError> {
+        let Some(e) = self.index.get(name).and_then(|&i| self.header.entries.get(i)).filter(|_| self.on_disk) else {
+            // In memory (or unknown: let `load` explain): copy from the bytes.
+            let bytes = self.load(name)?;
+            return crate::source::copy_tensor_range(&self.path, name, bytes.as_bytes(), offset, dst);
+        };
+        if offset.checked_add(dst.len()).is_none_or(|end| end > e.end - e.begin) {
+            return Err(FormatError::InvalidTensor {
+                path: self.path.clone(),
+                key: name.to_string(),
+                detail: format!("bytes {offset}..+{} lie outside its {} bytes", dst.len(), e.end - e.begin),
+            });
+        }
         let file = match self.file.get() {
             Some(f) => f,
             None => {
@@ -375,7 +391,7 @@ impl WeightSource for SafetensorsFile {
                 self.file.get_or_init(|| f)
             }
         };
-        read_exact_at(file, dst, (self.header.data_start + e.begin) as u64)
+        read_exact_at(file, dst, (self.header.data_start + e.begin + offset) as u64)
             .map_err(|err| FormatError::io(&self.path, "reading", err))
     }
 

@@ -261,6 +261,30 @@ pub trait WeightSource: Send + Sync {
     fn read_into(&self, name: &str, dst: &mut [u8]) -> Result<(), FormatError> {
         copy_tensor_bytes(self.path(), name, self.load(name)?.as_bytes(), dst)
     }
+    /// Copies `dst.len()` bytes of tensor `name`'s contiguous bytes from `offset` into `dst`
+    /// (a part of a tensor: see [`crate::slice`]), on the same terms as
+    /// [`WeightSource::read_into`].
+    fn read_range_into(&self, name: &str, offset: usize, dst: &mut [u8]) -> Result<(), FormatError> {
+        copy_tensor_range(self.path(), name, self.load(name)?.as_bytes(), offset, dst)
+    }
+}
+
+/// `dst` ← `src[offset..offset + dst.len()]` for tensor `name`, refusing a range outside it.
+pub(crate) fn copy_tensor_range(
+    path: &Path,
+    name: &str,
+    src: &[u8],
+    offset: usize,
+    dst: &mut [u8],
+) -> Result<(), FormatError> {
+    let part = offset.checked_add(dst.len()).and_then(|end| src.get(offset..end));
+    let part = part.ok_or_else(|| FormatError::InvalidTensor {
+        path: path.to_path_buf(),
+        key: name.to_string(),
+        detail: format!("bytes {offset}..+{} lie outside its {} bytes", dst.len(), src.len()),
+    })?;
+    dst.copy_from_slice(part);
+    Ok(())
 }
 
 /// `dst.copy_from_slice(src)` for tensor `name`, refusing a length mismatch with an error.

@@ -473,11 +473,11 @@ fn load_all(shared: &Shared) {
             // any of it is alive (checked above under the lock; new ones are made only below,
             // by this thread).
             let dst = unsafe { std::slice::from_raw_parts_mut(shared.ring.ptr.add(start), len) };
-            let source = shared.sources[load.invocation].source();
-            match source.info(&load.name) {
-                Some(info) if info.byte_len == len => source.read_into(&load.name, dst).map_err(|e| e.to_string()),
+            let weights = &shared.sources[load.invocation];
+            match weights.info(&load.name) {
+                Some(info) if info.byte_len == len => weights.read_into(&load.name, dst).map_err(|e| e.to_string()),
                 Some(info) => Err(format!("`{}` holds {} bytes, the plan expects {len}", load.name, info.byte_len)),
-                None => Err(format!("`{}` is not in {}", load.name, source.path().display())),
+                None => Err(format!("`{}` is not in {}", load.name, weights.source().path().display())),
             }
         };
         if let (Ok(()), Some(rate)) = (&result, shared.options.io_bandwidth) {
