@@ -99,40 +99,43 @@ fn killing_one_rank_mid_run_stops_the_other_naming_it() {
     if !mpirun_available() {
         return;
     }
-    // The medium pipeline at 40 steps: several seconds of denoising to kill rank 1 in.
+    // The medium pipeline at 200 steps: rank 1 is killed once rank 0 reports its third step.
     let dir = tmp_dir("mpi-kill");
     let model = dir.join("medium");
     let made = orrery(&["make-pipeline", "--out", model.to_str().unwrap(), "--seed", "0"]);
     assert!(made.status.success(), "{}", stderr(&made));
     let out = dir.join("video.mp4");
     let started = std::time::Instant::now();
-    let job = Command::new("mpirun")
+    let mut job = Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_orrery"), "generate"])
         .args(["--model", model.to_str().unwrap(), "--prompt", "a red cube", "--height", "64", "--width", "96"])
-        .args(["--frames", "17", "--steps", "40", "--threads", "1", "--cfg-parallel", "--yes"])
+        .args(["--frames", "17", "--steps", "200", "--threads", "1", "--cfg-parallel", "--yes"])
         .args(["--out", out.to_str().unwrap()])
         .env("ORRERY_PLAN_CACHE", std::env::temp_dir().join("orrery-cli-test-plans"))
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until both ranks run, then a little into the denoising, and kill rank 1.
-    let victim = loop {
-        let ranks = ranks_of(job.id());
-        if let Some(&(_, pid)) = ranks.iter().find(|(r, _)| *r == 1).filter(|_| ranks.len() == 2) {
-            break pid;
+    let mpirun_pid = job.id();
+    let mut log = String::new();
+    let mut killed = false;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(job.stderr.take().unwrap())) {
+        let line = line.unwrap();
+        if !killed && line.contains("step 3/200") {
+            let victim = ranks_of(mpirun_pid).into_iter().find(|(r, _)| *r == 1).expect("rank 1 runs").1;
+            assert!(Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
+            killed = true;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the ranks never started");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(Command::new("kill").args(["-9", &victim.to_string()]).status().unwrap().success());
-    let result = job.wait_with_output().unwrap();
-    let log = format!("{}{}", String::from_utf8_lossy(&result.stdout), stderr(&result));
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let status = job.wait().unwrap();
     println!("{log}");
-    assert!(!result.status.success(), "{log}");
+    assert!(killed, "rank 0 never reported step 3: {log}");
+    assert!(!status.success(), "{log}");
     // mpirun names the lost process: rank 1, killed by signal 9.
     assert!(log.contains("rank 1") && log.contains("signal 9"), "{log}");
+    assert!(!log.contains("step 200/200"), "the run went on without rank 1: {log}");
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "stopped by the timeout, not the loss");
     assert!(!out.exists(), "rank 0 must not write a video after losing rank 1");
     std::fs::remove_dir_all(&dir).unwrap();
