@@ -7,13 +7,12 @@
 //! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
 use crate::denoise::{branches, Branch, Pinned, Precision, Sampling};
+use crate::disk_plans::{DiskPlans, PlanCacheStats, OPTIONS};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
 use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
-use orrery_compiler::{
-    binary_fingerprint, compile_with, component_identity, CompileOptions, Plan, PlanStore, StoreKey, StoreWarning,
-};
+use orrery_compiler::{compile_with, component_identity, Plan, PlanStore, StoreWarning};
 use orrery_cpu::CpuTensor;
 use orrery_formats::WeightSource;
 use orrery_ir::DType;
@@ -45,43 +44,6 @@ struct Part {
     compiled: AtomicUsize,
     /// Compiled plans kept on disk across runs, shared by the pipeline's parts.
     disk: Option<Arc<DiskPlans>>,
-}
-
-/// The compile options of every pipeline plan.
-const OPTIONS: CompileOptions = CompileOptions {
-    memory: orrery_compiler::MemoryOptions { max_arena_bytes: None, allow_in_place: true },
-    passes: orrery_compiler::Passes::Fuse,
-    stop_after_rewrites: None,
-};
-
-/// A plan store with what it did for this pipeline.
-struct DiskPlans {
-    store: PlanStore,
-    /// The running binary's fingerprint (part of every key).
-    binary: String,
-    hits: AtomicUsize,
-    misses: AtomicUsize,
-    stored: AtomicUsize,
-    warnings: Mutex<Vec<StoreWarning>>,
-}
-
-impl DiskPlans {
-    fn warn(&self, w: StoreWarning) {
-        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(w);
-    }
-}
-
-/// What the plan caches did so far (see [`CosmosPipeline::plan_cache_stats`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PlanCacheStats {
-    /// Plans compiled from their graphs.
-    pub compiled: usize,
-    /// Plans read from the plan store.
-    pub disk_hits: usize,
-    /// Plans looked up in the plan store and not found there (or found unusable).
-    pub disk_misses: usize,
-    /// Plans written to the plan store.
-    pub disk_stored: usize,
 }
 
 /// What a run will cost, from its plans: FLOPs per stage and the memory it needs.
@@ -142,32 +104,8 @@ impl Part {
         if let Some(plan) = self.plans.lock().expect("plan cache poisoned").get(&key) {
             return Ok(plan.clone());
         }
-        let store_key = self.disk.as_ref().map(|disk| StoreKey {
-            binary: disk.binary.clone(),
-            component: self.identity.clone(),
-            method: method.to_string(),
-            shapes: key.1.clone(),
-            options: OPTIONS,
-        });
-        let stored = match (&self.disk, &store_key) {
-            (Some(disk), Some(k)) => match disk.store.load(k) {
-                Ok(Some(plan)) => {
-                    disk.hits.fetch_add(1, Ordering::Relaxed);
-                    Some(plan)
-                }
-                Ok(None) => {
-                    disk.misses.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-                Err(w) => {
-                    disk.misses.fetch_add(1, Ordering::Relaxed);
-                    disk.warn(w);
-                    None
-                }
-            },
-            _ => None,
-        };
-        let plan = match stored {
+        let stored = self.disk.as_ref().map(|disk| (disk, disk.key(&self.identity, method, &key.1)));
+        let plan = match stored.as_ref().and_then(|(disk, k)| disk.lookup(k)) {
             Some(plan) => plan,
             None => {
                 let source: &dyn WeightSource = self.weights.source();
@@ -175,11 +113,8 @@ impl Part {
                 let graph = self.component.build(method, &key.1, &WeightTypes::Checkpoint(&lookup))?;
                 let plan = compile_with(graph, &OPTIONS)?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
-                if let (Some(disk), Some(k)) = (&self.disk, &store_key) {
-                    match disk.store.store(k, &plan) {
-                        Ok(()) => _ = disk.stored.fetch_add(1, Ordering::Relaxed),
-                        Err(w) => disk.warn(w),
-                    }
+                if let Some((disk, k)) = &stored {
+                    disk.keep(k, &plan);
                 }
                 plan
             }
@@ -449,18 +384,7 @@ impl CosmosPipeline {
     /// a store, when the running executable cannot be identified (no stored plan could then be
     /// trusted).
     pub fn set_plan_store(&mut self, store: PlanStore) -> Result<(), StoreWarning> {
-        let Some(binary) = binary_fingerprint() else {
-            let reason = "cannot identify the running executable, so stored plans are not used".to_string();
-            return Err(StoreWarning { path: store.dir().to_path_buf(), reason });
-        };
-        let disk = Arc::new(DiskPlans {
-            store,
-            binary,
-            hits: AtomicUsize::new(0),
-            misses: AtomicUsize::new(0),
-            stored: AtomicUsize::new(0),
-            warnings: Mutex::default(),
-        });
+        let disk = Arc::new(DiskPlans::new(store)?);
         for part in [&mut self.text_encoder, &mut self.transformer, &mut self.vae] {
             part.disk = Some(disk.clone());
         }
@@ -469,29 +393,19 @@ impl CosmosPipeline {
 
     /// The plan store in use, if any.
     pub fn plan_store(&self) -> Option<&PlanStore> {
-        self.transformer.disk.as_ref().map(|d| &d.store)
+        self.transformer.disk.as_ref().map(|d| d.store())
     }
 
     /// What the plan caches did so far: plans compiled, read from and written to the store.
     pub fn plan_cache_stats(&self) -> PlanCacheStats {
-        let disk = self.transformer.disk.as_ref();
-        let count = |f: fn(&DiskPlans) -> &AtomicUsize| disk.map_or(0, |d| f(d).load(Ordering::Relaxed));
-        PlanCacheStats {
-            compiled: self.parts().iter().map(|p| p.compiled.load(Ordering::Relaxed)).sum(),
-            disk_hits: count(|d| &d.hits),
-            disk_misses: count(|d| &d.misses),
-            disk_stored: count(|d| &d.stored),
-        }
+        let compiled = self.parts().iter().map(|p| p.compiled.load(Ordering::Relaxed)).sum();
+        DiskPlans::stats(self.transformer.disk.as_deref(), compiled)
     }
 
     /// The plan store's warnings since the last call (unusable files, failed writes), for the
     /// caller to log; each was a miss or a plan left unstored, never an error of the run.
     pub fn take_plan_cache_warnings(&self) -> Vec<StoreWarning> {
-        self.transformer
-            .disk
-            .as_ref()
-            .map(|d| std::mem::take(&mut *d.warnings.lock().unwrap_or_else(|e| e.into_inner())))
-            .unwrap_or_default()
+        self.transformer.disk.as_ref().map(|d| d.take_warnings()).unwrap_or_default()
     }
 
     /// The plans a run of this size uses (compiled once and kept).

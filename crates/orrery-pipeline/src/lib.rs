@@ -14,6 +14,7 @@
 mod cfg_parallel;
 mod cosmos_pipeline;
 mod denoise;
+mod disk_plans;
 mod error;
 mod hub;
 mod latent_space;
@@ -26,10 +27,11 @@ mod scheduler_config;
 mod synthetic;
 
 pub use cosmos_pipeline::{
-    CfgParallel, Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, PlanCacheStats, RunSize, Stage,
+    CfgParallel, Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, RunSize, Stage,
     DEFAULT_NEGATIVE_PROMPT,
 };
 pub use denoise::Precision;
+pub use disk_plans::PlanCacheStats;
 pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
 pub use latent_space::{to_model_latents, to_tokenizer_latents};
