@@ -55,8 +55,8 @@ impl WeightTimeline {
         }
         self.modelled_kernel_seconds = modelled;
         self.modelled_load_bandwidth = model.load_bandwidth;
-        let per_invocation: Vec<Vec<f64>> =
-            self.plan_of_invocation.iter().map(|&id| self.modelled_kernel_seconds[id].clone()).collect();
+        let per_invocation: Vec<&[f64]> =
+            self.plan_of_invocation.iter().map(|&id| self.modelled_kernel_seconds[id].as_slice()).collect();
         let bandwidth = model.load_bandwidth;
         let gates = self.issue_gates(&per_invocation, &|l| l.bytes as f64 / bandwidth);
         for (load, gate) in self.loads.iter_mut().zip(gates) {
@@ -68,11 +68,11 @@ impl WeightTimeline {
     /// latest start that meets its first use given `kernel_seconds` (per invocation, per kernel)
     /// and `load_seconds`, one load at a time in order, but never before its ring bytes are
     /// free (`issue_after`).
-    pub fn issue_gates(&self, kernel_seconds: &[Vec<f64>], load_seconds: &dyn Fn(&WeightLoad) -> f64) -> Vec<usize> {
+    pub fn issue_gates(&self, kernel_seconds: &[&[f64]], load_seconds: &dyn Fn(&WeightLoad) -> f64) -> Vec<usize> {
         // finished_by[s]: when s kernels of the run have finished, without stalls.
         let mut finished_by = vec![0.0f64];
         for times in kernel_seconds {
-            for &t in times {
+            for &t in times.iter() {
                 finished_by.push(finished_by.last().copied().unwrap_or(0.0) + t.max(0.0));
             }
         }
@@ -132,7 +132,7 @@ mod tests {
         // Room for everything: only the model bounds the issue points.
         let mut t = plan_weight_timeline(&[&plan, &plan], 16 * 16384).unwrap();
         // Each kernel 1 s, each load 0.5 s (×1.5 slack + 4 ms = 0.754 s).
-        let kernels = vec![vec![1.0; 4]; 2];
+        let kernels: [&[f64]; 2] = [&[1.0; 4], &[1.0; 4]];
         let gates = t.issue_gates(&kernels, &|_| 0.5);
         // Invocation 1's last load (first use at kernel 7, t = 7 s) starts by 6.246 s: after 6
         // kernels. The one before it must be done by then: starts by 5.49 s (after 5), …

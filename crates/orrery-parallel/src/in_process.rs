@@ -157,18 +157,8 @@ impl Collective for InProcessComm {
 
     fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
         let all = self.exchange("all_reduce_sum", data.to_vec())?;
-        if let Some((r, d)) = all.iter().enumerate().find(|(_, d)| d.len() != data.len()) {
-            let reason = format!("{} values here, {} on rank {r}", data.len(), d.len());
-            return Err(self.invalid("all_reduce_sum", reason));
-        }
-        for (i, v) in data.iter_mut().enumerate() {
-            let mut sum = all[0][i];
-            for d in &all[1..] {
-                sum += d[i];
-            }
-            *v = sum;
-        }
-        Ok(())
+        let parts: Vec<&[f32]> = all.iter().map(|d| d.as_slice()).collect();
+        crate::sum_in_rank_order(self.rank, &parts, data)
     }
 
     fn all_gather(&mut self, data: &[f32]) -> Result<Vec<f32>, CollectiveError> {

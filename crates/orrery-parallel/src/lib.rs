@@ -69,6 +69,22 @@ pub trait Collective {
     fn abort(&mut self, reason: &str);
 }
 
+/// Sums every rank's contribution (`parts`, in rank order) element-wise into `out`, adding in
+/// rank order so every backend and every rank gets the same bits; all lengths must be
+/// `out.len()`.
+pub(crate) fn sum_in_rank_order(me: usize, parts: &[&[f32]], out: &mut [f32]) -> Result<(), CollectiveError> {
+    if let Some((r, p)) = parts.iter().enumerate().find(|(_, p)| p.len() != out.len()) {
+        let reason = format!("{} values here, {} on rank {r}", out.len(), p.len());
+        return Err(CollectiveError::Invalid { me, op: "all_reduce_sum", reason });
+    }
+    let Some((first, rest)) = parts.split_first() else { return Ok(()) };
+    out.copy_from_slice(first);
+    for part in rest {
+        out.iter_mut().zip(part.iter()).for_each(|(o, &v)| *o += v);
+    }
+    Ok(())
+}
+
 /// A boxed collective (a backend chosen at run time) is a collective.
 impl<C: Collective + ?Sized> Collective for Box<C> {
     fn rank(&self) -> usize {

@@ -138,18 +138,15 @@ impl Collective for MpiComm {
 
     fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
         let (all, lengths) = self.gather("all_reduce_sum", data)?;
-        if let Some((r, l)) = lengths.iter().enumerate().find(|(_, &l)| l != data.len()) {
-            return Err(self.invalid("all_reduce_sum", format!("{} values here, {l} on rank {r}", data.len())));
-        }
-        let n = data.len();
-        for (i, v) in data.iter_mut().enumerate() {
-            let mut sum = all[i];
-            for r in 1..self.size {
-                sum += all[r * n + i];
-            }
-            *v = sum;
-        }
-        Ok(())
+        let mut at = 0;
+        let parts: Vec<&[f32]> = lengths
+            .iter()
+            .map(|&l| {
+                at += l;
+                &all[at - l..at]
+            })
+            .collect();
+        crate::sum_in_rank_order(self.rank, &parts, data)
     }
 
     fn all_gather(&mut self, data: &[f32]) -> Result<Vec<f32>, CollectiveError> {

@@ -17,6 +17,8 @@ use std::cell::RefCell;
 
 /// One branch of the network on one rank: `F` for the scaled input at the timestep.
 pub(crate) type BranchNetwork<'a> = dyn Fn(Vec<f32>, f32) -> Result<Vec<f32>, PipelineError> + 'a;
+/// A [`BranchNetwork`] another thread may call.
+pub(crate) type SharedBranchNetwork<'a> = dyn Fn(Vec<f32>, f32) -> Result<Vec<f32>, PipelineError> + Sync + 'a;
 
 /// Runs `sampling` from `initial` with the conditional branch on this thread and the
 /// unconditional one on a second rank in this process.
@@ -24,7 +26,7 @@ pub(crate) fn run_in_process(
     sampling: &Sampling,
     initial: Vec<f32>,
     cond: &BranchNetwork,
-    uncond: &(dyn Fn(Vec<f32>, f32) -> Result<Vec<f32>, PipelineError> + Sync),
+    uncond: &SharedBranchNetwork,
     after_step: &mut AfterStep,
 ) -> Result<Vec<f32>, PipelineError> {
     let mut ranks = InProcessGroup::ranks(2);

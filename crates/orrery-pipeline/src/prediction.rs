@@ -190,6 +190,7 @@ pub(crate) fn predict(
                         (0..plan.kernels.len()).map(|k| scale * target.kernel_seconds(plan, k)).collect()
                     })
                     .collect();
+                let kernel_seconds: Vec<&[f64]> = kernel_seconds.iter().map(|k| k.as_slice()).collect();
                 timeline.issue_gates(&kernel_seconds, &|l| l.bytes as f64 / target.link_bandwidth)
             });
             // Kernel end times in run order (for a fixed lookahead's gate).

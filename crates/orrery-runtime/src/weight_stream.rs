@@ -140,8 +140,11 @@ struct State {
     events: Vec<StreamEvent>,
     /// Per load: how many kernels of the run must have finished before it starts.
     gates: Vec<usize>,
-    /// Measured seconds of each kernel of each finished invocation.
-    measured: Vec<Option<Vec<f64>>>,
+    /// Per distinct plan: each kernel's measured seconds in its latest finished invocation.
+    latest: Vec<Option<Vec<f64>>>,
+    /// Seconds measured over the finished invocations, and what the model gave them.
+    measured_seconds: f64,
+    modelled_seconds: f64,
     /// The running invocation's kernel seconds so far.
     current: Vec<f64>,
     /// When the last kernel finished (or the invocation began), and the stalls since.
@@ -164,6 +167,16 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// What re-timing needs of the measurements so far.
+struct Measured {
+    /// Per plan, the latest invocation's kernel seconds.
+    latest: Vec<Option<Vec<f64>>>,
+    /// Measured / modelled seconds of the finished invocations.
+    scale: f64,
+    /// Bytes per second the loads took.
+    load_rate: f64,
 }
 
 /// A running weight stream for one pipeline run.
@@ -212,7 +225,9 @@ impl WeightStream {
             stats: StreamStats::default(),
             events: Vec::new(),
             gates: timeline.loads.iter().map(|l| l.issue_at.map_or(0, |p| timeline.sequence(p) + 1)).collect(),
-            measured: vec![None; timeline.kernels_per_invocation.len()],
+            latest: vec![None; timeline.modelled_kernel_seconds.len()],
+            measured_seconds: 0.0,
+            modelled_seconds: 0.0,
             current: Vec::new(),
             mark: Duration::ZERO,
             stalled_since_mark: 0.0,
@@ -266,10 +281,20 @@ impl WeightStream {
             }
             let options = &self.shared.options;
             let retime = options.prefetch == Prefetch::Planned && options.retime && invocation > 0;
-            retime.then(|| (state.measured.clone(), state.stats.bytes_loaded, state.stats.load_seconds))
+            retime.then(|| Measured {
+                latest: state.latest.clone(),
+                scale: match (state.measured_seconds, state.modelled_seconds) {
+                    (seen, model) if seen > 0.0 && model > 0.0 => seen / model,
+                    _ => 1.0,
+                },
+                load_rate: match (state.stats.bytes_loaded, state.stats.load_seconds) {
+                    (bytes, seconds) if seconds > 0.0 => bytes as f64 / seconds,
+                    _ => self.shared.timeline.modelled_load_bandwidth,
+                },
+            })
         };
-        if let Some((measured, bytes, seconds)) = measured {
-            self.retime(invocation, &measured, bytes, seconds);
+        if let Some(measured) = measured {
+            self.retime(invocation, measured);
         }
         let mut state = self.shared.lock();
         state.current.clear();
@@ -278,35 +303,24 @@ impl WeightStream {
         Ok(StreamCursor { stream: self, invocation })
     }
 
-    /// Re-runs the timeline's issue-point pass with measured kernel times (per plan, the
-    /// latest invocation of it that ran; plans not run yet: their modelled times scaled by
-    /// measured / modelled so far) and the measured load speed, and moves the issue points of
-    /// the loads not started yet.
-    fn retime(&self, invocation: usize, measured: &[Option<Vec<f64>>], bytes_loaded: u64, load_seconds: f64) {
+    /// Re-runs the timeline's issue-point pass with measured kernel times (per plan, its
+    /// latest invocation; plans not run yet: their modelled times scaled by measured /
+    /// modelled so far) and the measured load speed, and moves the issue points of the loads
+    /// not started yet. Earlier invocations take their plan's latest times too: only the loads
+    /// still to come are moved, and their gates depend on the times ahead of them.
+    fn retime(&self, invocation: usize, measured: Measured) {
         let t = &self.shared.timeline;
         if t.modelled_kernel_seconds.is_empty() {
             return;
         }
-        let modelled = |v: usize| &t.modelled_kernel_seconds[t.plan_of_invocation[v]];
-        let (mut seen, mut model) = (0.0f64, 0.0f64);
-        let mut latest: HashMap<usize, usize> = HashMap::new();
-        for (v, m) in measured.iter().enumerate() {
-            if let Some(m) = m {
-                seen += m.iter().sum::<f64>();
-                model += modelled(v).iter().sum::<f64>();
-                latest.insert(t.plan_of_invocation[v], v);
-            }
-        }
-        let scale = if seen > 0.0 && model > 0.0 { seen / model } else { 1.0 };
-        let kernel_seconds: Vec<Vec<f64>> = (0..measured.len())
-            .map(|v| match (&measured[v], latest.get(&t.plan_of_invocation[v])) {
-                (Some(m), _) => m.clone(),
-                (None, Some(&u)) => measured[u].clone().unwrap_or_default(),
-                (None, None) => modelled(v).iter().map(|s| s * scale).collect(),
-            })
+        let per_plan: Vec<Vec<f64>> = measured
+            .latest
+            .into_iter()
+            .zip(&t.modelled_kernel_seconds)
+            .map(|(latest, modelled)| latest.unwrap_or_else(|| modelled.iter().map(|s| s * measured.scale).collect()))
             .collect();
-        let rate = if load_seconds > 0.0 { bytes_loaded as f64 / load_seconds } else { t.modelled_load_bandwidth };
-        let gates = t.issue_gates(&kernel_seconds, &|l| l.bytes as f64 / rate);
+        let kernel_seconds: Vec<&[f64]> = t.plan_of_invocation.iter().map(|&p| per_plan[p].as_slice()).collect();
+        let gates = t.issue_gates(&kernel_seconds, &|l| l.bytes as f64 / measured.load_rate);
         let mut state = self.shared.lock();
         let first = state.loaded;
         let mut moved = 0;
@@ -425,7 +439,15 @@ impl StreamCursor<'_> {
         }
         let mut state = self.stream.shared.lock();
         state.next_invocation = self.invocation + 1;
-        state.measured[self.invocation] = Some(std::mem::take(&mut state.current));
+        let times = std::mem::take(&mut state.current);
+        let timeline = &self.stream.shared.timeline;
+        if let Some(&plan) = timeline.plan_of_invocation.get(self.invocation) {
+            if let Some(modelled) = timeline.modelled_kernel_seconds.get(plan) {
+                state.measured_seconds += times.iter().sum::<f64>();
+                state.modelled_seconds += modelled.iter().sum::<f64>();
+                state.latest[plan] = Some(times);
+            }
+        }
         Ok(())
     }
 }
