@@ -134,6 +134,7 @@ fn report(target: &Target, memory: &MemoryPlan, p: &Prediction, run: &RunSize) -
         "streamed": memory.timeline.is_some(), "weight_bytes": memory.weight_bytes,
         "resident_weight_bytes": p.resident_weight_bytes, "pinned_bytes": memory.timeline.as_ref().map(|t| t.pinned_bytes),
         "activation_bytes": p.activation_bytes, "transient_bytes": p.transient_bytes, "peak_bytes": p.peak_bytes(), "min_budget_bytes": memory.min_budget,
+        "weight_split_bytes": memory.weight_split,
         "bytes_per_step": p.bytes_per_step, "seconds_per_step": p.seconds_per_step,
         "stall_seconds_per_step": p.stall_seconds_per_step, "seconds": p.seconds, "steps": run.steps,
         "calibration": p.calibration.iter().map(|(c, f)| serde_json::json!({"component": c, "scale": f})).collect::<Vec<_>>(),

@@ -148,3 +148,37 @@ fn a_quarter_of_the_weights_streams_bit_identically_within_the_budget() {
     assert!(!refused.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_tiny_pipeline_at_a_quarter_of_its_weights_splits_a_convolution_and_writes_the_same_video() {
+    // One decoder weight of the tiny Text2World fixture is half of all its weights: the run
+    // streams that convolution as output-channel slices, within the budget.
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../orrery-pipeline/tests/fixtures/cosmos_t2w_tiny");
+    let dir = tmp_dir("budget-tiny");
+    let generate = |tag: &str, extra: &[&str]| {
+        let (dump, video) = (dir.join(format!("{tag}.safetensors")), dir.join(format!("{tag}.mp4")));
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", "a red cube"];
+        args.extend(["--height", "32", "--width", "48", "--frames", "9", "--steps", "2", "--seed", "5", "--json"]);
+        args.extend(["--dump-tensors", dump.to_str().unwrap(), "--out", video.to_str().unwrap()]);
+        args.extend(extra);
+        (json(&orrery(&args)), dump, video)
+    };
+    let (resident, resident_dump, resident_video) = generate("resident", &[]);
+    let memory = &resident["memory"];
+    let (weights, activations) =
+        (memory["weight_bytes"].as_u64().unwrap(), memory["activation_bytes"].as_u64().unwrap());
+    let budget = weights / 4 + activations;
+    assert!(memory["min_budget_bytes"].as_u64().unwrap() > budget, "whole weights do not fit: {memory}");
+    let (streamed, streamed_dump, streamed_video) = generate("streamed", &["--memory-budget", &budget.to_string()]);
+    assert_eq!(streamed["memory"]["streamed"], true);
+    assert!(streamed["memory"]["ring_bytes"].as_u64().unwrap() <= weights / 4);
+    for name in ["step0.latents", "step1.latents", "decoded_raw"] {
+        let bits = |p: &Path| read_f32(p, name).1.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&streamed_dump), bits(&resident_dump), "{name} differs");
+    }
+    assert_eq!(std::fs::read(&streamed_video).unwrap(), std::fs::read(&resident_video).unwrap());
+    let peak = streamed["peak_rss_bytes"].as_u64().unwrap();
+    println!("weights {weights} B, activations {activations} B, budget {budget} B, VmHWM {peak} B");
+    assert!(peak <= budget + OVERHEAD, "VmHWM {peak} over budget {budget} + overhead {OVERHEAD}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,7 +2,7 @@
 //! their outputs live in the activation arena; and the cache of plans per input shapes.
 
 use crate::memory::{plan_memory, validate, BufferSlot, MemoryOptions, MemoryPlan, Storage};
-use crate::passes::{optimize, OptimizeOptions, RewriteLog};
+use crate::passes::{optimize, OptimizeOptions, Optimizer, RewriteLog, SplitConvWeights};
 use crate::CompileError;
 use orrery_ir::{Cost, Graph, NodeId, NodeKind, TensorType};
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,9 @@ pub struct CompileOptions {
     pub passes: Passes,
     /// Stop the optimizer after this many rewrites (bisecting a bad rule).
     pub stop_after_rewrites: Option<usize>,
+    /// Split each convolution whose weights exceed this many bytes into output-channel slices
+    /// (`passes::SplitConvWeights`), so that weights stream through a ring smaller than them.
+    pub split_weights_over: Option<u64>,
 }
 
 /// Optimizes (simplify + fuse), schedules and plans `graph` with the default options (no arena
@@ -88,7 +91,12 @@ pub fn compile(graph: Graph) -> Result<Plan, CompileError> {
 /// plan with overlapping live buffers ever leaves the compiler.
 pub fn compile_with(graph: Graph, options: &CompileOptions) -> Result<Plan, CompileError> {
     graph.verify()?;
-    let (graph, rewrites) = match options.passes {
+    // Splitting comes first, on the graph as built, so fusion sees the slices.
+    let (graph, mut rewrites) = match options.split_weights_over {
+        Some(max_bytes) => Optimizer::new(vec![Box::new(SplitConvWeights { max_bytes })]).run(graph)?,
+        None => (graph, RewriteLog::new()),
+    };
+    let (graph, more) = match options.passes {
         Passes::None => (graph, RewriteLog::new()),
         level => optimize(
             graph,
@@ -99,6 +107,7 @@ pub fn compile_with(graph: Graph, options: &CompileOptions) -> Result<Plan, Comp
             },
         )?,
     };
+    rewrites.extend(more);
     let steps: Vec<NodeId> = graph.ids().filter(|id| graph.node(*id).op().is_some()).collect();
     let memory = plan_memory(&graph, &steps, &options.memory)?;
     validate(&memory, &graph)?;

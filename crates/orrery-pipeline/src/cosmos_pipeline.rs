@@ -7,11 +7,12 @@
 //! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
 use crate::denoise::{branches, Branch, Pinned, Precision, Sampling};
-use crate::disk_plans::{DiskPlans, PlanCacheStats, OPTIONS};
+use crate::disk_plans::{options, DiskPlans, PlanCacheStats};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
 use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
+use orrery_compiler::passes::{Rule, SplitConvWeights};
 use orrery_compiler::{compile_with, component_identity, Plan, PlanStore, StoreWarning};
 use orrery_cpu::CpuTensor;
 use orrery_formats::WeightSource;
@@ -29,8 +30,8 @@ use std::time::Instant;
 /// diffusers' `DEFAULT_NEGATIVE_PROMPT` for the Cosmos pipelines (used when none is given).
 pub const DEFAULT_NEGATIVE_PROMPT: &str = "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. Overall, the video is of poor quality.";
 
-/// A plan's key: the method and the input shapes by name.
-type PlanKey = (String, BTreeMap<String, Vec<usize>>);
+/// A plan's key: the method, the input shapes by name and the weight split.
+type PlanKey = (String, BTreeMap<String, Vec<usize>>, Option<u64>);
 
 /// One component folder: its builder, its weights, and the plans compiled so far.
 struct Part {
@@ -96,22 +97,35 @@ impl Part {
         })
     }
 
-    /// The plan of `method` at `shapes`, weights typed as stored; compiled once and kept (an
-    /// estimate and the run share it).
-    fn plan(&self, method: &str, shapes: &[(&str, &[usize])]) -> Result<Arc<Plan>, PipelineError> {
-        let shapes: BTreeMap<String, Vec<usize>> = shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
-        let key = (method.to_string(), shapes);
+    /// The plan of `method` at `shapes`, weights typed as stored and convolutions split above
+    /// `weight_split` bytes; compiled once and kept (an estimate and the run share it).
+    fn plan(
+        &self,
+        method: &str,
+        shapes: &[(&str, &[usize])],
+        weight_split: Option<u64>,
+    ) -> Result<Arc<Plan>, PipelineError> {
+        let by_name: BTreeMap<String, Vec<usize>> = shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
+        let key = (method.to_string(), by_name, weight_split);
         if let Some(plan) = self.plans.lock().expect("plan cache poisoned").get(&key) {
             return Ok(plan.clone());
         }
-        let stored = self.disk.as_ref().map(|disk| (disk, disk.key(&self.identity, method, &key.1)));
+        let stored = self.disk.as_ref().map(|disk| (disk, disk.key(&self.identity, method, &key.1, weight_split)));
         let plan = match stored.as_ref().and_then(|(disk, k)| disk.lookup(k)) {
             Some(plan) => plan,
             None => {
                 let source: &dyn WeightSource = self.weights.source();
                 let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape.clone()));
                 let graph = self.component.build(method, &key.1, &WeightTypes::Checkpoint(&lookup))?;
-                let plan = compile_with(graph, &OPTIONS)?;
+                // A split that changes nothing is the unsplit plan (not compiled twice).
+                if let Some(max_bytes) = weight_split {
+                    if (SplitConvWeights { max_bytes }).propose(&graph).is_none() {
+                        let plan = self.plan(method, shapes, None)?;
+                        self.plans.lock().expect("plan cache poisoned").insert(key, plan.clone());
+                        return Ok(plan);
+                    }
+                }
+                let plan = compile_with(graph, &options(weight_split))?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
                 if let Some((disk, k)) = &stored {
                     disk.keep(k, &plan);
@@ -142,8 +156,15 @@ impl Part {
         }
     }
 
-    fn session(&self, method: &str, shapes: &[(&str, &[usize])], threads: usize) -> Result<Session, PipelineError> {
-        Ok(Session::new((*self.plan(method, shapes)?).clone(), self.weights.clone(), threads)?)
+    /// A session of [`Part::plan`].
+    fn session(
+        &self,
+        method: &str,
+        shapes: &[(&str, &[usize])],
+        weight_split: Option<u64>,
+        threads: usize,
+    ) -> Result<Session, PipelineError> {
+        Ok(Session::new((*self.plan(method, shapes, weight_split)?).clone(), self.weights.clone(), threads)?)
     }
 }
 
@@ -413,10 +434,12 @@ impl CosmosPipeline {
         &self,
         (height, width, frames): (usize, usize, usize),
         max_text_len: usize,
+        split: Option<u64>,
     ) -> Result<RunPlans, PipelineError> {
         let latent = self.latent_shape(height, width, frames)?;
         let text_in = [1, max_text_len];
-        let text = self.text_encoder.plan("forward", &[("input_ids", &text_in), ("attention_mask", &text_in)])?;
+        let text =
+            self.text_encoder.plan("forward", &[("input_ids", &text_in), ("attention_mask", &text_in)], split)?;
         let hidden = text.graph.outputs().iter().find(|(n, _)| n == "last_hidden_state").map(|(_, id)| *id);
         let d = hidden
             .map(|id| text.graph.node(id).ty.shape.dims()[2])
@@ -424,10 +447,10 @@ impl CosmosPipeline {
         let text_shape = [1, max_text_len, d];
         let padding = [1, 1, height, width];
         let mask = [1, 1, latent[2], latent[3], latent[4]];
-        let dit = self.transformer.plan("forward", &self.dit_shapes(&latent, &text_shape, &padding, &mask))?;
-        let decode = self.vae.plan("decode", &[("z", &latent)])?;
+        let dit = self.transformer.plan("forward", &self.dit_shapes(&latent, &text_shape, &padding, &mask), split)?;
+        let decode = self.vae.plan("decode", &[("z", &latent)], split)?;
         let encode = match self.video_to_world {
-            true => Some(self.vae.plan("encode", &[("sample", &[1, 3, frames, height, width])])?),
+            true => Some(self.vae.plan("encode", &[("sample", &[1, 3, frames, height, width])], split)?),
             false => None,
         };
         Ok(RunPlans { text, dit, encode, decode })
@@ -440,14 +463,14 @@ impl CosmosPipeline {
         run: &RunSize,
         layout: crate::ParallelLayout,
     ) -> Result<crate::StepCommunication, PipelineError> {
-        let plans = self.run_plans(run.dims(), run.max_text_len)?;
+        let plans = self.run_plans(run.dims(), run.max_text_len, None)?;
         crate::step_communication(&plans.dit, branches(run.sampler, run.guidance), layout)
     }
 
     /// The cost of a run of this size, from the plans it will use (compiled here and kept for
     /// the run).
     pub fn estimate(&self, run: &RunSize) -> Result<Estimate, PipelineError> {
-        let plans = self.run_plans(run.dims(), run.max_text_len)?;
+        let plans = self.run_plans(run.dims(), run.max_text_len, None)?;
         let evaluations = (run.steps * branches(run.sampler, run.guidance)) as u64;
         let video_flops = plans.decode.flops + plans.encode.as_ref().map_or(0, |p| p.flops);
         let all = plans.distinct();
@@ -471,13 +494,27 @@ impl CosmosPipeline {
         negative_encoded: bool,
         budget: Option<MemoryBudget>,
     ) -> Result<MemoryPlan, PipelineError> {
-        let plans = self.run_plans(run.dims(), run.max_text_len)?;
         let prompts = 1 + usize::from(negative_encoded);
         let evaluations = run.steps * branches(run.sampler, run.guidance);
+        let plan_with = |split: Option<u64>| -> Result<MemoryPlan, PipelineError> {
+            let plans = self.run_plans(run.dims(), run.max_text_len, split)?;
+            let short = plans.invocations(prompts, evaluations.min(2));
+            let short: Vec<&Plan> = short.iter().map(|(p, _)| &***p).collect();
+            let all = || plans.invocations(prompts, evaluations).into_iter().map(|(p, _)| p.clone()).collect();
+            let weights = plans.distinct().iter().map(|p| p.weight_bytes).sum();
+            MemoryPlan::new(&short, all, weights, budget, split)
+        };
+        let plans = self.run_plans(run.dims(), run.max_text_len, None)?;
         let short = plans.invocations(prompts, evaluations.min(2));
         let short: Vec<&Plan> = short.iter().map(|(p, _)| &***p).collect();
-        let all = || plans.invocations(prompts, evaluations).into_iter().map(|(p, _)| p.clone()).collect();
-        MemoryPlan::new(&short, all, plans.distinct().iter().map(|p| p.weight_bytes).sum(), budget)
+        let Some(b) = budget.filter(|b| b.bytes < crate::memory_budget::min_budget(&short)) else {
+            return plan_with(None);
+        };
+        // The ring the budget leaves is smaller than the weights some kernel reads at once:
+        // split the convolutions' weights to fit that ring, or failing that as far as they go
+        // (whose minimum a refusal then states).
+        let ring = b.bytes.saturating_sub(crate::memory_budget::working_bytes(&short)).max(1);
+        plan_with(Some(ring)).or_else(|_| plan_with(Some(1)))
     }
 
     /// Predicts a run of this size on `target` (see [`crate::prediction`]): its memory plan
@@ -500,7 +537,7 @@ impl CosmosPipeline {
             ..budget.unwrap_or(MemoryBudget::new(target.memory_bytes))
         };
         let memory = self.memory_plan(run, negative_encoded, Some(budget))?;
-        let plans = self.run_plans(run.dims(), run.max_text_len)?;
+        let plans = self.run_plans(run.dims(), run.max_text_len, memory.weight_split)?;
         let prompts = 1 + usize::from(negative_encoded);
         let branches = branches(run.sampler, run.guidance);
         let order = plans.invocations(prompts, run.steps * branches);
@@ -572,8 +609,8 @@ impl CosmosPipeline {
         threads: usize,
     ) -> Result<Vec<CpuTensor>, PipelineError> {
         let shape = [1, len];
-        let session =
-            self.text_encoder.session("forward", &[("input_ids", &shape), ("attention_mask", &shape)], threads)?;
+        let inputs = [("input_ids", &shape[..]), ("attention_mask", &shape[..])];
+        let session = self.text_encoder.session("forward", &inputs, invoker.weight_split(), threads)?;
         prompts
             .iter()
             .map(|prompt| {
@@ -663,7 +700,7 @@ impl CosmosPipeline {
                     .into(),
             ));
         }
-        let plans = self.run_plans(size.dims(), r.max_text_len)?;
+        let plans = self.run_plans(size.dims(), r.max_text_len, memory.weight_split)?;
         let sources = plans
             .invocations(prompts.len(), r.steps * branches(r.sampler, r.guidance))
             .into_iter()
@@ -708,7 +745,7 @@ impl CosmosPipeline {
             CfgParallel::InProcess if cfg_parallel => (r.threads / 2).max(1),
             _ => r.threads,
         };
-        let dit = self.transformer.session("forward", &shapes, rank_threads)?;
+        let dit = self.transformer.session("forward", &shapes, invoker.weight_split(), rank_threads)?;
         let fps = r.fps;
         let dit_inputs = |input: Vec<f32>, c_noise: f32, uncond: bool| {
             let text = if uncond { &negative_prompt_embeds } else { &prompt_embeds };
@@ -788,7 +825,7 @@ impl CosmosPipeline {
             }
             _ => {
                 // Rank 1 runs the unconditional branch on a session of its own.
-                let dit1 = self.transformer.session("forward", &shapes, rank_threads)?;
+                let dit1 = self.transformer.session("forward", &shapes, invoker.weight_split(), rank_threads)?;
                 let (started, rank1_spans) = (invoker.started(), Mutex::new(Vec::new()));
                 let uncond_rank = |input: Vec<f32>, c_noise: f32| {
                     let start = started.elapsed();
@@ -813,7 +850,7 @@ impl CosmosPipeline {
         let stats = latent_statistics(&self.vae_config, 0, latent_shape[2])?;
         let z = to_tokenizer_latents(&latents, &latent_shape, stats.as_ref(), schedule.sigma_data);
         let z = CpuTensor::from_vec(latent_shape.to_vec(), z);
-        let decoder = self.vae.session("decode", &[("z", &latent_shape)], r.threads)?;
+        let decoder = self.vae.session("decode", &[("z", &latent_shape)], invoker.weight_split(), r.threads)?;
         let out = invoker.run(&decoder, HashMap::from([("z".to_string(), z)]), "vae.decode")?;
         let decoded_raw = out
             .get("sample")
@@ -862,7 +899,8 @@ impl CosmosPipeline {
             video[ch * frames * plane..][..take * plane].copy_from_slice(src);
         }
         let cond_frames = (take.min(frames) - 1) / t + 1;
-        let encoder = self.vae.session("encode", &[("sample", &[1, 3, frames, r.height, r.width])], r.threads)?;
+        let sample = [1, 3, frames, r.height, r.width];
+        let encoder = self.vae.session("encode", &[("sample", &sample)], invoker.weight_split(), r.threads)?;
         let input = CpuTensor::from_vec(vec![1, 3, frames, r.height, r.width], video);
         let out = invoker.run(&encoder, HashMap::from([("sample".to_string(), input)]), "vae.encode")?;
         let z = out.get("latent").ok_or_else(|| PipelineError::Invalid("the video encoder gave no `latent`".into()))?;

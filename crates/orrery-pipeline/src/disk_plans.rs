@@ -8,12 +8,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// The compile options of every pipeline plan (part of each key).
-pub(crate) const OPTIONS: CompileOptions = CompileOptions {
-    memory: orrery_compiler::MemoryOptions { max_arena_bytes: None, allow_in_place: true },
-    passes: orrery_compiler::Passes::Fuse,
-    stop_after_rewrites: None,
-};
+/// The compile options of a pipeline plan (part of each key): fused, in place, and with the
+/// weight split a memory budget asked for (`MemoryPlan::weight_split`).
+pub(crate) fn options(weight_split: Option<u64>) -> CompileOptions {
+    CompileOptions {
+        memory: orrery_compiler::MemoryOptions { max_arena_bytes: None, allow_in_place: true },
+        passes: orrery_compiler::Passes::Fuse,
+        stop_after_rewrites: None,
+        split_weights_over: weight_split,
+    }
+}
 
 /// What the plan caches did so far (see `CosmosPipeline::plan_cache_stats`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,13 +66,19 @@ impl DiskPlans {
     }
 
     /// The key of the plan of component `identity`'s `method` at `shapes`.
-    pub(crate) fn key(&self, identity: &str, method: &str, shapes: &BTreeMap<String, Vec<usize>>) -> StoreKey {
+    pub(crate) fn key(
+        &self,
+        identity: &str,
+        method: &str,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        weight_split: Option<u64>,
+    ) -> StoreKey {
         StoreKey {
             binary: self.binary.clone(),
             component: identity.to_string(),
             method: method.to_string(),
             shapes: shapes.clone(),
-            options: OPTIONS,
+            options: options(weight_split),
         }
     }
 

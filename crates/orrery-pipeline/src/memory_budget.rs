@@ -88,6 +88,23 @@ pub struct MemoryPlan {
     /// `Some` when the weights are streamed: the timeline through a ring of
     /// `budget − activation_bytes − transient_bytes` bytes.
     pub timeline: Option<WeightTimeline>,
+    /// `Some(bytes)` when the run's plans split every convolution whose weights exceed `bytes`
+    /// into output-channel slices (`orrery_compiler::passes::SplitConvWeights`), because the
+    /// budget's ring is smaller than a whole weight; its sessions use the same plans.
+    pub weight_split: Option<u64>,
+}
+
+/// The smallest budget that runs `representative` (see [`MemoryPlan::new`]): its largest
+/// activations and transient plus the smallest ring.
+pub(crate) fn min_budget(representative: &[&Plan]) -> u64 {
+    working_bytes(representative) + min_weight_capacity(representative)
+}
+
+/// The working memory of `representative` besides weights: its largest activations and
+/// transient.
+pub(crate) fn working_bytes(representative: &[&Plan]) -> u64 {
+    let activation_bytes = representative.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
+    activation_bytes + representative.iter().map(|p| largest_transient(p)).max().unwrap_or(0)
 }
 
 impl MemoryPlan {
@@ -100,11 +117,12 @@ impl MemoryPlan {
         invocations: impl FnOnce() -> Vec<Arc<Plan>>,
         weight_bytes: u64,
         budget: Option<MemoryBudget>,
+        weight_split: Option<u64>,
     ) -> Result<MemoryPlan, PipelineError> {
         let activation_bytes = representative.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
         let transient_bytes = representative.iter().map(|p| largest_transient(p)).max().unwrap_or(0);
         let working = activation_bytes + transient_bytes;
-        let min_budget = working + min_weight_capacity(representative);
+        let min_budget = min_budget(representative);
         let timeline = match budget {
             Some(b) if b.bytes < weight_bytes + working => {
                 if b.bytes < min_budget {
@@ -138,7 +156,7 @@ impl MemoryPlan {
             }
             _ => None,
         };
-        Ok(MemoryPlan { weight_bytes, activation_bytes, transient_bytes, min_budget, timeline })
+        Ok(MemoryPlan { weight_bytes, activation_bytes, transient_bytes, min_budget, timeline, weight_split })
     }
 }
 
@@ -160,6 +178,8 @@ fn largest_transient(plan: &Plan) -> u64 {
 /// each invocation.
 pub(crate) struct Invoker {
     stream: Option<WeightStream>,
+    /// The plans' weight split (`MemoryPlan::weight_split`): sessions of the run use it.
+    weight_split: Option<u64>,
     next: Cell<usize>,
     started: Instant,
     spans: RefCell<Vec<InvocationSpan>>,
@@ -182,12 +202,19 @@ impl Invoker {
             None => None,
         };
         let started = stream.as_ref().map_or_else(Instant::now, |s| s.started());
-        Ok(Invoker { stream, next: Cell::new(0), started, spans: RefCell::default() })
+        let weight_split = plan.weight_split;
+        Ok(Invoker { stream, weight_split, next: Cell::new(0), started, spans: RefCell::default() })
     }
 
     /// Runs sessions with their weights resident (no stream).
     pub(crate) fn resident() -> Invoker {
-        Invoker { stream: None, next: Cell::new(0), started: Instant::now(), spans: RefCell::default() }
+        Invoker {
+            stream: None,
+            weight_split: None,
+            next: Cell::new(0),
+            started: Instant::now(),
+            spans: RefCell::default(),
+        }
     }
 
     /// Runs the next invocation of the run on `session`.
@@ -212,6 +239,11 @@ impl Invoker {
             rank: 0,
         });
         Ok(out)
+    }
+
+    /// The weight split of the run's plans (see [`MemoryPlan::weight_split`]).
+    pub(crate) fn weight_split(&self) -> Option<u64> {
+        self.weight_split
     }
 
     /// When the run started (spans are timed from it).

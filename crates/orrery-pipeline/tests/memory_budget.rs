@@ -1,7 +1,9 @@
 //! Running the medium pipeline (written from a seed by `write_synthetic_pipeline`) within a
 //! memory budget of a quarter of its weights plus its activations: the weights are streamed
 //! through a ring and the output is bit-identical to the resident run; the stream reads every
-//! weight of every invocation; a budget below the run's minimum is refused up front.
+//! weight of every invocation; a budget below the run's minimum is refused up front. The tiny
+//! Text2World fixture does the same at a quarter of its weights, although one of its decoder's
+//! weights is half of them: that convolution runs as output-channel slices.
 
 use orrery_cpu::CpuTensor;
 use orrery_pipeline::{
@@ -9,6 +11,8 @@ use orrery_pipeline::{
     SyntheticSize,
 };
 use std::path::Path;
+
+mod common;
 
 fn request<'a>(noise: &'a CpuTensor, memory: Option<MemoryBudget>) -> GenerateRequest<'a> {
     GenerateRequest {
@@ -68,4 +72,44 @@ fn a_quarter_of_the_weights_streams_to_the_same_video() {
     let err = pipeline.generate(&request(&noise, Some(too_small))).err().expect("refused").to_string();
     assert!(err.contains(&plan.min_budget.to_string()), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_quarter_of_the_tiny_weights_splits_the_biggest_convolution_and_gives_the_same_bits() {
+    let dir = common::fixture("cosmos_t2w_tiny");
+    let run = common::Run::open(&dir, "run");
+    let pipeline = CosmosPipeline::load(&dir).unwrap();
+    let noise = run.get("noise");
+    let progress = |_| {};
+    let resident = pipeline.generate(&run.request(&noise, &progress)).unwrap();
+    let plan = resident.memory.clone();
+    let budget = plan.weight_bytes / 4 + plan.activation_bytes;
+    println!(
+        "weights {} B, activations {} B, unsplit minimum {} B, budget {budget} B",
+        plan.weight_bytes, plan.activation_bytes, plan.min_budget
+    );
+    // One weight is more than a quarter of all of them, so no whole-weight ring fits.
+    assert!(plan.min_budget > budget);
+    let request = GenerateRequest { memory: Some(MemoryBudget::new(budget)), ..run.request(&noise, &progress) };
+    let streamed = pipeline.generate(&request).unwrap();
+    let split = streamed.memory.weight_split.expect("the plans split a convolution");
+    let timeline = streamed.memory.timeline.as_ref().unwrap();
+    assert!(timeline.capacity <= plan.weight_bytes / 4, "ring {} B", timeline.capacity);
+    assert!(split <= timeline.capacity);
+    let sliced: Vec<&str> = timeline.loads.iter().map(|l| l.name.as_str()).filter(|n| n.contains("@rows[")).collect();
+    assert!(sliced.iter().any(|n| n.starts_with("decoder.conv_out")), "{sliced:?}");
+    for (i, (a, b)) in streamed.step_latents.iter().zip(&resident.step_latents).enumerate() {
+        assert_eq!(a.to_f32_vec(), b.to_f32_vec(), "latents after step {i}");
+    }
+    let bits = |t: &CpuTensor| t.to_f32_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&streamed.decoded_raw), bits(&resident.decoded_raw), "bit-identical video");
+    assert_eq!(streamed.stream.unwrap().bytes_loaded, timeline.bytes_loaded());
+
+    // Below what the most-split plans need, the run is refused stating that minimum.
+    let err = pipeline
+        .generate(&GenerateRequest { memory: Some(MemoryBudget::new(budget / 3)), ..run.request(&noise, &progress) })
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("memory budget") && err.contains("--memory-budget"), "{err}");
 }

@@ -31,9 +31,13 @@ pub fn describe(plan: &MemoryPlan, budget: Option<MemoryBudget>) -> String {
             transient(plan)
         ),
         Some(t) => format!(
-            "weights {} streamed through {} (reading {} per run), activations up to {}{}{within}; the smallest budget is {}",
+            "weights {} streamed through {}{} (reading {} per run), activations up to {}{}{within}; the smallest budget is {}",
             human_bytes(plan.weight_bytes),
             human_bytes(t.capacity),
+            plan.weight_split.map_or(String::new(), |b| format!(
+                ", convolutions over {} split into output-channel slices",
+                human_bytes(b)
+            )),
             human_bytes(t.bytes_loaded()),
             human_bytes(plan.activation_bytes),
             transient(plan),
@@ -99,7 +103,7 @@ pub fn plan_json(plan: &MemoryPlan, budget: Option<MemoryBudget>) -> serde_json:
     serde_json::json!({
         "budget_bytes": budget.map(|b| b.bytes), "weight_bytes": plan.weight_bytes,
         "activation_bytes": plan.activation_bytes, "transient_bytes": plan.transient_bytes,
-        "min_budget_bytes": plan.min_budget,
+        "min_budget_bytes": plan.min_budget, "weight_split_bytes": plan.weight_split,
         "streamed": plan.timeline.is_some(), "ring_bytes": plan.timeline.as_ref().map(|t| t.capacity),
     })
 }

@@ -23,6 +23,7 @@ mod hoist_permute;
 mod lower_norms;
 pub mod patch;
 mod recognize_attention;
+mod split_weights;
 
 pub use canonicalize::Canonicalize;
 pub use const_fold::{ConstFold, MAX_FOLD_ELEMENTS};
@@ -34,6 +35,7 @@ pub use hoist_permute::{HoistThroughPermute, PermuteIntoEpilogue};
 pub use lower_norms::LowerNorms;
 pub use patch::{Patch, Value};
 pub use recognize_attention::RecognizeAttention;
+pub use split_weights::{slice_count, SplitConvWeights, MIN_SPLIT_ROWS};
 
 use orrery_ir::{Graph, IrError};
 use serde::{Deserialize, Serialize};

@@ -114,6 +114,13 @@ impl Patch {
         self.push(graph, source, suffix, NodeKind::Op(op), inputs, ty)
     }
 
+    /// Adds a weight read by its exact `name` (a checkpoint key, or a slice of one such as
+    /// `conv.weight@rows[0:96]`); unlike other new nodes it is not renamed after a source.
+    pub fn weight(&mut self, name: impl Into<String>, ty: TensorType) -> Value {
+        self.nodes.push(NewNode { name: name.into(), kind: NodeKind::Weight, inputs: Vec::new(), ty });
+        Value::New(self.nodes.len() - 1)
+    }
+
     /// Adds a constant named `<source's name>.<suffix>`.
     pub fn constant(&mut self, graph: &Graph, source: NodeId, suffix: &str, value: RefTensor) -> Value {
         let ty = value.ty();
