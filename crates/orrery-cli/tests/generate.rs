@@ -516,5 +516,15 @@ fn cfg_parallel_writes_the_single_rank_tensors_and_video() {
     let (streamed, _, _) = generate("streamed", &["--cfg-parallel", "--memory-budget", "5MB"]);
     assert!(!streamed.status.success());
     assert!(stderr(&streamed).contains("--cfg-parallel"), "{}", stderr(&streamed));
+    // `--tp 2`: two in-process tensor-parallel ranks, within 1e-5 of one on the video.
+    let (tp, tp_dump, tp_video) = generate("tp", &["--tp", "2"]);
+    assert!(tp.status.success(), "{}", stderr(&tp));
+    let v: serde_json::Value = serde_json::from_slice(&tp.stdout).unwrap();
+    assert_eq!(v["tp"], 2);
+    let err = rel_err(&read_f32(&tp_dump, "decoded_raw").1, &read_f32(&one_dump, "decoded_raw").1);
+    assert!(err <= 1e-5, "--tp 2: {err:e}");
+    assert!(tp_video.exists());
+    let (both, _, _) = generate("both", &["--tp", "2", "--cfg-parallel"]);
+    assert!(!both.status.success() && stderr(&both).contains("--tp"), "{}", stderr(&both));
     std::fs::remove_dir_all(&dir).unwrap();
 }

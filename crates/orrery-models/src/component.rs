@@ -1,6 +1,6 @@
 //! The component contract every model implements, and the registry choosing one from a config.
 
-use crate::{t5, ComponentConfig, ModelError, OrreryTestMlp, WeightTypes};
+use crate::{t5, ComponentConfig, ModelError, OrreryTestMlp, Shard, WeightTypes};
 use orrery_ir::Graph;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -47,6 +47,25 @@ pub trait Component: Send + Sync {
         shapes: &BTreeMap<String, Vec<usize>>,
         weights: &WeightTypes,
     ) -> Result<Graph, ModelError>;
+
+    /// [`Component::build`] for one rank of a tensor-parallel group: the graph reads only
+    /// that rank's part of the sharded weights and sums partial results with
+    /// `Op::AllReduce`. Components that cannot be sharded refuse any `shard` but the whole.
+    fn build_sharded(
+        &self,
+        method: &str,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        weights: &WeightTypes,
+        shard: Shard,
+    ) -> Result<Graph, ModelError> {
+        if !shard.is_whole() {
+            return Err(ModelError::Parallel {
+                class: self.class_name().to_string(),
+                reason: "this component has no tensor-parallel form".into(),
+            });
+        }
+        self.build(method, shapes, weights)
+    }
 
     /// The dtype weights are stored in according to the config (`torch_dtype`), if it says.
     fn config_dtype(&self) -> Option<orrery_ir::DType>;

@@ -14,4 +14,7 @@ pub enum ModelError {
     Weight { name: String, reason: String },
     #[error(transparent)]
     Graph(#[from] orrery_ir::IrError),
+    /// A parallel layout the component cannot be cut into.
+    #[error("{class}: {reason}")]
+    Parallel { class: String, reason: String },
 }

@@ -32,8 +32,21 @@ impl WeightTypes<'_> {
 
     /// Declares weight `name` whose shape the config implies.
     pub fn declare(&self, b: &mut GraphBuilder, name: &str, shape: &[usize]) -> Result<NodeId, ModelError> {
+        self.declare_part(b, name, shape, WeightPart::Whole)
+    }
+
+    /// Declares `part` of weight `name`, whose whole shape the config implies (checked against
+    /// the checkpoint like [`WeightTypes::declare`]); the node is named as the weight store
+    /// reads the part (`name@rows[a:b]`, `name@cols[a:b]`), so only its bytes are read.
+    pub fn declare_part(
+        &self,
+        b: &mut GraphBuilder,
+        name: &str,
+        shape: &[usize],
+        part: WeightPart,
+    ) -> Result<NodeId, ModelError> {
         let dtype = match self {
-            WeightTypes::Renamed { inner, rename } => return inner.declare(b, &rename(name), shape),
+            WeightTypes::Renamed { inner, rename } => return inner.declare_part(b, &rename(name), shape, part),
             WeightTypes::Assumed(dtype) => *dtype,
             WeightTypes::Checkpoint(lookup) => {
                 let (dtype, stored) = lookup(name).ok_or_else(|| ModelError::Weight {
@@ -55,6 +68,70 @@ impl WeightTypes<'_> {
                 dtype
             }
         };
-        Ok(b.weight(name, dtype, shape.to_vec())?)
+        let mut dims = shape.to_vec();
+        let (axis, range, kind) = match part {
+            WeightPart::Whole => return Ok(b.weight(name, dtype, dims)?),
+            WeightPart::Rows(r) => (0, r, "rows"),
+            WeightPart::Cols(r) => (1, r, "cols"),
+        };
+        if axis >= dims.len() || range.start >= range.end || range.end > dims[axis] {
+            return Err(ModelError::Weight {
+                name: name.to_string(),
+                reason: format!("{kind} {range:?} of a tensor of shape {shape:?} do not exist"),
+            });
+        }
+        dims[axis] = range.len();
+        Ok(b.weight(&format!("{name}@{kind}[{}:{}]", range.start, range.end), dtype, dims)?)
+    }
+}
+
+/// Which part of a stored weight a graph reads: all of it, rows (axis 0: a linear's outputs)
+/// or columns (axis 1: its inputs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightPart {
+    Whole,
+    Rows(std::ops::Range<usize>),
+    Cols(std::ops::Range<usize>),
+}
+
+/// The part of a tensor-parallel group a graph is built for: rank `rank` of `ranks`
+/// (Megatron-style: column-parallel linears keep rows `rank·n/ranks..` of their weight,
+/// row-parallel ones the same columns, and an all-reduce sums the partial outputs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shard {
+    pub rank: usize,
+    pub ranks: usize,
+}
+
+impl Shard {
+    /// The whole model on one device.
+    pub const WHOLE: Shard = Shard { rank: 0, ranks: 1 };
+
+    pub fn is_whole(&self) -> bool {
+        self.ranks == 1
+    }
+
+    /// This rank's equal share of `n` (which the caller checked divides by `ranks`).
+    pub fn share(&self, n: usize) -> std::ops::Range<usize> {
+        let each = n / self.ranks;
+        self.rank * each..(self.rank + 1) * each
+    }
+
+    /// The rows of a column-parallel weight with `n` rows (all of it when whole).
+    pub fn rows(&self, n: usize) -> WeightPart {
+        if self.is_whole() {
+            WeightPart::Whole
+        } else {
+            WeightPart::Rows(self.share(n))
+        }
+    }
+
+    /// The columns of a row-parallel weight with `n` columns (all of it when whole).
+    pub fn cols(&self, n: usize) -> WeightPart {
+        if self.is_whole() {
+            WeightPart::Whole
+        } else {
+            WeightPart::Cols(self.share(n))
+        }
     }
 }

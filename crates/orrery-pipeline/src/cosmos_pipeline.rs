@@ -11,6 +11,7 @@ use crate::disk_plans::{options, DiskPlans, PlanCacheStats};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
 use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
+use crate::tensor_parallel::{finish, lead_evaluation, Followers, InputLayout, TensorParallel};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
 use orrery_compiler::passes::{Rule, SplitConvWeights};
 use orrery_compiler::{compile_with, component_identity, Plan, PlanStore, StoreWarning};
@@ -18,9 +19,11 @@ use orrery_cpu::CpuTensor;
 use orrery_formats::WeightSource;
 use orrery_ir::DType;
 use orrery_models::cosmos::{latent_statistics, CosmosVaeConfig};
-use orrery_models::{load_component, Component, ComponentConfig, WeightTypes};
+use orrery_models::{load_component, Component, ComponentConfig, Shard, WeightTypes};
+use orrery_parallel::{Collective, InProcessGroup};
 use orrery_runtime::{FormatWeights, Session, StreamEvent, StreamStats};
 use orrery_text::T5Tokenizer;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,8 +33,25 @@ use std::time::Instant;
 /// diffusers' `DEFAULT_NEGATIVE_PROMPT` for the Cosmos pipelines (used when none is given).
 pub const DEFAULT_NEGATIVE_PROMPT: &str = "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. Overall, the video is of poor quality.";
 
-/// A plan's key: the method, the input shapes by name and the weight split.
-type PlanKey = (String, BTreeMap<String, Vec<usize>>, Option<u64>);
+/// A plan's key: the method, the input shapes by name and the variant.
+type PlanKey = (String, BTreeMap<String, Vec<usize>>, Variant);
+
+/// How a plan departs from the component's plain graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    /// Convolutions whose weights exceed this many bytes are split (`MemoryPlan::weight_split`).
+    pub(crate) weight_split: Option<u64>,
+    /// The tensor-parallel part the plan computes.
+    pub(crate) shard: Shard,
+}
+
+impl Variant {
+    pub(crate) const PLAIN: Variant = Variant { weight_split: None, shard: Shard::WHOLE };
+
+    pub(crate) fn split(weight_split: Option<u64>) -> Variant {
+        Variant { weight_split, ..Variant::PLAIN }
+    }
+}
 
 /// One component folder: its builder, its weights, and the plans compiled so far.
 struct Part {
@@ -97,35 +117,39 @@ impl Part {
         })
     }
 
-    /// The plan of `method` at `shapes`, weights typed as stored and convolutions split above
-    /// `weight_split` bytes; compiled once and kept (an estimate and the run share it).
-    fn plan(
-        &self,
-        method: &str,
-        shapes: &[(&str, &[usize])],
-        weight_split: Option<u64>,
-    ) -> Result<Arc<Plan>, PipelineError> {
+    /// The plan of `method` at `shapes`, weights typed as stored, in `variant` (convolutions
+    /// split, a tensor-parallel shard); compiled once and kept (an estimate and the run share
+    /// it).
+    fn plan(&self, method: &str, shapes: &[(&str, &[usize])], variant: Variant) -> Result<Arc<Plan>, PipelineError> {
         let by_name: BTreeMap<String, Vec<usize>> = shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
-        let key = (method.to_string(), by_name, weight_split);
+        let key = (method.to_string(), by_name, variant);
         if let Some(plan) = self.plans.lock().expect("plan cache poisoned").get(&key) {
             return Ok(plan.clone());
         }
-        let stored = self.disk.as_ref().map(|disk| (disk, disk.key(&self.identity, method, &key.1, weight_split)));
+        let stored_method = match variant.shard {
+            Shard { ranks: 1, .. } => method.to_string(),
+            Shard { rank, ranks } => format!("{method} (tensor-parallel rank {rank} of {ranks})"),
+        };
+        let stored = self
+            .disk
+            .as_ref()
+            .map(|disk| (disk, disk.key(&self.identity, &stored_method, &key.1, variant.weight_split)));
         let plan = match stored.as_ref().and_then(|(disk, k)| disk.lookup(k)) {
             Some(plan) => plan,
             None => {
                 let source: &dyn WeightSource = self.weights.source();
                 let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape.clone()));
-                let graph = self.component.build(method, &key.1, &WeightTypes::Checkpoint(&lookup))?;
+                let types = WeightTypes::Checkpoint(&lookup);
+                let graph = self.component.build_sharded(method, &key.1, &types, variant.shard)?;
                 // A split that changes nothing is the unsplit plan (not compiled twice).
-                if let Some(max_bytes) = weight_split {
+                if let Some(max_bytes) = variant.weight_split {
                     if (SplitConvWeights { max_bytes }).propose(&graph).is_none() {
-                        let plan = self.plan(method, shapes, None)?;
+                        let plan = self.plan(method, shapes, Variant { weight_split: None, ..variant })?;
                         self.plans.lock().expect("plan cache poisoned").insert(key, plan.clone());
                         return Ok(plan);
                     }
                 }
-                let plan = compile_with(graph, &options(weight_split))?;
+                let plan = compile_with(graph, &options(variant.weight_split))?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
                 if let Some((disk, k)) = &stored {
                     disk.keep(k, &plan);
@@ -161,10 +185,10 @@ impl Part {
         &self,
         method: &str,
         shapes: &[(&str, &[usize])],
-        weight_split: Option<u64>,
+        variant: Variant,
         threads: usize,
     ) -> Result<Session, PipelineError> {
-        Ok(Session::new((*self.plan(method, shapes, weight_split)?).clone(), self.weights.clone(), threads)?)
+        Ok(Session::new((*self.plan(method, shapes, variant)?).clone(), self.weights.clone(), threads)?)
     }
 }
 
@@ -259,6 +283,10 @@ pub struct GenerateRequest<'a> {
     /// through a collective: bit-identical to one rank. Needs the weights resident (no
     /// streaming budget).
     pub cfg_parallel: CfgParallel<'a>,
+    /// Run each transformer evaluation on several ranks, each with its shard of the heads and
+    /// MLP width (within 1e-5 of one rank: the all-reduces add the partial sums in another
+    /// order). Needs the weights resident; not combined with `cfg_parallel` yet.
+    pub tensor_parallel: TensorParallel<'a>,
 }
 
 /// What this process does in a run: all of it, or CFG rank 1's share.
@@ -437,23 +465,31 @@ impl CosmosPipeline {
         split: Option<u64>,
     ) -> Result<RunPlans, PipelineError> {
         let latent = self.latent_shape(height, width, frames)?;
+        let (text, text_shape) = self.text_plan(max_text_len, split)?;
+        let padding = [1, 1, height, width];
+        let mask = [1, 1, latent[2], latent[3], latent[4]];
+        let dit_shapes = self.dit_shapes(&latent, &text_shape, &padding, &mask);
+        let dit = self.transformer.plan("forward", &dit_shapes, Variant::split(split))?;
+        let decode = self.vae.plan("decode", &[("z", &latent)], Variant::split(split))?;
+        let encode = match self.video_to_world {
+            true => {
+                Some(self.vae.plan("encode", &[("sample", &[1, 3, frames, height, width])], Variant::split(split))?)
+            }
+            false => None,
+        };
+        Ok(RunPlans { text, dit, encode, decode })
+    }
+
+    /// The text encoder's plan for `max_text_len` tokens and the shape of its embeddings.
+    fn text_plan(&self, max_text_len: usize, split: Option<u64>) -> Result<(Arc<Plan>, [usize; 3]), PipelineError> {
         let text_in = [1, max_text_len];
-        let text =
-            self.text_encoder.plan("forward", &[("input_ids", &text_in), ("attention_mask", &text_in)], split)?;
+        let inputs = [("input_ids", &text_in[..]), ("attention_mask", &text_in[..])];
+        let text = self.text_encoder.plan("forward", &inputs, Variant::split(split))?;
         let hidden = text.graph.outputs().iter().find(|(n, _)| n == "last_hidden_state").map(|(_, id)| *id);
         let d = hidden
             .map(|id| text.graph.node(id).ty.shape.dims()[2])
             .ok_or_else(|| PipelineError::Invalid("the text encoder has no `last_hidden_state` output".into()))?;
-        let text_shape = [1, max_text_len, d];
-        let padding = [1, 1, height, width];
-        let mask = [1, 1, latent[2], latent[3], latent[4]];
-        let dit = self.transformer.plan("forward", &self.dit_shapes(&latent, &text_shape, &padding, &mask), split)?;
-        let decode = self.vae.plan("decode", &[("z", &latent)], split)?;
-        let encode = match self.video_to_world {
-            true => Some(self.vae.plan("encode", &[("sample", &[1, 3, frames, height, width])], split)?),
-            false => None,
-        };
-        Ok(RunPlans { text, dit, encode, decode })
+        Ok((text, [1, max_text_len, d]))
     }
 
     /// What `layout` communicates per denoising step in a run of this size (see
@@ -610,7 +646,7 @@ impl CosmosPipeline {
     ) -> Result<Vec<CpuTensor>, PipelineError> {
         let shape = [1, len];
         let inputs = [("input_ids", &shape[..]), ("attention_mask", &shape[..])];
-        let session = self.text_encoder.session("forward", &inputs, invoker.weight_split(), threads)?;
+        let session = self.text_encoder.session("forward", &inputs, Variant::split(invoker.weight_split()), threads)?;
         prompts
             .iter()
             .map(|prompt| {
@@ -662,6 +698,36 @@ impl CosmosPipeline {
         }
     }
 
+    /// Rank r > 0 of a [`TensorParallel::Ranks`] run: evaluates its shard of the transformer
+    /// for every evaluation rank 0 sends, until rank 0 is done (rank 0 calls
+    /// [`CosmosPipeline::generate`] with the same request and writes the video).
+    pub fn follow_tensor_parallel(&self, r: &GenerateRequest) -> Result<(), PipelineError> {
+        let TensorParallel::Ranks(comm) = r.tensor_parallel else {
+            return Err(PipelineError::Invalid(
+                "follow_tensor_parallel needs a request with TensorParallel::Ranks".into(),
+            ));
+        };
+        let mut comm = comm.borrow_mut();
+        let (rank, ranks) = (comm.rank(), comm.size());
+        if rank == 0 {
+            return Err(PipelineError::Invalid("rank 0 leads a tensor-parallel run: it calls generate".into()));
+        }
+        let latent = self.latent_shape(r.height, r.width, r.frames)?;
+        let (_, text_shape) = self.text_plan(r.max_text_len, None)?;
+        let padding = [1, 1, r.height, r.width];
+        let mask = [1, 1, latent[2], latent[3], latent[4]];
+        let shapes = self.dit_shapes(&latent, &text_shape, &padding, &mask);
+        let variant = Variant { weight_split: None, shard: Shard { rank, ranks } };
+        let session = match self.transformer.session("forward", &shapes, variant, r.threads) {
+            Ok(s) => s,
+            Err(e) => {
+                comm.abort(&e.to_string());
+                return Err(e);
+            }
+        };
+        crate::tensor_parallel::follow(&session, &mut *comm)
+    }
+
     /// The run, as the leader (the whole pipeline) or as CFG rank 1 (`None` at the end).
     fn run(&self, r: &GenerateRequest, role: Role) -> Result<Option<GenerateOutput>, PipelineError> {
         let latent_shape = self.latent_shape(r.height, r.width, r.frames)?;
@@ -699,6 +765,19 @@ impl CosmosPipeline {
                  streams them within its memory budget: raise --memory-budget or drop --cfg-parallel"
                     .into(),
             ));
+        }
+        let tp = r.tensor_parallel.ranks();
+        if tp > 1 {
+            let why = if memory.timeline.is_some() {
+                Some("its weights stream within the memory budget (raise --memory-budget)")
+            } else if r.cfg_parallel.is_on() {
+                Some("--cfg-parallel is on (tensor and CFG parallelism together are not supported yet)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(PipelineError::Invalid(format!("--tp {tp} cannot run this request: {why}")));
+            }
         }
         let plans = self.run_plans(size.dims(), r.max_text_len, memory.weight_split)?;
         let sources = plans
@@ -741,11 +820,33 @@ impl CosmosPipeline {
         let mask_shape = [1, 1, latent_shape[2], latent_shape[3], latent_shape[4]];
         let shapes = self.dit_shapes(&latent_shape, &text_shape, &padding, &mask_shape);
         // With CFG parallelism each rank gets half the threads.
-        let rank_threads = match r.cfg_parallel {
-            CfgParallel::InProcess if cfg_parallel => (r.threads / 2).max(1),
+        let rank_threads = match (r.cfg_parallel, r.tensor_parallel) {
+            (CfgParallel::InProcess, _) if cfg_parallel => (r.threads / 2).max(1),
+            (_, TensorParallel::InProcess(n)) => (r.threads / n.max(1)).max(1),
             _ => r.threads,
         };
-        let dit = self.transformer.session("forward", &shapes, invoker.weight_split(), rank_threads)?;
+        let variant = Variant { weight_split: invoker.weight_split(), shard: Shard { rank: 0, ranks: tp } };
+        let dit = self.transformer.session("forward", &shapes, variant, rank_threads)?;
+        // Tensor parallelism: the other ranks' shards (threads here, or other processes).
+        let (mut own_comm, mut followers, mut borrowed) = (None, None, None);
+        let tp_comm: Option<RefCell<&mut dyn Collective>> = match r.tensor_parallel {
+            _ if tp == 1 => None,
+            TensorParallel::Off => None,
+            TensorParallel::InProcess(n) => {
+                let mut comms = InProcessGroup::ranks(n);
+                let lead = comms.remove(0);
+                let sessions = (1..n)
+                    .map(|rank| {
+                        let variant = Variant { shard: Shard { rank, ranks: n }, ..variant };
+                        self.transformer.session("forward", &shapes, variant, rank_threads)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                followers = Some(Followers::spawn(sessions, comms)?);
+                Some(RefCell::new(own_comm.insert(lead) as &mut dyn Collective))
+            }
+            TensorParallel::Ranks(comm) => Some(RefCell::new(&mut **borrowed.insert(comm.borrow_mut()))),
+        };
+        let layout = InputLayout::of(&dit)?;
         let fps = r.fps;
         let dit_inputs = |input: Vec<f32>, c_noise: f32, uncond: bool| {
             let text = if uncond { &negative_prompt_embeds } else { &prompt_embeds };
@@ -774,7 +875,12 @@ impl CosmosPipeline {
                 .into_iter()
                 .map(|b| {
                     let label = if b.uncond { "transformer.uncond" } else { "transformer.cond" };
-                    sample_of(invoker.run(&dit, dit_inputs(b.input, c_noise, b.uncond), label)?)
+                    let inputs = dit_inputs(b.input, c_noise, b.uncond);
+                    sample_of(match &tp_comm {
+                        None => invoker.run(&dit, inputs, label)?,
+                        Some(comm) => invoker
+                            .run_with(label, || lead_evaluation(&dit, &layout, inputs, &mut **comm.borrow_mut()))?,
+                    })
                 })
                 .collect()
         };
@@ -811,7 +917,15 @@ impl CosmosPipeline {
             sample_of(invoker.run(&dit, dit_inputs(input, c_noise, false), "transformer.cond")?)
         };
         let latents = match (r.cfg_parallel, role) {
-            _ if !cfg_parallel => sampling.run(initial, &one_rank, &mut after_step)?,
+            _ if !cfg_parallel => {
+                let result = sampling.run(initial, &one_rank, &mut after_step);
+                if let Some(comm) = &tp_comm {
+                    finish(&mut **comm.borrow_mut(), &result);
+                }
+                // The leader's error first; else a follower's.
+                let joined = followers.take().map_or(Ok(()), Followers::join);
+                result.and_then(|latents| joined.map(|()| latents))?
+            }
             (CfgParallel::Ranks(comm), Role::Lead) => {
                 let mut comm = comm.borrow_mut();
                 crate::cfg_parallel::lead(&sampling, initial, &cond_rank, &mut *comm, &mut after_step)?
@@ -825,7 +939,12 @@ impl CosmosPipeline {
             }
             _ => {
                 // Rank 1 runs the unconditional branch on a session of its own.
-                let dit1 = self.transformer.session("forward", &shapes, invoker.weight_split(), rank_threads)?;
+                let dit1 = self.transformer.session(
+                    "forward",
+                    &shapes,
+                    Variant::split(invoker.weight_split()),
+                    rank_threads,
+                )?;
                 let (started, rank1_spans) = (invoker.started(), Mutex::new(Vec::new()));
                 let uncond_rank = |input: Vec<f32>, c_noise: f32| {
                     let start = started.elapsed();
@@ -850,7 +969,8 @@ impl CosmosPipeline {
         let stats = latent_statistics(&self.vae_config, 0, latent_shape[2])?;
         let z = to_tokenizer_latents(&latents, &latent_shape, stats.as_ref(), schedule.sigma_data);
         let z = CpuTensor::from_vec(latent_shape.to_vec(), z);
-        let decoder = self.vae.session("decode", &[("z", &latent_shape)], invoker.weight_split(), r.threads)?;
+        let decoder =
+            self.vae.session("decode", &[("z", &latent_shape)], Variant::split(invoker.weight_split()), r.threads)?;
         let out = invoker.run(&decoder, HashMap::from([("z".to_string(), z)]), "vae.decode")?;
         let decoded_raw = out
             .get("sample")
@@ -900,7 +1020,8 @@ impl CosmosPipeline {
         }
         let cond_frames = (take.min(frames) - 1) / t + 1;
         let sample = [1, 3, frames, r.height, r.width];
-        let encoder = self.vae.session("encode", &[("sample", &sample)], invoker.weight_split(), r.threads)?;
+        let encoder =
+            self.vae.session("encode", &[("sample", &sample)], Variant::split(invoker.weight_split()), r.threads)?;
         let input = CpuTensor::from_vec(vec![1, 3, frames, r.height, r.width], video);
         let out = invoker.run(&encoder, HashMap::from([("sample".to_string(), input)]), "vae.encode")?;
         let z = out.get("latent").ok_or_else(|| PipelineError::Invalid("the video encoder gave no `latent`".into()))?;

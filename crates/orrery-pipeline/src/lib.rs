@@ -25,6 +25,7 @@ mod prediction;
 mod sampler;
 mod scheduler_config;
 mod synthetic;
+mod tensor_parallel;
 
 pub use cosmos_pipeline::{
     CfgParallel, Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, RunSize, Stage,
@@ -42,3 +43,4 @@ pub use prediction::{Prediction, Target};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};
 pub use synthetic::{write_synthetic_pipeline, SyntheticSize};
+pub use tensor_parallel::TensorParallel;

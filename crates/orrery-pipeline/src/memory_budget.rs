@@ -19,7 +19,9 @@ use orrery_compiler::{
     min_weight_capacity, plan_weight_timeline, plan_weight_timeline_pinned, IssueModel, Plan, WeightTimeline,
 };
 use orrery_cpu::CpuTensor;
-use orrery_runtime::{FormatWeights, Prefetch, Session, StreamEvent, StreamOptions, StreamStats, WeightStream};
+use orrery_runtime::{
+    FormatWeights, Prefetch, RunStats, Session, StreamEvent, StreamOptions, StreamStats, WeightStream,
+};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -231,6 +233,32 @@ impl Invoker {
             Some(stream) => session.run_streamed(inputs, &stream.begin(i)?)?,
             None => session.run_owned(inputs)?,
         };
+        self.spans.borrow_mut().push(InvocationSpan {
+            label: label.into(),
+            start,
+            end: self.started.elapsed(),
+            peak_live_bytes: stats.peak_live_bytes,
+            rank: 0,
+        });
+        Ok(out)
+    }
+
+    /// Runs the next invocation of the run through `evaluate` (a parallel evaluation, which
+    /// brings its own session and collective), timing it like [`Invoker::run`]. Refused when
+    /// the run streams its weights.
+    pub(crate) fn run_with(
+        &self,
+        label: &str,
+        evaluate: impl FnOnce() -> Result<(HashMap<String, CpuTensor>, RunStats), PipelineError>,
+    ) -> Result<HashMap<String, CpuTensor>, PipelineError> {
+        if self.stream.is_some() {
+            return Err(PipelineError::Invalid(format!(
+                "`{label}` runs on several ranks, which needs resident weights"
+            )));
+        }
+        self.next.set(self.next.get() + 1);
+        let start = self.started.elapsed();
+        let (out, stats) = evaluate()?;
         self.spans.borrow_mut().push(InvocationSpan {
             label: label.into(),
             start,

@@ -11,6 +11,8 @@
 //! block, hidden 1024, 2048 tokens, text 512, compiled with and without the rewrite passes), `t5`
 //! / `t5_unfused` (a T5 encoder: d_model 1024, 8 heads × 128, d_ff 4096, 4 layers, 512 tokens),
 //! `cosmos` / `cosmos_unfused` (a 4-layer Cosmos DiT, hidden 1024, 2048 tokens, text 512),
+//! `cosmos_medium` (the medium pipeline's transformer at its run size; `cosmos*` with
+//! `--tp N`: on N tensor-parallel in-process ranks of `--threads` threads each),
 //! `vae_decode` / `vae_encode` (the CV8x8x8 tokenizer at real widths, 17 frames at 64 × 64).
 //! `tools/bench/compare.sh` interleaves
 //! these runs with `tools/bench/torch_ops.py` on the same shapes.
@@ -19,12 +21,12 @@ use orrery_compiler::{CompileOptions, Passes};
 use orrery_cpu::CpuTensor;
 use orrery_ir::{AttentionMask, ConvPadMode, ConvParams, DType, Graph, GraphBuilder, Op, UnaryOp};
 use orrery_models::cosmos::{
-    decoder_graph, dit_block, encoder_graph, transformer_graph, CosmosDitConfig, CosmosDitShapes, CosmosVaeConfig,
-    DitBlockConfig, DitBlockInputs,
+    decoder_graph, dit_block, encoder_graph, transformer_graph_sharded, CosmosDitConfig, CosmosDitShapes,
+    CosmosVaeConfig, DitBlockConfig, DitBlockInputs,
 };
 use orrery_models::t5::{self, FeedForward, T5EncoderConfig};
-use orrery_models::ComponentConfig;
 use orrery_models::WeightTypes;
+use orrery_models::{ComponentConfig, Shard};
 use orrery_runtime::{MemoryWeights, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,6 +109,7 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
             text_dim: 1024,
             adaln_lora_dim: 256,
             qk_norm_eps: 1e-5,
+            shard: Shard::WHOLE,
         };
         inputs = vec![
             ("x", vec![1, len, d]),
@@ -132,36 +135,9 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
         let y = dit_block(&mut b, &WeightTypes::Assumed(DType::F32), "blk", &cfg, &inp).ok()?;
         b.output("y", y).ok()?;
     } else if name == "cosmos" || name == "cosmos_unfused" {
-        // CosmosTransformer3DModel: hidden 1024 (8 heads × 128), 4 layers, latent
-        // [1, 16, 8, 32, 32] = 2048 tokens, text [1, 512, 1024], fps 24, a zero padding mask.
-        let json = serde_json::json!({
-            "_class_name": "CosmosTransformer3DModel", "in_channels": 16, "out_channels": 16,
-            "num_attention_heads": 8, "attention_head_dim": 128, "num_layers": 4, "mlp_ratio": 4.0,
-            "text_embed_dim": 1024, "adaln_lora_dim": 256, "max_size": [128, 240, 240],
-            "patch_size": [1, 2, 2], "rope_scale": [2.0, 1.0, 1.0], "concat_padding_mask": true,
-            "extra_pos_embed_type": "learnable"
-        });
-        let config =
-            ComponentConfig { path: "bench/cosmos/config.json".into(), class: "CosmosTransformer3DModel".into(), json };
-        let config = CosmosDitConfig::from_config(&config).ok()?;
-        let shapes = CosmosDitShapes {
-            latent: [1, 16, 8, 32, 32],
-            text_len: 512,
-            per_frame_timestep: false,
-            attention_mask: false,
-            fps: true,
-            condition_mask: false,
-            padding_mask: Some([256, 256]),
-        };
-        let graph = transformer_graph(&config, &WeightTypes::Assumed(DType::F32), &shapes).ok()?;
-        let inputs = vec![
-            ("hidden_states", vec![1, 16, 8, 32, 32]),
-            ("timestep", vec![1]),
-            ("encoder_hidden_states", vec![1, 512, 1024]),
-            ("fps", vec![]),
-            ("padding_mask", vec![1, 1, 256, 256]),
-        ];
-        return Some((graph, inputs));
+        return cosmos_case(false, Shard::WHOLE);
+    } else if name == "cosmos_medium" {
+        return cosmos_case(true, Shard::WHOLE);
     } else if name == "vae_decode" || name == "vae_encode" {
         // The CV8x8x8 tokenizer at real widths (configs/cosmos-1.0-tokenizer-cv8x8x8): decode
         // [1, 16, 3, 8, 8] → [1, 3, 17, 64, 64], or encode that video.
@@ -194,6 +170,118 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
         return None;
     }
     Some((b.finish().ok()?, inputs))
+}
+
+/// `cosmos`: CosmosTransformer3DModel at hidden 1024 (8 heads × 128), 4 layers, latent
+/// [1, 16, 8, 32, 32] = 2048 tokens, text [1, 512, 1024], fps 24, a zero padding mask.
+/// `cosmos_medium` (`medium`): the medium pipeline's transformer (hidden 256 = 4 × 64, 4
+/// layers) at its 17 × 64 × 96 run (latent [1, 16, 3, 8, 12], 72 tokens, text [1, 512, 256]).
+/// Built for `shard` of a tensor-parallel group.
+fn cosmos_case(medium: bool, shard: Shard) -> Option<(Graph, CaseInputs)> {
+    let (heads, head_dim, text, max_size) =
+        if medium { (4, 64, 256, [8, 16, 16]) } else { (8, 128, 1024, [128, 240, 240]) };
+    let json = serde_json::json!({
+        "_class_name": "CosmosTransformer3DModel", "in_channels": 16, "out_channels": 16,
+        "num_attention_heads": heads, "attention_head_dim": head_dim, "num_layers": 4, "mlp_ratio": 4.0,
+        "text_embed_dim": text, "adaln_lora_dim": 256, "max_size": max_size,
+        "patch_size": [1, 2, 2], "rope_scale": [2.0, 1.0, 1.0], "concat_padding_mask": true,
+        "extra_pos_embed_type": "learnable"
+    });
+    let config =
+        ComponentConfig { path: "bench/cosmos/config.json".into(), class: "CosmosTransformer3DModel".into(), json };
+    let config = CosmosDitConfig::from_config(&config).ok()?;
+    let (latent, pixels) = if medium { ([1, 16, 3, 8, 12], [64, 96]) } else { ([1, 16, 8, 32, 32], [256, 256]) };
+    let shapes = CosmosDitShapes {
+        latent,
+        text_len: 512,
+        per_frame_timestep: false,
+        attention_mask: false,
+        fps: true,
+        condition_mask: false,
+        padding_mask: Some(pixels),
+    };
+    let graph = transformer_graph_sharded(&config, &WeightTypes::Assumed(DType::F32), &shapes, shard).ok()?;
+    let inputs = vec![
+        ("hidden_states", latent.to_vec()),
+        ("timestep", vec![1]),
+        ("encoder_hidden_states", vec![1, 512, text]),
+        ("fps", vec![]),
+        ("padding_mask", vec![1, 1, pixels[0], pixels[1]]),
+    ];
+    Some((graph, inputs))
+}
+
+/// Weights for `graph`: deterministic values scaled by 1/√fan-in.
+fn case_weights(graph: &Graph) -> MemoryWeights {
+    let mut weights = MemoryWeights::new();
+    for (i, (_, node)) in graph.weights().enumerate() {
+        let dims = node.ty.shape.dims();
+        let scale = 1.0 / (*dims.last().unwrap_or(&1) as f32).sqrt();
+        let t = filled(dims, 1000 + i as u32);
+        let data: Vec<f32> = t.to_f32_vec().iter().map(|v| v * scale).collect();
+        weights.insert(&node.name, CpuTensor::from_vec(dims.to_vec(), data));
+    }
+    weights
+}
+
+/// `cosmos --tp N` / `cosmos_medium --tp N`: the transformer on N tensor-parallel ranks (threads
+/// over the in-process collective), each with `threads` threads; every run starts all ranks
+/// at once and times rank 0's forward.
+fn tensor_parallel(name: &str, ranks: usize, threads: usize, runs: usize) {
+    use orrery_parallel::Collective;
+    let sessions: Vec<Session> = (0..ranks)
+        .map(|rank| {
+            let (graph, _) = cosmos_case(name == "cosmos_medium", Shard { rank, ranks }).expect("a divisible layout");
+            let weights = Arc::new(case_weights(&graph));
+            let plan = orrery_compiler::compile(graph).expect("valid case graph");
+            Session::new(plan, weights, threads).expect("thread pool")
+        })
+        .collect();
+    let (_, inputs) = cosmos_case(name == "cosmos_medium", Shard::WHOLE).expect("case");
+    let feed = feed(&inputs);
+    let comms = orrery_parallel::InProcessGroup::ranks(ranks);
+    let times: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = sessions
+            .iter()
+            .zip(comms)
+            .map(|(session, mut comm)| {
+                let feed = &feed;
+                s.spawn(move || {
+                    let mut per_kernel = vec![0.0; session.plan().kernels.len()];
+                    let times = (0..=runs)
+                        .map(|i| {
+                            let stats = session.run_parallel(feed.clone(), &mut comm).expect("case runs").1;
+                            if i > 0 {
+                                per_kernel.iter_mut().zip(&stats.kernel_seconds).for_each(|(a, b)| *a += b / runs as f64);
+                            }
+                            stats.seconds
+                        })
+                        .collect::<Vec<f64>>();
+                    // ORRERY_PROFILE=1: rank 0's mean time per kernel group (op), slowest first.
+                    if comm.rank() == 0 && std::env::var_os("ORRERY_PROFILE").is_some() {
+                        let mut by_op: HashMap<String, f64> = HashMap::new();
+                        for (k, t) in session.plan().kernels.iter().zip(&per_kernel) {
+                            *by_op.entry(k.op.split('{').next().unwrap_or("").to_string()).or_default() += t;
+                        }
+                        let mut rows: Vec<_> = by_op.into_iter().collect();
+                        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+                        for (op, t) in rows {
+                            eprintln!("{:>9.3} ms  {op}", t * 1e3);
+                        }
+                    }
+                    times
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("rank")).collect()
+    });
+    let times = times[0][1..].to_vec();
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    println!(
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"tp\": {ranks}, \"threads_per_rank\": {threads}, \"median_s\": {median:.6}, \"runs_s\": {times:?}}}"
+    );
 }
 
 /// `N` (N³) or `MxKxN`.
@@ -330,22 +418,19 @@ fn main() {
     if let Some(mib) = name.strip_prefix("copy").and_then(|s| s.parse::<usize>().ok()) {
         return copy_bandwidth(mib, threads, runs);
     }
+    let tp: usize = flag("--tp").unwrap_or(1);
+    if tp > 1 {
+        return tensor_parallel(&name, tp, threads, runs);
+    }
     let Some((graph, inputs)) = case(&name) else {
         eprintln!(
             "unknown case `{name}`: use gemm<N>, gemm<M>x<K>x<N>, gemv<M>, attn<L>, attn<H>x<D>_<L>, xattn<Lq>_<Lk>, \
-             conv, conv133_<C>_<T>x<H>x<W>, conv311_<C>_<T>x<H>x<W>, dit, cosmos, t5, vae_decode or vae_encode"
+             conv, conv133_<C>_<T>x<H>x<W>, conv311_<C>_<T>x<H>x<W>, dit, cosmos, cosmos_medium, t5, vae_decode or vae_encode"
         );
         std::process::exit(2);
     };
-    // Weights (the DiT cases have some): deterministic values scaled by 1/√fan-in.
-    let mut weights = MemoryWeights::new();
-    for (i, (_, node)) in graph.weights().enumerate() {
-        let dims = node.ty.shape.dims();
-        let scale = 1.0 / (*dims.last().unwrap_or(&1) as f32).sqrt();
-        let t = filled(dims, 1000 + i as u32);
-        let data: Vec<f32> = t.to_f32_vec().iter().map(|v| v * scale).collect();
-        weights.insert(&node.name, CpuTensor::from_vec(dims.to_vec(), data));
-    }
+    // Weights (the DiT cases have some).
+    let weights = case_weights(&graph);
     let passes = if name.ends_with("_unfused") { Passes::None } else { Passes::Fuse };
     let options = CompileOptions { passes, ..CompileOptions::default() };
     let weights = Arc::new(weights);

@@ -12,6 +12,15 @@ pub enum RuntimeError {
     Weight { name: String, reason: String },
     #[error("kernel `{node}` failed: {source}")]
     Kernel { node: String, source: orrery_cpu::CpuError },
+    /// A collective of a parallel plan failed (another rank failed, hung or left).
+    #[error("`{node}`: {source}")]
+    Collective { node: String, source: orrery_parallel::CollectiveError },
+    /// A parallel plan was run without its ranks.
+    #[error(
+        "`{node}` sums over the ranks of a parallel run, but the session was run alone: run a tensor-parallel \
+         plan on every rank with Session::run_parallel"
+    )]
+    NoCollective { node: String },
     #[error("chunked run: {reason}")]
     Chunks { reason: String },
     #[error("weight stream: {0}")]

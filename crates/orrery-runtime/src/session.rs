@@ -3,7 +3,8 @@
 use crate::{RuntimeError, StreamCursor, WeightResolver};
 use orrery_compiler::Plan;
 use orrery_cpu::CpuTensor;
-use orrery_ir::{NodeKind, RefTensor};
+use orrery_ir::{NodeKind, OpFamily, RefTensor};
+use orrery_parallel::{Collective, CollectiveError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -75,7 +76,7 @@ impl Session {
         &self,
         inputs: HashMap<String, CpuTensor>,
     ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
-        self.run_inner(inputs, None)
+        self.run_inner(inputs, None, None)
     }
 
     /// [`Session::run_owned`] with the weights coming from a [`WeightStream`](crate::WeightStream)
@@ -87,13 +88,24 @@ impl Session {
         inputs: HashMap<String, CpuTensor>,
         cursor: &StreamCursor<'_>,
     ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
-        self.run_inner(inputs, Some(cursor))
+        self.run_inner(inputs, Some(cursor), None)
+    }
+
+    /// [`Session::run_owned`] for one rank of a parallel plan: its [`Op::AllReduce`] kernels
+    /// sum over `comm`'s ranks, which must run the same plan shape in step.
+    pub fn run_parallel(
+        &self,
+        inputs: HashMap<String, CpuTensor>,
+        comm: &mut dyn Collective,
+    ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
+        self.run_inner(inputs, None, Some(comm))
     }
 
     fn run_inner(
         &self,
         mut inputs: HashMap<String, CpuTensor>,
         cursor: Option<&StreamCursor<'_>>,
+        mut comm: Option<&mut dyn Collective>,
     ) -> Result<(HashMap<String, CpuTensor>, RunStats), RuntimeError> {
         let graph = &self.plan.graph;
         for name in inputs.keys() {
@@ -128,49 +140,69 @@ impl Session {
         }
         let plan = &self.plan;
         let weight_nodes: Vec<bool> = graph.nodes().iter().map(|n| matches!(n.kind, NodeKind::Weight)).collect();
-        self.pool.install(|| -> Result<(), RuntimeError> {
-            for (k, kernel) in plan.kernels.iter().enumerate() {
-                for &input in &kernel.inputs {
-                    if values[input.0].is_none() {
-                        let node = graph.node(input);
-                        let t = match cursor {
-                            Some(c) if weight_nodes[input.0] => c.weight(input, &node.ty, &node.name)?,
-                            _ => {
-                                let (t, bytes) = self.weight(input.0)?;
-                                stats.weights_resolved_bytes += bytes;
-                                t
-                            }
-                        };
-                        values[input.0] = Some(t);
-                    }
-                }
-                let node = graph.node(kernel.node);
-                let op = node.op().expect("kernels are op nodes");
-                let args: Vec<&CpuTensor> =
-                    kernel.inputs.iter().map(|i| values[i.0].as_ref().expect("bound above")).collect();
-                let started = Instant::now();
-                let mut out = orrery_cpu::execute(op, &args, &node.ty)
-                    .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?;
-                if op.is_view() && !kernel.is_view {
-                    // The plan gives this view a buffer of its own (a narrow graph output):
-                    // copy it, so the buffer it views can be freed at its last use.
-                    out = out.compact();
-                }
-                stats.kernel_seconds.push(started.elapsed().as_secs_f64());
-                values[kernel.node.0] = Some(out);
-                stats.peak_live_bytes = stats.peak_live_bytes.max(live_bytes(&values, &weight_nodes));
-                for freed in &kernel.frees {
-                    values[freed.0] = None;
-                }
-                if let Some(c) = cursor {
-                    for released in c.releases(k) {
-                        values[released.0] = None;
-                    }
-                    c.finished(k);
+        let is_collective =
+            |k: usize| graph.node(plan.kernels[k].node).op().is_some_and(|op| op.family() == OpFamily::Collective);
+        let mut run = |k: usize, comm: Option<&mut dyn Collective>| -> Result<(), RuntimeError> {
+            let kernel = &plan.kernels[k];
+            for &input in &kernel.inputs {
+                if values[input.0].is_none() {
+                    let node = graph.node(input);
+                    let t = match cursor {
+                        Some(c) if weight_nodes[input.0] => c.weight(input, &node.ty, &node.name)?,
+                        _ => {
+                            let (t, bytes) = self.weight(input.0)?;
+                            stats.weights_resolved_bytes += bytes;
+                            t
+                        }
+                    };
+                    values[input.0] = Some(t);
                 }
             }
+            let node = graph.node(kernel.node);
+            let op = node.op().expect("kernels are op nodes");
+            let args: Vec<&CpuTensor> =
+                kernel.inputs.iter().map(|i| values[i.0].as_ref().expect("bound above")).collect();
+            let started = Instant::now();
+            let mut out = match comm {
+                Some(comm) => all_reduce(args[0], comm)
+                    .map_err(|source| RuntimeError::Collective { node: node.name.clone(), source })?,
+                None => orrery_cpu::execute(op, &args, &node.ty)
+                    .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?,
+            };
+            if op.is_view() && !kernel.is_view {
+                // The plan gives this view a buffer of its own (a narrow graph output):
+                // copy it, so the buffer it views can be freed at its last use.
+                out = out.compact();
+            }
+            stats.kernel_seconds.push(started.elapsed().as_secs_f64());
+            values[kernel.node.0] = Some(out);
+            stats.peak_live_bytes = stats.peak_live_bytes.max(live_bytes(&values, &weight_nodes));
+            for freed in &kernel.frees {
+                values[freed.0] = None;
+            }
+            if let Some(c) = cursor {
+                for released in c.releases(k) {
+                    values[released.0] = None;
+                }
+                c.finished(k);
+            }
             Ok(())
-        })?;
+        };
+        // The kernels between two collectives run on the pool; each collective runs here, on
+        // the caller's thread, which owns the rank's communicator (an MPI handle stays on the
+        // thread that made it).
+        let mut k = 0;
+        while k < plan.kernels.len() {
+            let end = (k..plan.kernels.len()).find(|&i| is_collective(i)).unwrap_or(plan.kernels.len());
+            self.pool.install(|| (k..end).try_for_each(|i| run(i, None)))?;
+            if end < plan.kernels.len() {
+                let Some(comm) = comm.as_deref_mut() else {
+                    return Err(RuntimeError::NoCollective { node: graph.node(plan.kernels[end].node).name.clone() });
+                };
+                run(end, Some(comm))?;
+            }
+            k = end + 1;
+        }
         if let Some(c) = cursor {
             c.done(plan.kernels.len())?;
         }
@@ -218,6 +250,13 @@ fn live_bytes(values: &[Option<CpuTensor>], weight_nodes: &[bool]) -> u64 {
         .filter(|t| seen.insert(Arc::as_ptr(t.buffer())))
         .map(|t| t.buffer().owned_bytes() as u64)
         .sum()
+}
+
+/// `x` summed over `comm`'s ranks ([`orrery_ir::Op::AllReduce`]).
+fn all_reduce(x: &CpuTensor, comm: &mut dyn Collective) -> Result<CpuTensor, CollectiveError> {
+    let mut data = x.to_f32_vec();
+    comm.all_reduce_sum(&mut data)?;
+    Ok(CpuTensor::from_vec(x.shape().to_vec(), data))
 }
 
 fn constant_tensor(c: &RefTensor) -> CpuTensor {

@@ -33,6 +33,7 @@ fn block_graph() -> Graph {
         text_dim: 32,
         adaln_lora_dim: 16,
         qk_norm_eps: 1e-5,
+        shard: orrery_models::Shard::WHOLE,
     };
     let (batch, len, text_len) = (BATCH, LEN, TEXT_LEN);
     let mut b = GraphBuilder::new();

@@ -22,7 +22,7 @@ use jobs::{Job, Outputs};
 use orrery_cpu::CpuTensor;
 use orrery_pipeline::{
     resolve_model, standard_normal, video_frames_u8, CfgParallel, Condition, CosmosPipeline, GenerateRequest,
-    MemoryBudget, PipelineError, RunSize, SamplerKind,
+    MemoryBudget, PipelineError, RunSize, SamplerKind, TensorParallel,
 };
 use orrery_runtime::{peak_rss_bytes, resolve_threads, Prefetch};
 use progress::{Progress, StageTimes};
@@ -135,6 +135,12 @@ pub struct GenerateArgs {
     /// half of --threads (bit-identical output; needs the weights resident).
     #[arg(long)]
     cfg_parallel: bool,
+    /// Run every transformer evaluation on N tensor-parallel ranks (Megatron-style: each has
+    /// 1/N of the attention heads and MLP width and reads only that part of the weights), N
+    /// in-process ranks each with --threads / N threads, or the N processes of
+    /// `mpirun -np N`. Within 1e-5 of one rank; needs the weights resident.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    tp: u64,
     /// Write a Chrome/Perfetto trace of the run (compute, weight loads, waits) to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -164,6 +170,7 @@ struct Settings {
     threads: usize,
     memory: Option<MemoryBudget>,
     cfg_parallel: bool,
+    tp: usize,
     model_label: String,
     model_dir: PathBuf,
 }
@@ -262,6 +269,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         threads,
         memory: None,
         cfg_parallel: args.cfg_parallel,
+        tp: args.tp as usize,
         model_label: args.model.clone().unwrap_or_else(|| "built-in tiny random pipeline".into()),
         model_dir,
     };
@@ -335,14 +343,23 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let settings = Settings { memory: budget, ..settings };
     // Under mpirun: this process's rank and the collective joining it to the others.
     let launch = ranks::detect();
+    let layout = ranks::Layout { cfg: args.cfg_parallel, tp: settings.tp };
+    if layout.cfg && layout.tp > 1 {
+        bail!("--cfg-parallel and --tp together are not supported yet: choose one");
+    }
     let comm = match launch {
-        Some(l) => Some(ranks::connect(l, args.cfg_parallel, args.batch.is_some())?),
+        Some(l) => Some(ranks::connect(l, layout, args.batch.is_some())?),
         None => None,
     };
-    let cfg = match (&comm, args.cfg_parallel) {
-        (Some(c), _) => CfgParallel::Ranks(c),
+    let cfg = match (&comm, layout.cfg) {
+        (Some(c), true) => CfgParallel::Ranks(c),
         (None, true) => CfgParallel::InProcess,
-        (None, false) => CfgParallel::Off,
+        (_, false) => CfgParallel::Off,
+    };
+    let tp = match (&comm, layout.tp) {
+        (_, 1) => TensorParallel::Off,
+        (Some(c), _) => TensorParallel::Ranks(c),
+        (None, n) => TensorParallel::InProcess(n),
     };
     let serving = launch.is_some_and(|l| l.rank != 0);
     let stop = crate::interrupt::install();
@@ -351,9 +368,12 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let mut failures = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         let label = if jobs.len() > 1 { format!("[{}/{}] ", i + 1, jobs.len()) } else { String::new() };
-        let label = if serving { format!("rank 1: {label}") } else { label };
+        let label = match launch {
+            Some(l) if serving => format!("rank {}: {label}", l.rank),
+            _ => label,
+        };
         let progress = Progress::new(label);
-        match run_job(&pipeline, &settings, job, &progress, stop, cfg, serving) {
+        match run_job(&pipeline, &settings, job, &progress, stop, (cfg, tp), serving) {
             Ok(report) => {
                 if jobs.len() > 1 {
                     progress.line(&format!(
@@ -384,7 +404,10 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let peak = peak_rss_bytes().unwrap_or(0);
     if serving {
         // Rank 0 reports the run and writes its outputs.
-        eprintln!("orrery: rank 1 served the unconditional branch in {}", human_time(seconds));
+        let rank = launch.map_or(0, |l| l.rank);
+        let what =
+            if layout.tp > 1 { "its tensor-parallel shard of every evaluation" } else { "the unconditional branch" };
+        eprintln!("orrery: rank {rank} ran {what} in {}", human_time(seconds));
         return Ok(ExitCode::SUCCESS);
     }
     if args.json {
@@ -408,7 +431,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
                 "flops": estimate.flops(), "estimated_memory_bytes": estimate.memory_bytes, "peak_rss_bytes": peak,
                 "steps": settings.steps, "frames": settings.frames, "height": settings.height, "width": settings.width,
                 "fps": settings.fps, "sampler": settings.sampler_name(), "threads": threads,
-                "cfg_parallel": settings.cfg_parallel, "ranks": launch.map_or(1, |l| l.size),
+                "cfg_parallel": settings.cfg_parallel, "tp": settings.tp, "ranks": launch.map_or(1, |l| l.size),
                 "compiled_plans": pipeline.compiled_plans(),
                 "plan_cache": crate::plan_cache::stats_json(&pipeline),
                 "memory": memory::plan_json(&memory_plan, budget),
@@ -466,15 +489,16 @@ fn job_noise(job: &Job, latent: &[usize]) -> Result<JobNoise> {
     Ok(JobNoise { noise, injected })
 }
 
-/// Runs one job; `serving`: this is CFG rank 1 of an mpirun launch, which computes the
-/// unconditional branch for rank 0 and writes nothing.
+/// Runs one job; `serving`: this is a rank other than 0 of an mpirun launch, which computes
+/// the unconditional branch (CFG) or its shard of every evaluation (TP) for rank 0 and writes
+/// nothing.
 fn run_job(
     pipeline: &CosmosPipeline,
     s: &Settings,
     job: &Job,
     progress: &Progress,
     stop: &AtomicBool,
-    cfg: CfgParallel<'_>,
+    (cfg, tp): (CfgParallel<'_>, TensorParallel<'_>),
     serving: bool,
 ) -> Result<JobReport, JobFailure> {
     let prepare_started = Instant::now();
@@ -534,9 +558,13 @@ fn run_job(
         memory: s.memory,
         stop: Some(stop),
         cfg_parallel: cfg,
+        tensor_parallel: tp,
     };
     if serving {
-        pipeline.serve_uncond(&request)?;
+        match tp {
+            TensorParallel::Off => pipeline.serve_uncond(&request)?,
+            _ => pipeline.follow_tensor_parallel(&request)?,
+        }
         let measured = serde_json::Value::Null;
         return Ok(JobReport { times: progress.times(), written: Vec::new(), stream: None, measured });
     }

@@ -1,6 +1,7 @@
 //! Runs across processes: `mpirun -np 2 orrery generate --cfg-parallel …` puts the two guidance
 //! branches on two processes (rank 0 runs the pipeline and writes the outputs, rank 1 serves
-//! the unconditional branch). MPI support is the `mpi` cargo feature (the system's OpenMPI);
+//! the unconditional branch); `mpirun -np N orrery generate --tp N …` runs every transformer
+//! evaluation on N processes, each with its shard (rank 0 runs the rest of the pipeline). MPI support is the `mpi` cargo feature (the system's OpenMPI);
 //! a binary built without it refuses to run under `mpirun` rather than run the job twice.
 
 use anyhow::{bail, Result};
@@ -23,20 +24,34 @@ pub fn detect() -> Option<Launch> {
     (size > 1).then_some(Launch { rank, size })
 }
 
-/// The collective of an `mpirun` launch, checked against the flags.
-pub fn connect(launch: Launch, cfg_parallel: bool, batch: bool) -> Result<RefCell<Box<dyn Collective>>> {
-    if !cfg_parallel {
-        bail!(
+/// The parallel layout the flags ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// `--cfg-parallel`: the guidance branches on 2 ranks.
+    pub cfg: bool,
+    /// `--tp N`: each transformer evaluation on N ranks.
+    pub tp: usize,
+}
+
+/// The collective of an `mpirun` launch, checked against the flags: one process per rank of
+/// the layout.
+pub fn connect(launch: Launch, layout: Layout, batch: bool) -> Result<RefCell<Box<dyn Collective>>> {
+    let ranks = match layout {
+        Layout { cfg: true, .. } => 2,
+        Layout { tp, .. } if tp > 1 => tp,
+        _ => bail!(
             "orrery runs under mpirun with {} processes but no parallel layout was given: pass --cfg-parallel \
-             (2 processes), or run a single process",
+             (2 processes) or --tp {} (one process per rank), or run a single process",
+            launch.size,
             launch.size
-        );
-    }
-    if launch.size != 2 {
-        bail!("--cfg-parallel runs on 2 processes, mpirun started {}: use mpirun -np 2", launch.size);
+        ),
+    };
+    if launch.size != ranks {
+        let flag = if layout.cfg { "--cfg-parallel".to_string() } else { format!("--tp {ranks}") };
+        bail!("{flag} runs on {ranks} processes, mpirun started {}: use mpirun -np {ranks}", launch.size);
     }
     if batch {
-        bail!("--batch is not supported across processes yet: run the batch in one process (--cfg-parallel alone)");
+        bail!("--batch is not supported across processes yet: run the batch in one process");
     }
     open()
 }

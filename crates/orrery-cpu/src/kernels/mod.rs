@@ -26,6 +26,12 @@ pub fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTe
         OpFamily::Conv => conv::execute(op, inputs, out),
         OpFamily::Fused => fused::execute(op, inputs, out),
         OpFamily::Epilogue => epilogue::execute(op, inputs, out),
+        OpFamily::Collective => {
+            return Err(CpuError::kernel(
+                op,
+                "needs the ranks of a parallel run: the runtime's session executes it through a collective",
+            ))
+        }
     }?;
     debug_assert_eq!(result.shape(), out.shape.dims(), "{op} produced a wrong shape");
     debug_assert_eq!(result.dtype(), out.dtype, "{op} produced a wrong dtype");

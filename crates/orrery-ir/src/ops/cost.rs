@@ -88,6 +88,9 @@ impl Op {
                     }
             }
             Op::Cast { .. } => out_n,
+            // One add per element and other rank (their count is the run's, not the op's:
+            // counted as one); the link's bytes are the parallel layout's business.
+            Op::AllReduce => out_n,
             // Data movement only.
             op => {
                 debug_assert_eq!(op.family(), OpFamily::Layout);

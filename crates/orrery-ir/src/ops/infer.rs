@@ -70,7 +70,7 @@ impl Op {
     /// Infers the output type from the input types, or explains why the inputs are invalid.
     pub fn infer(&self, inputs: &[TensorType]) -> Result<TensorType, String> {
         match self {
-            Op::Unary(_) | Op::Clamp { .. } => {
+            Op::Unary(_) | Op::Clamp { .. } | Op::AllReduce => {
                 want_inputs(inputs, 1..=1)?;
                 want_f32(&inputs[0], "input")?;
                 Ok(inputs[0].clone())

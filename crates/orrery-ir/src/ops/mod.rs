@@ -211,6 +211,9 @@ pub enum OpFamily {
     /// A matmul, linear, convolution, normalisation or rotary op followed by an elementwise
     /// program over its output ([`Op::Epilogue`]).
     Epilogue,
+    /// Communication among the ranks running one parallel plan ([`Op::AllReduce`]): no
+    /// backend kernel computes it; the runtime hands it to the run's collective.
+    Collective,
 }
 
 /// An operator with its parameters. Inputs are positional; each variant documents them.
@@ -355,6 +358,11 @@ pub enum Op {
     /// Each step rounds to f32 as in [`Op::Fused`], so the result equals running the base op,
     /// the reshape, the program and the permute, bit for bit, when the kernels agree.
     Epilogue { base: Box<Op>, program: FusedProgram, view: Option<Vec<usize>>, perm: Option<Vec<usize>> },
+    /// Tensor parallelism's reduction: x f32 (this rank's partial sum, e.g. a row-parallel
+    /// linear's output) summed element-wise over every rank of the plan's group, in rank
+    /// order; y f32, x's shape, the same bits on every rank. Executed by the runtime through
+    /// the run's collective (one rank alone: y = x).
+    AllReduce,
 }
 
 impl Op {
@@ -440,6 +448,7 @@ impl Op {
             Op::Arange { .. } => "arange",
             Op::Fused(_) => "fused",
             Op::Epilogue { .. } => "epilogue",
+            Op::AllReduce => "all_reduce",
         }
     }
 
@@ -471,6 +480,7 @@ impl Op {
             Op::Conv(_) | Op::ConvTranspose(_) | Op::Pool(_) | Op::Resize { .. } => OpFamily::Conv,
             Op::Fused(_) => OpFamily::Fused,
             Op::Epilogue { .. } => OpFamily::Epilogue,
+            Op::AllReduce => OpFamily::Collective,
         }
     }
 
@@ -560,7 +570,7 @@ impl fmt::Display for Op {
                 }
                 f.write_str("}")
             }
-            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Embedding => Ok(()),
+            Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Embedding | Op::AllReduce => Ok(()),
         }
     }
 }

@@ -12,8 +12,14 @@
 //! ```
 //! No linear has a bias. Weight names are the diffusers keys under `prefix`
 //! (`transformer_blocks.{i}`); see `shared/cosmos-reference.md` §3.2 and §3.5.
+//!
+//! Tensor-parallel (`DitBlockConfig::shard`, rank r of N): each rank keeps heads
+//! `r·H/N..(r+1)·H/N` — rows of `to_q/to_k/to_v`, the matching columns of `to_out.0` — and
+//! rows `r·F/N..` of `ff.net.0.proj` with those columns of `ff.net.2`; each `to_out.0` and
+//! `ff.net.2` output is then a partial sum, completed by an all-reduce. The AdaLN
+//! modulations and norms are replicated.
 
-use crate::{ModelError, WeightTypes};
+use crate::{ModelError, Shard, WeightTypes};
 use orrery_ir::{AttentionMask, DType, GraphBuilder, NodeId, Op, RopeStyle, UnaryOp};
 
 /// Sizes of one block.
@@ -31,6 +37,17 @@ pub struct DitBlockConfig {
     pub adaln_lora_dim: usize,
     /// q/k RMSNorm epsilon: 1e-5 for diffusers checkpoints, 1e-6 for Predict1 `model.pt`.
     pub qk_norm_eps: f64,
+    /// The tensor-parallel part this graph computes ([`Shard::WHOLE`]: all of it); `heads`
+    /// and `mlp_hidden` divide by its rank count.
+    pub shard: Shard,
+}
+
+/// Completes a row-parallel linear's partial output over the ranks (nothing when whole).
+fn reduce(b: &mut GraphBuilder, shard: Shard, name: &str, y: NodeId) -> Result<NodeId, ModelError> {
+    if shard.is_whole() {
+        return Ok(y);
+    }
+    Ok(b.op(name, Op::AllReduce, &[y])?)
 }
 
 /// The block's operands. Shapes: `x` [B, L, D]; `emb` [B, D] (the normalised timestep
@@ -130,11 +147,13 @@ fn attention(
     rope: Option<(NodeId, NodeId)>,
     mask: Option<NodeId>,
 ) -> Result<NodeId, ModelError> {
-    let (d, heads, hd) = (cfg.dim, cfg.heads, cfg.head_dim);
+    let (d, hd, shard) = (cfg.dim, cfg.head_dim, cfg.shard);
+    // This rank's heads and their width.
+    let (heads, dl) = (cfg.heads / shard.ranks, cfg.heads / shard.ranks * hd);
     let (batch, len) = (b.dims(h)[0], b.dims(h)[1]);
     let (ctx_len, ctx_dim) = (b.dims(ctx)[1], b.dims(ctx)[2]);
     let project = |b: &mut GraphBuilder, name: &str, src: NodeId, src_len: usize, src_dim: usize, norm: bool| {
-        let wt = w.declare(b, &format!("{p}.to_{name}.weight"), &[d, src_dim])?;
+        let wt = w.declare_part(b, &format!("{p}.to_{name}.weight"), &[d, src_dim], shard.rows(d))?;
         let y = b.linear(&format!("{p}.to_{name}"), src, wt, None)?;
         let y = b.reshape(&format!("{p}.{name}_heads"), y, &[batch, src_len, heads, hd])?;
         let mut y = b.permute(&format!("{p}.{name}_bhld"), y, &[0, 2, 1, 3])?;
@@ -157,18 +176,21 @@ fn attention(
         Some(m) => b.op(&format!("{p}.sdpa"), Op::attention(scale, AttentionMask::Boolean), &[q, k, v, m])?,
     };
     let o = b.permute(&format!("{p}.o_blhd"), o, &[0, 2, 1, 3])?;
-    let o = b.reshape(&format!("{p}.o_merge"), o, &[batch, len, d])?;
-    let wo = w.declare(b, &format!("{p}.to_out.0.weight"), &[d, d])?;
-    Ok(b.linear(&format!("{p}.to_out.0"), o, wo, None)?)
+    let o = b.reshape(&format!("{p}.o_merge"), o, &[batch, len, dl])?;
+    let wo = w.declare_part(b, &format!("{p}.to_out.0.weight"), &[d, d], shard.cols(d))?;
+    let y = b.linear(&format!("{p}.to_out.0"), o, wo, None)?;
+    reduce(b, shard, &format!("{p}.to_out.0.all_reduce"), y)
 }
 
 /// `ff.net.2(gelu(ff.net.0.proj(h)))`, exact GELU, no biases.
 fn mlp(b: &mut GraphBuilder, w: &WeightTypes, p: &str, cfg: &DitBlockConfig, h: NodeId) -> Result<NodeId, ModelError> {
-    let w1 = w.declare(b, &format!("{p}.net.0.proj.weight"), &[cfg.mlp_hidden, cfg.dim])?;
-    let w2 = w.declare(b, &format!("{p}.net.2.weight"), &[cfg.dim, cfg.mlp_hidden])?;
+    let (f, shard) = (cfg.mlp_hidden, cfg.shard);
+    let w1 = w.declare_part(b, &format!("{p}.net.0.proj.weight"), &[f, cfg.dim], shard.rows(f))?;
+    let w2 = w.declare_part(b, &format!("{p}.net.2.weight"), &[cfg.dim, f], shard.cols(f))?;
     let up = b.linear(&format!("{p}.net.0.proj"), h, w1, None)?;
     let act = b.unary(&format!("{p}.net.0.gelu"), UnaryOp::GeluErf, up)?;
-    Ok(b.linear(&format!("{p}.net.2"), act, w2, None)?)
+    let y = b.linear(&format!("{p}.net.2"), act, w2, None)?;
+    reduce(b, shard, &format!("{p}.net.2.all_reduce"), y)
 }
 
 #[cfg(test)]
@@ -185,6 +207,7 @@ mod tests {
             text_dim: 48,
             adaln_lora_dim: 8,
             qk_norm_eps: 1e-5,
+            shard: Shard::WHOLE,
         };
         let mut b = GraphBuilder::new();
         let (batch, len, text_len) = (2, 10, 7);

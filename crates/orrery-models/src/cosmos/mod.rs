@@ -9,11 +9,11 @@ mod vae;
 pub use config::CosmosDitConfig;
 pub use dit_block::{dit_block, DitBlockConfig, DitBlockInputs};
 pub use latent_stats::{latent_statistics, LatentStatistics};
-pub use transformer::{transformer_graph, CosmosDitShapes};
+pub use transformer::{transformer_graph, transformer_graph_sharded, CosmosDitShapes};
 pub use vae::{decoder_chunk_graph, decoder_graph, encoder_chunk_graph, encoder_graph, CosmosVaeConfig, TemporalChunk};
 
 use crate::component::check_method;
-use crate::{Component, ComponentConfig, InputKind, InputSpec, ModelError, WeightTypes};
+use crate::{Component, ComponentConfig, InputKind, InputSpec, ModelError, Shard, WeightTypes};
 use orrery_ir::{DType, Graph};
 use std::collections::BTreeMap;
 
@@ -63,8 +63,31 @@ impl Component for CosmosTransformer3D {
         shapes: &BTreeMap<String, Vec<usize>>,
         weights: &WeightTypes,
     ) -> Result<Graph, ModelError> {
+        self.build_sharded(method, shapes, weights, Shard::WHOLE)
+    }
+
+    fn build_sharded(
+        &self,
+        method: &str,
+        shapes: &BTreeMap<String, Vec<usize>>,
+        weights: &WeightTypes,
+        shard: Shard,
+    ) -> Result<Graph, ModelError> {
         check_method(self, method)?;
         let c = &self.config;
+        let n = shard.ranks;
+        if n == 0 || shard.rank >= n || !c.num_attention_heads.is_multiple_of(n) || !c.mlp_hidden().is_multiple_of(n) {
+            return Err(ModelError::Parallel {
+                class: self.class_name().to_string(),
+                reason: format!(
+                    "cannot run as rank {} of {n} tensor-parallel ranks: its {} heads and MLP width {} must divide by \
+                     the rank count (choose --tp among the common divisors)",
+                    shard.rank,
+                    c.num_attention_heads,
+                    c.mlp_hidden()
+                ),
+            });
+        }
         let bad = |name: &str, got: &[usize], expected: String| ModelError::InputShape {
             name: name.into(),
             got: got.to_vec(),
@@ -139,9 +162,9 @@ impl Component for CosmosTransformer3D {
         if weights.contains(&predict1_key("patch_embed.proj.weight")) {
             let renamed = WeightTypes::Renamed { inner: weights, rename: &predict1_key };
             let c = CosmosDitConfig { qk_norm_eps: 1e-6, ..c.clone() };
-            return transformer_graph(&c, &renamed, &s);
+            return transformer_graph_sharded(&c, &renamed, &s, shard);
         }
-        transformer_graph(c, weights, &s)
+        transformer_graph_sharded(c, weights, &s, shard)
     }
 
     fn config_dtype(&self) -> Option<DType> {

@@ -14,7 +14,7 @@
 
 use super::config::CosmosDitConfig;
 use super::dit_block::{dit_block, DitBlockConfig, DitBlockInputs};
-use crate::{ModelError, WeightTypes};
+use crate::{ModelError, Shard, WeightTypes};
 use orrery_ir::{CompareOp, DType, GraphBuilder, NodeId, Op, ReduceOp, RefTensor, ResizeMode, UnaryOp};
 
 /// The shapes one forward is built for.
@@ -42,6 +42,19 @@ pub fn transformer_graph(
     c: &CosmosDitConfig,
     w: &WeightTypes,
     s: &CosmosDitShapes,
+) -> Result<orrery_ir::Graph, ModelError> {
+    transformer_graph_sharded(c, w, s, Shard::WHOLE)
+}
+
+/// [`transformer_graph`] for rank `shard.rank` of a tensor-parallel group: the blocks'
+/// attention heads and MLP width are split (see `dit_block.rs`); everything else is computed
+/// on every rank, so every rank's `sample` is the whole output. The caller checked that the
+/// heads and MLP width divide by the rank count.
+pub fn transformer_graph_sharded(
+    c: &CosmosDitConfig,
+    w: &WeightTypes,
+    s: &CosmosDitShapes,
+    shard: Shard,
 ) -> Result<orrery_ir::Graph, ModelError> {
     let [batch, _, frames, height, width] = s.latent;
     let [pt, ph, pw] = c.patch_size;
@@ -138,6 +151,7 @@ pub fn transformer_graph(
         text_dim: c.text_embed_dim,
         adaln_lora_dim: c.adaln_lora_dim,
         qk_norm_eps: c.qk_norm_eps,
+        shard,
     };
     for i in 0..c.num_layers {
         let inputs = DitBlockInputs { x, emb, temb, text, text_mask, rope_cos, rope_sin, pos_emb };

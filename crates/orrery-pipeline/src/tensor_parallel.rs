@@ -1,0 +1,170 @@
+//! Tensor parallelism: every transformer evaluation runs on N ranks at once, each with its
+//! shard of the blocks' attention heads and MLP width (`orrery_models::Shard`), its partial
+//! sums completed by the plan's all-reduces.
+//!
+//! Rank 0 (the caller's thread) runs the whole pipeline. For each transformer evaluation it
+//! broadcasts the evaluation's inputs (every graph input, in name order, plus a marker), then
+//! every rank runs its shard's session through the same collective; every rank ends with the
+//! whole output (the all-reduces give all ranks the same bits), and rank 0 goes on with it.
+//! The other ranks ([`follow`]) only evaluate, until an empty broadcast ends them. The ranks
+//! are threads of this process ([`Followers::spawn`]) or processes (`mpirun`, each calling
+//! `CosmosPipeline::follow_tensor_parallel`). A failing rank aborts the group with its error,
+//! so the others fail naming it instead of waiting.
+
+use crate::PipelineError;
+use orrery_cpu::CpuTensor;
+use orrery_ir::{DType, NodeKind};
+use orrery_parallel::{Collective, InProcessComm};
+use orrery_runtime::{RunStats, Session};
+use std::collections::HashMap;
+
+/// Where the transformer's evaluations run.
+#[derive(Clone, Copy, Default)]
+pub enum TensorParallel<'a> {
+    /// On one rank, here.
+    #[default]
+    Off,
+    /// On this many ranks of this process, `threads` split between them.
+    InProcess(usize),
+    /// On the ranks of a collective (e.g. MPI processes): rank 0 calls
+    /// [`crate::CosmosPipeline::generate`] and gets the video, every other rank calls
+    /// [`crate::CosmosPipeline::follow_tensor_parallel`] with the same request.
+    Ranks(&'a std::cell::RefCell<dyn Collective + 'static>),
+}
+
+impl TensorParallel<'_> {
+    /// How many ranks share each evaluation (1 when off).
+    pub fn ranks(&self) -> usize {
+        match self {
+            TensorParallel::Off => 1,
+            TensorParallel::InProcess(n) => *n,
+            TensorParallel::Ranks(comm) => comm.borrow().size(),
+        }
+    }
+}
+
+/// The graph inputs of a plan in name order with their shapes: how one evaluation's inputs
+/// travel as one f32 message.
+pub(crate) struct InputLayout(Vec<(String, Vec<usize>)>);
+
+impl InputLayout {
+    /// Refused when an input is not f32 (the transformer's are).
+    pub(crate) fn of(session: &Session) -> Result<InputLayout, PipelineError> {
+        let graph = &session.plan().graph;
+        let mut inputs = Vec::new();
+        for node in graph.nodes().iter().filter(|n| matches!(n.kind, NodeKind::Input)) {
+            if node.ty.dtype != DType::F32 {
+                return Err(PipelineError::Invalid(format!(
+                    "tensor parallelism sends f32 inputs, but `{}` is {}",
+                    node.name, node.ty
+                )));
+            }
+            inputs.push((node.name.clone(), node.ty.shape.dims().to_vec()));
+        }
+        inputs.sort();
+        Ok(InputLayout(inputs))
+    }
+
+    fn pack(&self, inputs: &HashMap<String, CpuTensor>) -> Result<Vec<f32>, PipelineError> {
+        let mut message = Vec::with_capacity(self.0.iter().map(|(_, s)| s.iter().product::<usize>()).sum());
+        for (name, shape) in &self.0 {
+            let t = inputs.get(name).ok_or_else(|| PipelineError::Invalid(format!("no input `{name}` to send")))?;
+            if t.shape() != shape.as_slice() {
+                return Err(PipelineError::Invalid(format!("input `{name}` is {:?}, the plan's {shape:?}", t.shape())));
+            }
+            message.extend(t.to_f32_vec());
+        }
+        Ok(message)
+    }
+
+    fn unpack(&self, message: &[f32]) -> Result<HashMap<String, CpuTensor>, PipelineError> {
+        let total: usize = self.0.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        if message.len() != total {
+            return Err(PipelineError::Invalid(format!(
+                "rank 0 sent {} input values, this rank's plan takes {total}: the ranks' plans differ",
+                message.len()
+            )));
+        }
+        let mut at = 0;
+        let mut inputs = HashMap::new();
+        for (name, shape) in &self.0 {
+            let n: usize = shape.iter().product();
+            inputs.insert(name.clone(), CpuTensor::from_vec(shape.clone(), message[at..at + n].to_vec()));
+            at += n;
+        }
+        Ok(inputs)
+    }
+}
+
+/// Rank 0's evaluation: sends `inputs` to the other ranks, then runs its own shard with them.
+pub(crate) fn lead_evaluation(
+    session: &Session,
+    layout: &InputLayout,
+    inputs: HashMap<String, CpuTensor>,
+    comm: &mut dyn Collective,
+) -> Result<(HashMap<String, CpuTensor>, RunStats), PipelineError> {
+    let mut message = layout.pack(&inputs)?;
+    // A marker, so that an evaluation is never an empty message (the end).
+    message.push(1.0);
+    comm.broadcast(&mut message, 0)?;
+    Ok(session.run_parallel(inputs, comm)?)
+}
+
+/// Rank 0 at the end of the run: ends the other ranks, or on an error aborts the group with it.
+pub(crate) fn finish<T>(comm: &mut dyn Collective, result: &Result<T, PipelineError>) {
+    match result {
+        Ok(_) => _ = comm.broadcast(&mut Vec::new(), 0),
+        Err(e) => comm.abort(&e.to_string()),
+    }
+}
+
+/// A rank other than 0: evaluates its shard for every input rank 0 sends, until the end.
+pub(crate) fn follow(session: &Session, comm: &mut dyn Collective) -> Result<(), PipelineError> {
+    let layout = InputLayout::of(session)?;
+    loop {
+        let mut message = Vec::new();
+        comm.broadcast(&mut message, 0)?;
+        if message.pop().is_none() {
+            return Ok(());
+        }
+        let result = layout.unpack(&message).and_then(|inputs| Ok(session.run_parallel(inputs, comm)?));
+        if let Err(e) = result {
+            comm.abort(&e.to_string());
+            return Err(e);
+        }
+    }
+}
+
+/// Ranks 1.. of an in-process group, each on a thread of its own with its session.
+pub(crate) struct Followers {
+    threads: Vec<std::thread::JoinHandle<Result<(), PipelineError>>>,
+}
+
+impl Followers {
+    /// Starts `sessions[i]` as rank `i + 1` on `comms[i]`.
+    pub(crate) fn spawn(sessions: Vec<Session>, comms: Vec<InProcessComm>) -> Result<Followers, PipelineError> {
+        let mut threads = Vec::new();
+        for (i, (session, mut comm)) in sessions.into_iter().zip(comms).enumerate() {
+            let thread = std::thread::Builder::new()
+                .name(format!("orrery-tp-rank-{}", i + 1))
+                .spawn(move || follow(&session, &mut comm))
+                .map_err(|e| PipelineError::Invalid(format!("starting tensor-parallel rank {}: {e}", i + 1)))?;
+            threads.push(thread);
+        }
+        Ok(Followers { threads })
+    }
+
+    /// Waits for every rank to end; the first failure, if any.
+    pub(crate) fn join(self) -> Result<(), PipelineError> {
+        let mut first = Ok(());
+        for (i, t) in self.threads.into_iter().enumerate() {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(PipelineError::Invalid(format!("tensor-parallel rank {} panicked", i + 1))));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
