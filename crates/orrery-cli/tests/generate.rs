@@ -516,15 +516,18 @@ fn cfg_parallel_writes_the_single_rank_tensors_and_video() {
     let (streamed, _, _) = generate("streamed", &["--cfg-parallel", "--memory-budget", "5MB"]);
     assert!(!streamed.status.success());
     assert!(stderr(&streamed).contains("--cfg-parallel"), "{}", stderr(&streamed));
-    // `--tp 2`: two in-process tensor-parallel ranks, within 1e-5 of one on the video.
-    let (tp, tp_dump, tp_video) = generate("tp", &["--tp", "2"]);
-    assert!(tp.status.success(), "{}", stderr(&tp));
-    let v: serde_json::Value = serde_json::from_slice(&tp.stdout).unwrap();
-    assert_eq!(v["tp"], 2);
-    let err = rel_err(&read_f32(&tp_dump, "decoded_raw").1, &read_f32(&one_dump, "decoded_raw").1);
-    assert!(err <= 1e-5, "--tp 2: {err:e}");
-    assert!(tp_video.exists());
+    // `--tp 2` / `--sp 2`: two in-process tensor- or sequence-parallel ranks, within 1e-5 of
+    // one on the video.
+    for flag in ["--tp", "--sp"] {
+        let (out, dump, video) = generate(&flag[2..], &[flag, "2"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[&flag[2..]], 2);
+        let err = rel_err(&read_f32(&dump, "decoded_raw").1, &read_f32(&one_dump, "decoded_raw").1);
+        assert!(err <= 1e-5, "{flag} 2: {err:e}");
+        assert!(video.exists());
+    }
     let (both, _, _) = generate("both", &["--tp", "2", "--cfg-parallel"]);
-    assert!(!both.status.success() && stderr(&both).contains("--tp"), "{}", stderr(&both));
+    assert!(!both.status.success() && stderr(&both).contains("cannot be combined"), "{}", stderr(&both));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,6 @@
 //! `mpirun -np 2 orrery generate --cfg-parallel`: the guidance branches on two processes give
-//! the single-process tensors and MP4 bit for bit; `--tp 2` on two processes (each with its
-//! shard of the transformer) gives them within 1e-5; a launch without a parallel layout, or
+//! the single-process tensors and MP4 bit for bit; `--tp 2` and `--sp 2` on two processes
+//! (each with its shard of the transformer's heads or tokens) give them within 1e-5; a launch without a parallel layout, or
 //! with one of another size, is refused instead of running the job twice. Needs the `mpi` feature and mpirun (skipped
 //! without mpirun unless `ORRERY_REQUIRE_MPI=1`, as in CI).
 
@@ -64,21 +64,24 @@ fn two_processes_give_the_single_process_video() {
         assert_eq!(bits("one"), bits("two"), "{name}");
     }
     assert_eq!(std::fs::read(dir.join("one.mp4")).unwrap(), std::fs::read(dir.join("two.mp4")).unwrap());
-    // Tensor parallelism over the two processes.
-    let tp = mpirun(&["--tp", "2"], "tp");
-    let log = format!("{}{}", String::from_utf8_lossy(&tp.stdout), stderr(&tp));
-    assert!(tp.status.success(), "{log}");
-    let v: serde_json::Value = serde_json::from_slice(&tp.stdout).unwrap();
-    assert_eq!((v["ranks"].as_u64(), v["tp"].as_u64()), (Some(2), Some(2)), "{v}");
-    assert!(log.contains("rank 1 ran its tensor-parallel shard"), "{log}");
-    for name in ["decoded_raw", "step1.latents"] {
-        let (one, tp) = (read_f32(&dir.join("one.safetensors"), name).1, read_f32(&dir.join("tp.safetensors"), name).1);
-        let err = common::rel_err(&tp, &one);
-        println!("--tp 2 over MPI, {name}: {err:.2e}");
-        // The latents carry the guidance's ×13 (see orrery-pipeline/tests/tensor_parallel.rs).
-        assert!(err <= if name == "decoded_raw" { 1e-5 } else { 13e-5 }, "{name}: {err:e}");
+    // Tensor and sequence parallelism over the two processes.
+    for (flag, tag, kind) in [("--tp", "tp", "tensor"), ("--sp", "sp", "sequence")] {
+        let out = mpirun(&[flag, "2"], tag);
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert!(out.status.success(), "{log}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((v["ranks"].as_u64(), v[tag].as_u64()), (Some(2), Some(2)), "{v}");
+        assert!(log.contains(&format!("rank 1 ran its {kind}-parallel shard")), "{log}");
+        for name in ["decoded_raw", "step1.latents"] {
+            let one = read_f32(&dir.join("one.safetensors"), name).1;
+            let got = read_f32(&dir.join(format!("{tag}.safetensors")), name).1;
+            let err = common::rel_err(&got, &one);
+            println!("{flag} 2 over MPI, {name}: {err:.2e}");
+            // The latents carry the guidance's ×13 (see orrery-pipeline/tests/model_parallel.rs).
+            assert!(err <= if name == "decoded_raw" { 1e-5 } else { 13e-5 }, "{name}: {err:e}");
+        }
+        assert!(dir.join(format!("{tag}.mp4")).exists());
     }
-    assert!(dir.join("tp.mp4").exists());
     let wrong = mpirun(&["--tp", "3"], "wrong");
     assert!(!wrong.status.success() && stderr(&wrong).contains("mpirun -np 3"), "{}", stderr(&wrong));
     // Without a parallel layout both processes would run the whole job: refused, nothing written.

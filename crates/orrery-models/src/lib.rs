@@ -20,4 +20,4 @@ pub use component::{load_component, Component, InputKind, InputSpec};
 pub use config::ComponentConfig;
 pub use error::ModelError;
 pub use test_mlp::OrreryTestMlp;
-pub use weight_types::{Shard, WeightLookup, WeightPart, WeightTypes};
+pub use weight_types::{Shard, ShardAxis, WeightLookup, WeightPart, WeightTypes};

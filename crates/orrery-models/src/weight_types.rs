@@ -94,21 +94,53 @@ pub enum WeightPart {
     Cols(std::ops::Range<usize>),
 }
 
-/// The part of a tensor-parallel group a graph is built for: rank `rank` of `ranks`
-/// (Megatron-style: column-parallel linears keep rows `rank·n/ranks..` of their weight,
-/// row-parallel ones the same columns, and an all-reduce sums the partial outputs).
+/// What the ranks of a parallel group split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ShardAxis {
+    /// Tensor parallelism (Megatron-style): column-parallel linears keep rows
+    /// `rank·n/ranks..` of their weight, row-parallel ones the same columns, and an all-reduce
+    /// sums the partial outputs; attention heads split with them.
+    Heads,
+    /// Sequence parallelism (Ulysses): every rank keeps every weight and `1/ranks` of the
+    /// tokens; all-to-alls regroup q, k, v by heads around each self-attention.
+    Tokens,
+}
+
+/// The part of a parallel group a graph is built for: rank `rank` of `ranks`, splitting
+/// `axis`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shard {
     pub rank: usize,
     pub ranks: usize,
+    pub axis: ShardAxis,
 }
 
 impl Shard {
     /// The whole model on one device.
-    pub const WHOLE: Shard = Shard { rank: 0, ranks: 1 };
+    pub const WHOLE: Shard = Shard { rank: 0, ranks: 1, axis: ShardAxis::Heads };
+
+    /// Rank `rank` of `ranks` tensor-parallel ranks.
+    pub fn heads(rank: usize, ranks: usize) -> Shard {
+        Shard { rank, ranks, axis: ShardAxis::Heads }
+    }
+
+    /// Rank `rank` of `ranks` sequence-parallel ranks.
+    pub fn tokens(rank: usize, ranks: usize) -> Shard {
+        Shard { rank, ranks, axis: ShardAxis::Tokens }
+    }
 
     pub fn is_whole(&self) -> bool {
         self.ranks == 1
+    }
+
+    /// True when the ranks split the heads and weights (tensor parallelism).
+    pub fn splits_heads(&self) -> bool {
+        self.ranks > 1 && self.axis == ShardAxis::Heads
+    }
+
+    /// True when the ranks split the tokens (sequence parallelism).
+    pub fn splits_tokens(&self) -> bool {
+        self.ranks > 1 && self.axis == ShardAxis::Tokens
     }
 
     /// This rank's equal share of `n` (which the caller checked divides by `ranks`).
@@ -117,21 +149,21 @@ impl Shard {
         self.rank * each..(self.rank + 1) * each
     }
 
-    /// The rows of a column-parallel weight with `n` rows (all of it when whole).
+    /// The rows of a column-parallel weight with `n` rows (all of it unless heads split).
     pub fn rows(&self, n: usize) -> WeightPart {
-        if self.is_whole() {
-            WeightPart::Whole
-        } else {
+        if self.splits_heads() {
             WeightPart::Rows(self.share(n))
+        } else {
+            WeightPart::Whole
         }
     }
 
-    /// The columns of a row-parallel weight with `n` columns (all of it when whole).
+    /// The columns of a row-parallel weight with `n` columns (all of it unless heads split).
     pub fn cols(&self, n: usize) -> WeightPart {
-        if self.is_whole() {
-            WeightPart::Whole
-        } else {
+        if self.splits_heads() {
             WeightPart::Cols(self.share(n))
+        } else {
+            WeightPart::Whole
         }
     }
 }

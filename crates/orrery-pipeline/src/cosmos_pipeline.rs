@@ -10,8 +10,8 @@ use crate::denoise::{branches, Branch, Pinned, Precision, Sampling};
 use crate::disk_plans::{options, DiskPlans, PlanCacheStats};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
+use crate::model_parallel::{finish, lead_evaluation, Followers, InputLayout, ModelParallel};
 use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
-use crate::tensor_parallel::{finish, lead_evaluation, Followers, InputLayout, TensorParallel};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
 use orrery_compiler::passes::{Rule, SplitConvWeights};
 use orrery_compiler::{compile_with, component_identity, Plan, PlanStore, StoreWarning};
@@ -128,7 +128,7 @@ impl Part {
         }
         let stored_method = match variant.shard {
             Shard { ranks: 1, .. } => method.to_string(),
-            Shard { rank, ranks } => format!("{method} (tensor-parallel rank {rank} of {ranks})"),
+            Shard { rank, ranks, axis } => format!("{method} ({axis:?}-parallel rank {rank} of {ranks})"),
         };
         let stored = self
             .disk
@@ -286,7 +286,7 @@ pub struct GenerateRequest<'a> {
     /// Run each transformer evaluation on several ranks, each with its shard of the heads and
     /// MLP width (within 1e-5 of one rank: the all-reduces add the partial sums in another
     /// order). Needs the weights resident; not combined with `cfg_parallel` yet.
-    pub tensor_parallel: TensorParallel<'a>,
+    pub model_parallel: ModelParallel<'a>,
 }
 
 /// What this process does in a run: all of it, or CFG rank 1's share.
@@ -698,13 +698,13 @@ impl CosmosPipeline {
         }
     }
 
-    /// Rank r > 0 of a [`TensorParallel::Ranks`] run: evaluates its shard of the transformer
+    /// Rank r > 0 of a [`ModelParallel::Ranks`] run: evaluates its shard of the transformer
     /// for every evaluation rank 0 sends, until rank 0 is done (rank 0 calls
     /// [`CosmosPipeline::generate`] with the same request and writes the video).
-    pub fn follow_tensor_parallel(&self, r: &GenerateRequest) -> Result<(), PipelineError> {
-        let TensorParallel::Ranks(comm) = r.tensor_parallel else {
+    pub fn follow_model_parallel(&self, r: &GenerateRequest) -> Result<(), PipelineError> {
+        let ModelParallel::Ranks { comm, axis } = r.model_parallel else {
             return Err(PipelineError::Invalid(
-                "follow_tensor_parallel needs a request with TensorParallel::Ranks".into(),
+                "follow_model_parallel needs a request with ModelParallel::Ranks".into(),
             ));
         };
         let mut comm = comm.borrow_mut();
@@ -717,7 +717,7 @@ impl CosmosPipeline {
         let padding = [1, 1, r.height, r.width];
         let mask = [1, 1, latent[2], latent[3], latent[4]];
         let shapes = self.dit_shapes(&latent, &text_shape, &padding, &mask);
-        let variant = Variant { weight_split: None, shard: Shard { rank, ranks } };
+        let variant = Variant { weight_split: None, shard: Shard { rank, ranks, axis } };
         let session = match self.transformer.session("forward", &shapes, variant, r.threads) {
             Ok(s) => s,
             Err(e) => {
@@ -725,7 +725,7 @@ impl CosmosPipeline {
                 return Err(e);
             }
         };
-        crate::tensor_parallel::follow(&session, &mut *comm)
+        crate::model_parallel::follow(&session, &mut *comm)
     }
 
     /// The run, as the leader (the whole pipeline) or as CFG rank 1 (`None` at the end).
@@ -766,17 +766,18 @@ impl CosmosPipeline {
                     .into(),
             ));
         }
-        let tp = r.tensor_parallel.ranks();
+        let tp = r.model_parallel.ranks();
         if tp > 1 {
             let why = if memory.timeline.is_some() {
                 Some("its weights stream within the memory budget (raise --memory-budget)")
             } else if r.cfg_parallel.is_on() {
-                Some("--cfg-parallel is on (tensor and CFG parallelism together are not supported yet)")
+                Some("--cfg-parallel is on (model and CFG parallelism together are not supported yet)")
             } else {
                 None
             };
             if let Some(why) = why {
-                return Err(PipelineError::Invalid(format!("--tp {tp} cannot run this request: {why}")));
+                let flag = r.model_parallel.flag();
+                return Err(PipelineError::Invalid(format!("{flag} cannot run this request: {why}")));
             }
         }
         let plans = self.run_plans(size.dims(), r.max_text_len, memory.weight_split)?;
@@ -820,31 +821,32 @@ impl CosmosPipeline {
         let mask_shape = [1, 1, latent_shape[2], latent_shape[3], latent_shape[4]];
         let shapes = self.dit_shapes(&latent_shape, &text_shape, &padding, &mask_shape);
         // With CFG parallelism each rank gets half the threads.
-        let rank_threads = match (r.cfg_parallel, r.tensor_parallel) {
+        let rank_threads = match (r.cfg_parallel, r.model_parallel) {
             (CfgParallel::InProcess, _) if cfg_parallel => (r.threads / 2).max(1),
-            (_, TensorParallel::InProcess(n)) => (r.threads / n.max(1)).max(1),
+            (_, ModelParallel::InProcess { ranks, .. }) => (r.threads / ranks.max(1)).max(1),
             _ => r.threads,
         };
-        let variant = Variant { weight_split: invoker.weight_split(), shard: Shard { rank: 0, ranks: tp } };
+        let shard = Shard { rank: 0, ranks: tp, axis: r.model_parallel.axis() };
+        let variant = Variant { weight_split: invoker.weight_split(), shard };
         let dit = self.transformer.session("forward", &shapes, variant, rank_threads)?;
         // Tensor parallelism: the other ranks' shards (threads here, or other processes).
         let (mut own_comm, mut followers, mut borrowed) = (None, None, None);
-        let tp_comm: Option<RefCell<&mut dyn Collective>> = match r.tensor_parallel {
+        let tp_comm: Option<RefCell<&mut dyn Collective>> = match r.model_parallel {
             _ if tp == 1 => None,
-            TensorParallel::Off => None,
-            TensorParallel::InProcess(n) => {
+            ModelParallel::Off => None,
+            ModelParallel::InProcess { ranks: n, axis } => {
                 let mut comms = InProcessGroup::ranks(n);
                 let lead = comms.remove(0);
                 let sessions = (1..n)
                     .map(|rank| {
-                        let variant = Variant { shard: Shard { rank, ranks: n }, ..variant };
+                        let variant = Variant { shard: Shard { rank, ranks: n, axis }, ..variant };
                         self.transformer.session("forward", &shapes, variant, rank_threads)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 followers = Some(Followers::spawn(sessions, comms)?);
                 Some(RefCell::new(own_comm.insert(lead) as &mut dyn Collective))
             }
-            TensorParallel::Ranks(comm) => Some(RefCell::new(&mut **borrowed.insert(comm.borrow_mut()))),
+            ModelParallel::Ranks { comm, .. } => Some(RefCell::new(&mut **borrowed.insert(comm.borrow_mut()))),
         };
         let layout = InputLayout::of(&dit)?;
         let fps = r.fps;

@@ -19,13 +19,13 @@ mod error;
 mod hub;
 mod latent_space;
 mod memory_budget;
+mod model_parallel;
 mod noise;
 mod parallel_layout;
 mod prediction;
 mod sampler;
 mod scheduler_config;
 mod synthetic;
-mod tensor_parallel;
 
 pub use cosmos_pipeline::{
     CfgParallel, Condition, CosmosPipeline, Estimate, GenerateOutput, GenerateRequest, RunSize, Stage,
@@ -37,10 +37,10 @@ pub use error::PipelineError;
 pub use hub::{resolve_model, resolve_model_with};
 pub use latent_space::{to_model_latents, to_tokenizer_latents};
 pub use memory_budget::{cpu_issue_model, InvocationSpan, MemoryBudget, MemoryPlan};
+pub use model_parallel::ModelParallel;
 pub use noise::{standard_normal, video_frames_u8};
 pub use parallel_layout::{step_communication, ParallelLayout, StepCommunication};
 pub use prediction::{Prediction, Target};
 pub use sampler::{classifier_free_guidance, euler_step, Preconditioning, SamplerKind, Schedule};
 pub use scheduler_config::{EdmSchedulerConfig, FinalSigmas, SigmaSchedule};
 pub use synthetic::{write_synthetic_pipeline, SyntheticSize};
-pub use tensor_parallel::TensorParallel;

@@ -33,7 +33,7 @@ fn request<'a>(noise: &'a CpuTensor, memory: Option<MemoryBudget>) -> GenerateRe
         memory,
         stop: None,
         cfg_parallel: orrery_pipeline::CfgParallel::Off,
-        tensor_parallel: orrery_pipeline::TensorParallel::Off,
+        model_parallel: orrery_pipeline::ModelParallel::Off,
     }
 }
 

@@ -80,7 +80,7 @@ fn bad_requests_and_folders_are_refused_with_the_reason() {
         memory: None,
         stop: None,
         cfg_parallel: orrery_pipeline::CfgParallel::Off,
-        tensor_parallel: orrery_pipeline::TensorParallel::Off,
+        model_parallel: orrery_pipeline::ModelParallel::Off,
     };
     let err = |r: GenerateRequest| pipeline.generate(&r).err().expect("refused").to_string();
     assert!(err(request(30, 9, &noise)).contains("multiples of 16"));

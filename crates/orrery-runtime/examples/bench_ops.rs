@@ -231,7 +231,8 @@ fn tensor_parallel(name: &str, ranks: usize, threads: usize, runs: usize) {
     use orrery_parallel::Collective;
     let sessions: Vec<Session> = (0..ranks)
         .map(|rank| {
-            let (graph, _) = cosmos_case(name == "cosmos_medium", Shard { rank, ranks }).expect("a divisible layout");
+            let (graph, _) =
+                cosmos_case(name == "cosmos_medium", Shard::heads(rank, ranks)).expect("a divisible layout");
             let weights = Arc::new(case_weights(&graph));
             let plan = orrery_compiler::compile(graph).expect("valid case graph");
             Session::new(plan, weights, threads).expect("thread pool")
@@ -252,7 +253,10 @@ fn tensor_parallel(name: &str, ranks: usize, threads: usize, runs: usize) {
                         .map(|i| {
                             let stats = session.run_parallel(feed.clone(), &mut comm).expect("case runs").1;
                             if i > 0 {
-                                per_kernel.iter_mut().zip(&stats.kernel_seconds).for_each(|(a, b)| *a += b / runs as f64);
+                                per_kernel
+                                    .iter_mut()
+                                    .zip(&stats.kernel_seconds)
+                                    .for_each(|(a, b)| *a += b / runs as f64);
                             }
                             stats.seconds
                         })

@@ -3,7 +3,7 @@
 use crate::{RuntimeError, StreamCursor, WeightResolver};
 use orrery_compiler::Plan;
 use orrery_cpu::CpuTensor;
-use orrery_ir::{NodeKind, OpFamily, RefTensor};
+use orrery_ir::{DType, NodeKind, Op, OpFamily, RefTensor, TensorType};
 use orrery_parallel::{Collective, CollectiveError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -164,7 +164,7 @@ impl Session {
                 kernel.inputs.iter().map(|i| values[i.0].as_ref().expect("bound above")).collect();
             let started = Instant::now();
             let mut out = match comm {
-                Some(comm) => all_reduce(args[0], comm)
+                Some(comm) => collective(op, args[0], comm)
                     .map_err(|source| RuntimeError::Collective { node: node.name.clone(), source })?,
                 None => orrery_cpu::execute(op, &args, &node.ty)
                     .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?,
@@ -252,11 +252,55 @@ fn live_bytes(values: &[Option<CpuTensor>], weight_nodes: &[bool]) -> u64 {
         .sum()
 }
 
-/// `x` summed over `comm`'s ranks ([`orrery_ir::Op::AllReduce`]).
-fn all_reduce(x: &CpuTensor, comm: &mut dyn Collective) -> Result<CpuTensor, CollectiveError> {
-    let mut data = x.to_f32_vec();
-    comm.all_reduce_sum(&mut data)?;
-    Ok(CpuTensor::from_vec(x.shape().to_vec(), data))
+/// Runs collective `op` ([`OpFamily::Collective`]) on this rank's `x` through `comm`.
+fn collective(op: &Op, x: &CpuTensor, comm: &mut dyn Collective) -> Result<CpuTensor, CollectiveError> {
+    let (me, size) = (comm.rank(), comm.size());
+    let invalid = |reason: String| CollectiveError::Invalid { me, op: op.name(), reason };
+    let layout = |op: Op, inputs: &[&CpuTensor], out: Vec<usize>| {
+        orrery_cpu::execute(&op, inputs, &TensorType::new(DType::F32, out)).map_err(|e| invalid(e.to_string()))
+    };
+    let ranks = match *op {
+        Op::AllReduce => size,
+        Op::AllGather { ranks, .. } | Op::AllToAll { ranks, .. } => ranks,
+        _ => return Err(invalid(format!("{op} is not a collective"))),
+    };
+    if ranks != size {
+        return Err(invalid(format!("the plan was built for {ranks} ranks, the group has {size}")));
+    }
+    match *op {
+        Op::AllGather { axis, .. } => {
+            let all = comm.all_gather(&x.to_f32_vec())?;
+            let part = x.shape().to_vec();
+            let parts: Vec<CpuTensor> =
+                all.chunks(x.numel().max(1)).map(|c| CpuTensor::from_vec(part.clone(), c.to_vec())).collect();
+            let mut out = part;
+            out[axis] *= ranks;
+            layout(Op::Concat { axis }, &parts.iter().collect::<Vec<_>>(), out)
+        }
+        Op::AllToAll { split, concat, .. } => {
+            // Chunk j (along `split`) goes to rank j: the chunks are sent one after another.
+            let mut chunk = x.shape().to_vec();
+            chunk[split] /= ranks;
+            let mut send = Vec::with_capacity(x.numel());
+            for j in 0..ranks {
+                let slice = Op::Slice { axis: split, start: j * chunk[split], end: (j + 1) * chunk[split], step: 1 };
+                send.extend(layout(slice, &[x], chunk.clone())?.to_f32_vec());
+            }
+            let received = comm.all_to_all(&send)?;
+            let parts: Vec<CpuTensor> = received
+                .chunks((send.len() / ranks).max(1))
+                .map(|c| CpuTensor::from_vec(chunk.clone(), c.to_vec()))
+                .collect();
+            let mut out = chunk;
+            out[concat] *= ranks;
+            layout(Op::Concat { axis: concat }, &parts.iter().collect::<Vec<_>>(), out)
+        }
+        _ => {
+            let mut data = x.to_f32_vec();
+            comm.all_reduce_sum(&mut data)?;
+            Ok(CpuTensor::from_vec(x.shape().to_vec(), data))
+        }
+    }
 }
 
 fn constant_tensor(c: &RefTensor) -> CpuTensor {

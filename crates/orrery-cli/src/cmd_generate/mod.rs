@@ -20,9 +20,10 @@ use anyhow::{bail, Context, Result};
 use estimate::{human_bytes, human_flops, human_time, measured_gflops, LONG_RUN_SECONDS};
 use jobs::{Job, Outputs};
 use orrery_cpu::CpuTensor;
+use orrery_models::ShardAxis;
 use orrery_pipeline::{
     resolve_model, standard_normal, video_frames_u8, CfgParallel, Condition, CosmosPipeline, GenerateRequest,
-    MemoryBudget, PipelineError, RunSize, SamplerKind, TensorParallel,
+    MemoryBudget, ModelParallel, PipelineError, RunSize, SamplerKind,
 };
 use orrery_runtime::{peak_rss_bytes, resolve_threads, Prefetch};
 use progress::{Progress, StageTimes};
@@ -141,6 +142,12 @@ pub struct GenerateArgs {
     /// `mpirun -np N`. Within 1e-5 of one rank; needs the weights resident.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     tp: u64,
+    /// Run every transformer evaluation on N sequence-parallel ranks (Ulysses: each has 1/N
+    /// of the tokens and all the weights; all-to-alls regroup each self-attention by heads),
+    /// in process or as the N processes of `mpirun -np N`. Within 1e-5 of one rank; needs the
+    /// weights resident; N divides the heads and the latent's patches.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    sp: u64,
     /// Write a Chrome/Perfetto trace of the run (compute, weight loads, waits) to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -171,6 +178,7 @@ struct Settings {
     memory: Option<MemoryBudget>,
     cfg_parallel: bool,
     tp: usize,
+    sp: usize,
     model_label: String,
     model_dir: PathBuf,
 }
@@ -270,6 +278,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         memory: None,
         cfg_parallel: args.cfg_parallel,
         tp: args.tp as usize,
+        sp: args.sp as usize,
         model_label: args.model.clone().unwrap_or_else(|| "built-in tiny random pipeline".into()),
         model_dir,
     };
@@ -343,10 +352,12 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let settings = Settings { memory: budget, ..settings };
     // Under mpirun: this process's rank and the collective joining it to the others.
     let launch = ranks::detect();
-    let layout = ranks::Layout { cfg: args.cfg_parallel, tp: settings.tp };
-    if layout.cfg && layout.tp > 1 {
-        bail!("--cfg-parallel and --tp together are not supported yet: choose one");
-    }
+    let layout = match (args.cfg_parallel, settings.tp, settings.sp) {
+        (cfg, 1, 1) => ranks::Layout { cfg, model: 1, axis: ShardAxis::Heads },
+        (false, tp, 1) => ranks::Layout { cfg: false, model: tp, axis: ShardAxis::Heads },
+        (false, 1, sp) => ranks::Layout { cfg: false, model: sp, axis: ShardAxis::Tokens },
+        _ => bail!("--cfg-parallel, --tp and --sp cannot be combined yet: choose one"),
+    };
     let comm = match launch {
         Some(l) => Some(ranks::connect(l, layout, args.batch.is_some())?),
         None => None,
@@ -356,10 +367,10 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
         (None, true) => CfgParallel::InProcess,
         (_, false) => CfgParallel::Off,
     };
-    let tp = match (&comm, layout.tp) {
-        (_, 1) => TensorParallel::Off,
-        (Some(c), _) => TensorParallel::Ranks(c),
-        (None, n) => TensorParallel::InProcess(n),
+    let model = match (&comm, layout.model) {
+        (_, 1) => ModelParallel::Off,
+        (Some(comm), _) => ModelParallel::Ranks { comm, axis: layout.axis },
+        (None, ranks) => ModelParallel::InProcess { ranks, axis: layout.axis },
     };
     let serving = launch.is_some_and(|l| l.rank != 0);
     let stop = crate::interrupt::install();
@@ -373,7 +384,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             _ => label,
         };
         let progress = Progress::new(label);
-        match run_job(&pipeline, &settings, job, &progress, stop, (cfg, tp), serving) {
+        match run_job(&pipeline, &settings, job, &progress, stop, (cfg, model), serving) {
             Ok(report) => {
                 if jobs.len() > 1 {
                     progress.line(&format!(
@@ -405,8 +416,11 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     if serving {
         // Rank 0 reports the run and writes its outputs.
         let rank = launch.map_or(0, |l| l.rank);
-        let what =
-            if layout.tp > 1 { "its tensor-parallel shard of every evaluation" } else { "the unconditional branch" };
+        let what = match (layout.model, layout.axis) {
+            (1, _) => "the unconditional branch",
+            (_, ShardAxis::Heads) => "its tensor-parallel shard of every evaluation",
+            (_, ShardAxis::Tokens) => "its sequence-parallel shard of every evaluation",
+        };
         eprintln!("orrery: rank {rank} ran {what} in {}", human_time(seconds));
         return Ok(ExitCode::SUCCESS);
     }
@@ -431,7 +445,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
                 "flops": estimate.flops(), "estimated_memory_bytes": estimate.memory_bytes, "peak_rss_bytes": peak,
                 "steps": settings.steps, "frames": settings.frames, "height": settings.height, "width": settings.width,
                 "fps": settings.fps, "sampler": settings.sampler_name(), "threads": threads,
-                "cfg_parallel": settings.cfg_parallel, "tp": settings.tp, "ranks": launch.map_or(1, |l| l.size),
+                "cfg_parallel": settings.cfg_parallel, "tp": settings.tp, "sp": settings.sp, "ranks": launch.map_or(1, |l| l.size),
                 "compiled_plans": pipeline.compiled_plans(),
                 "plan_cache": crate::plan_cache::stats_json(&pipeline),
                 "memory": memory::plan_json(&memory_plan, budget),
@@ -498,7 +512,7 @@ fn run_job(
     job: &Job,
     progress: &Progress,
     stop: &AtomicBool,
-    (cfg, tp): (CfgParallel<'_>, TensorParallel<'_>),
+    (cfg, model): (CfgParallel<'_>, ModelParallel<'_>),
     serving: bool,
 ) -> Result<JobReport, JobFailure> {
     let prepare_started = Instant::now();
@@ -558,12 +572,12 @@ fn run_job(
         memory: s.memory,
         stop: Some(stop),
         cfg_parallel: cfg,
-        tensor_parallel: tp,
+        model_parallel: model,
     };
     if serving {
-        match tp {
-            TensorParallel::Off => pipeline.serve_uncond(&request)?,
-            _ => pipeline.follow_tensor_parallel(&request)?,
+        match model {
+            ModelParallel::Off => pipeline.serve_uncond(&request)?,
+            _ => pipeline.follow_model_parallel(&request)?,
         }
         let measured = serde_json::Value::Null;
         return Ok(JobReport { times: progress.times(), written: Vec::new(), stream: None, measured });

@@ -1,10 +1,12 @@
 //! Runs across processes: `mpirun -np 2 orrery generate --cfg-parallel …` puts the two guidance
 //! branches on two processes (rank 0 runs the pipeline and writes the outputs, rank 1 serves
-//! the unconditional branch); `mpirun -np N orrery generate --tp N …` runs every transformer
-//! evaluation on N processes, each with its shard (rank 0 runs the rest of the pipeline). MPI support is the `mpi` cargo feature (the system's OpenMPI);
+//! the unconditional branch); `mpirun -np N orrery generate --tp N …` (or `--sp N`) runs every
+//! transformer evaluation on N processes, each with its shard of the heads (or tokens); rank 0
+//! runs the rest of the pipeline. MPI support is the `mpi` cargo feature (the system's OpenMPI);
 //! a binary built without it refuses to run under `mpirun` rather than run the job twice.
 
 use anyhow::{bail, Result};
+use orrery_models::ShardAxis;
 use orrery_parallel::Collective;
 use std::cell::RefCell;
 
@@ -29,8 +31,20 @@ pub fn detect() -> Option<Launch> {
 pub struct Layout {
     /// `--cfg-parallel`: the guidance branches on 2 ranks.
     pub cfg: bool,
-    /// `--tp N`: each transformer evaluation on N ranks.
-    pub tp: usize,
+    /// `--tp N` or `--sp N`: each transformer evaluation on this many ranks (1: off).
+    pub model: usize,
+    /// What those ranks split: heads (`--tp`) or tokens (`--sp`).
+    pub axis: ShardAxis,
+}
+
+impl Layout {
+    fn flag(&self) -> String {
+        match (self.cfg, self.axis) {
+            (true, _) => "--cfg-parallel".into(),
+            (false, ShardAxis::Heads) => format!("--tp {}", self.model),
+            (false, ShardAxis::Tokens) => format!("--sp {}", self.model),
+        }
+    }
 }
 
 /// The collective of an `mpirun` launch, checked against the flags: one process per rank of
@@ -38,17 +52,17 @@ pub struct Layout {
 pub fn connect(launch: Launch, layout: Layout, batch: bool) -> Result<RefCell<Box<dyn Collective>>> {
     let ranks = match layout {
         Layout { cfg: true, .. } => 2,
-        Layout { tp, .. } if tp > 1 => tp,
+        Layout { model, .. } if model > 1 => model,
         _ => bail!(
             "orrery runs under mpirun with {} processes but no parallel layout was given: pass --cfg-parallel \
-             (2 processes) or --tp {} (one process per rank), or run a single process",
+             (2 processes), --tp {} or --sp {} (one process per rank), or run a single process",
+            launch.size,
             launch.size,
             launch.size
         ),
     };
     if launch.size != ranks {
-        let flag = if layout.cfg { "--cfg-parallel".to_string() } else { format!("--tp {ranks}") };
-        bail!("{flag} runs on {ranks} processes, mpirun started {}: use mpirun -np {ranks}", launch.size);
+        bail!("{} runs on {ranks} processes, mpirun started {}: use mpirun -np {ranks}", layout.flag(), launch.size);
     }
     if batch {
         bail!("--batch is not supported across processes yet: run the batch in one process");

@@ -70,6 +70,31 @@ impl Op {
     /// Infers the output type from the input types, or explains why the inputs are invalid.
     pub fn infer(&self, inputs: &[TensorType]) -> Result<TensorType, String> {
         match self {
+            Op::AllToAll { split, concat, ranks } => {
+                want_inputs(inputs, 1..=1)?;
+                want_f32(&inputs[0], "input")?;
+                let mut dims = inputs[0].shape.dims().to_vec();
+                let (s, c, n) = (*split, *concat, *ranks);
+                if s >= dims.len() || c >= dims.len() || n == 0 || !dims[s].is_multiple_of(n) {
+                    return Err(format!(
+                        "all_to_all of {:?} over {n} ranks needs axes within its rank and axis {s} divisible by {n}",
+                        dims
+                    ));
+                }
+                dims[s] /= n;
+                dims[c] *= n;
+                Ok(TensorType::new(DType::F32, dims))
+            }
+            Op::AllGather { axis, ranks } => {
+                want_inputs(inputs, 1..=1)?;
+                want_f32(&inputs[0], "input")?;
+                let mut dims = inputs[0].shape.dims().to_vec();
+                if *axis >= dims.len() || *ranks == 0 {
+                    return Err(format!("all_gather along axis {axis} of {dims:?} over {ranks} ranks"));
+                }
+                dims[*axis] *= ranks;
+                Ok(TensorType::new(DType::F32, dims))
+            }
             Op::Unary(_) | Op::Clamp { .. } | Op::AllReduce => {
                 want_inputs(inputs, 1..=1)?;
                 want_f32(&inputs[0], "input")?;

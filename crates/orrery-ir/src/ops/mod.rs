@@ -363,6 +363,14 @@ pub enum Op {
     /// order; y f32, x's shape, the same bits on every rank. Executed by the runtime through
     /// the run's collective (one rank alone: y = x).
     AllReduce,
+    /// Sequence parallelism's exchange (Ulysses): x f32 is cut into `ranks` equal chunks along
+    /// `split`; chunk j goes to rank j, and the chunks this rank receives are concatenated
+    /// along `concat` in rank order. y: x's shape with `split` divided and `concat` multiplied
+    /// by `ranks` (e.g. q `[B, H, L/N, d]` → `[B, H/N, L, d]`). Executed by the runtime.
+    AllToAll { split: usize, concat: usize, ranks: usize },
+    /// Every rank's x f32 concatenated along `axis` in rank order (`axis` multiplied by
+    /// `ranks`). Executed by the runtime.
+    AllGather { axis: usize, ranks: usize },
 }
 
 impl Op {
@@ -449,6 +457,8 @@ impl Op {
             Op::Fused(_) => "fused",
             Op::Epilogue { .. } => "epilogue",
             Op::AllReduce => "all_reduce",
+            Op::AllToAll { .. } => "all_to_all",
+            Op::AllGather { .. } => "all_gather",
         }
     }
 
@@ -480,7 +490,7 @@ impl Op {
             Op::Conv(_) | Op::ConvTranspose(_) | Op::Pool(_) | Op::Resize { .. } => OpFamily::Conv,
             Op::Fused(_) => OpFamily::Fused,
             Op::Epilogue { .. } => OpFamily::Epilogue,
-            Op::AllReduce => OpFamily::Collective,
+            Op::AllReduce | Op::AllToAll { .. } | Op::AllGather { .. } => OpFamily::Collective,
         }
     }
 
@@ -570,6 +580,8 @@ impl fmt::Display for Op {
                 }
                 f.write_str("}")
             }
+            Op::AllToAll { split, concat, ranks } => write!(f, "{{split={split}, concat={concat}, ranks={ranks}}}"),
+            Op::AllGather { axis, ranks } => write!(f, "{{axis={axis}, ranks={ranks}}}"),
             Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Embedding | Op::AllReduce => Ok(()),
         }
     }

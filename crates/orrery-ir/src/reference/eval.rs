@@ -15,7 +15,11 @@ pub fn eval_op(op: &Op, inputs: &[&RefTensor], out: &TensorType) -> Result<RefTe
         OpFamily::Conv => conv::eval(op, inputs, out),
         OpFamily::Fused => fused::eval(op, inputs, out),
         OpFamily::Epilogue => fused::eval_epilogue(op, inputs, out),
-        // The reference evaluates one rank's graph alone: its sum over one rank is itself.
-        OpFamily::Collective => Ok(inputs[0].clone()),
+        // The reference evaluates one rank's graph alone: a sum over one rank is the value
+        // itself; exchanges need the other ranks.
+        OpFamily::Collective => match op {
+            crate::Op::AllReduce => Ok(inputs[0].clone()),
+            _ => Err(format!("{op} needs the other ranks of a parallel run")),
+        },
     }
 }

@@ -13,11 +13,16 @@
 //! No linear has a bias. Weight names are the diffusers keys under `prefix`
 //! (`transformer_blocks.{i}`); see `shared/cosmos-reference.md` §3.2 and §3.5.
 //!
-//! Tensor-parallel (`DitBlockConfig::shard`, rank r of N): each rank keeps heads
-//! `r·H/N..(r+1)·H/N` — rows of `to_q/to_k/to_v`, the matching columns of `to_out.0` — and
-//! rows `r·F/N..` of `ff.net.0.proj` with those columns of `ff.net.2`; each `to_out.0` and
-//! `ff.net.2` output is then a partial sum, completed by an all-reduce. The AdaLN
+//! Tensor-parallel (`DitBlockConfig::shard` splitting heads, rank r of N): each rank keeps
+//! heads `r·H/N..(r+1)·H/N` — rows of `to_q/to_k/to_v`, the matching columns of `to_out.0` —
+//! and rows `r·F/N..` of `ff.net.0.proj` with those columns of `ff.net.2`; each `to_out.0`
+//! and `ff.net.2` output is then a partial sum, completed by an all-reduce. The AdaLN
 //! modulations and norms are replicated.
+//!
+//! Sequence-parallel (splitting tokens, Ulysses): `x` holds this rank's L/N tokens and every
+//! op is per token except the self-attention, whose q, k, v `[B, H, L/N, d]` are exchanged
+//! into `[B, H/N, L, d]` (an all-to-all each), attended over all L tokens, and exchanged back.
+//! The cross-attention needs nothing: its keys are the text, whole on every rank.
 
 use crate::{ModelError, Shard, WeightTypes};
 use orrery_ir::{AttentionMask, DType, GraphBuilder, NodeId, Op, RopeStyle, UnaryOp};
@@ -42,9 +47,9 @@ pub struct DitBlockConfig {
     pub shard: Shard,
 }
 
-/// Completes a row-parallel linear's partial output over the ranks (nothing when whole).
+/// Completes a row-parallel linear's partial output over the ranks (nothing unless heads split).
 fn reduce(b: &mut GraphBuilder, shard: Shard, name: &str, y: NodeId) -> Result<NodeId, ModelError> {
-    if shard.is_whole() {
+    if !shard.splits_heads() {
         return Ok(y);
     }
     Ok(b.op(name, Op::AllReduce, &[y])?)
@@ -148,8 +153,9 @@ fn attention(
     mask: Option<NodeId>,
 ) -> Result<NodeId, ModelError> {
     let (d, hd, shard) = (cfg.dim, cfg.head_dim, cfg.shard);
-    // This rank's heads and their width.
-    let (heads, dl) = (cfg.heads / shard.ranks, cfg.heads / shard.ranks * hd);
+    // This rank's heads (all of them unless tensor-parallel) and their width.
+    let heads = if shard.splits_heads() { cfg.heads / shard.ranks } else { cfg.heads };
+    let dl = heads * hd;
     let (batch, len) = (b.dims(h)[0], b.dims(h)[1]);
     let (ctx_len, ctx_dim) = (b.dims(ctx)[1], b.dims(ctx)[2]);
     let project = |b: &mut GraphBuilder, name: &str, src: NodeId, src_len: usize, src_dim: usize, norm: bool| {
@@ -167,14 +173,26 @@ fn attention(
         }
         Ok::<NodeId, ModelError>(y)
     };
-    let q = project(b, "q", h, len, d, true)?;
-    let k = project(b, "k", ctx, ctx_len, ctx_dim, true)?;
-    let v = project(b, "v", ctx, ctx_len, ctx_dim, false)?;
+    let mut q = project(b, "q", h, len, d, true)?;
+    let mut k = project(b, "k", ctx, ctx_len, ctx_dim, true)?;
+    let mut v = project(b, "v", ctx, ctx_len, ctx_dim, false)?;
+    // Ulysses: a self-attention over tokens split across ranks regroups by heads around it.
+    let ulysses = shard.splits_tokens() && ctx == h;
+    let n = shard.ranks;
+    if ulysses {
+        let to_heads = Op::AllToAll { split: 1, concat: 2, ranks: n };
+        q = b.op(&format!("{p}.q_all_to_all"), to_heads.clone(), &[q])?;
+        k = b.op(&format!("{p}.k_all_to_all"), to_heads.clone(), &[k])?;
+        v = b.op(&format!("{p}.v_all_to_all"), to_heads, &[v])?;
+    }
     let scale = 1.0 / (hd as f64).sqrt();
-    let o = match mask {
+    let mut o = match mask {
         None => b.op(&format!("{p}.sdpa"), Op::attention(scale, AttentionMask::None), &[q, k, v])?,
         Some(m) => b.op(&format!("{p}.sdpa"), Op::attention(scale, AttentionMask::Boolean), &[q, k, v, m])?,
     };
+    if ulysses {
+        o = b.op(&format!("{p}.o_all_to_all"), Op::AllToAll { split: 2, concat: 1, ranks: n }, &[o])?;
+    }
     let o = b.permute(&format!("{p}.o_blhd"), o, &[0, 2, 1, 3])?;
     let o = b.reshape(&format!("{p}.o_merge"), o, &[batch, len, dl])?;
     let wo = w.declare_part(b, &format!("{p}.to_out.0.weight"), &[d, d], shard.cols(d))?;

@@ -13,7 +13,7 @@ pub use transformer::{transformer_graph, transformer_graph_sharded, CosmosDitSha
 pub use vae::{decoder_chunk_graph, decoder_graph, encoder_chunk_graph, encoder_graph, CosmosVaeConfig, TemporalChunk};
 
 use crate::component::check_method;
-use crate::{Component, ComponentConfig, InputKind, InputSpec, ModelError, Shard, WeightTypes};
+use crate::{Component, ComponentConfig, InputKind, InputSpec, ModelError, Shard, ShardAxis, WeightTypes};
 use orrery_ir::{DType, Graph};
 use std::collections::BTreeMap;
 
@@ -76,17 +76,24 @@ impl Component for CosmosTransformer3D {
         check_method(self, method)?;
         let c = &self.config;
         let n = shard.ranks;
-        if n == 0 || shard.rank >= n || !c.num_attention_heads.is_multiple_of(n) || !c.mlp_hidden().is_multiple_of(n) {
-            return Err(ModelError::Parallel {
-                class: self.class_name().to_string(),
-                reason: format!(
-                    "cannot run as rank {} of {n} tensor-parallel ranks: its {} heads and MLP width {} must divide by \
-                     the rank count (choose --tp among the common divisors)",
-                    shard.rank,
-                    c.num_attention_heads,
-                    c.mlp_hidden()
-                ),
-            });
+        let parallel = |reason: String| ModelError::Parallel { class: self.class_name().to_string(), reason };
+        if n == 0 || shard.rank >= n {
+            return Err(parallel(format!("rank {} of {n} ranks does not exist", shard.rank)));
+        }
+        let divides =
+            c.num_attention_heads.is_multiple_of(n) && (shard.splits_tokens() || c.mlp_hidden().is_multiple_of(n));
+        if !divides {
+            let (what, flag) = match shard.axis {
+                ShardAxis::Heads => {
+                    (format!("{} heads and MLP width {}", c.num_attention_heads, c.mlp_hidden()), "--tp")
+                }
+                ShardAxis::Tokens => (format!("{} heads", c.num_attention_heads), "--sp"),
+            };
+            return Err(parallel(format!(
+                "cannot run as rank {} of {n} parallel ranks: its {what} must divide by the rank count (choose {flag} \
+                 among the divisors)",
+                shard.rank
+            )));
         }
         let bad = |name: &str, got: &[usize], expected: String| ModelError::InputShape {
             name: name.into(),
@@ -149,6 +156,14 @@ impl Component for CosmosTransformer3D {
             Some([1, 1, h, w]) if *h > 0 && *w > 0 => Some([*h, *w]),
             Some(m) => return Err(bad("padding_mask", m, "[1, 1, H_px, W_px]".into())),
         };
+        let tokens = (frames / pt) * (height / ph) * (width / pw);
+        if shard.splits_tokens() && !tokens.is_multiple_of(n) {
+            return Err(parallel(format!(
+                "cannot split its {tokens} tokens (latent {frames} × {height} × {width} in patches of {:?}) over {n} \
+                 sequence-parallel ranks: choose --sp among the divisors of {tokens}",
+                c.patch_size
+            )));
+        }
         let s = CosmosDitShapes {
             latent,
             text_len,

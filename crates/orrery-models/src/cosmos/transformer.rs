@@ -46,10 +46,13 @@ pub fn transformer_graph(
     transformer_graph_sharded(c, w, s, Shard::WHOLE)
 }
 
-/// [`transformer_graph`] for rank `shard.rank` of a tensor-parallel group: the blocks'
-/// attention heads and MLP width are split (see `dit_block.rs`); everything else is computed
-/// on every rank, so every rank's `sample` is the whole output. The caller checked that the
-/// heads and MLP width divide by the rank count.
+/// [`transformer_graph`] for rank `shard.rank` of a parallel group (see `dit_block.rs`).
+/// Splitting heads (tensor parallelism): the blocks' heads and MLP width are split and
+/// everything else is computed on every rank. Splitting tokens (sequence parallelism): the
+/// tokens are cut after the patch embedding (with their position tables and per-token
+/// timesteps) and gathered again before the unpatchify. Either way every rank's `sample` is
+/// the whole output. The caller checked that the heads, MLP width and tokens divide by the
+/// rank count.
 pub fn transformer_graph_sharded(
     c: &CosmosDitConfig,
     w: &WeightTypes,
@@ -105,6 +108,15 @@ pub fn transformer_graph_sharded(
     let x = b.reshape("patch_embed.tokens", x, &[batch, tokens, cin * pt * ph * pw])?;
     let wpe = w.declare(&mut b, "patch_embed.proj.weight", &[d, c.patch_features()])?;
     let mut x = b.linear("patch_embed.proj", x, wpe, None)?;
+    // Sequence parallelism: this rank's tokens from here on (and of every per-token table).
+    let local = shard.share(tokens);
+    let mine = |b: &mut GraphBuilder, name: &str, v: NodeId, axis: usize| -> Result<NodeId, ModelError> {
+        match shard.splits_tokens() {
+            true => Ok(b.narrow(&format!("{name}.tokens_of_rank"), v, axis, local.start, local.end)?),
+            false => Ok(v),
+        }
+    };
+    x = mine(&mut b, "patch_embed", x, 1)?;
 
     // 3. Time embedding, per batch row or per (row, frame).
     let (temb, emb) = time_embedding(&mut b, c, w, timestep, batch, frames)?;
@@ -114,14 +126,23 @@ pub fn transformer_graph_sharded(
             let v = b.op(&format!("{name}.tokens"), Op::Expand { shape: vec![batch, tp, hp, wp, width] }, &[v])?;
             Ok(b.reshape(&format!("{name}.flat"), v, &[batch, tokens, width])?)
         };
-        (spread(&mut b, "time_embed.temb", temb, 3 * d)?, spread(&mut b, "time_embed.emb", emb, d)?)
+        let (temb, emb) = (spread(&mut b, "time_embed.temb", temb, 3 * d)?, spread(&mut b, "time_embed.emb", emb, d)?);
+        (mine(&mut b, "time_embed.temb", temb, 1)?, mine(&mut b, "time_embed.emb", emb, 1)?)
     } else {
         (temb, emb)
     };
 
     // 4. Position: learnable absolute embedding and the 3-D RoPE table.
-    let pos_emb = if c.learnable_pos_embed { Some(learnable_pos_embed(&mut b, c, w, tp, hp, wp)?) } else { None };
+    let pos_emb = match c.learnable_pos_embed {
+        true => Some(learnable_pos_embed(&mut b, c, w, tp, hp, wp)?),
+        false => None,
+    };
+    let pos_emb = match pos_emb {
+        Some(e) => Some(mine(&mut b, "learnable_pos_embed", e, 0)?),
+        None => None,
+    };
     let (rope_cos, rope_sin) = rope_table(&mut b, c, fps, tp, hp, wp)?;
+    let (rope_cos, rope_sin) = (mine(&mut b, "rope.cos", rope_cos, 0)?, mine(&mut b, "rope.sin", rope_sin, 0)?);
 
     // 5. Text (projected when configured) and its key mask.
     let text = if c.use_crossattn_projection {
@@ -177,7 +198,10 @@ pub fn transformer_graph_sharded(
     let h = b.add("norm_out.shift_add", h, shift)?;
     let patch = pt * ph * pw;
     let wo = w.declare(&mut b, "proj_out.weight", &[patch * c.out_channels, d])?;
-    let y = b.linear("proj_out", h, wo, None)?;
+    let mut y = b.linear("proj_out", h, wo, None)?;
+    if shard.splits_tokens() {
+        y = b.op("proj_out.all_gather", Op::AllGather { axis: 1, ranks: shard.ranks }, &[y])?;
+    }
     // (B, T'H'W', (ph pw pt C)) -> B C (T' pt) (H' ph) (W' pw): not the inverse of patchify.
     let y = b.reshape("unpatchify.split", y, &[batch, tp, hp, wp, ph, pw, pt, c.out_channels])?;
     let y = b.permute("unpatchify.order", y, &[0, 7, 1, 6, 2, 4, 3, 5])?;

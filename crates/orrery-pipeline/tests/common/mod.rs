@@ -70,7 +70,7 @@ impl Run {
             memory: None,
             stop: None,
             cfg_parallel: orrery_pipeline::CfgParallel::Off,
-            tensor_parallel: orrery_pipeline::TensorParallel::Off,
+            model_parallel: orrery_pipeline::ModelParallel::Off,
         }
     }
 }

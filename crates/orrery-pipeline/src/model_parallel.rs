@@ -1,6 +1,8 @@
-//! Tensor parallelism: every transformer evaluation runs on N ranks at once, each with its
-//! shard of the blocks' attention heads and MLP width (`orrery_models::Shard`), its partial
-//! sums completed by the plan's all-reduces.
+//! Model parallelism: every transformer evaluation runs on N ranks at once, each with its
+//! shard (`orrery_models::Shard`): tensor parallelism gives each rank a part of the blocks'
+//! attention heads and MLP width, its partial sums completed by the plan's all-reduces;
+//! sequence parallelism (Ulysses) gives each rank a part of the tokens, regrouped by heads
+//! around every self-attention by the plan's all-to-alls.
 //!
 //! Rank 0 (the caller's thread) runs the whole pipeline. For each transformer evaluation it
 //! broadcasts the evaluation's inputs (every graph input, in name order, plus a marker), then
@@ -8,38 +10,66 @@
 //! whole output (the all-reduces give all ranks the same bits), and rank 0 goes on with it.
 //! The other ranks ([`follow`]) only evaluate, until an empty broadcast ends them. The ranks
 //! are threads of this process ([`Followers::spawn`]) or processes (`mpirun`, each calling
-//! `CosmosPipeline::follow_tensor_parallel`). A failing rank aborts the group with its error,
+//! `CosmosPipeline::follow_model_parallel`). A failing rank aborts the group with its error,
 //! so the others fail naming it instead of waiting.
 
 use crate::PipelineError;
 use orrery_cpu::CpuTensor;
 use orrery_ir::{DType, NodeKind};
+use orrery_models::ShardAxis;
 use orrery_parallel::{Collective, InProcessComm};
 use orrery_runtime::{RunStats, Session};
 use std::collections::HashMap;
 
-/// Where the transformer's evaluations run.
+/// Where the transformer's evaluations run, and what their ranks split.
 #[derive(Clone, Copy, Default)]
-pub enum TensorParallel<'a> {
+pub enum ModelParallel<'a> {
     /// On one rank, here.
     #[default]
     Off,
-    /// On this many ranks of this process, `threads` split between them.
-    InProcess(usize),
+    /// On `ranks` ranks of this process, `threads` split between them.
+    InProcess { ranks: usize, axis: ShardAxis },
     /// On the ranks of a collective (e.g. MPI processes): rank 0 calls
     /// [`crate::CosmosPipeline::generate`] and gets the video, every other rank calls
-    /// [`crate::CosmosPipeline::follow_tensor_parallel`] with the same request.
-    Ranks(&'a std::cell::RefCell<dyn Collective + 'static>),
+    /// [`crate::CosmosPipeline::follow_model_parallel`] with the same request.
+    Ranks { comm: &'a std::cell::RefCell<dyn Collective + 'static>, axis: ShardAxis },
 }
 
-impl TensorParallel<'_> {
+impl ModelParallel<'_> {
+    /// Tensor parallelism on `ranks` in-process ranks (`--tp`).
+    pub fn tensor(ranks: usize) -> ModelParallel<'static> {
+        ModelParallel::InProcess { ranks, axis: ShardAxis::Heads }
+    }
+
+    /// Sequence parallelism on `ranks` in-process ranks (`--sp`).
+    pub fn sequence(ranks: usize) -> ModelParallel<'static> {
+        ModelParallel::InProcess { ranks, axis: ShardAxis::Tokens }
+    }
+
     /// How many ranks share each evaluation (1 when off).
     pub fn ranks(&self) -> usize {
         match self {
-            TensorParallel::Off => 1,
-            TensorParallel::InProcess(n) => *n,
-            TensorParallel::Ranks(comm) => comm.borrow().size(),
+            ModelParallel::Off => 1,
+            ModelParallel::InProcess { ranks, .. } => *ranks,
+            ModelParallel::Ranks { comm, .. } => comm.borrow().size(),
         }
+    }
+
+    /// What the ranks split.
+    pub fn axis(&self) -> ShardAxis {
+        match self {
+            ModelParallel::Off => ShardAxis::Heads,
+            ModelParallel::InProcess { axis, .. } | ModelParallel::Ranks { axis, .. } => *axis,
+        }
+    }
+
+    /// The CLI flag that asks for this layout (`--tp 2`, `--sp 4`), for messages.
+    pub(crate) fn flag(&self) -> String {
+        let name = match self.axis() {
+            ShardAxis::Heads => "--tp",
+            ShardAxis::Tokens => "--sp",
+        };
+        format!("{name} {}", self.ranks())
     }
 }
 
@@ -55,7 +85,7 @@ impl InputLayout {
         for node in graph.nodes().iter().filter(|n| matches!(n.kind, NodeKind::Input)) {
             if node.ty.dtype != DType::F32 {
                 return Err(PipelineError::Invalid(format!(
-                    "tensor parallelism sends f32 inputs, but `{}` is {}",
+                    "model parallelism sends f32 inputs, but `{}` is {}",
                     node.name, node.ty
                 )));
             }
@@ -146,9 +176,9 @@ impl Followers {
         let mut threads = Vec::new();
         for (i, (session, mut comm)) in sessions.into_iter().zip(comms).enumerate() {
             let thread = std::thread::Builder::new()
-                .name(format!("orrery-tp-rank-{}", i + 1))
+                .name(format!("orrery-rank-{}", i + 1))
                 .spawn(move || follow(&session, &mut comm))
-                .map_err(|e| PipelineError::Invalid(format!("starting tensor-parallel rank {}: {e}", i + 1)))?;
+                .map_err(|e| PipelineError::Invalid(format!("starting parallel rank {}: {e}", i + 1)))?;
             threads.push(thread);
         }
         Ok(Followers { threads })
@@ -158,9 +188,8 @@ impl Followers {
     pub(crate) fn join(self) -> Result<(), PipelineError> {
         let mut first = Ok(());
         for (i, t) in self.threads.into_iter().enumerate() {
-            let r = t
-                .join()
-                .unwrap_or_else(|_| Err(PipelineError::Invalid(format!("tensor-parallel rank {} panicked", i + 1))));
+            let r =
+                t.join().unwrap_or_else(|_| Err(PipelineError::Invalid(format!("parallel rank {} panicked", i + 1))));
             if first.is_ok() {
                 first = r;
             }

@@ -1,7 +1,7 @@
-//! Tensor parallelism through the whole pipeline: every transformer evaluation on several
-//! in-process ranks, each with its shard of the heads and MLP width. The decoded video is
-//! within 1e-5 relative of one rank on the tiny Text2World fixture and within 1e-4 on the
-//! medium pipeline (2 and 4 ranks). The latents after each step are compared too, with the
+//! Tensor and sequence parallelism through the whole pipeline: every transformer evaluation
+//! on several in-process ranks, each with its shard of the heads and MLP width (`--tp`) or of
+//! the tokens (`--sp`). The decoded video is within 1e-5 relative of one rank on the tiny
+//! Text2World fixture and within 1e-4 on the medium pipeline (2 and 4 ranks). The latents after each step are compared too, with the
 //! bound the guidance implies: `cond + 6·(cond − uncond)` multiplies the transformer's
 //! rounding difference by up to 13 before it reaches them. Requests tensor parallelism cannot
 //! serve are refused before any work.
@@ -12,7 +12,7 @@ use common::{fixture, rel_err, Run};
 use orrery_cpu::CpuTensor;
 use orrery_pipeline::{
     standard_normal, write_synthetic_pipeline, CfgParallel, CosmosPipeline, GenerateOutput, GenerateRequest,
-    MemoryBudget, PipelineError, SamplerKind, SyntheticSize, TensorParallel,
+    MemoryBudget, ModelParallel, PipelineError, SamplerKind, SyntheticSize,
 };
 use std::path::Path;
 
@@ -24,7 +24,7 @@ fn compare(tp: &GenerateOutput, one: &GenerateOutput) -> (f64, f64) {
 }
 
 #[test]
-fn the_tiny_pipeline_on_two_ranks_is_within_1e_5_of_one() {
+fn the_tiny_pipeline_on_two_ranks_of_either_kind_is_within_1e_5_of_one() {
     let dir = fixture("cosmos_t2w_tiny");
     let run = Run::open(&dir, "run");
     let pipeline = CosmosPipeline::load(&dir).unwrap();
@@ -33,26 +33,29 @@ fn the_tiny_pipeline_on_two_ranks_is_within_1e_5_of_one() {
     for sampler in [SamplerKind::DiffusersEdm, SamplerKind::Predict1] {
         let single = GenerateRequest { sampler, ..run.request(&noise, &progress) };
         let one = pipeline.generate(&single).unwrap();
-        let two =
-            pipeline.generate(&GenerateRequest { tensor_parallel: TensorParallel::InProcess(2), ..single }).unwrap();
-        let (video, latents) = compare(&two, &one);
-        println!("{sampler:?}: video {video:.2e}, latents {latents:.2e}");
-        assert!(video <= 1e-5, "{sampler:?}: video {video:e}");
-        assert!(latents <= 13e-5, "{sampler:?}: latents {latents:e}");
-        assert!(video > 0.0 || latents > 0.0, "the ranks' partial sums reorder some additions");
-        assert_eq!(two.invocations.iter().filter(|s| s.label.starts_with("transformer")).count(), 2 * single.steps);
+        for layout in [ModelParallel::tensor(2), ModelParallel::sequence(2)] {
+            let axis = layout.axis();
+            let request = GenerateRequest { sampler, model_parallel: layout, ..run.request(&noise, &progress) };
+            let two = pipeline.generate(&request).unwrap();
+            let (video, latents) = compare(&two, &one);
+            println!("{sampler:?}, {axis:?}: video {video:.2e}, latents {latents:.2e}");
+            assert!(video <= 1e-5, "{sampler:?}, {axis:?}: video {video:e}");
+            assert!(latents <= 13e-5, "{sampler:?}, {axis:?}: latents {latents:e}");
+            let evaluations = two.invocations.iter().filter(|s| s.label.starts_with("transformer")).count();
+            assert_eq!(evaluations, 2 * single.steps);
+        }
     }
 }
 
 #[test]
-fn the_medium_pipeline_on_two_and_four_ranks_is_within_1e_4_of_one() {
+fn the_medium_pipeline_on_two_and_four_ranks_of_either_kind_is_within_1e_4_of_one() {
     let dir = std::env::temp_dir().join(format!("orrery-medium-tp-{}", std::process::id()));
     let tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cosmos_t2w_tiny/tokenizer");
     write_synthetic_pipeline(&dir, &SyntheticSize::MEDIUM, &tokenizer, 11).unwrap();
     let pipeline = CosmosPipeline::load(&dir).unwrap();
     let latent = pipeline.latent_shape(64, 96, 17).unwrap();
     let noise = CpuTensor::from_vec(latent.to_vec(), standard_normal(latent.iter().product(), 4));
-    let request = |tensor_parallel| GenerateRequest {
+    let request = |model_parallel| GenerateRequest {
         prompt: "a robot arm stacks red cubes",
         negative_prompt: Some("blurry"),
         height: 64,
@@ -70,30 +73,33 @@ fn the_medium_pipeline_on_two_and_four_ranks_is_within_1e_4_of_one() {
         memory: None,
         stop: None,
         cfg_parallel: CfgParallel::Off,
-        tensor_parallel,
+        model_parallel,
     };
-    let one = pipeline.generate(&request(TensorParallel::Off)).unwrap();
-    for ranks in [2, 4] {
-        let tp = pipeline.generate(&request(TensorParallel::InProcess(ranks))).unwrap();
-        let (video, latents) = compare(&tp, &one);
-        println!("{ranks} ranks: video {video:.2e}, latents {latents:.2e}");
-        assert!(video <= 1e-4, "{ranks} ranks: video {video:e}");
-        assert!(latents <= 13e-4, "{ranks} ranks: latents {latents:e}");
+    let one = pipeline.generate(&request(ModelParallel::Off)).unwrap();
+    for layout in [2, 4].into_iter().flat_map(|n| [ModelParallel::tensor(n), ModelParallel::sequence(n)]) {
+        let (axis, ranks) = (layout.axis(), layout.ranks());
+        let out = pipeline.generate(&request(layout)).unwrap();
+        let (video, latents) = compare(&out, &one);
+        println!("{ranks} ranks, {axis:?}: video {video:.2e}, latents {latents:.2e}");
+        assert!(video <= 1e-4, "{ranks} ranks, {axis:?}: video {video:e}");
+        assert!(latents <= 13e-4, "{ranks} ranks, {axis:?}: latents {latents:e}");
     }
-    // 3 does not divide the 4 heads: refused, naming the flag.
-    let err = pipeline.generate(&request(TensorParallel::InProcess(3))).err().expect("refused").to_string();
-    assert!(err.contains("--tp"), "{err}");
+    // 3 divides neither the 4 heads nor the 72 tokens: refused, naming the flag.
+    for (layout, flag) in [(ModelParallel::tensor(3), "--tp"), (ModelParallel::sequence(3), "--sp")] {
+        let err = pipeline.generate(&request(layout)).err().expect("refused").to_string();
+        assert!(err.contains(flag), "{err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
-fn streamed_weights_and_cfg_parallelism_are_refused_with_tensor_parallelism() {
+fn streamed_weights_and_cfg_parallelism_are_refused_with_model_parallelism() {
     let dir = fixture("cosmos_t2w_tiny");
     let run = Run::open(&dir, "run");
     let pipeline = CosmosPipeline::load(&dir).unwrap();
     let noise = run.get("noise");
     let progress = |_| {};
-    let base = || GenerateRequest { tensor_parallel: TensorParallel::InProcess(2), ..run.request(&noise, &progress) };
+    let base = || GenerateRequest { model_parallel: ModelParallel::tensor(2), ..run.request(&noise, &progress) };
     let resident = pipeline.generate(&run.request(&noise, &progress)).unwrap();
     let streamed = GenerateRequest { memory: Some(MemoryBudget::new(resident.memory.min_budget)), ..base() };
     let cfg = GenerateRequest { cfg_parallel: CfgParallel::InProcess, ..base() };

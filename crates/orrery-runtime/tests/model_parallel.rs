@@ -1,9 +1,11 @@
-//! Tensor parallelism of the Cosmos transformer on the diffusers fixtures of
-//! `cosmos_dit_parity.rs`: two ranks (threads over the in-process collective), each built for
-//! its shard (`Component::build_sharded`) and reading its weights through a weight store of
-//! its own, give the same bits as each other, within 1e-5 relative of one rank and within
-//! 1e-4 of diffusers; each rank's store read exactly its half of the sharded weights plus the
-//! replicated ones; a rank that fails mid-run makes the other fail naming it.
+//! Tensor and sequence parallelism of the Cosmos transformer on the diffusers fixtures of
+//! `cosmos_dit_parity.rs`: ranks (threads over the in-process collective), each built for its
+//! shard (`Component::build_sharded`) and reading its weights through a weight store of its
+//! own, give the same bits as each other, within 1e-5 relative of one rank and within 1e-4 of
+//! diffusers. Tensor-parallel: each rank's store read exactly its half of the sharded weights
+//! plus the replicated ones; a rank that fails mid-run makes the other fail naming it.
+//! Sequence-parallel (Ulysses): two ranks, each with half of the tokens, match one rank
+//! within 1e-5; layouts the tokens or heads do not divide into are refused.
 
 mod common;
 
@@ -94,7 +96,7 @@ fn two_ranks_match_one_rank_and_diffusers_and_read_only_their_shards() {
         let (out, _) = whole.run(&inputs).unwrap();
         let one = out["sample"].to_f32_vec();
         let (ranks, stores): (Vec<Session>, Vec<_>) =
-            (0..2).map(|rank| session("t2w", component.as_ref(), &inputs, Shard { rank, ranks: 2 })).unzip();
+            (0..2).map(|rank| session("t2w", component.as_ref(), &inputs, Shard::heads(rank, 2))).unzip();
         let outs: Vec<Vec<f32>> = run_ranks(&ranks, &inputs).into_iter().map(Result::unwrap).collect();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         assert_eq!(bits(&outs[0]), bits(&outs[1]), "{name}: every rank ends with the same output");
@@ -121,7 +123,7 @@ fn a_rank_whose_run_fails_makes_the_other_fail_naming_it() {
     let component = load_component(&fixture("t2w")).unwrap();
     let (inputs, _) = case("t2w", "fps24");
     let ranks: Vec<Session> =
-        (0..2).map(|rank| session("t2w", component.as_ref(), &inputs, Shard { rank, ranks: 2 }).0).collect();
+        (0..2).map(|rank| session("t2w", component.as_ref(), &inputs, Shard::heads(rank, 2)).0).collect();
     let mut comms = InProcessGroup::ranks(2);
     let mut second = comms.pop().unwrap();
     let mut first = comms.pop().unwrap();
@@ -150,7 +152,7 @@ fn a_rank_whose_run_fails_makes_the_other_fail_naming_it() {
 fn a_sharded_plan_run_alone_is_refused_naming_its_all_reduce() {
     let component = load_component(&fixture("t2w")).unwrap();
     let (inputs, _) = case("t2w", "fps24");
-    let (s, _) = session("t2w", component.as_ref(), &inputs, Shard { rank: 0, ranks: 2 });
+    let (s, _) = session("t2w", component.as_ref(), &inputs, Shard::heads(0, 2));
     match s.run(&inputs) {
         Err(RuntimeError::NoCollective { node }) => assert!(node.contains("all_reduce"), "{node}"),
         other => panic!("{:?}", other.map(|_| ())),
@@ -160,8 +162,46 @@ fn a_sharded_plan_run_alone_is_refused_naming_its_all_reduce() {
     let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape));
     let shapes = inputs.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
     let err = component
-        .build_sharded("forward", &shapes, &WeightTypes::Checkpoint(&lookup), Shard { rank: 0, ranks: 3 })
+        .build_sharded("forward", &shapes, &WeightTypes::Checkpoint(&lookup), Shard::heads(0, 3))
         .unwrap_err()
         .to_string();
     assert!(err.contains("--tp") && err.contains("2 heads"), "{err}");
+}
+
+#[test]
+fn sequence_parallel_ranks_match_one_rank() {
+    let component = load_component(&fixture("t2w")).unwrap();
+    // The fixture's latents [2, 4, 3, 6, 10] have 3 × 3 × 5 = 45 tokens; two frames of them
+    // have 30, which 2 ranks split.
+    let (mut inputs, _) = case("t2w", "fps30_masked");
+    let x = &inputs["hidden_states"];
+    let frames: Vec<f32> = x.to_f32_vec().chunks(3 * 60).flat_map(|c| c[..2 * 60].to_vec()).collect();
+    inputs.insert("hidden_states".into(), CpuTensor::from_vec(vec![2, 4, 2, 6, 10], frames));
+    let build = |inputs: &HashMap<String, CpuTensor>, shard: Shard| {
+        let source = open_weights(fixture("t2w")).unwrap();
+        let lookup = |k: &str| source.info(k).map(|i| (i.dtype, i.shape));
+        let shapes = inputs.iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect();
+        let graph = component.build_sharded("forward", &shapes, &WeightTypes::Checkpoint(&lookup), shard);
+        let graph = graph.map_err(|e| e.to_string())?;
+        Ok::<_, String>(Session::new(compile(graph).unwrap(), Arc::new(FormatWeights::new(source)), 1).unwrap())
+    };
+    let one = build(&inputs, Shard::WHOLE).unwrap().run(&inputs).unwrap().0["sample"].to_f32_vec();
+    let ranks: Vec<Session> = (0..2).map(|rank| build(&inputs, Shard::tokens(rank, 2)).unwrap()).collect();
+    // Each rank's plan exchanges q, k, v and the output around both self-attentions and
+    // gathers the tokens once.
+    let exchanges = |s: &Session, op: &str| s.plan().kernels.iter().filter(|k| k.op.starts_with(op)).count();
+    assert_eq!((exchanges(&ranks[0], "all_to_all"), exchanges(&ranks[0], "all_gather")), (2 * 4, 1));
+    let outs: Vec<Vec<f32>> = run_ranks(&ranks, &inputs).into_iter().map(Result::unwrap).collect();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&outs[0]), bits(&outs[1]), "every rank ends with the same output");
+    let err = rel_err(&outs[0], &one);
+    println!("2 sequence-parallel ranks vs 1: {err:.2e}");
+    assert!(err <= 1e-5, "{err:e}");
+
+    // 45 tokens do not split over 2 ranks, nor 2 heads over 4: refused naming the flag.
+    let (odd, _) = case("t2w", "fps30_masked");
+    for (inputs, n, words) in [(&odd, 2, "45 tokens"), (&inputs, 4, "2 heads")] {
+        let err = build(inputs, Shard::tokens(0, n)).err().expect("refused");
+        assert!(err.contains("--sp") && err.contains(words), "{err}");
+    }
 }
