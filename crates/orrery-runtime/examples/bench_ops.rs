@@ -12,7 +12,8 @@
 //! / `t5_unfused` (a T5 encoder: d_model 1024, 8 heads × 128, d_ff 4096, 4 layers, 512 tokens),
 //! `cosmos` / `cosmos_unfused` (a 4-layer Cosmos DiT, hidden 1024, 2048 tokens, text 512),
 //! `cosmos_medium` (the medium pipeline's transformer at its run size; `cosmos*` with
-//! `--tp N`: on N tensor-parallel in-process ranks of `--threads` threads each),
+//! `--tp N` or `--sp N`: on N tensor- or sequence-parallel in-process ranks of `--threads`
+//! threads each),
 //! `vae_decode` / `vae_encode` (the CV8x8x8 tokenizer at real widths, 17 frames at 64 × 64).
 //! `tools/bench/compare.sh` interleaves
 //! these runs with `tools/bench/torch_ops.py` on the same shapes.
@@ -26,7 +27,7 @@ use orrery_models::cosmos::{
 };
 use orrery_models::t5::{self, FeedForward, T5EncoderConfig};
 use orrery_models::WeightTypes;
-use orrery_models::{ComponentConfig, Shard};
+use orrery_models::{ComponentConfig, Shard, ShardAxis};
 use orrery_runtime::{MemoryWeights, Session};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -224,10 +225,10 @@ fn case_weights(graph: &Graph) -> MemoryWeights {
     weights
 }
 
-/// `cosmos --tp N` / `cosmos_medium --tp N`: the transformer on N tensor-parallel ranks (threads
+/// `cosmos --tp N` / `cosmos_medium --sp N`: the transformer on N tensor- or sequence-parallel ranks (threads
 /// over the in-process collective), each with `threads` threads; every run starts all ranks
 /// at once and times rank 0's forward.
-fn tensor_parallel(name: &str, ranks: usize, threads: usize, runs: usize) {
+fn model_parallel(name: &str, ranks: usize, axis: ShardAxis, threads: usize, runs: usize) {
     use orrery_parallel::Collective;
     let sessions: Vec<Session> = (0..ranks)
         .map(|rank| {
@@ -284,7 +285,7 @@ fn tensor_parallel(name: &str, ranks: usize, threads: usize, runs: usize) {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"tp\": {ranks}, \"threads_per_rank\": {threads}, \"median_s\": {median:.6}, \"runs_s\": {times:?}}}"
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"ranks\": {ranks}, \"split\": \"{axis:?}\", \"threads_per_rank\": {threads}, \"median_s\": {median:.6}, \"runs_s\": {times:?}}}"
     );
 }
 
@@ -422,9 +423,12 @@ fn main() {
     if let Some(mib) = name.strip_prefix("copy").and_then(|s| s.parse::<usize>().ok()) {
         return copy_bandwidth(mib, threads, runs);
     }
-    let tp: usize = flag("--tp").unwrap_or(1);
+    let (tp, sp): (usize, usize) = (flag("--tp").unwrap_or(1), flag("--sp").unwrap_or(1));
     if tp > 1 {
-        return tensor_parallel(&name, tp, threads, runs);
+        return model_parallel(&name, tp, ShardAxis::Heads, threads, runs);
+    }
+    if sp > 1 {
+        return model_parallel(&name, sp, ShardAxis::Tokens, threads, runs);
     }
     let Some((graph, inputs)) = case(&name) else {
         eprintln!(
