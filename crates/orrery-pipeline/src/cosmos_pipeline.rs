@@ -6,66 +6,30 @@
 //! tokenizer's space and through its decoder (cosmos-reference §1, §4; diffusers
 //! `pipeline_cosmos_text2world.py`, `pipeline_cosmos_video2world.py`).
 
-use crate::denoise::{branches, Branch, Pinned, Precision, Sampling};
-use crate::disk_plans::{options, DiskPlans, PlanCacheStats};
+use crate::denoise::{branches, Branch, Pinned, Sampling};
+use crate::disk_plans::{DiskPlans, PlanCacheStats};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
 use crate::model_parallel::{finish, lead_evaluation, Followers, InputLayout, ModelParallel};
+use crate::part::{Part, Variant};
 use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
-use orrery_compiler::passes::{Rule, SplitConvWeights};
-use orrery_compiler::{compile_with, component_identity, Plan, PlanStore, StoreWarning};
+use orrery_compiler::{Plan, PlanStore, StoreWarning};
 use orrery_cpu::CpuTensor;
-use orrery_formats::WeightSource;
-use orrery_ir::DType;
 use orrery_models::cosmos::{latent_statistics, CosmosVaeConfig};
-use orrery_models::{load_component, Component, ComponentConfig, Shard, WeightTypes};
+use orrery_models::{ComponentConfig, Shard};
 use orrery_parallel::{Collective, InProcessGroup};
-use orrery_runtime::{FormatWeights, Session, StreamEvent, StreamStats};
+use orrery_runtime::{StreamEvent, StreamStats};
 use orrery_text::T5Tokenizer;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// diffusers' `DEFAULT_NEGATIVE_PROMPT` for the Cosmos pipelines (used when none is given).
 pub const DEFAULT_NEGATIVE_PROMPT: &str = "The video captures a series of frames showing ugly scenes, static with no motion, motion blur, over-saturation, shaky footage, low resolution, grainy texture, pixelated images, poorly lit areas, underexposed and overexposed scenes, poor color balance, washed out colors, choppy sequences, jerky movements, low frame rate, artifacting, color banding, unnatural transitions, outdated special effects, fake elements, unconvincing visuals, poorly edited content, jump cuts, visual noise, and flickering. Overall, the video is of poor quality.";
-
-/// A plan's key: the method, the input shapes by name and the variant.
-type PlanKey = (String, BTreeMap<String, Vec<usize>>, Variant);
-
-/// How a plan departs from the component's plain graph.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Variant {
-    /// Convolutions whose weights exceed this many bytes are split (`MemoryPlan::weight_split`).
-    pub(crate) weight_split: Option<u64>,
-    /// The tensor-parallel part the plan computes.
-    pub(crate) shard: Shard,
-}
-
-impl Variant {
-    pub(crate) const PLAIN: Variant = Variant { weight_split: None, shard: Shard::WHOLE };
-
-    pub(crate) fn split(weight_split: Option<u64>) -> Variant {
-        Variant { weight_split, ..Variant::PLAIN }
-    }
-}
-
-/// One component folder: its builder, its weights, and the plans compiled so far.
-struct Part {
-    dir: PathBuf,
-    /// Its config and weight index by content ([`component_identity`]): the plan store's key.
-    identity: String,
-    component: Box<dyn Component>,
-    weights: Arc<FormatWeights>,
-    plans: Mutex<HashMap<PlanKey, Arc<Plan>>>,
-    /// How many plans this part compiled (not read from the store).
-    compiled: AtomicUsize,
-    /// Compiled plans kept on disk across runs, shared by the pipeline's parts.
-    disk: Option<Arc<DiskPlans>>,
-}
 
 /// What a run will cost, from its plans: FLOPs per stage and the memory it needs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,112 +47,6 @@ pub struct Estimate {
 impl Estimate {
     pub fn flops(&self) -> u64 {
         self.text_flops + self.denoise_flops + self.video_flops
-    }
-}
-
-impl Part {
-    fn load(root: &Path, name: &str) -> Result<Part, PipelineError> {
-        let dir = root.join(name);
-        if !dir.join("config.json").is_file() {
-            return Err(PipelineError::Invalid(format!(
-                "{}: the pipeline has no `{name}` component (expected {}/config.json)",
-                root.display(),
-                dir.display()
-            )));
-        }
-        let component = load_component(&dir)?;
-        let weights = Arc::new(FormatWeights::new(orrery_formats::open_weights(&dir)?));
-        let config_path = dir.join("config.json");
-        let config = std::fs::read(&config_path)
-            .map_err(|e| PipelineError::Config { path: config_path.display().to_string(), reason: e.to_string() })?;
-        let source: &dyn WeightSource = weights.source();
-        let mut index: Vec<_> = source.names().iter().filter_map(|n| source.info(n)).collect();
-        index.sort_by(|a, b| a.name.cmp(&b.name));
-        let identity =
-            component_identity(&config, index.iter().map(|i| (i.name.as_str(), i.dtype, i.shape.as_slice())));
-        Ok(Part {
-            dir,
-            identity,
-            component,
-            weights,
-            plans: Mutex::default(),
-            compiled: AtomicUsize::new(0),
-            disk: None,
-        })
-    }
-
-    /// The plan of `method` at `shapes`, weights typed as stored, in `variant` (convolutions
-    /// split, a tensor-parallel shard); compiled once and kept (an estimate and the run share
-    /// it).
-    fn plan(&self, method: &str, shapes: &[(&str, &[usize])], variant: Variant) -> Result<Arc<Plan>, PipelineError> {
-        let by_name: BTreeMap<String, Vec<usize>> = shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
-        let key = (method.to_string(), by_name, variant);
-        if let Some(plan) = self.plans.lock().expect("plan cache poisoned").get(&key) {
-            return Ok(plan.clone());
-        }
-        let stored_method = match variant.shard {
-            Shard { ranks: 1, .. } => method.to_string(),
-            Shard { rank, ranks, axis } => format!("{method} ({axis:?}-parallel rank {rank} of {ranks})"),
-        };
-        let stored = self
-            .disk
-            .as_ref()
-            .map(|disk| (disk, disk.key(&self.identity, &stored_method, &key.1, variant.weight_split)));
-        let plan = match stored.as_ref().and_then(|(disk, k)| disk.lookup(k)) {
-            Some(plan) => plan,
-            None => {
-                let source: &dyn WeightSource = self.weights.source();
-                let lookup = |n: &str| source.info(n).map(|i| (i.dtype, i.shape.clone()));
-                let types = WeightTypes::Checkpoint(&lookup);
-                let graph = self.component.build_sharded(method, &key.1, &types, variant.shard)?;
-                // A split that changes nothing is the unsplit plan (not compiled twice).
-                if let Some(max_bytes) = variant.weight_split {
-                    if (SplitConvWeights { max_bytes }).propose(&graph).is_none() {
-                        let plan = self.plan(method, shapes, Variant { weight_split: None, ..variant })?;
-                        self.plans.lock().expect("plan cache poisoned").insert(key, plan.clone());
-                        return Ok(plan);
-                    }
-                }
-                let plan = compile_with(graph, &options(variant.weight_split))?;
-                self.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Some((disk, k)) = &stored {
-                    disk.keep(k, &plan);
-                }
-                plan
-            }
-        };
-        let plan = Arc::new(plan);
-        self.plans.lock().expect("plan cache poisoned").insert(key, plan.clone());
-        Ok(plan)
-    }
-
-    /// The dtype the reference runs this component in: its checkpoint's floating-point dtype
-    /// (bf16 when most of its weight bytes are bf16).
-    fn precision(&self) -> Precision {
-        let source: &dyn WeightSource = self.weights.source();
-        let (mut bf16, mut total) = (0u64, 0u64);
-        for info in source.names().iter().filter_map(|n| source.info(n)) {
-            total += info.byte_len as u64;
-            if info.dtype == DType::BF16 {
-                bf16 += info.byte_len as u64;
-            }
-        }
-        if 2 * bf16 > total {
-            Precision::Bf16
-        } else {
-            Precision::F32
-        }
-    }
-
-    /// A session of [`Part::plan`].
-    fn session(
-        &self,
-        method: &str,
-        shapes: &[(&str, &[usize])],
-        variant: Variant,
-        threads: usize,
-    ) -> Result<Session, PipelineError> {
-        Ok(Session::new((*self.plan(method, shapes, variant)?).clone(), self.weights.clone(), threads)?)
     }
 }
 
@@ -284,8 +142,8 @@ pub struct GenerateRequest<'a> {
     /// streaming budget).
     pub cfg_parallel: CfgParallel<'a>,
     /// Run each transformer evaluation on several ranks, each with its shard of the heads and
-    /// MLP width (within 1e-5 of one rank: the all-reduces add the partial sums in another
-    /// order). Needs the weights resident; not combined with `cfg_parallel` yet.
+    /// MLP width (tensor parallelism) or of the tokens (sequence parallelism); within 1e-5 of
+    /// one rank. Needs the weights resident; not combined with `cfg_parallel` yet.
     pub model_parallel: ModelParallel<'a>,
 }
 
@@ -419,7 +277,7 @@ impl CosmosPipeline {
     /// How many plans the pipeline holds so far, compiled or read from the plan store (each is
     /// kept and reused: a batch of runs of one size needs as many as a single run).
     pub fn compiled_plans(&self) -> usize {
-        self.parts().iter().map(|p| p.plans.lock().expect("plan cache poisoned").len()).sum()
+        self.parts().iter().map(|p| p.plan_count()).sum()
     }
 
     fn parts(&self) -> [&Part; 3] {
@@ -710,7 +568,7 @@ impl CosmosPipeline {
         let mut comm = comm.borrow_mut();
         let (rank, ranks) = (comm.rank(), comm.size());
         if rank == 0 {
-            return Err(PipelineError::Invalid("rank 0 leads a tensor-parallel run: it calls generate".into()));
+            return Err(PipelineError::Invalid("rank 0 leads a model-parallel run: it calls generate".into()));
         }
         let latent = self.latent_shape(r.height, r.width, r.frames)?;
         let (_, text_shape) = self.text_plan(r.max_text_len, None)?;
@@ -766,8 +624,8 @@ impl CosmosPipeline {
                     .into(),
             ));
         }
-        let tp = r.model_parallel.ranks();
-        if tp > 1 {
+        let model_ranks = r.model_parallel.ranks();
+        if model_ranks > 1 {
             let why = if memory.timeline.is_some() {
                 Some("its weights stream within the memory budget (raise --memory-budget)")
             } else if r.cfg_parallel.is_on() {
@@ -826,13 +684,13 @@ impl CosmosPipeline {
             (_, ModelParallel::InProcess { ranks, .. }) => (r.threads / ranks.max(1)).max(1),
             _ => r.threads,
         };
-        let shard = Shard { rank: 0, ranks: tp, axis: r.model_parallel.axis() };
+        let shard = Shard { rank: 0, ranks: model_ranks, axis: r.model_parallel.axis() };
         let variant = Variant { weight_split: invoker.weight_split(), shard };
         let dit = self.transformer.session("forward", &shapes, variant, rank_threads)?;
-        // Tensor parallelism: the other ranks' shards (threads here, or other processes).
+        // Model parallelism: the other ranks' shards (threads here, or other processes).
         let (mut own_comm, mut followers, mut borrowed) = (None, None, None);
         let tp_comm: Option<RefCell<&mut dyn Collective>> = match r.model_parallel {
-            _ if tp == 1 => None,
+            _ if model_ranks == 1 => None,
             ModelParallel::Off => None,
             ModelParallel::InProcess { ranks: n, axis } => {
                 let mut comms = InProcessGroup::ranks(n);

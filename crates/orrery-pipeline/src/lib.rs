@@ -22,6 +22,7 @@ mod memory_budget;
 mod model_parallel;
 mod noise;
 mod parallel_layout;
+mod part;
 mod prediction;
 mod sampler;
 mod scheduler_config;
