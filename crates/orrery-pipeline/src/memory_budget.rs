@@ -226,21 +226,10 @@ impl Invoker {
         inputs: HashMap<String, CpuTensor>,
         label: &str,
     ) -> Result<HashMap<String, CpuTensor>, PipelineError> {
-        let i = self.next.get();
-        self.next.set(i + 1);
-        let start = self.started.elapsed();
-        let (out, stats) = match &self.stream {
-            Some(stream) => session.run_streamed(inputs, &stream.begin(i)?)?,
-            None => session.run_owned(inputs)?,
-        };
-        self.spans.borrow_mut().push(InvocationSpan {
-            label: label.into(),
-            start,
-            end: self.started.elapsed(),
-            peak_live_bytes: stats.peak_live_bytes,
-            rank: 0,
-        });
-        Ok(out)
+        self.timed(label, |i| match &self.stream {
+            Some(stream) => Ok(session.run_streamed(inputs, &stream.begin(i)?)?),
+            None => Ok(session.run_owned(inputs)?),
+        })
     }
 
     /// Runs the next invocation of the run through `evaluate` (a parallel evaluation, which
@@ -256,9 +245,19 @@ impl Invoker {
                 "`{label}` runs on several ranks, which needs resident weights"
             )));
         }
-        self.next.set(self.next.get() + 1);
+        self.timed(label, |_| evaluate())
+    }
+
+    /// Runs invocation `i` (the next) through `run` and records its span.
+    fn timed(
+        &self,
+        label: &str,
+        run: impl FnOnce(usize) -> Result<(HashMap<String, CpuTensor>, RunStats), PipelineError>,
+    ) -> Result<HashMap<String, CpuTensor>, PipelineError> {
+        let i = self.next.get();
+        self.next.set(i + 1);
         let start = self.started.elapsed();
-        let (out, stats) = evaluate()?;
+        let (out, stats) = run(i)?;
         self.spans.borrow_mut().push(InvocationSpan {
             label: label.into(),
             start,

@@ -7,34 +7,14 @@
 
 use orrery_cpu::CpuTensor;
 use orrery_pipeline::{
-    standard_normal, write_synthetic_pipeline, CosmosPipeline, GenerateRequest, MemoryBudget, SamplerKind,
-    SyntheticSize,
+    standard_normal, write_synthetic_pipeline, CosmosPipeline, GenerateRequest, MemoryBudget, SyntheticSize,
 };
 use std::path::Path;
 
 mod common;
 
-fn request<'a>(noise: &'a CpuTensor, memory: Option<MemoryBudget>) -> GenerateRequest<'a> {
-    GenerateRequest {
-        prompt: "a robot arm stacks red cubes",
-        negative_prompt: Some("blurry"),
-        height: 64,
-        width: 96,
-        frames: 17,
-        steps: 3,
-        guidance: 7.0,
-        fps: 24.0,
-        sampler: SamplerKind::DiffusersEdm,
-        noise,
-        max_text_len: 64,
-        threads: 2,
-        progress: &|_| {},
-        condition: None,
-        memory,
-        stop: None,
-        cfg_parallel: orrery_pipeline::CfgParallel::Off,
-        model_parallel: orrery_pipeline::ModelParallel::Off,
-    }
+fn request(noise: &CpuTensor, memory: Option<MemoryBudget>) -> GenerateRequest<'_> {
+    GenerateRequest { memory, ..common::medium_request(noise) }
 }
 
 #[test]

@@ -55,26 +55,7 @@ fn the_medium_pipeline_on_two_and_four_ranks_of_either_kind_is_within_1e_4_of_on
     let pipeline = CosmosPipeline::load(&dir).unwrap();
     let latent = pipeline.latent_shape(64, 96, 17).unwrap();
     let noise = CpuTensor::from_vec(latent.to_vec(), standard_normal(latent.iter().product(), 4));
-    let request = |model_parallel| GenerateRequest {
-        prompt: "a robot arm stacks red cubes",
-        negative_prompt: Some("blurry"),
-        height: 64,
-        width: 96,
-        frames: 17,
-        steps: 3,
-        guidance: 7.0,
-        fps: 24.0,
-        sampler: SamplerKind::DiffusersEdm,
-        noise: &noise,
-        max_text_len: 64,
-        threads: 2,
-        progress: &|_| {},
-        condition: None,
-        memory: None,
-        stop: None,
-        cfg_parallel: CfgParallel::Off,
-        model_parallel,
-    };
+    let request = |model_parallel| GenerateRequest { model_parallel, ..common::medium_request(&noise) };
     let one = pipeline.generate(&request(ModelParallel::Off)).unwrap();
     for layout in [2, 4].into_iter().flat_map(|n| [ModelParallel::tensor(n), ModelParallel::sequence(n)]) {
         let (axis, ranks) = (layout.axis(), layout.ranks());

@@ -74,3 +74,28 @@ impl Run {
         }
     }
 }
+
+/// The medium pipeline's run used by several tests: 17 × 64 × 96, 3 steps, guidance 7, text
+/// length 64, 2 threads, no budget and no parallelism.
+pub fn medium_request(noise: &CpuTensor) -> GenerateRequest<'_> {
+    GenerateRequest {
+        prompt: "a robot arm stacks red cubes",
+        negative_prompt: Some("blurry"),
+        height: 64,
+        width: 96,
+        frames: 17,
+        steps: 3,
+        guidance: 7.0,
+        fps: 24.0,
+        sampler: orrery_pipeline::SamplerKind::DiffusersEdm,
+        noise,
+        max_text_len: 64,
+        threads: 2,
+        progress: &|_| {},
+        condition: None,
+        memory: None,
+        stop: None,
+        cfg_parallel: orrery_pipeline::CfgParallel::Off,
+        model_parallel: orrery_pipeline::ModelParallel::Off,
+    }
+}
