@@ -516,18 +516,23 @@ fn cfg_parallel_writes_the_single_rank_tensors_and_video() {
     let (streamed, _, _) = generate("streamed", &["--cfg-parallel", "--memory-budget", "5MB"]);
     assert!(!streamed.status.success());
     assert!(stderr(&streamed).contains("--cfg-parallel"), "{}", stderr(&streamed));
-    // `--tp 2` / `--sp 2`: two in-process tensor- or sequence-parallel ranks, within 1e-5 of
-    // one on the video.
-    for flag in ["--tp", "--sp"] {
-        let (out, dump, video) = generate(&flag[2..], &[flag, "2"]);
+    // `--tp 2` / `--sp 2`: two in-process tensor- or sequence-parallel ranks, alone or under
+    // each guidance branch (4 ranks), within 1e-5 of one on the video.
+    for (tag, extra) in [
+        ("tp", &["--tp", "2"][..]),
+        ("sp", &["--sp", "2"]),
+        ("cfg_tp", &["--tp", "2", "--cfg-parallel"]),
+        ("cfg_sp", &["--sp", "2", "--cfg-parallel"]),
+    ] {
+        let (out, dump, video) = generate(tag, extra);
         assert!(out.status.success(), "{}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v[&flag[2..]], 2);
+        assert_eq!(v[&extra[0][2..]], 2);
         let err = rel_err(&read_f32(&dump, "decoded_raw").1, &read_f32(&one_dump, "decoded_raw").1);
-        assert!(err <= 1e-5, "{flag} 2: {err:e}");
+        assert!(err <= 1e-5, "{extra:?}: {err:e}");
         assert!(video.exists());
     }
-    let (both, _, _) = generate("both", &["--tp", "2", "--cfg-parallel"]);
+    let (both, _, _) = generate("both", &["--tp", "2", "--sp", "2"]);
     assert!(!both.status.success() && stderr(&both).contains("cannot be combined"), "{}", stderr(&both));
     std::fs::remove_dir_all(&dir).unwrap();
 }

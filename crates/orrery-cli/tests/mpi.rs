@@ -1,6 +1,7 @@
 //! `mpirun -np 2 orrery generate --cfg-parallel`: the guidance branches on two processes give
 //! the single-process tensors and MP4 bit for bit; `--tp 2` and `--sp 2` on two processes
-//! (each with its shard of the transformer's heads or tokens) give them within 1e-5; a launch without a parallel layout, or
+//! (each with its shard of the transformer's heads or tokens), and `--cfg-parallel --tp 2` on
+//! four, give them within 1e-5; a launch without a parallel layout, or
 //! with one of another size, is refused instead of running the job twice. Needs the `mpi` feature and mpirun (skipped
 //! without mpirun unless `ORRERY_REQUIRE_MPI=1`, as in CI).
 
@@ -41,15 +42,16 @@ fn two_processes_give_the_single_process_video() {
     };
     let one = orrery(&args("one").iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(one.status.success(), "{}", stderr(&one));
-    let mpirun = |extra: &[&str], tag: &str| {
+    let mpirun_np = |np: &str, extra: &[&str], tag: &str| {
         Command::new("mpirun")
-            .args(["--allow-run-as-root", "--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_orrery")])
+            .args(["--allow-run-as-root", "--oversubscribe", "-np", np, env!("CARGO_BIN_EXE_orrery")])
             .args(args(tag))
             .args(extra)
             .env("ORRERY_PLAN_CACHE", std::env::temp_dir().join("orrery-cli-test-plans"))
             .output()
             .unwrap()
     };
+    let mpirun = |extra: &[&str], tag: &str| mpirun_np("2", extra, tag);
     let two = mpirun(&["--cfg-parallel"], "two");
     let log = format!("{}{}", String::from_utf8_lossy(&two.stdout), stderr(&two));
     assert!(two.status.success(), "{log}");
@@ -64,14 +66,23 @@ fn two_processes_give_the_single_process_video() {
         assert_eq!(bits("one"), bits("two"), "{name}");
     }
     assert_eq!(std::fs::read(dir.join("one.mp4")).unwrap(), std::fs::read(dir.join("two.mp4")).unwrap());
-    // Tensor and sequence parallelism over the two processes.
-    for (flag, tag, kind) in [("--tp", "tp", "tensor"), ("--sp", "sp", "sequence")] {
-        let out = mpirun(&[flag, "2"], tag);
+    // Tensor and sequence parallelism over the two processes, and under each guidance branch
+    // over four (ranks 0-1 the conditional branch's group, 2-3 the unconditional one's).
+    for (np, flag, tag, kind) in
+        [("2", "--tp", "tp", "tensor"), ("2", "--sp", "sp", "sequence"), ("4", "--tp", "cfg_tp", "tensor")]
+    {
+        let cfg = if np == "4" { &["--cfg-parallel"][..] } else { &[] };
+        let out = mpirun_np(np, &[&[flag, "2"][..], cfg].concat(), tag);
         let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
         assert!(out.status.success(), "{log}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!((v["ranks"].as_u64(), v[tag].as_u64()), (Some(2), Some(2)), "{v}");
+        let ranks: u64 = np.parse().unwrap();
+        assert_eq!((v["ranks"].as_u64(), v[&flag[2..]].as_u64()), (Some(ranks), Some(2)), "{v}");
         assert!(log.contains(&format!("rank 1 ran its {kind}-parallel shard")), "{log}");
+        if np == "4" {
+            assert!(log.contains("rank 2 ran the unconditional branch"), "{log}");
+            assert!(log.contains(&format!("rank 3 ran its {kind}-parallel shard")), "{log}");
+        }
         for name in ["decoded_raw", "step1.latents"] {
             let one = read_f32(&dir.join("one.safetensors"), name).1;
             let got = read_f32(&dir.join(format!("{tag}.safetensors")), name).1;
@@ -82,8 +93,8 @@ fn two_processes_give_the_single_process_video() {
         }
         assert!(dir.join(format!("{tag}.mp4")).exists());
     }
-    let wrong = mpirun(&["--tp", "3"], "wrong");
-    assert!(!wrong.status.success() && stderr(&wrong).contains("mpirun -np 3"), "{}", stderr(&wrong));
+    let wrong = mpirun(&["--tp", "2", "--cfg-parallel"], "wrong");
+    assert!(!wrong.status.success() && stderr(&wrong).contains("mpirun -np 4"), "{}", stderr(&wrong));
     // Without a parallel layout both processes would run the whole job: refused, nothing written.
     let refused = mpirun(&[], "refused");
     assert!(!refused.status.success());

@@ -16,9 +16,10 @@
 use crate::{Collective, CollectiveError, DEFAULT_TIMEOUT};
 use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
-use mpi::topology::SimpleCommunicator;
+use mpi::topology::{Color, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Count;
+use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,15 +29,16 @@ struct Watchdog {
     changed: Condvar,
 }
 
-/// This process's rank in `MPI_COMM_WORLD`. Holds MPI's environment: MPI is finalized when it
-/// is dropped, so keep it for the whole run.
+/// This process's rank in `MPI_COMM_WORLD`, or in a group split from it ([`MpiComm::split`]).
+/// Holds MPI's environment: MPI is finalized when the last handle is dropped, so keep one for
+/// the whole run.
 pub struct MpiComm {
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
     timeout: Duration,
     watchdog: Arc<Watchdog>,
-    _universe: Universe,
+    _universe: Rc<Universe>,
 }
 
 impl MpiComm {
@@ -60,7 +62,24 @@ impl MpiComm {
             .name("orrery-mpi-watchdog".into())
             .spawn(move || watch(&watched, rank, size, timeout))
             .map_err(|e| CollectiveError::Invalid { me: rank, op: "init", reason: format!("watchdog thread: {e}") })?;
-        Ok(MpiComm { world, rank, size, timeout, watchdog, _universe: universe })
+        Ok(MpiComm { world, rank, size, timeout, watchdog, _universe: Rc::new(universe) })
+    }
+
+    /// Splits this group (every rank must call it): the ranks passing the same `color` form a
+    /// new group, ordered as here; a rank passing `None` joins none and gets `None`. How a
+    /// layout of several kinds (CFG × tensor-parallel) gives each rank the groups it talks in.
+    pub fn split(&self, color: Option<u16>) -> Result<Option<MpiComm>, CollectiveError> {
+        let color = color.map_or_else(Color::undefined, |c| Color::with_value(c.into()));
+        let Some(comm) = self.watched("split", || self.world.split_by_color(color)) else { return Ok(None) };
+        let (rank, size) = (comm.rank() as usize, comm.size() as usize);
+        Ok(Some(MpiComm {
+            world: comm,
+            rank,
+            size,
+            timeout: self.timeout,
+            watchdog: self.watchdog.clone(),
+            _universe: self._universe.clone(),
+        }))
     }
 
     /// Runs `f` (one MPI collective) under the watchdog's deadline.

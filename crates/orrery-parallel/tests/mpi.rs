@@ -58,6 +58,16 @@ fn collectives_across_two_processes_match_the_in_process_results() {
         let bad = c.all_to_all(&vec![0.0; 4 + 2 * r]).unwrap_err();
         assert!(bad.to_string().contains("equal parts"), "{bad}");
         c.barrier().unwrap();
+        // Split: each rank alone in a group of its own (a sum over itself is itself), and a
+        // rank passing no colour joins nothing.
+        let mut alone = c.split(Some(r as u16)).unwrap().expect("a group");
+        assert_eq!((alone.rank(), alone.size()), (0, 1));
+        let mut v = vec![r as f32 + 0.5];
+        alone.all_reduce_sum(&mut v).unwrap();
+        assert_eq!(v, [r as f32 + 0.5]);
+        let only_rank_0 = c.split((r == 0).then_some(7)).unwrap();
+        assert_eq!(only_rank_0.map(|g| g.size()), (r == 0).then_some(1));
+        c.barrier().unwrap();
         println!("rank {r} of {n}: collectives ok");
         return;
     }

@@ -10,7 +10,7 @@ use crate::denoise::{branches, Branch, Pinned, Sampling};
 use crate::disk_plans::{DiskPlans, PlanCacheStats};
 use crate::latent_space::{to_model_latents, to_tokenizer_latents};
 use crate::memory_budget::{InvocationSpan, Invoker, MemoryBudget, MemoryPlan};
-use crate::model_parallel::{finish, lead_evaluation, Followers, InputLayout, ModelParallel};
+use crate::model_parallel::{Group, InputLayout, LocalGroup, ModelParallel};
 use crate::part::{Part, Variant};
 use crate::prediction::{measured_seconds, modelled_seconds, predict, Prediction, Target};
 use crate::{EdmSchedulerConfig, PipelineError, SamplerKind, Schedule};
@@ -18,7 +18,6 @@ use orrery_compiler::{Plan, PlanStore, StoreWarning};
 use orrery_cpu::CpuTensor;
 use orrery_models::cosmos::{latent_statistics, CosmosVaeConfig};
 use orrery_models::{ComponentConfig, Shard};
-use orrery_parallel::{Collective, InProcessGroup};
 use orrery_runtime::{StreamEvent, StreamStats};
 use orrery_text::T5Tokenizer;
 use std::cell::RefCell;
@@ -626,12 +625,15 @@ impl CosmosPipeline {
         }
         let model_ranks = r.model_parallel.ranks();
         if model_ranks > 1 {
-            let why = if memory.timeline.is_some() {
-                Some("its weights stream within the memory budget (raise --memory-budget)")
-            } else if r.cfg_parallel.is_on() {
-                Some("--cfg-parallel is on (model and CFG parallelism together are not supported yet)")
-            } else {
-                None
+            let why = match (r.cfg_parallel, r.model_parallel) {
+                _ if memory.timeline.is_some() => {
+                    Some("its weights stream within the memory budget (raise --memory-budget)")
+                }
+                (CfgParallel::InProcess, ModelParallel::Ranks { .. })
+                | (CfgParallel::Ranks(_), ModelParallel::InProcess { .. }) => {
+                    Some("CFG and model parallelism must both run in this process or both across processes")
+                }
+                _ => None,
             };
             if let Some(why) = why {
                 let flag = r.model_parallel.flag();
@@ -679,33 +681,37 @@ impl CosmosPipeline {
         let mask_shape = [1, 1, latent_shape[2], latent_shape[3], latent_shape[4]];
         let shapes = self.dit_shapes(&latent_shape, &text_shape, &padding, &mask_shape);
         // With CFG parallelism each rank gets half the threads.
-        let rank_threads = match (r.cfg_parallel, r.model_parallel) {
-            (CfgParallel::InProcess, _) if cfg_parallel => (r.threads / 2).max(1),
-            (_, ModelParallel::InProcess { ranks, .. }) => (r.threads / ranks.max(1)).max(1),
-            _ => r.threads,
+        // In-process ranks share --threads: 2 CFG ranks, each leading a group of model ranks.
+        let in_process_ranks = match (r.cfg_parallel, r.model_parallel) {
+            (CfgParallel::InProcess, _) if cfg_parallel => 2,
+            _ => 1,
+        } * match r.model_parallel {
+            ModelParallel::InProcess { ranks, .. } => ranks.max(1),
+            _ => 1,
         };
+        let rank_threads = (r.threads / in_process_ranks).max(1);
         let shard = Shard { rank: 0, ranks: model_ranks, axis: r.model_parallel.axis() };
         let variant = Variant { weight_split: invoker.weight_split(), shard };
         let dit = self.transformer.session("forward", &shapes, variant, rank_threads)?;
-        // Model parallelism: the other ranks' shards (threads here, or other processes).
-        let (mut own_comm, mut followers, mut borrowed) = (None, None, None);
-        let tp_comm: Option<RefCell<&mut dyn Collective>> = match r.model_parallel {
-            _ if model_ranks == 1 => None,
-            ModelParallel::Off => None,
-            ModelParallel::InProcess { ranks: n, axis } => {
-                let mut comms = InProcessGroup::ranks(n);
-                let lead = comms.remove(0);
-                let sessions = (1..n)
-                    .map(|rank| {
-                        let variant = Variant { shard: Shard { rank, ranks: n, axis }, ..variant };
-                        self.transformer.session("forward", &shapes, variant, rank_threads)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                followers = Some(Followers::spawn(sessions, comms)?);
-                Some(RefCell::new(own_comm.insert(lead) as &mut dyn Collective))
+        // Model parallelism: the other ranks of this evaluation's group (threads here, or other
+        // processes). An in-process CFG rank 1 leads a group of its own (`new_group` again).
+        let new_group = || -> Result<LocalGroup, PipelineError> {
+            match r.model_parallel {
+                ModelParallel::InProcess { ranks: n, axis } if n > 1 => LocalGroup::spawn(
+                    (1..n)
+                        .map(|rank| {
+                            let variant = Variant { shard: Shard { rank, ranks: n, axis }, ..variant };
+                            self.transformer.session("forward", &shapes, variant, rank_threads)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+                _ => Ok(LocalGroup::ALONE),
             }
-            ModelParallel::Ranks { comm, .. } => Some(RefCell::new(&mut **borrowed.insert(comm.borrow_mut()))),
         };
+        let group = RefCell::new(match r.model_parallel {
+            ModelParallel::Ranks { comm, .. } if model_ranks > 1 => Group::Ranks(comm.borrow_mut()),
+            _ => Group::Local(new_group()?),
+        });
         let layout = InputLayout::of(&dit)?;
         let fps = r.fps;
         let dit_inputs = |input: Vec<f32>, c_noise: f32, uncond: bool| {
@@ -730,17 +736,17 @@ impl CosmosPipeline {
                 out.get("sample").ok_or_else(|| PipelineError::Invalid("the transformer gave no `sample`".into()))?;
             Ok(sample.to_f32_vec())
         };
+        // One evaluation on this rank's group, as the run's next invocation.
+        let evaluate = |inputs: HashMap<String, CpuTensor>, label: &str| match model_ranks {
+            1 => invoker.run(&dit, inputs, label),
+            _ => invoker.run_with(label, || group.borrow_mut().evaluate(&dit, &layout, inputs)),
+        };
         let one_rank = |branches: Vec<Branch>, c_noise: f32| -> Result<Vec<Vec<f32>>, PipelineError> {
             branches
                 .into_iter()
                 .map(|b| {
                     let label = if b.uncond { "transformer.uncond" } else { "transformer.cond" };
-                    let inputs = dit_inputs(b.input, c_noise, b.uncond);
-                    sample_of(match &tp_comm {
-                        None => invoker.run(&dit, inputs, label)?,
-                        Some(comm) => invoker
-                            .run_with(label, || lead_evaluation(&dit, &layout, inputs, &mut **comm.borrow_mut()))?,
-                    })
+                    sample_of(evaluate(dit_inputs(b.input, c_noise, b.uncond), label)?)
                 })
                 .collect()
         };
@@ -773,42 +779,32 @@ impl CosmosPipeline {
             }
             Ok(())
         };
-        let cond_rank = |input: Vec<f32>, c_noise: f32| {
-            sample_of(invoker.run(&dit, dit_inputs(input, c_noise, false), "transformer.cond")?)
-        };
-        let latents = match (r.cfg_parallel, role) {
-            _ if !cfg_parallel => {
-                let result = sampling.run(initial, &one_rank, &mut after_step);
-                if let Some(comm) = &tp_comm {
-                    finish(&mut **comm.borrow_mut(), &result);
-                }
-                // The leader's error first; else a follower's.
-                let joined = followers.take().map_or(Ok(()), Followers::join);
-                result.and_then(|latents| joined.map(|()| latents))?
-            }
+        let cond_rank =
+            |input: Vec<f32>, c_noise: f32| sample_of(evaluate(dit_inputs(input, c_noise, false), "transformer.cond")?);
+        let result = match (r.cfg_parallel, role) {
+            _ if !cfg_parallel => sampling.run(initial, &one_rank, &mut after_step),
             (CfgParallel::Ranks(comm), Role::Lead) => {
                 let mut comm = comm.borrow_mut();
-                crate::cfg_parallel::lead(&sampling, initial, &cond_rank, &mut *comm, &mut after_step)?
+                crate::cfg_parallel::lead(&sampling, initial, &cond_rank, &mut *comm, &mut after_step)
             }
             (CfgParallel::Ranks(comm), Role::Serve) => {
                 let uncond = |input: Vec<f32>, c_noise: f32| {
-                    sample_of(invoker.run(&dit, dit_inputs(input, c_noise, true), "transformer.uncond")?)
+                    sample_of(evaluate(dit_inputs(input, c_noise, true), "transformer.uncond")?)
                 };
-                crate::cfg_parallel::serve(&mut *comm.borrow_mut(), &uncond)?;
-                return Ok(None);
+                let served = crate::cfg_parallel::serve(&mut *comm.borrow_mut(), &uncond);
+                return group.into_inner().finish(served).map(|()| None);
             }
             _ => {
-                // Rank 1 runs the unconditional branch on a session of its own.
-                let dit1 = self.transformer.session(
-                    "forward",
-                    &shapes,
-                    Variant::split(invoker.weight_split()),
-                    rank_threads,
-                )?;
+                // Rank 1 runs the unconditional branch on a session of its own, leading a
+                // model-parallel group of its own when there is one.
+                let dit1 = self.transformer.session("forward", &shapes, variant, rank_threads)?;
+                let group1 = Mutex::new(new_group()?);
                 let (started, rank1_spans) = (invoker.started(), Mutex::new(Vec::new()));
                 let uncond_rank = |input: Vec<f32>, c_noise: f32| {
                     let start = started.elapsed();
-                    let (out, stats) = dit1.run_owned(dit_inputs(input, c_noise, true))?;
+                    let inputs = dit_inputs(input, c_noise, true);
+                    let (out, stats) =
+                        group1.lock().unwrap_or_else(|e| e.into_inner()).evaluate(&dit1, &layout, inputs)?;
                     rank1_spans.lock().unwrap_or_else(|e| e.into_inner()).push(InvocationSpan {
                         label: "transformer.uncond".into(),
                         start,
@@ -821,9 +817,10 @@ impl CosmosPipeline {
                 let latents =
                     crate::cfg_parallel::run_in_process(&sampling, initial, &cond_rank, &uncond_rank, &mut after_step);
                 invoker.add_spans(rank1_spans.into_inner().unwrap_or_else(|e| e.into_inner()));
-                latents?
+                group1.into_inner().unwrap_or_else(|e| e.into_inner()).finish(latents)
             }
         };
+        let latents = group.into_inner().finish(result)?;
         let decode_started = Instant::now();
 
         let stats = latent_statistics(&self.vae_config, 0, latent_shape[2])?;

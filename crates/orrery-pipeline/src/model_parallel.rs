@@ -9,7 +9,7 @@
 //! every rank runs its shard's session through the same collective; every rank ends with the
 //! whole output (the all-reduces give all ranks the same bits), and rank 0 goes on with it.
 //! The other ranks ([`follow`]) only evaluate, until an empty broadcast ends them. The ranks
-//! are threads of this process ([`Followers::spawn`]) or processes (`mpirun`, each calling
+//! are threads of this process ([`LocalGroup::spawn`]) or processes (`mpirun`, each calling
 //! `CosmosPipeline::follow_model_parallel`). A failing rank aborts the group with its error,
 //! so the others fail naming it instead of waiting.
 
@@ -17,7 +17,7 @@ use crate::PipelineError;
 use orrery_cpu::CpuTensor;
 use orrery_ir::{DType, NodeKind};
 use orrery_models::ShardAxis;
-use orrery_parallel::{Collective, InProcessComm};
+use orrery_parallel::{Collective, InProcessComm, InProcessGroup};
 use orrery_runtime::{RunStats, Session};
 use std::collections::HashMap;
 
@@ -127,7 +127,7 @@ impl InputLayout {
 }
 
 /// Rank 0's evaluation: sends `inputs` to the other ranks, then runs its own shard with them.
-pub(crate) fn lead_evaluation(
+fn lead_evaluation(
     session: &Session,
     layout: &InputLayout,
     inputs: HashMap<String, CpuTensor>,
@@ -140,8 +140,82 @@ pub(crate) fn lead_evaluation(
     Ok(session.run_parallel(inputs, comm)?)
 }
 
-/// Rank 0 at the end of the run: ends the other ranks, or on an error aborts the group with it.
-pub(crate) fn finish<T>(comm: &mut dyn Collective, result: &Result<T, PipelineError>) {
+/// The ranks one evaluation runs on, as their leader (rank 0 of the group) holds them.
+pub(crate) enum Group<'c> {
+    /// One rank, or ranks 1.. as threads of this process.
+    Local(LocalGroup),
+    /// The ranks of a collective the caller made (e.g. MPI processes).
+    Ranks(std::cell::RefMut<'c, dyn Collective + 'static>),
+}
+
+/// A group within this process: its leader alone, or with ranks 1.. as threads, each with its
+/// session. `Send`, so an in-process CFG rank can lead one from its own thread.
+pub(crate) struct LocalGroup(Option<(InProcessComm, Followers)>);
+
+impl LocalGroup {
+    /// The leader alone.
+    pub(crate) const ALONE: LocalGroup = LocalGroup(None);
+
+    /// Starts `sessions[i]` as rank `i + 1` of a new in-process group led by the caller.
+    pub(crate) fn spawn(sessions: Vec<Session>) -> Result<LocalGroup, PipelineError> {
+        let mut comms = InProcessGroup::ranks(sessions.len() + 1);
+        let comm = comms.remove(0);
+        Ok(LocalGroup(Some((comm, Followers::spawn(sessions, comms)?))))
+    }
+
+    /// Runs one evaluation of `session` (this rank's shard) on the group.
+    pub(crate) fn evaluate(
+        &mut self,
+        session: &Session,
+        layout: &InputLayout,
+        inputs: HashMap<String, CpuTensor>,
+    ) -> Result<(HashMap<String, CpuTensor>, RunStats), PipelineError> {
+        match &mut self.0 {
+            None => Ok(session.run_owned(inputs)?),
+            Some((comm, _)) => lead_evaluation(session, layout, inputs, comm),
+        }
+    }
+
+    /// Ends the group after the leader's `result` (see [`Group::finish`]).
+    pub(crate) fn finish<T>(self, result: Result<T, PipelineError>) -> Result<T, PipelineError> {
+        let Some((mut comm, followers)) = self.0 else { return result };
+        end(&mut comm, &result);
+        drop(comm);
+        let joined = followers.join();
+        result.and_then(|value| joined.map(|()| value))
+    }
+}
+
+impl Group<'_> {
+    /// Runs one evaluation of `session` (this rank's shard) on the group: alone directly,
+    /// else sending the inputs to the other ranks first.
+    pub(crate) fn evaluate(
+        &mut self,
+        session: &Session,
+        layout: &InputLayout,
+        inputs: HashMap<String, CpuTensor>,
+    ) -> Result<(HashMap<String, CpuTensor>, RunStats), PipelineError> {
+        match self {
+            Group::Local(group) => group.evaluate(session, layout, inputs),
+            Group::Ranks(comm) => lead_evaluation(session, layout, inputs, &mut **comm),
+        }
+    }
+
+    /// Ends the group after the leader's `result`: the other ranks stop, or on an error the
+    /// group is aborted with it. The leader's error comes first, else a follower's.
+    pub(crate) fn finish<T>(self, result: Result<T, PipelineError>) -> Result<T, PipelineError> {
+        match self {
+            Group::Local(group) => group.finish(result),
+            Group::Ranks(mut comm) => {
+                end(&mut *comm, &result);
+                result
+            }
+        }
+    }
+}
+
+/// Tells the other ranks the run is over: an empty broadcast, or the leader's error.
+fn end<T>(comm: &mut dyn Collective, result: &Result<T, PipelineError>) {
     match result {
         Ok(_) => _ = comm.broadcast(&mut Vec::new(), 0),
         Err(e) => comm.abort(&e.to_string()),
@@ -166,13 +240,13 @@ pub(crate) fn follow(session: &Session, comm: &mut dyn Collective) -> Result<(),
 }
 
 /// Ranks 1.. of an in-process group, each on a thread of its own with its session.
-pub(crate) struct Followers {
+struct Followers {
     threads: Vec<std::thread::JoinHandle<Result<(), PipelineError>>>,
 }
 
 impl Followers {
     /// Starts `sessions[i]` as rank `i + 1` on `comms[i]`.
-    pub(crate) fn spawn(sessions: Vec<Session>, comms: Vec<InProcessComm>) -> Result<Followers, PipelineError> {
+    fn spawn(sessions: Vec<Session>, comms: Vec<InProcessComm>) -> Result<Followers, PipelineError> {
         let mut threads = Vec::new();
         for (i, (session, mut comm)) in sessions.into_iter().zip(comms).enumerate() {
             let thread = std::thread::Builder::new()
@@ -185,7 +259,7 @@ impl Followers {
     }
 
     /// Waits for every rank to end; the first failure, if any.
-    pub(crate) fn join(self) -> Result<(), PipelineError> {
+    fn join(self) -> Result<(), PipelineError> {
         let mut first = Ok(());
         for (i, t) in self.threads.into_iter().enumerate() {
             let r =

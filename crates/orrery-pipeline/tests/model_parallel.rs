@@ -3,13 +3,15 @@
 //! the tokens (`--sp`). The decoded video is within 1e-5 relative of one rank on the tiny
 //! Text2World fixture and within 1e-4 on the medium pipeline (2 and 4 ranks). The latents after each step are compared too, with the
 //! bound the guidance implies: `cond + 6·(cond − uncond)` multiplies the transformer's
-//! rounding difference by up to 13 before it reaches them. Requests tensor parallelism cannot
-//! serve are refused before any work.
+//! rounding difference by up to 13 before it reaches them. CFG parallelism over two groups of
+//! model ranks (4 in-process ranks) is held to the same bounds; requests model parallelism
+//! cannot serve are refused before any work.
 
 mod common;
 
 use common::{fixture, rel_err, Run};
 use orrery_cpu::CpuTensor;
+use orrery_parallel::InProcessGroup;
 use orrery_pipeline::{
     standard_normal, write_synthetic_pipeline, CfgParallel, CosmosPipeline, GenerateOutput, GenerateRequest,
     MemoryBudget, ModelParallel, PipelineError, SamplerKind, SyntheticSize,
@@ -74,7 +76,37 @@ fn the_medium_pipeline_on_two_and_four_ranks_of_either_kind_is_within_1e_4_of_on
 }
 
 #[test]
-fn streamed_weights_and_cfg_parallelism_are_refused_with_model_parallelism() {
+fn cfg_parallelism_over_two_model_parallel_groups_is_within_1e_5_of_one_rank() {
+    // 2 CFG ranks × 2 model ranks in this process: each guidance branch on a group of its own.
+    let dir = fixture("cosmos_t2w_tiny");
+    let run = Run::open(&dir, "run");
+    let pipeline = CosmosPipeline::load(&dir).unwrap();
+    let noise = run.get("noise");
+    let progress = |_| {};
+    let one = pipeline.generate(&run.request(&noise, &progress)).unwrap();
+    for layout in [ModelParallel::tensor(2), ModelParallel::sequence(2)] {
+        let axis = layout.axis();
+        let request = GenerateRequest {
+            cfg_parallel: CfgParallel::InProcess,
+            model_parallel: layout,
+            threads: 4,
+            ..run.request(&noise, &progress)
+        };
+        let four = pipeline.generate(&request).unwrap();
+        let (video, latents) = compare(&four, &one);
+        println!("CFG × {axis:?} 2: video {video:.2e}, latents {latents:.2e}");
+        assert!(video <= 1e-5, "{axis:?}: video {video:e}");
+        assert!(latents <= 13e-5, "{axis:?}: latents {latents:e}");
+        // Rank 0's group ran the conditional branch, the second CFG rank's the other.
+        let on =
+            |rank: usize| four.invocations.iter().filter(move |s| s.label.starts_with("transformer") && s.rank == rank);
+        assert!(on(0).all(|s| s.label == "transformer.cond") && on(0).count() == request.steps);
+        assert!(on(1).all(|s| s.label == "transformer.uncond") && on(1).count() == request.steps);
+    }
+}
+
+#[test]
+fn requests_model_parallelism_cannot_serve_are_refused_before_any_work() {
     let dir = fixture("cosmos_t2w_tiny");
     let run = Run::open(&dir, "run");
     let pipeline = CosmosPipeline::load(&dir).unwrap();
@@ -83,10 +115,13 @@ fn streamed_weights_and_cfg_parallelism_are_refused_with_model_parallelism() {
     let base = || GenerateRequest { model_parallel: ModelParallel::tensor(2), ..run.request(&noise, &progress) };
     let resident = pipeline.generate(&run.request(&noise, &progress)).unwrap();
     let streamed = GenerateRequest { memory: Some(MemoryBudget::new(resident.memory.min_budget)), ..base() };
-    let cfg = GenerateRequest { cfg_parallel: CfgParallel::InProcess, ..base() };
-    for (request, words) in [(streamed, "--memory-budget"), (cfg, "--cfg-parallel")] {
+    // CFG ranks in this process cannot lead model-parallel groups of other processes.
+    let comm = std::cell::RefCell::new(InProcessGroup::ranks(2).remove(0));
+    let elsewhere = ModelParallel::Ranks { comm: &comm, axis: orrery_models::ShardAxis::Heads };
+    let mixed = GenerateRequest { cfg_parallel: CfgParallel::InProcess, model_parallel: elsewhere, ..base() };
+    for (request, words) in [(streamed, "--memory-budget"), (mixed, "both run in this process")] {
         match pipeline.generate(&request) {
-            Err(PipelineError::Invalid(m)) => assert!(m.contains("--tp 2") && m.contains(words), "{m}"),
+            Err(PipelineError::Invalid(m)) => assert!(m.contains(words), "{m}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
     }

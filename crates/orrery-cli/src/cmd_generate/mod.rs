@@ -352,27 +352,35 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let settings = Settings { memory: budget, ..settings };
     // Under mpirun: this process's rank and the collective joining it to the others.
     let launch = ranks::detect();
-    let layout = match (args.cfg_parallel, settings.tp, settings.sp) {
-        (cfg, 1, 1) => ranks::Layout { cfg, model: 1, axis: ShardAxis::Heads },
-        (false, tp, 1) => ranks::Layout { cfg: false, model: tp, axis: ShardAxis::Heads },
-        (false, 1, sp) => ranks::Layout { cfg: false, model: sp, axis: ShardAxis::Tokens },
-        _ => bail!("--cfg-parallel, --tp and --sp cannot be combined yet: choose one"),
+    let cfg = args.cfg_parallel;
+    let layout = match (settings.tp, settings.sp) {
+        (1, 1) => ranks::Layout { cfg, model: 1, axis: ShardAxis::Heads },
+        (tp, 1) => ranks::Layout { cfg, model: tp, axis: ShardAxis::Heads },
+        (1, sp) => ranks::Layout { cfg, model: sp, axis: ShardAxis::Tokens },
+        _ => bail!("--tp and --sp cannot be combined yet: choose one (either may go with --cfg-parallel)"),
     };
-    let comm = match launch {
+    let ranks = match launch {
         Some(l) => Some(ranks::connect(l, layout, args.batch.is_some())?),
         None => None,
     };
-    let cfg = match (&comm, layout.cfg) {
-        (Some(c), true) => CfgParallel::Ranks(c),
+    let cfg = match (&ranks, layout.cfg) {
+        (Some(r), true) => match &r.cfg {
+            Some(comm) => CfgParallel::Ranks(comm),
+            None => CfgParallel::Off,
+        },
         (None, true) => CfgParallel::InProcess,
         (_, false) => CfgParallel::Off,
     };
-    let model = match (&comm, layout.model) {
+    let model = match (&ranks, layout.model) {
         (_, 1) => ModelParallel::Off,
-        (Some(comm), _) => ModelParallel::Ranks { comm, axis: layout.axis },
+        (Some(r), _) => match &r.model {
+            Some(comm) => ModelParallel::Ranks { comm, axis: layout.axis },
+            None => ModelParallel::Off,
+        },
         (None, ranks) => ModelParallel::InProcess { ranks, axis: layout.axis },
     };
-    let serving = launch.is_some_and(|l| l.rank != 0);
+    let role = ranks.as_ref().map_or(ranks::Role::Lead, |r| r.role);
+    let serving = role != ranks::Role::Lead;
     let stop = crate::interrupt::install();
     let mut totals = StageTimes::default();
     let mut reports = Vec::new();
@@ -384,7 +392,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             _ => label,
         };
         let progress = Progress::new(label);
-        match run_job(&pipeline, &settings, job, &progress, stop, (cfg, model), serving) {
+        match run_job(&pipeline, &settings, job, &progress, stop, (cfg, model), role) {
             Ok(report) => {
                 if jobs.len() > 1 {
                     progress.line(&format!(
@@ -416,8 +424,8 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     if serving {
         // Rank 0 reports the run and writes its outputs.
         let rank = launch.map_or(0, |l| l.rank);
-        let what = match (layout.model, layout.axis) {
-            (1, _) => "the unconditional branch",
+        let what = match (role, layout.axis) {
+            (ranks::Role::ServeUncond, _) => "the unconditional branch",
             (_, ShardAxis::Heads) => "its tensor-parallel shard of every evaluation",
             (_, ShardAxis::Tokens) => "its sequence-parallel shard of every evaluation",
         };
@@ -503,8 +511,8 @@ fn job_noise(job: &Job, latent: &[usize]) -> Result<JobNoise> {
     Ok(JobNoise { noise, injected })
 }
 
-/// Runs one job; `serving`: this is a rank other than 0 of an mpirun launch, which computes
-/// the unconditional branch (CFG) or its shard of every evaluation (TP) for rank 0 and writes
+/// Runs one job as `role`: the whole pipeline (rank 0), or in an mpirun launch the
+/// unconditional branch (CFG) or a shard of every evaluation (TP/SP) for rank 0, writing
 /// nothing.
 fn run_job(
     pipeline: &CosmosPipeline,
@@ -513,8 +521,9 @@ fn run_job(
     progress: &Progress,
     stop: &AtomicBool,
     (cfg, model): (CfgParallel<'_>, ModelParallel<'_>),
-    serving: bool,
+    role: ranks::Role,
 ) -> Result<JobReport, JobFailure> {
+    let serving = role != ranks::Role::Lead;
     let prepare_started = Instant::now();
     progress.started("reading the inputs");
     let latent = pipeline.latent_shape(s.height, s.width, s.frames)?;
@@ -575,8 +584,8 @@ fn run_job(
         model_parallel: model,
     };
     if serving {
-        match model {
-            ModelParallel::Off => pipeline.serve_uncond(&request)?,
+        match role {
+            ranks::Role::ServeUncond => pipeline.serve_uncond(&request)?,
             _ => pipeline.follow_model_parallel(&request)?,
         }
         let measured = serde_json::Value::Null;
