@@ -14,6 +14,7 @@
 mod issue_points;
 mod memory;
 pub mod passes;
+mod placement;
 mod plan;
 mod plan_store;
 mod weight_timeline;
@@ -23,6 +24,7 @@ pub use memory::{
     can_run_in_place, plan_memory, validate, BufferSlot, DeviceLimits, MemoryOptions, MemoryPlan, Storage, ARENA_ALIGN,
 };
 pub use passes::{optimize, OptimizeOptions, Optimizer, PassError, RewriteLog};
+pub use placement::{infer_placements, is_parallel, Placement};
 pub use plan::{compile, compile_with, CompileOptions, Kernel, Passes, Plan, PlanCache, PlanKey};
 pub use plan_store::{
     binary_fingerprint, component_identity, PlanStore, StoreKey, StoreWarning, DEFAULT_MAX_BYTES, PLAN_STORE_FORMAT,
@@ -48,6 +50,10 @@ pub enum CompileError {
     /// The weights cannot be streamed within the given weight budget.
     #[error("{0}")]
     WeightBudget(String),
+    /// One rank of a parallel plan uses a value in a split state its op cannot take (a model
+    /// builder's bug: e.g. a partial sum used before its all-reduce).
+    #[error("parallel plan: node `{node}`: {reason}")]
+    Placement { node: String, reason: String },
     /// A memory plan failed validation: a planner bug, never a user error.
     #[error("invalid memory plan (a compiler bug): {0}")]
     InvalidPlan(String),

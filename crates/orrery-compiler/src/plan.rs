@@ -91,6 +91,10 @@ pub fn compile(graph: Graph) -> Result<Plan, CompileError> {
 /// plan with overlapping live buffers ever leaves the compiler.
 pub fn compile_with(graph: Graph, options: &CompileOptions) -> Result<Plan, CompileError> {
     graph.verify()?;
+    // One rank of a parallel plan: every value's split state must suit its use.
+    if crate::is_parallel(&graph) {
+        crate::infer_placements(&graph).map_err(|(node, reason)| CompileError::Placement { node, reason })?;
+    }
     // Splitting comes first, on the graph as built, so fusion sees the slices.
     let (graph, mut rewrites) = match options.split_weights_over {
         Some(max_bytes) => Optimizer::new(vec![Box::new(SplitConvWeights { max_bytes })]).run(graph)?,

@@ -9,7 +9,7 @@ use orrery_compiler::passes::{Rule, SplitConvWeights};
 use orrery_compiler::{compile_with, component_identity, Plan};
 use orrery_formats::WeightSource;
 use orrery_ir::DType;
-use orrery_models::{load_component, Component, Shard, WeightTypes};
+use orrery_models::{load_component, Component, Shard, ShardAxis, WeightTypes};
 use orrery_runtime::{FormatWeights, Session};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -89,6 +89,11 @@ impl Part {
         shapes: &[(&str, &[usize])],
         variant: Variant,
     ) -> Result<Arc<Plan>, PipelineError> {
+        // A sequence-parallel plan is the same on every rank (the runtime supplies the rank).
+        let variant = match variant.shard {
+            Shard { axis: ShardAxis::Tokens, ranks, .. } => Variant { shard: Shard::tokens(0, ranks), ..variant },
+            _ => variant,
+        };
         let by_name: BTreeMap<String, Vec<usize>> = shapes.iter().map(|(n, s)| (n.to_string(), s.to_vec())).collect();
         let key = (method.to_string(), by_name, variant);
         if let Some(plan) = self.plans.lock().expect("plan cache poisoned").get(&key) {
@@ -96,7 +101,10 @@ impl Part {
         }
         let stored_method = match variant.shard {
             Shard { ranks: 1, .. } => method.to_string(),
-            Shard { rank, ranks, axis } => format!("{method} ({axis:?}-parallel rank {rank} of {ranks})"),
+            Shard { rank, ranks, axis: ShardAxis::Heads } => {
+                format!("{method} (tensor-parallel rank {rank} of {ranks})")
+            }
+            Shard { ranks, .. } => format!("{method} (sequence-parallel over {ranks} ranks)"),
         };
         let stored = self
             .disk

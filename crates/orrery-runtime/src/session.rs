@@ -261,13 +261,19 @@ fn collective(op: &Op, x: &CpuTensor, comm: &mut dyn Collective) -> Result<CpuTe
     };
     let ranks = match *op {
         Op::AllReduce => size,
-        Op::AllGather { ranks, .. } | Op::AllToAll { ranks, .. } => ranks,
+        Op::AllGather { ranks, .. } | Op::AllToAll { ranks, .. } | Op::RankSlice { ranks, .. } => ranks,
         _ => return Err(invalid(format!("{op} is not a collective"))),
     };
     if ranks != size {
         return Err(invalid(format!("the plan was built for {ranks} ranks, the group has {size}")));
     }
     match *op {
+        Op::RankSlice { axis, .. } => {
+            let mut part = x.shape().to_vec();
+            part[axis] /= ranks;
+            let slice = Op::Slice { axis, start: me * part[axis], end: (me + 1) * part[axis], step: 1 };
+            orrery_cpu::execute(&slice, &[x], &TensorType::new(x.dtype(), part)).map_err(|e| invalid(e.to_string()))
+        }
         Op::AllGather { axis, .. } => {
             let all = comm.all_gather(&x.to_f32_vec())?;
             let part = x.shape().to_vec();

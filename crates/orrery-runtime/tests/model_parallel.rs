@@ -205,3 +205,27 @@ fn sequence_parallel_ranks_match_one_rank() {
         assert!(err.contains("--sp") && err.contains(words), "{err}");
     }
 }
+
+#[test]
+fn every_sharded_graph_has_a_consistent_split_state_ending_whole() {
+    // The compiler's placement check (`orrery_compiler::infer_placements`) over the DiT's
+    // tensor- and sequence-parallel graphs: every row-parallel output is a partial sum that an
+    // all-reduce completes, and the sample is whole on every rank.
+    use orrery_compiler::{infer_placements, Placement};
+    let component = load_component(&fixture("t2w")).unwrap();
+    let (mut inputs, _) = case("t2w", "fps24");
+    inputs.insert("hidden_states".into(), CpuTensor::from_vec(vec![2, 4, 2, 6, 10], vec![0f32; 960]));
+    let source = open_weights(fixture("t2w")).unwrap();
+    let lookup = |k: &str| source.info(k).map(|i| (i.dtype, i.shape));
+    let shapes = inputs.iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect();
+    for shard in [Shard::heads(1, 2), Shard::tokens(1, 2)] {
+        let graph = component.build_sharded("forward", &shapes, &WeightTypes::Checkpoint(&lookup), shard).unwrap();
+        let placed = infer_placements(&graph).unwrap();
+        let sample = graph.outputs().iter().find(|(n, _)| n == "sample").unwrap().1;
+        assert_eq!(placed[sample.0], Placement::Replicate, "{shard:?}");
+        let partial = placed.iter().filter(|p| **p == Placement::Partial).count();
+        let reduces = graph.nodes().iter().filter(|n| n.op() == Some(&orrery_ir::Op::AllReduce)).count();
+        assert_eq!(partial, reduces, "{shard:?}: one partial sum per all-reduce");
+        assert_eq!(reduces, if shard.splits_heads() { 2 * 3 } else { 0 });
+    }
+}

@@ -91,7 +91,7 @@ impl Op {
             // One add per element and other rank (their count is the run's, not the op's:
             // counted as one); the link's bytes are the parallel layout's business.
             Op::AllReduce => out_n,
-            Op::AllToAll { .. } | Op::AllGather { .. } => 0,
+            Op::AllToAll { .. } | Op::AllGather { .. } | Op::RankSlice { .. } => 0,
             // Data movement only.
             op => {
                 debug_assert_eq!(op.family(), OpFamily::Layout);

@@ -85,6 +85,15 @@ impl Op {
                 dims[c] *= n;
                 Ok(TensorType::new(DType::F32, dims))
             }
+            Op::RankSlice { axis, ranks } => {
+                want_inputs(inputs, 1..=1)?;
+                let mut dims = inputs[0].shape.dims().to_vec();
+                if *axis >= dims.len() || *ranks == 0 || !dims[*axis].is_multiple_of(*ranks) {
+                    return Err(format!("rank_slice of {dims:?} along axis {axis} into {ranks} equal parts"));
+                }
+                dims[*axis] /= ranks;
+                Ok(TensorType::new(inputs[0].dtype, dims))
+            }
             Op::AllGather { axis, ranks } => {
                 want_inputs(inputs, 1..=1)?;
                 want_f32(&inputs[0], "input")?;

@@ -371,6 +371,11 @@ pub enum Op {
     /// Every rank's x f32 concatenated along `axis` in rank order (`axis` multiplied by
     /// `ranks`). Executed by the runtime.
     AllGather { axis: usize, ranks: usize },
+    /// This rank's part of x (any dtype, the same on every rank): the r-th of `ranks` equal
+    /// chunks along `axis`, r being the rank running it (a view). How a plan starts splitting a
+    /// replicated value (sequence parallelism's tokens); the runtime supplies the rank, so the
+    /// plan is the same on every rank.
+    RankSlice { axis: usize, ranks: usize },
 }
 
 impl Op {
@@ -459,6 +464,7 @@ impl Op {
             Op::AllReduce => "all_reduce",
             Op::AllToAll { .. } => "all_to_all",
             Op::AllGather { .. } => "all_gather",
+            Op::RankSlice { .. } => "rank_slice",
         }
     }
 
@@ -490,7 +496,7 @@ impl Op {
             Op::Conv(_) | Op::ConvTranspose(_) | Op::Pool(_) | Op::Resize { .. } => OpFamily::Conv,
             Op::Fused(_) => OpFamily::Fused,
             Op::Epilogue { .. } => OpFamily::Epilogue,
-            Op::AllReduce | Op::AllToAll { .. } | Op::AllGather { .. } => OpFamily::Collective,
+            Op::AllReduce | Op::AllToAll { .. } | Op::AllGather { .. } | Op::RankSlice { .. } => OpFamily::Collective,
         }
     }
 
@@ -510,7 +516,10 @@ impl Op {
 
     /// True for ops whose output can be a strided view of their first input (no copy).
     pub fn is_view(&self) -> bool {
-        matches!(self, Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Expand { .. })
+        matches!(
+            self,
+            Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. } | Op::Expand { .. } | Op::RankSlice { .. }
+        )
     }
 }
 
@@ -581,7 +590,9 @@ impl fmt::Display for Op {
                 f.write_str("}")
             }
             Op::AllToAll { split, concat, ranks } => write!(f, "{{split={split}, concat={concat}, ranks={ranks}}}"),
-            Op::AllGather { axis, ranks } => write!(f, "{{axis={axis}, ranks={ranks}}}"),
+            Op::AllGather { axis, ranks } | Op::RankSlice { axis, ranks } => {
+                write!(f, "{{axis={axis}, ranks={ranks}}}")
+            }
             Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Embedding | Op::AllReduce => Ok(()),
         }
     }

@@ -109,10 +109,9 @@ pub fn transformer_graph_sharded(
     let wpe = w.declare(&mut b, "patch_embed.proj.weight", &[d, c.patch_features()])?;
     let mut x = b.linear("patch_embed.proj", x, wpe, None)?;
     // Sequence parallelism: this rank's tokens from here on (and of every per-token table).
-    let local = shard.share(tokens);
     let mine = |b: &mut GraphBuilder, name: &str, v: NodeId, axis: usize| -> Result<NodeId, ModelError> {
         match shard.splits_tokens() {
-            true => Ok(b.narrow(&format!("{name}.tokens_of_rank"), v, axis, local.start, local.end)?),
+            true => Ok(b.op(&format!("{name}.tokens_of_rank"), Op::RankSlice { axis, ranks: shard.ranks }, &[v])?),
             false => Ok(v),
         }
     };
