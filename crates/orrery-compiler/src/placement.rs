@@ -13,7 +13,7 @@
 //! exchange of a value not split the way it expects, a product of two split operands that do
 //! not contract into a partial sum. This is what keeps a sharded model builder honest: a
 //! forgotten all-reduce is a compile error naming the node, not a wrong video. Only graphs with
-//! collectives or weight slices are checked ([`is_parallel`]).
+//! collectives are checked ([`is_parallel`]); in them a weight slice is this rank's shard.
 
 use orrery_ir::{AttentionLayout, Graph, NodeKind, Op, OpFamily};
 
@@ -25,13 +25,10 @@ pub enum Placement {
     Partial,
 }
 
-/// True when `graph` is one rank of a parallel plan: it has collectives or weight slices.
+/// True when `graph` is one rank of a parallel plan: it has collectives. (Weight slices alone
+/// are not: a one-rank graph may read a weight in parts, e.g. to stream it in pieces.)
 pub fn is_parallel(graph: &Graph) -> bool {
-    graph.nodes().iter().any(|n| match &n.kind {
-        NodeKind::Weight => n.name.contains("@rows[") || n.name.contains("@cols["),
-        NodeKind::Op(op) => op.family() == OpFamily::Collective,
-        _ => false,
-    })
+    graph.nodes().iter().any(|n| n.op().is_some_and(|op| op.family() == OpFamily::Collective))
 }
 
 /// Every value's placement, by node index; the error names the node whose operands are in a
@@ -260,6 +257,9 @@ mod tests {
     #[test]
     fn a_forgotten_all_reduce_is_named() {
         let g = mlp(false, |b, x, y| b.add("residual", x, y).unwrap());
+        // Without any collective the graph is not taken for a parallel one (slices alone may
+        // be a one-rank graph reading a weight in parts), but its states still show the slip.
+        assert!(!is_parallel(&g));
         let (node, why) = infer_placements(&g).unwrap_err();
         assert_eq!(node, "residual");
         assert!(why.contains("partial sum") && why.contains("all-reduce"), "{why}");
