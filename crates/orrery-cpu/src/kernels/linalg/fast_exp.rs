@@ -142,9 +142,89 @@ mod avx2 {
     }
 }
 
+/// The same computations sixteen lanes at a time with AVX-512: the exponentials are the
+/// AVX2 lanes' operations, and each 16-wide block's sums go into the eight-lane accumulator as
+/// its low then its high half, which is the order the eight-lane loop adds them in, so results
+/// are bit-identical to the other builds.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    const WIDE: usize = 2 * LANES;
+
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let s = _mm512_set1_ps;
+        // max(MIN, x) and min(MAX, ·) return x when x is NaN, like `f32::clamp`.
+        let xc = _mm512_min_ps(s(EXP_MAX_ARG), _mm512_max_ps(s(EXP_MIN_ARG), x));
+        let t = _mm512_fmadd_ps(xc, s(std::f32::consts::LOG2_E), s(ROUND_MAGIC));
+        let n_int = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(ROUND_MAGIC.to_bits() as i32));
+        let n = _mm512_sub_ps(t, s(ROUND_MAGIC));
+        let r = _mm512_fmadd_ps(n, s(2.121_944_4e-4), _mm512_fmadd_ps(n, s(-0.693_359_4), xc));
+        let mut p = s(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, s(c));
+        }
+        let e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), s(1.0));
+        let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127))));
+        let scaled = _mm512_mul_ps(e, pow2);
+        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, s(EXP_MIN_ARG));
+        _mm512_maskz_mov_ps(keep, scaled)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let shift16 = _mm512_set1_ps(shift);
+        let mut chunks = row.chunks_exact_mut(WIDE);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly WIDE floats; unaligned loads and stores are allowed.
+            unsafe {
+                let v = exp16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), shift16));
+                _mm512_storeu_ps(c.as_mut_ptr(), v);
+                acc = _mm256_add_ps(acc, _mm512_castps512_ps256(v));
+                acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+            }
+        }
+        let mut lanes = [0f32; LANES];
+        // SAFETY: `lanes` holds LANES floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        // The rest (under 16 elements) as the portable loop: lane i % 8 again.
+        exp_shifted_lanes(chunks.into_remainder(), shift, &mut lanes);
+        combine_lanes(lanes)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub fn row_max(row: &[f32]) -> f32 {
+        let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut chunks = row.chunks_exact(WIDE);
+        for c in &mut chunks {
+            // SAFETY: `c` holds exactly WIDE floats. max(v, acc) keeps acc when v is NaN.
+            acc = unsafe { _mm512_max_ps(_mm512_loadu_ps(c.as_ptr()), acc) };
+        }
+        let mut lanes = [0f32; WIDE];
+        // SAFETY: `lanes` holds WIDE floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+        for (i, &v) in chunks.remainder().iter().enumerate() {
+            lanes[i] = if v > lanes[i] { v } else { lanes[i] };
+        }
+        lanes.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    }
+
+    pub fn available() -> bool {
+        std::is_x86_feature_detected!("avx512f")
+    }
+}
+
 /// `row[j] = e^(row[j] - shift)`; returns Σ row in a fixed order (eight interleaved partial
 /// sums, then combined pairwise), independent of threads and of the instruction set used.
 pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU supports AVX-512F (checked at run time).
+        return unsafe { avx512::exp_shifted_sum(row, shift) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
@@ -155,6 +235,11 @@ pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
 
 /// The largest element (NaNs ignored; -inf for an empty or all -inf row).
 pub(crate) fn row_max(row: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        // SAFETY: the CPU supports AVX-512F (checked at run time).
+        return unsafe { avx512::row_max(row) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
@@ -190,7 +275,7 @@ mod tests {
 
     #[test]
     fn row_helpers_match_plain_loops_bit_for_bit() {
-        for len in [0, 1, 7, 8, 9, 37, 64, 515] {
+        for len in [0, 1, 7, 8, 9, 15, 16, 17, 37, 64, 515] {
             let row: Vec<f32> = (0..len).map(|i| ((i * 7919) % 23) as f32 * 0.9 - 12.0).collect();
             let max = row_max(&row);
             assert_eq!(max, row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
@@ -199,6 +284,21 @@ mod tests {
             let mut portable = row.clone();
             let sum = exp_shifted_sum(&mut fast, max);
             assert_eq!(sum.to_bits(), exp_shifted_sum_portable(&mut portable, max).to_bits());
+            // Each x86 build present on this CPU gives the same bits as the portable one.
+            #[cfg(target_arch = "x86_64")]
+            for (available, run) in [
+                (
+                    avx2::available(),
+                    (|r: &mut [f32], s| unsafe { avx2::exp_shifted_sum(r, s) }) as fn(&mut [f32], f32) -> f32,
+                ),
+                (avx512::available(), |r: &mut [f32], s| unsafe { avx512::exp_shifted_sum(r, s) }),
+            ] {
+                if available {
+                    let mut out = row.clone();
+                    assert_eq!(run(&mut out, max).to_bits(), sum.to_bits(), "length {len}");
+                    assert_eq!(out, portable);
+                }
+            }
             let plain: Vec<f32> = row.iter().map(|v| exp(v - max)).collect();
             assert_eq!(fast, plain);
             assert_eq!(portable, plain);
