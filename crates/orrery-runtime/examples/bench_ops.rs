@@ -3,7 +3,8 @@
 //! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]`
 //! prints one JSON line: the case, median and all run times (first, warm-up run excluded) and
 //! the achieved GFLOP/s (and GB/s of operands read). Cases: `gemm<N>` (N³ f32) and
-//! `gemm<M>x<K>x<N>`, `gemv<M>` (M rows through a 4096 × 4096 linear: memory-bound),
+//! `gemm<M>x<K>x<N>`, `gemv<M>` (M rows through a 4096 × 4096 linear: memory-bound; `gemv<M>_bf16`
+//! against a bf16 weight, as checkpoints store it),
 //! `attn<L>` (16 heads × 64, self-attention of length L), `attn<H>x<D>_<L>`, `xattn<Lq>_<Lk>`
 //! (16 × 64 cross-attention), `conv` (3×3, 256→256 channels at 64×64),
 //! `conv133_<C>_<T>x<H>x<W>` / `conv311_<C>_<T>x<H>x<W>` (the tokenizer's factorised 3-D
@@ -51,6 +52,13 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
         let a = b.input("a", DType::F32, [m, k]).ok()?;
         let w = b.input("b", DType::F32, [k, n]).ok()?;
         let y = b.matmul("mm", a, w).ok()?;
+        b.output("y", y).ok()?;
+    } else if let Some(m) = name.strip_prefix("gemv").and_then(|s| s.strip_suffix("_bf16")?.parse::<usize>().ok()) {
+        // The same product against a bf16 weight, as checkpoints store it (read as stored).
+        inputs = vec![("x", vec![m, 4096])];
+        let x = b.input("x", DType::F32, [m, 4096]).ok()?;
+        let w = b.weight("w", DType::BF16, [4096, 4096]).ok()?;
+        let y = b.linear("fc", x, w, None).ok()?;
         b.output("y", y).ok()?;
     } else if let Some(m) = name.strip_prefix("gemv").and_then(|s| s.parse::<usize>().ok()) {
         // A memory-bound linear: M rows against a 4096 × 4096 weight (read transposed, as
@@ -220,7 +228,13 @@ fn case_weights(graph: &Graph) -> MemoryWeights {
         let scale = 1.0 / (*dims.last().unwrap_or(&1) as f32).sqrt();
         let t = filled(dims, 1000 + i as u32);
         let data: Vec<f32> = t.to_f32_vec().iter().map(|v| v * scale).collect();
-        weights.insert(&node.name, CpuTensor::from_vec(dims.to_vec(), data));
+        let t = match node.ty.dtype {
+            DType::BF16 => {
+                CpuTensor::from_vec(dims.to_vec(), data.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>())
+            }
+            _ => CpuTensor::from_vec(dims.to_vec(), data),
+        };
+        weights.insert(&node.name, t);
     }
     weights
 }

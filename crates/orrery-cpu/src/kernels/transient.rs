@@ -3,10 +3,10 @@
 //!
 //! The products and convolutions read f32 operands in place but widen others (bf16/f16
 //! weights) into a dense f32 copy for the length of the call; `linear` with at most
-//! [`MAX_ROWS`] rows reads a bf16 weight as stored instead. Per-thread scratch (attention's
+//! `max_rows` rows reads a bf16 weight as stored instead. Per-thread scratch (attention's
 //! score blocks, a convolution's row of zeros) is a few KiB and not counted.
 
-use super::linalg::MAX_ROWS;
+use super::linalg::max_rows;
 use orrery_ir::{DType, Op, TensorType};
 
 fn widened(t: &TensorType) -> u64 {
@@ -29,7 +29,7 @@ pub fn transient_bytes(op: &Op, inputs: &[&TensorType], out: &TensorType) -> u64
             let (x, w) = (inputs[0], inputs[1]);
             let n = w.shape.dims().first().copied().unwrap_or(1).max(1);
             let rows = out.shape.numel() / n;
-            let weight = if rows <= MAX_ROWS && w.dtype == DType::BF16 { 0 } else { widened(w) };
+            let weight = if rows <= max_rows(w.dtype) && w.dtype == DType::BF16 { 0 } else { widened(w) };
             widened(x) + weight + inputs.get(2).map_or(0, |b| widened(b))
         }
         Op::MatMul { .. } | Op::Conv { .. } => inputs.iter().map(|t| widened(t)).sum(),
@@ -53,8 +53,9 @@ mod tests {
         let w32 = ty(DType::F32, &[64, 32]);
         let x = |rows| ty(DType::F32, &[rows, 32]);
         let y = |rows| ty(DType::F32, &[rows, 64]);
-        assert_eq!(transient_bytes(&linear, &[&x(16), &w16], &y(16)), 64 * 32 * 4);
-        assert_eq!(transient_bytes(&linear, &[&x(8), &w16], &y(8)), 0, "≤ 8 rows read bf16 in place");
+        assert_eq!(transient_bytes(&linear, &[&x(33), &w16], &y(33)), 64 * 32 * 4);
+        assert_eq!(transient_bytes(&linear, &[&x(32), &w16], &y(32)), 0, "≤ 32 rows read bf16 in place");
+        assert_eq!(transient_bytes(&linear, &[&x(8), &w16], &y(8)), 0);
         assert_eq!(transient_bytes(&linear, &[&x(16), &w32], &y(16)), 0);
         let matmul = Op::MatMul { transpose_a: false, transpose_b: true };
         assert_eq!(transient_bytes(&matmul, &[&x(3), &w16], &y(3)), 64 * 32 * 4);

@@ -1,7 +1,7 @@
 //! MatMul and Linear: strided GEMM calls, no operand copies for f32 views.
 
 use super::blas::{gemm, MatMut, MatRef, Threads};
-use super::gemv::{rows_times_weight, Rows, WeightRows, MAX_ROWS};
+use super::gemv::{max_rows, rows_times_weight, Rows, WeightRows, MAX_ROWS};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
 use crate::CpuTensor;
 use half::bf16;
@@ -73,7 +73,7 @@ impl Gemms {
         };
         let bias = bias.map(F32Operand::dense);
         let a_strides = (row_stride, x.strides[lead]);
-        if rows <= MAX_ROWS && a_strides.1 == 1 && w.dtype() == DType::BF16 && w.data::<bf16>().is_some() {
+        if rows <= max_rows(DType::BF16) && a_strides.1 == 1 && w.dtype() == DType::BF16 && w.data::<bf16>().is_some() {
             let b = F32Operand::empty();
             let (a_offsets, b_offsets) = (vec![x.offset], vec![0]);
             let b_bf16 = Some(w.clone());
@@ -102,7 +102,8 @@ impl Gemms {
     /// `[N, K]` weight): the product is memory-bound and streams the weight once
     /// ([`rows_times_weight`]) instead of packing it.
     fn streams_weight(&self) -> bool {
-        self.m <= MAX_ROWS && self.k > 0 && self.a_strides.1 == 1 && self.b_strides.0 == 1
+        let most = if self.b_bf16.is_some() { max_rows(DType::BF16) } else { MAX_ROWS };
+        self.m <= most && self.k > 0 && self.a_strides.1 == 1 && self.b_strides.0 == 1
     }
 
     fn bias(&self) -> Option<&[f32]> {
