@@ -67,7 +67,8 @@ pub struct PlanArgs {
     #[arg(long)]
     dump: bool,
     /// Parallel layouts to report the transformer's communication per denoising step for:
-    /// `tp:N` (tensor), `sp:N` (sequence, Ulysses), `cfg` (guidance branches), comma-separated.
+    /// `tp:N` (tensor), `sp:N` (sequence, Ulysses), `cfg` (guidance branches), `cfg+tp:N` /
+    /// `cfg+sp:N` (each branch on N ranks), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "cfg,tp:2,tp:4,tp:8,sp:2,sp:4")]
     parallel: Vec<orrery_pipeline::ParallelLayout>,
     #[arg(long)]

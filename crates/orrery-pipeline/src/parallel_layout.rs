@@ -13,6 +13,9 @@
 //!   (N − 1)/N · T per rank.
 //! - **CFG parallelism** over 2 ranks: each runs one guidance branch and sends its output to
 //!   the other once per step.
+//! - **CFG × tensor or sequence parallelism** over 2N ranks: each branch on a group of N
+//!   (one evaluation per group and step), the groups' leaders exchanging like the CFG pair;
+//!   a leader sends its group's share plus the exchange.
 //!
 //! Sizes are the plan's activations (f32 on the CPU backend; half that for a bf16 device).
 
@@ -26,6 +29,10 @@ pub enum ParallelLayout {
     Tensor(usize),
     Sequence(usize),
     Cfg,
+    /// Each guidance branch on N tensor-parallel ranks.
+    CfgTensor(usize),
+    /// Each guidance branch on N sequence-parallel ranks.
+    CfgSequence(usize),
 }
 
 impl std::fmt::Display for ParallelLayout {
@@ -34,6 +41,8 @@ impl std::fmt::Display for ParallelLayout {
             ParallelLayout::Tensor(n) => write!(f, "tp:{n}"),
             ParallelLayout::Sequence(n) => write!(f, "sp:{n}"),
             ParallelLayout::Cfg => write!(f, "cfg"),
+            ParallelLayout::CfgTensor(n) => write!(f, "cfg+tp:{n}"),
+            ParallelLayout::CfgSequence(n) => write!(f, "cfg+sp:{n}"),
         }
     }
 }
@@ -41,8 +50,16 @@ impl std::fmt::Display for ParallelLayout {
 impl std::str::FromStr for ParallelLayout {
     type Err = String;
 
-    /// `tp:N`, `sp:N` (N ≥ 2) or `cfg`.
+    /// `tp:N`, `sp:N` (N ≥ 2), `cfg`, or `cfg+tp:N` / `cfg+sp:N` (either order).
     fn from_str(s: &str) -> Result<ParallelLayout, String> {
+        let model = s.strip_prefix("cfg+").or_else(|| s.strip_suffix("+cfg"));
+        if let Some(model) = model {
+            return match model.parse::<ParallelLayout>() {
+                Ok(ParallelLayout::Tensor(n)) => Ok(ParallelLayout::CfgTensor(n)),
+                Ok(ParallelLayout::Sequence(n)) => Ok(ParallelLayout::CfgSequence(n)),
+                _ => Err(format!("`{s}`: CFG combines with tp:N or sp:N")),
+            };
+        }
         let ranks = |n: &str| match n.parse::<usize>() {
             Ok(n) if n >= 2 => Ok(n),
             _ => Err(format!("`{s}`: the rank count must be a whole number ≥ 2")),
@@ -51,7 +68,7 @@ impl std::str::FromStr for ParallelLayout {
             Some(("tp", n)) => Ok(ParallelLayout::Tensor(ranks(n)?)),
             Some(("sp", n)) => Ok(ParallelLayout::Sequence(ranks(n)?)),
             None if s == "cfg" => Ok(ParallelLayout::Cfg),
-            _ => Err(format!("`{s}` is not a parallel layout: use tp:N, sp:N or cfg")),
+            _ => Err(format!("`{s}` is not a parallel layout: use tp:N, sp:N, cfg, cfg+tp:N or cfg+sp:N")),
         }
     }
 }
@@ -63,7 +80,8 @@ pub struct StepCommunication {
     pub ranks: usize,
     /// Collective calls per step (every rank makes each).
     pub collectives: usize,
-    /// Bytes every rank sends per step.
+    /// Bytes every rank sends per step (with CFG over groups: the most a rank sends, the
+    /// groups' leaders'; the collectives count is theirs too).
     pub bytes_per_rank: u64,
 }
 
@@ -77,6 +95,23 @@ pub fn step_communication(
     branches: usize,
     layout: ParallelLayout,
 ) -> Result<StepCommunication, PipelineError> {
+    // CFG over two model-parallel groups: one evaluation per group and step, plus the
+    // leaders' exchange.
+    let combined = match layout {
+        ParallelLayout::CfgTensor(n) => Some(ParallelLayout::Tensor(n)),
+        ParallelLayout::CfgSequence(n) => Some(ParallelLayout::Sequence(n)),
+        _ => None,
+    };
+    if let Some(model) = combined {
+        let cfg = step_communication(dit, branches, ParallelLayout::Cfg)?;
+        let group = step_communication(dit, 1, model)?;
+        return Ok(StepCommunication {
+            layout,
+            ranks: 2 * group.ranks,
+            collectives: group.collectives + cfg.collectives,
+            bytes_per_rank: group.bytes_per_rank + cfg.bytes_per_rank,
+        });
+    }
     let graph = &dit.graph;
     let f32_bytes = |numel: usize| numel as u64 * 4;
     let attentions: Vec<(&orrery_compiler::Kernel, Vec<usize>, Vec<usize>)> = dit
@@ -142,6 +177,7 @@ pub fn step_communication(
             // One exchange per step, not per branch.
             return Ok(StepCommunication { layout, ranks: 2, collectives: 1, bytes_per_rank: output });
         }
+        ParallelLayout::CfgTensor(_) | ParallelLayout::CfgSequence(_) => unreachable!("handled above"),
     };
     Ok(StepCommunication {
         layout,

@@ -39,8 +39,19 @@ fn communication_per_step_follows_the_layouts_formulas() {
     // CFG: each rank sends its branch's output once a step.
     let cfg = comm("cfg").unwrap();
     assert_eq!((cfg.ranks, cfg.collectives, cfg.bytes_per_rank), (2, 1, output));
+    // CFG over two groups of 2: each group evaluates one branch a step; its leader also
+    // exchanges the output with the other group's.
+    let cfg_tp = comm("cfg+tp:2").unwrap();
+    assert_eq!(cfg_tp.ranks, 4);
+    assert_eq!(cfg_tp.collectives as u64, 3 * layers + 1);
+    assert_eq!(cfg_tp.bytes_per_rank, 3 * layers * activation + output);
+    let cfg_sp = comm("sp:2+cfg").unwrap();
+    assert_eq!((cfg_sp.ranks, cfg_sp.collectives as u64), (4, 4 * layers + 1 + 1));
+    assert_eq!(cfg_sp.bytes_per_rank, layers * per_attention + output / 2 + output);
+    assert!("cfg+cfg".parse::<ParallelLayout>().is_err());
     // Without guidance there is no second branch to split off.
     let unguided = RunSize { guidance: 1.0, ..run };
     assert!(pipeline.step_communication(&unguided, ParallelLayout::Cfg).is_err());
+    assert!(pipeline.step_communication(&unguided, ParallelLayout::CfgTensor(2)).is_err());
     assert!("tp:1".parse::<ParallelLayout>().is_err() && "pp:2".parse::<ParallelLayout>().is_err());
 }
