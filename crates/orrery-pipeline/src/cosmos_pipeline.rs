@@ -397,17 +397,21 @@ impl CosmosPipeline {
             let weights = plans.distinct().iter().map(|p| p.weight_bytes).sum();
             MemoryPlan::new(&short, all, weights, budget, split)
         };
-        let plans = self.run_plans(run.dims(), run.max_text_len, None)?;
-        let short = plans.invocations(prompts, evaluations.min(2));
-        let short: Vec<&Plan> = short.iter().map(|(p, _)| &***p).collect();
-        let Some(b) = budget.filter(|b| b.bytes < crate::memory_budget::min_budget(&short)) else {
-            return plan_with(None);
+        let b = match (plan_with(None), budget) {
+            (Err(PipelineError::BudgetTooSmall(_)), Some(b)) => b,
+            (plain, _) => return plain,
         };
         // The ring the budget leaves is smaller than the weights some kernel reads at once:
         // split the convolutions' weights to fit that ring, or failing that as far as they go
-        // (whose minimum a refusal then states).
+        // (whose minimum a refusal then states). The plain plans are compiled and kept already.
+        let plans = self.run_plans(run.dims(), run.max_text_len, None)?;
+        let short = plans.invocations(prompts, evaluations.min(2));
+        let short: Vec<&Plan> = short.iter().map(|(p, _)| &***p).collect();
         let ring = b.bytes.saturating_sub(crate::memory_budget::working_bytes(&short)).max(1);
-        plan_with(Some(ring)).or_else(|_| plan_with(Some(1)))
+        match plan_with(Some(ring)) {
+            Err(PipelineError::BudgetTooSmall(_)) => plan_with(Some(1)),
+            fitted => fitted,
+        }
     }
 
     /// Predicts a run of this size on `target` (see [`crate::prediction`]): its memory plan

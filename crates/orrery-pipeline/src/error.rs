@@ -6,6 +6,10 @@ pub enum PipelineError {
     Config { path: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// The memory budget is below the smallest one the run's plans need (the message states
+    /// that number); `memory_plan` then tries plans with split convolutions.
+    #[error("{0}")]
+    BudgetTooSmall(String),
     /// The caller's stop flag was raised (Ctrl-C): the run ended between two steps.
     #[error("interrupted")]
     Interrupted,

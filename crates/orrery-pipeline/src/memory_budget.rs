@@ -96,12 +96,6 @@ pub struct MemoryPlan {
     pub weight_split: Option<u64>,
 }
 
-/// The smallest budget that runs `representative` (see [`MemoryPlan::new`]): its largest
-/// activations and transient plus the smallest ring.
-pub(crate) fn min_budget(representative: &[&Plan]) -> u64 {
-    working_bytes(representative) + min_weight_capacity(representative)
-}
-
 /// The working memory of `representative` besides weights: its largest activations and
 /// transient.
 pub(crate) fn working_bytes(representative: &[&Plan]) -> u64 {
@@ -124,7 +118,7 @@ impl MemoryPlan {
         let activation_bytes = representative.iter().map(|p| p.peak_resident_bytes).max().unwrap_or(0);
         let transient_bytes = representative.iter().map(|p| largest_transient(p)).max().unwrap_or(0);
         let working = activation_bytes + transient_bytes;
-        let min_budget = min_budget(representative);
+        let min_budget = working + min_weight_capacity(representative);
         let timeline = match budget {
             Some(b) if b.bytes < weight_bytes + working => {
                 if b.bytes < min_budget {
@@ -132,7 +126,7 @@ impl MemoryPlan {
                         0 => String::new(),
                         t => format!(", {t} of a weight one kernel widens to f32,"),
                     };
-                    return Err(PipelineError::Invalid(format!(
+                    return Err(PipelineError::BudgetTooSmall(format!(
                         "a memory budget of {} bytes is below the {min_budget} bytes this run needs at least \
                          ({activation_bytes} of activations{widened} plus the weights its largest kernels read at \
                          once); \

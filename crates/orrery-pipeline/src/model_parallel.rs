@@ -46,7 +46,8 @@ impl ModelParallel<'_> {
         ModelParallel::InProcess { ranks, axis: ShardAxis::Tokens }
     }
 
-    /// How many ranks share each evaluation (1 when off).
+    /// How many ranks share each evaluation (1 when off). With `Ranks` it reads the
+    /// collective's size, so call it before a run borrows the collective for its evaluations.
     pub fn ranks(&self) -> usize {
         match self {
             ModelParallel::Off => 1,

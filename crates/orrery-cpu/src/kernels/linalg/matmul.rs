@@ -73,7 +73,7 @@ impl Gemms {
         };
         let bias = bias.map(F32Operand::dense);
         let a_strides = (row_stride, x.strides[lead]);
-        if rows <= max_rows(DType::BF16) && a_strides.1 == 1 && w.dtype() == DType::BF16 && w.data::<bf16>().is_some() {
+        if w.dtype() == DType::BF16 && rows <= max_rows(w.dtype()) && a_strides.1 == 1 && w.data::<bf16>().is_some() {
             let b = F32Operand::empty();
             let (a_offsets, b_offsets) = (vec![x.offset], vec![0]);
             let b_bf16 = Some(w.clone());
