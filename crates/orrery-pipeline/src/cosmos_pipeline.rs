@@ -716,7 +716,8 @@ impl CosmosPipeline {
             ModelParallel::Ranks { comm, .. } if model_ranks > 1 => Group::Ranks(comm.borrow_mut()),
             _ => Group::Local(new_group()?),
         });
-        let layout = InputLayout::of(&dit)?;
+        // What one evaluation sends to the other ranks (only when there are any).
+        let layout = if model_ranks > 1 { InputLayout::of(&dit)? } else { InputLayout::default() };
         let fps = r.fps;
         let dit_inputs = |input: Vec<f32>, c_noise: f32, uncond: bool| {
             let text = if uncond { &negative_prompt_embeds } else { &prompt_embeds };

@@ -75,7 +75,8 @@ impl ModelParallel<'_> {
 }
 
 /// The graph inputs of a plan in name order with their shapes: how one evaluation's inputs
-/// travel as one f32 message.
+/// travel as one f32 message (empty for a rank alone, which sends nothing).
+#[derive(Default)]
 pub(crate) struct InputLayout(Vec<(String, Vec<usize>)>);
 
 impl InputLayout {
