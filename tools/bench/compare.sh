@@ -2,6 +2,8 @@
 # Interleaves orrery and PyTorch on the same op cases (BENCHMARKS.md §Method):
 #   tools/bench/compare.sh [rounds] [cases...]
 # Prints one JSON line per run; needs .venv-ref (tools/reference/requirements.txt).
+# With BASELINE_ENV set (e.g. BASELINE_ENV=ORRERY_GEMM=crate), each round also runs orrery under
+# that environment, reported as impl "orrery-base" (summarize.py adds a column for it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-3}; shift || true
@@ -13,5 +15,8 @@ for r in $(seq "$rounds"); do
   for c in $cases; do
     .venv-ref/bin/python tools/bench/torch_ops.py "$c" --threads 2 --runs 3
     "$bin" "$c" --threads 2 --runs 3
+    if [ -n "${BASELINE_ENV:-}" ]; then
+      env $BASELINE_ENV "$bin" "$c" --threads 2 --runs 3 | sed 's/"impl": "orrery"/"impl": "orrery-base"/'
+    fi
   done
 done

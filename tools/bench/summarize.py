@@ -1,6 +1,7 @@
 """Summarises `tools/bench/compare.sh` output (JSON lines) as a Markdown table: per case and
 side, the median of all timed runs, their range, GFLOP/s (or GB/s for memory-bound cases),
-peak RSS, and the ratio PyTorch median / orrery median (> 1: orrery faster).
+peak RSS, and the ratio PyTorch median / orrery median (> 1: orrery faster). Runs of impl
+"orrery-base" (compare.sh with BASELINE_ENV) add a column: base median / orrery median.
 
     tools/bench/compare.sh 3 gemm1024 attn1024 > runs.jsonl
     python3 tools/bench/summarize.py runs.jsonl
@@ -32,8 +33,10 @@ for case, _ in runs:
     if case not in cases:
         cases.append(case)
 
-print("| case | PyTorch ms (min–max) | orrery ms (min–max) | ratio | rate PyTorch / orrery | peak RSS MiB PyTorch / orrery |")
-print("|---|---|---|---|---|---|")
+has_base = any(impl == "orrery-base" for _, impl in runs)
+extra = (" orrery-base ms (min–max) | base / orrery |", "---|---|") if has_base else ("", "")
+print("| case | PyTorch ms (min–max) | orrery ms (min–max) | ratio | rate PyTorch / orrery | peak RSS MiB PyTorch / orrery |" + extra[0])
+print("|---|---|---|---|---|---|" + extra[1])
 for case in cases:
     t, o = runs.get((case, "torch")), runs.get((case, "orrery"))
 
@@ -51,4 +54,9 @@ for case in cases:
 
     ratio = statistics.median(t["times"]) / statistics.median(o["times"]) if t and o else float("nan")
     rss = " / ".join(f"{e['rss'] / 2**20:.0f}" if e else "–" for e in (t, o))
-    print(f"| {case} | {cell(t)} | {cell(o)} | **{ratio:.2f}** | {rate(t)} / {rate(o)} | {rss} |")
+    row = f"| {case} | {cell(t)} | {cell(o)} | **{ratio:.2f}** | {rate(t)} / {rate(o)} | {rss} |"
+    if has_base:
+        b = runs.get((case, "orrery-base"))
+        vs = statistics.median(b["times"]) / statistics.median(o["times"]) if b and o else float("nan")
+        row += f" {cell(b)} | {vs:.2f} |"
+    print(row)

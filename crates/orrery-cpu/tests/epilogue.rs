@@ -70,8 +70,10 @@ fn linear_epilogues_across_tiles_and_shapes() {
         let x = rand_f32(seed, &[m, k]);
         let w = rand_f32(seed + 1, &[n, k]);
         let bias = rand_f32(seed + 2, &[n]);
-        // Bias-like [N] extra and gelu.
+        // Bias-like [N] extra and gelu, with the weight in f32 and as bf16.
         check(Op::Linear { has_bias: false }, bias_gelu(), &[x.clone(), w.clone()], std::slice::from_ref(&bias), 1e-4);
+        let w16 = rand_of(DType::BF16, seed + 1, &[n, k]);
+        check(Op::Linear { has_bias: false }, bias_gelu(), &[x.clone(), w16], std::slice::from_ref(&bias), 1e-4);
         // With the op's own bias, a full-shape residual and a [rows, 1] gate.
         let residual = rand_f32(seed + 3, &[m, n]);
         let gate = rand_f32(seed + 4, &[m, 1]);

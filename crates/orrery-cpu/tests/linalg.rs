@@ -260,3 +260,26 @@ fn few_rows_against_a_bf16_weight_equal_the_widened_weight_bit_for_bit() {
         assert_eq!(got, want, "{rows}x{k}x{n}");
     }
 }
+
+#[test]
+fn many_rows_against_a_bf16_weight_equal_the_widened_weight_bit_for_bit() {
+    // Past the few-rows path the GEMM reads the bf16 weight as stored where it can (widening
+    // while packing) and widens it whole elsewhere; widening is exact either way, so the bits
+    // must be those of the weight given in f32, with and without a bias (`tests/epilogue.rs`
+    // covers fused epilogues over bf16 weights).
+    for (rows, k, n) in [(33, 300, 70), (150, 77, 600), (300, 513, 130)] {
+        let x = rand_f32(30 + rows as u64, &[rows, k]);
+        let w = rand_of(DType::BF16, 31, &[n, k]);
+        let w32 = CpuTensor::from_vec(vec![n, k], w.to_f32_vec());
+        let bias = rand_f32(32, &[n]);
+        let out = orrery_ir::TensorType::new(DType::F32, [rows, n]);
+        for (op, extra) in [(Op::Linear { has_bias: false }, None), (Op::Linear { has_bias: true }, Some(&bias))] {
+            let run = |w: &CpuTensor| {
+                let mut inputs = vec![&x, w];
+                inputs.extend(extra);
+                orrery_cpu::execute(&op, &inputs, &out).unwrap()
+            };
+            assert_eq!(bits(&run(&w)), bits(&run(&w32)), "{rows}x{k}x{n} {op:?}");
+        }
+    }
+}

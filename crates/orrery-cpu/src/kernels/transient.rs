@@ -2,11 +2,13 @@
 //! budget can hold it (the compiler's arena counts outputs only).
 //!
 //! The products and convolutions read f32 operands in place but widen others (bf16/f16
-//! weights) into a dense f32 copy for the length of the call; `linear` with at most
-//! `max_rows` rows reads a bf16 weight as stored instead. Per-thread scratch (attention's
-//! score blocks, a convolution's row of zeros) is a few KiB and not counted.
+//! weights) into a dense f32 copy for the length of the call; `linear` reads a bf16 weight as
+//! stored instead with at most `max_rows` rows, and with any number of rows on CPUs where the
+//! GEMM packs bf16 (`reads_bf16_weights`). Per-thread scratch is not counted:
+//! attention's score block and packed key block (0.75 MiB at head dim 128), the own GEMM's packing
+//! buffers (at most 2 MiB, kept by each thread), a convolution's row of zeros.
 
-use super::linalg::max_rows;
+use super::linalg::{max_rows, reads_bf16_weights};
 use orrery_ir::{DType, Op, TensorType};
 
 fn widened(t: &TensorType) -> u64 {
@@ -29,7 +31,8 @@ pub fn transient_bytes(op: &Op, inputs: &[&TensorType], out: &TensorType) -> u64
             let (x, w) = (inputs[0], inputs[1]);
             let n = w.shape.dims().first().copied().unwrap_or(1).max(1);
             let rows = out.shape.numel() / n;
-            let weight = if rows <= max_rows(w.dtype) && w.dtype == DType::BF16 { 0 } else { widened(w) };
+            let as_stored = w.dtype == DType::BF16 && (rows <= max_rows(w.dtype) || reads_bf16_weights());
+            let weight = if as_stored { 0 } else { widened(w) };
             widened(x) + weight + inputs.get(2).map_or(0, |b| widened(b))
         }
         Op::MatMul { .. } | Op::Conv { .. } => inputs.iter().map(|t| widened(t)).sum(),
@@ -53,7 +56,8 @@ mod tests {
         let w32 = ty(DType::F32, &[64, 32]);
         let x = |rows| ty(DType::F32, &[rows, 32]);
         let y = |rows| ty(DType::F32, &[rows, 64]);
-        assert_eq!(transient_bytes(&linear, &[&x(33), &w16], &y(33)), 64 * 32 * 4);
+        let widened_bf16 = if reads_bf16_weights() { 0 } else { 64 * 32 * 4 };
+        assert_eq!(transient_bytes(&linear, &[&x(33), &w16], &y(33)), widened_bf16);
         assert_eq!(transient_bytes(&linear, &[&x(32), &w16], &y(32)), 0, "≤ 32 rows read bf16 in place");
         assert_eq!(transient_bytes(&linear, &[&x(8), &w16], &y(8)), 0);
         assert_eq!(transient_bytes(&linear, &[&x(16), &w32], &y(16)), 0);

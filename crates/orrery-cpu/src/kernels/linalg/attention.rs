@@ -1,13 +1,14 @@
 //! Flash-style scaled dot-product attention.
 //!
-//! Each task owns one block of up to [`Q_BLOCK`] query rows of one (batch, head) and walks the
-//! keys in blocks of [`K_BLOCK`]: scores for the block (`q·kᵀ·scale`, one GEMM), mask, then an
-//! online softmax (running max and running sum per row, rescaling the accumulated output when
-//! the max grows) and `acc += p·v` (a second GEMM). Only a `Q_BLOCK × K_BLOCK` score block ever
-//! exists. Blocks are fixed sizes and keys are visited in order, so results do not depend on
-//! the thread count.
+//! Each task owns a run of query rows of one (batch, head) and walks the keys in blocks of
+//! [`K_BLOCK`], preparing each key block once (packed for the GEMM) for all its queries. For
+//! each block of up to [`Q_BLOCK`] of its rows: scores (`q·kᵀ·scale`, one GEMM), mask, then
+//! an online softmax (running max and running sum per row, rescaling the accumulated output
+//! when the max grows) and `acc += p·v` (a second GEMM). Only a `Q_BLOCK × K_BLOCK` score
+//! block ever exists. Every row's arithmetic depends on its own values and the fixed key
+//! blocks only, whichever task holds it, so results do not depend on the thread count.
 
-use super::blas::{gemm, MatMut, MatRef, Threads};
+use super::blas::{gemm_shared, MatMut, MatRef, SharedB};
 use super::fast_exp::{exp, exp_shifted_sum, row_max};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
 use crate::{Buffer, CpuTensor};
@@ -19,6 +20,11 @@ use std::sync::Arc;
 const Q_BLOCK: usize = 128;
 /// Keys per score block.
 const K_BLOCK: usize = 512;
+/// Query blocks a task is given at least (when it has that many), so that preparing a key
+/// block is shared by several query blocks.
+const RUN_BLOCKS: usize = 4;
+/// Tasks per thread aimed at when heads are few.
+const TASKS_PER_THREAD: usize = 8;
 
 /// A strided matrix per (batch, head): the buffer offset of each head, then row/column strides.
 struct Heads<'a> {
@@ -152,33 +158,33 @@ pub(super) fn attention(
         return CpuTensor::from_vec(od, y);
     }
     let shape = BlockShape { d, lk, dv, scale };
-    let attend = |block: &QueryBlock, out: MatMut| attend_block(&shape, block, &qh, &kh, &vh, mask.as_ref(), out);
-    match layout {
-        AttentionLayout::HeadsMajor => {
-            y.par_chunks_mut(lq * dv).enumerate().for_each(|(h, head_out)| {
-                head_out.par_chunks_mut(Q_BLOCK * dv).enumerate().for_each(|(qb, block_out)| {
-                    let rows = block_out.len() / dv;
-                    attend(&QueryBlock { h, q0: qb * Q_BLOCK, rows }, MatMut::dense(block_out, rows, dv));
-                });
-            });
-        }
-        AttentionLayout::TokensMajor => {
-            // The same (head, query block) tasks; each writes its rows × Dv block straight into
-            // the interleaved output, rows H·Dv apart.
-            let heads = batch[r - 3];
-            let blocks = lq.div_ceil(Q_BLOCK);
-            let base = SharedMut(y.as_mut_ptr());
-            (0..batch.iter().product::<usize>() * blocks).into_par_iter().for_each(|task| {
-                let (h, qb) = (task / blocks, task % blocks);
-                let (outer, head) = (h / heads, h % heads);
-                let q0 = qb * Q_BLOCK;
-                let rows = Q_BLOCK.min(lq - q0);
-                // SAFETY: tasks own disjoint (head, rows) blocks of `y`, which outlives the loop.
-                let out = MatMut { ptr: base.add(((outer * lq + q0) * heads + head) * dv), rs: heads * dv, cs: 1 };
-                attend(&QueryBlock { h, q0, rows }, out);
-            });
-        }
-    }
+    // Tasks: (head, run of query blocks). A task prepares each key block once for all its
+    // query blocks. Heads are split into runs of at least RUN_BLOCKS query blocks (preparing
+    // keys then costs a few percent of the products), as far as it takes to give the threads
+    // several tasks each (a busy core then delays the end by a small task, not a big one).
+    let heads = batch.iter().product::<usize>();
+    let q_blocks = lq.div_ceil(Q_BLOCK);
+    let runs =
+        (TASKS_PER_THREAD * rayon::current_num_threads()).div_ceil(heads).clamp(1, q_blocks.div_ceil(RUN_BLOCKS));
+    let run_blocks = q_blocks.div_ceil(runs);
+    let runs = q_blocks.div_ceil(run_blocks);
+    let base = SharedMut(y.as_mut_ptr());
+    (0..heads * runs).into_par_iter().for_each(|task| {
+        let (h, run) = (task / runs, task % runs);
+        let q0 = run * run_blocks * Q_BLOCK;
+        let rows = (run_blocks * Q_BLOCK).min(lq - q0);
+        // SAFETY: tasks own disjoint (head, rows) blocks of `y`, which outlives the loop.
+        let out = match layout {
+            AttentionLayout::HeadsMajor => MatMut { ptr: base.add((h * lq + q0) * dv), rs: dv, cs: 1 },
+            // Each row goes straight into the interleaved output, rows H·Dv apart.
+            AttentionLayout::TokensMajor => {
+                let per = batch[r - 3];
+                let (outer, head) = (h / per, h % per);
+                MatMut { ptr: base.add(((outer * lq + q0) * per + head) * dv), rs: per * dv, cs: 1 }
+            }
+        };
+        attend_rows(&shape, &QueryRows { h, q0, rows }, &qh, &kh, &vh, mask.as_ref(), out);
+    });
     CpuTensor::from_vec(od, y)
 }
 
@@ -202,7 +208,7 @@ struct BlockShape {
 }
 
 /// Which query rows a task owns.
-struct QueryBlock {
+struct QueryRows {
     h: usize,
     q0: usize,
     rows: usize,
@@ -210,9 +216,9 @@ struct QueryBlock {
 
 /// Computes the `rows × dv` output block `out` (unit column stride, initially zero; the
 /// caller guarantees the block is this task's alone).
-fn attend_block(
+fn attend_rows(
     s: &BlockShape,
-    b: &QueryBlock,
+    b: &QueryRows,
     qh: &Heads<'_>,
     kh: &Heads<'_>,
     vh: &Heads<'_>,
@@ -221,43 +227,47 @@ fn attend_block(
 ) {
     // SAFETY: row `i < rows` of the block is `dv` elements from `ptr + i·rs`, owned by this task.
     let out_row = |i: usize| unsafe { std::slice::from_raw_parts_mut(out.ptr.add(i * out.rs), s.dv) };
-    let mut scores = vec![0f32; b.rows * K_BLOCK.min(s.lk)];
+    let mut scores = vec![0f32; Q_BLOCK.min(b.rows) * K_BLOCK.min(s.lk)];
     let mut running_max = vec![f32::NEG_INFINITY; b.rows];
     let mut running_sum = vec![0f32; b.rows];
-    let q = qh.rows_from(b.h, b.q0, false);
+    let (mut keys, mut values) = (SharedB::default(), SharedB::default());
     for k0 in (0..s.lk).step_by(K_BLOCK) {
         let cols = K_BLOCK.min(s.lk - k0);
-        let block = &mut scores[..b.rows * cols];
-        // SAFETY: `block` is a dense rows×cols buffer owned by this task.
-        unsafe {
-            let dst = MatMut::dense(block, b.rows, cols);
-            gemm(b.rows, cols, s.d, dst, q, kh.rows_from(b.h, k0, true), s.scale, false, Threads::Single);
-        }
-        if let Some(mask) = mask {
-            mask.apply(block, b.h, b.q0, k0, cols);
-        }
-        let mut any_live = false;
-        for (i, row) in block.chunks_mut(cols).enumerate() {
-            let new_max = running_max[i].max(row_max(row));
-            if new_max == f32::NEG_INFINITY {
-                // Nothing attended so far in this row: these keys weigh nothing.
-                row.fill(0.0);
-                continue;
+        keys.set(s.d, cols, kh.rows_from(b.h, k0, true));
+        values.set(cols, s.dv, vh.rows_from(b.h, k0, false));
+        for r0 in (0..b.rows).step_by(Q_BLOCK) {
+            let rows = Q_BLOCK.min(b.rows - r0);
+            let block = &mut scores[..rows * cols];
+            let q = qh.rows_from(b.h, b.q0 + r0, false);
+            // SAFETY: `block` is a dense rows×cols buffer owned by this task.
+            unsafe { gemm_shared(rows, MatMut::dense(block, rows, cols), q, &keys, s.scale, false) };
+            if let Some(mask) = mask {
+                mask.apply(block, b.h, b.q0 + r0, k0, cols);
             }
-            any_live = true;
-            if new_max > running_max[i] && running_max[i] != f32::NEG_INFINITY {
-                let correction = exp(running_max[i] - new_max);
-                running_sum[i] *= correction;
-                out_row(i).iter_mut().for_each(|o| *o *= correction);
+            let mut any_live = false;
+            for (i, row) in block.chunks_mut(cols).enumerate() {
+                let at = r0 + i;
+                let new_max = running_max[at].max(row_max(row));
+                if new_max == f32::NEG_INFINITY {
+                    // Nothing attended so far in this row: these keys weigh nothing.
+                    row.fill(0.0);
+                    continue;
+                }
+                any_live = true;
+                if new_max > running_max[at] && running_max[at] != f32::NEG_INFINITY {
+                    let correction = exp(running_max[at] - new_max);
+                    running_sum[at] *= correction;
+                    out_row(at).iter_mut().for_each(|o| *o *= correction);
+                }
+                running_max[at] = new_max;
+                running_sum[at] += exp_shifted_sum(row, new_max);
             }
-            running_max[i] = new_max;
-            running_sum[i] += exp_shifted_sum(row, new_max);
-        }
-        if any_live {
-            // SAFETY: `out` is this task's rows × dv block.
-            unsafe {
-                let p = MatRef::new(block, 0, cols, 1);
-                gemm(b.rows, s.dv, cols, out, p, vh.rows_from(b.h, k0, false), 1.0, true, Threads::Single);
+            if any_live {
+                // SAFETY: rows r0.. of `out` are this task's.
+                unsafe {
+                    let dst = MatMut { ptr: out.ptr.add(r0 * out.rs), ..out };
+                    gemm_shared(rows, dst, MatRef::new(block, 0, cols, 1), &values, 1.0, true);
+                }
             }
         }
     }

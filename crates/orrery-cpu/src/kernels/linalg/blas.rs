@@ -1,6 +1,9 @@
-//! The one place that calls the `gemm` crate.
+//! The one entry point of every f32 product: orrery's own GEMM (`sgemm/`) on CPUs with
+//! AVX-512, the `gemm` crate elsewhere.
 //!
-//! Determinism: `gemm` splits the k dimension into blocks whose size depends on the matrix
+//! Determinism: both split the k dimension into blocks that never depend on the thread count;
+//! `sgemm` cuts k into fixed blocks and nothing else changes an element's arithmetic (see its
+//! module). `gemm` splits the k dimension into blocks whose size depends on the matrix
 //! sizes and the cache sizes only, and its threads split m and n; every output element is
 //! accumulated over k in the same order whatever the thread count (checked by the
 //! `determinism` tests). Callers also pick [`Threads`] from problem sizes, never from the
@@ -85,6 +88,16 @@ pub(crate) unsafe fn gemm(
         Threads::Pool => Parallelism::Rayon(rayon::current_num_threads()),
     };
     let (lhs_ptr, rhs_ptr) = (lhs.ptr(m, k), rhs.ptr(k, n));
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() {
+        use super::sgemm::{sgemm, Out, Strided};
+        let a = Strided { p: lhs_ptr, rs: lhs.rs, cs: lhs.cs };
+        let b = Strided { p: rhs_ptr, rs: rhs.rs, cs: rhs.cs };
+        let c = Out { c: dst.ptr, rs: dst.rs, cs: dst.cs };
+        // SAFETY: AVX-512F is present; operand bounds are checked above; the caller
+        // guarantees dst.
+        return unsafe { sgemm(m, n, k, c, a, b, scale, accumulate, threads) };
+    }
     // gemm computes dst := alpha·dst + beta·lhs·rhs, reading dst only when asked to.
     // SAFETY: operand bounds are checked above; the caller guarantees dst.
     unsafe {
@@ -110,4 +123,108 @@ pub(crate) unsafe fn gemm(
             parallelism,
         )
     }
+}
+
+/// True when products read a bf16 `[N, K]` weight as stored ([`gemm_bf16_weight`]), widening it
+/// while packing; otherwise callers widen it into an f32 copy first.
+pub(crate) fn reads_bf16_weights() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() {
+        return true;
+    }
+    false
+}
+
+/// `dst = lhs · wᵀ` (m×k times the transpose of n rows of `w`, each k long, starting at row
+/// `first_row` of the dense row-major bf16 matrix `w`), or `dst += …` with `accumulate`: the
+/// bits of [`gemm`] on the widened weight.
+///
+/// # Safety
+/// [`reads_bf16_weights`] holds; `dst` as for [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_bf16_weight(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut,
+    lhs: MatRef<'_>,
+    w: &[half::bf16],
+    first_row: usize,
+    accumulate: bool,
+    threads: Threads,
+) {
+    assert!(reads_bf16_weights(), "bf16 weights are widened before products on this CPU");
+    assert!((first_row + n) * k <= w.len(), "weight rows out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let lhs_ptr = lhs.ptr(m, k);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::sgemm::{sgemm_bf16, Bf16Rows, Out, Strided};
+        let a = Strided { p: lhs_ptr, rs: lhs.rs, cs: lhs.cs };
+        let b = Bf16Rows { p: w[first_row * k..].as_ptr() as *const u16, rs: k };
+        let c = Out { c: dst.ptr, rs: dst.rs, cs: dst.cs };
+        // SAFETY: AVX-512F is present (asserted); both operands are in bounds (checked above);
+        // the caller guarantees dst. `bf16` is a transparent u16.
+        unsafe { sgemm_bf16(m, n, k, c, a, b, 1.0, accumulate, threads) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (lhs_ptr, dst, accumulate, threads);
+}
+
+/// A B operand several products on one thread share (attention's key and value blocks, read
+/// by every block of queries): packed once for the own GEMM, or kept as a view for `gemm`,
+/// which packs per call.
+#[derive(Default)]
+pub(crate) struct SharedB<'a> {
+    view: Option<MatRef<'a>>,
+    k: usize,
+    n: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: super::sgemm::PackedB,
+}
+
+impl<'a> SharedB<'a> {
+    /// Makes this the `k × n` matrix `b` (replacing what it held).
+    pub fn set(&mut self, k: usize, n: usize, b: MatRef<'a>) {
+        let ptr = b.ptr(k, n);
+        (self.view, self.k, self.n) = (Some(b), k, n);
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm::available() {
+            let strided = super::sgemm::Strided { p: ptr, rs: b.rs, cs: b.cs };
+            // SAFETY: AVX-512F is present; the bounds are checked above.
+            unsafe { self.packed.pack(k, n, strided) };
+        }
+    }
+}
+
+/// [`gemm`] on the calling thread with a shared `rhs` (its `k × n`; `dst` is `m × n`): the
+/// same bits as [`gemm`] on the matrix it was made from.
+///
+/// # Safety
+/// As [`gemm`].
+pub(crate) unsafe fn gemm_shared(
+    m: usize,
+    dst: MatMut,
+    lhs: MatRef<'_>,
+    rhs: &SharedB<'_>,
+    scale: f32,
+    accumulate: bool,
+) {
+    let Some(view) = rhs.view else { return };
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() {
+        if m == 0 || rhs.n == 0 {
+            return;
+        }
+        let lhs_ptr = lhs.ptr(m, rhs.k);
+        let a = super::sgemm::Strided { p: lhs_ptr, rs: lhs.rs, cs: lhs.cs };
+        let c = super::sgemm::Out { c: dst.ptr, rs: dst.rs, cs: dst.cs };
+        // SAFETY: AVX-512F is present; `lhs` is checked above, `rhs` when it was set; the
+        // caller guarantees dst.
+        return unsafe { super::sgemm::sgemm_packed(m, c, a, &rhs.packed, scale, accumulate) };
+    }
+    // SAFETY: forwarded.
+    unsafe { gemm(m, rhs.n, rhs.k, dst, lhs, view, scale, accumulate, Threads::Single) }
 }

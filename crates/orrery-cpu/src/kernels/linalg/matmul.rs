@@ -1,6 +1,6 @@
 //! MatMul and Linear: strided GEMM calls, no operand copies for f32 views.
 
-use super::blas::{gemm, MatMut, MatRef, Threads};
+use super::blas::{gemm, gemm_bf16_weight, reads_bf16_weights, MatMut, MatRef, Threads};
 use super::gemv::{max_rows, rows_times_weight, Rows, WeightRows, MAX_ROWS};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
 use crate::CpuTensor;
@@ -27,8 +27,9 @@ fn matrix_strides(strides: &[usize], transpose: bool) -> (usize, usize) {
 struct Gemms {
     a: F32Operand,
     b: F32Operand,
-    /// A bf16 `linear` weight `[N, K]` kept as stored for the few-rows path (then `b` is
-    /// empty): widening it whole would double its bytes and cost more than the product.
+    /// A bf16 `linear` weight `[N, K]` kept as stored (then `b` is empty) for the few-rows
+    /// path, and for the GEMM where it packs bf16 ([`reads_bf16_weights`]): widening it whole
+    /// would double its bytes for the length of the call.
     b_bf16: Option<CpuTensor>,
     bias: Option<F32Operand>,
     m: usize,
@@ -73,7 +74,8 @@ impl Gemms {
         };
         let bias = bias.map(F32Operand::dense);
         let a_strides = (row_stride, x.strides[lead]);
-        if w.dtype() == DType::BF16 && rows <= max_rows(w.dtype()) && a_strides.1 == 1 && w.data::<bf16>().is_some() {
+        let streamed = rows <= max_rows(w.dtype()) && a_strides.1 == 1;
+        if w.dtype() == DType::BF16 && (streamed || reads_bf16_weights()) && w.data::<bf16>().is_some() {
             let b = F32Operand::empty();
             let (a_offsets, b_offsets) = (vec![x.offset], vec![0]);
             let b_bf16 = Some(w.clone());
@@ -89,13 +91,31 @@ impl Gemms {
         self.a_offsets.len()
     }
 
-    /// Rows `r0..` and columns `c0..` of product `i`'s operands.
-    fn operands(&self, i: usize, r0: usize, c0: usize) -> (MatRef<'_>, MatRef<'_>) {
-        let lhs =
-            MatRef::new(self.a.data(), self.a_offsets[i] + r0 * self.a_strides.0, self.a_strides.0, self.a_strides.1);
-        let rhs =
-            MatRef::new(self.b.data(), self.b_offsets[i] + c0 * self.b_strides.1, self.b_strides.0, self.b_strides.1);
-        (lhs, rhs)
+    /// Rows `r0..r0 + rows`, columns `c0..c0 + cols` of product `i` into `dst` (`+=` with
+    /// `accumulate`).
+    ///
+    /// # Safety
+    /// `dst` as for [`gemm`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        &self,
+        i: usize,
+        (r0, rows): (usize, usize),
+        (c0, cols): (usize, usize),
+        dst: MatMut,
+        accumulate: bool,
+        threads: Threads,
+    ) {
+        let (a0, a1) = self.a_strides;
+        let lhs = MatRef::new(self.a.data(), self.a_offsets[i] + r0 * a0, a0, a1);
+        if let Some(w) = self.b_bf16.as_ref().and_then(|w| w.data::<bf16>()) {
+            // SAFETY: forwarded; `b_bf16` outside the few-rows path implies reads_bf16_weights.
+            return unsafe { gemm_bf16_weight(rows, cols, self.k, dst, lhs, w, c0, accumulate, threads) };
+        }
+        let (b0, b1) = self.b_strides;
+        let rhs = MatRef::new(self.b.data(), self.b_offsets[i] + c0 * b1, b0, b1);
+        // SAFETY: forwarded.
+        unsafe { gemm(rows, cols, self.k, dst, lhs, rhs, 1.0, accumulate, threads) }
     }
 
     /// True for a few rows against a weight whose columns are contiguous in k (`linear`'s
@@ -139,9 +159,8 @@ impl Gemms {
             return;
         }
         let one = |bi: usize, dst: &mut [f32], threads: Threads| {
-            let (lhs, rhs) = self.operands(bi, 0, 0);
             // SAFETY: `dst` is this product's own dense m×n block.
-            unsafe { gemm(m, n, k, MatMut::dense(dst, m, n), lhs, rhs, 1.0, accumulate, threads) };
+            unsafe { self.product(bi, (0, m), (0, n), MatMut::dense(dst, m, n), accumulate, threads) };
         };
         if self.count() == 1 || m * n * k >= SPLIT_ONE_GEMM_WORK {
             y.chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Pool));
@@ -196,9 +215,8 @@ impl Gemms {
                     row(r).copy_from_slice(&bias[c0..c0 + tc]);
                 }
             }
-            let (lhs, rhs) = self.operands(bi, r0, c0);
             let dst = MatMut { ptr: out.add(start), rs: n, cs: 1 };
-            unsafe { gemm(tr, tc, k, dst, lhs, rhs, 1.0, bias.is_some(), Threads::Single) };
+            unsafe { self.product(bi, (r0, tr), (c0, tc), dst, bias.is_some(), Threads::Single) };
             let mut scratch = epilogue.scratch(tc);
             for r in 0..tr {
                 epilogue.apply(start + r * n, row(r), &mut scratch);

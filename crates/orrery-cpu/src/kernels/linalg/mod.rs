@@ -4,9 +4,12 @@ mod attention;
 pub(crate) mod blas;
 mod fast_exp;
 mod gemv;
+pub(crate) use blas::reads_bf16_weights;
 pub(crate) use gemv::max_rows;
 pub(crate) mod matmul;
 pub(crate) mod operand;
+#[cfg(target_arch = "x86_64")]
+mod sgemm;
 
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{AttentionMask, Op, TensorType};

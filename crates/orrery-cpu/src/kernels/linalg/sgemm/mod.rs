@@ -1,0 +1,353 @@
+//! orrery's own f32 GEMM for x86-64 CPUs with AVX-512 (the `gemm` crate runs elsewhere).
+//!
+//! The blocked scheme of BLIS, in row-major terms: C is computed in 6 × 64 register tiles
+//! (`kernel.rs`, 24 accumulators: 4 vectors of B times 6 broadcast values of A per step of
+//! k). k is cut into passes of [`KC`]; per pass, B is packed in blocks of [`NB`] columns
+//! (`pack.rs`, 1 MiB, L2-resident) and each 6-row panel of A stays in L1 while the block's
+//! 64-column panels stream past. A is read in place when its rows or its k steps are adjacent
+//! (activations, weights as stored) and packed in blocks of [`MB`] rows otherwise.
+//!
+//! Determinism: k is cut into passes of [`KC`] whatever the other sizes, each pass's partial
+//! sum is accumulated in order by one FMA per step and added to C in pass order, and
+//! threads split the rows or the columns of C only. So every output element has the same
+//! bits whatever the thread count, the matrix's size in m and n, or the tile it falls in:
+//! a slice of C's rows or columns computed alone equals the same slice of the whole product.
+
+mod kernel;
+mod pack;
+
+pub(crate) use pack::{Bf16Rows, Strided};
+
+use super::blas::Threads;
+use kernel::{APanel, Tile};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Rows of the register tile (broadcast from A).
+pub(super) const MR: usize = 6;
+/// 16-lane vectors of B per register-tile row.
+pub(super) const NV: usize = 4;
+/// Columns of the register tile.
+pub(super) const NR: usize = 16 * NV;
+/// Steps of k per pass: an A panel (6 KiB) and the B panel in use (64 KiB, streamed) per tile.
+const KC: usize = 256;
+/// Columns of B packed at a time: 256 × 1024 floats, 1 MiB, about half an L2.
+const NB: usize = 1024;
+/// Rows of A packed at a time when it cannot be read in place: 1008 × 256 floats, about
+/// 1 MiB. B is packed again for each block.
+const MB: usize = 168 * MR;
+/// Below this many multiply-adds a product runs on one thread even when it may use more.
+const MIN_SPLIT_WORK: usize = 1 << 21;
+
+/// True when products run here: the CPU has AVX-512F and `ORRERY_GEMM` is not `crate`
+/// (which selects the `gemm` crate, for comparisons).
+pub(crate) fn available() -> bool {
+    static USE: OnceLock<bool> = OnceLock::new();
+    *USE.get_or_init(|| {
+        std::is_x86_feature_detected!("avx512f") && std::env::var("ORRERY_GEMM").map_or(true, |v| v != "crate")
+    })
+}
+
+/// C, a strided output behind a raw pointer.
+#[derive(Clone, Copy)]
+pub(crate) struct Out {
+    pub c: *mut f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Out {
+    fn at(self, i: usize, j: usize) -> Out {
+        Out { c: self.c.wrapping_add(i * self.rs + j * self.cs), ..self }
+    }
+}
+
+/// Where B comes from: read through its strides (and packed block by block), or packed ahead.
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    Strided(Strided),
+    /// A bf16 weight as stored, widened while packing.
+    Bf16Rows(Bf16Rows),
+    Packed(&'a PackedB),
+}
+
+/// The operands of one product, shareable by the threads that split it.
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    c: Out,
+    a: Strided,
+    b: BSource<'a>,
+    scale: f32,
+    add: bool,
+}
+
+impl Product<'_> {
+    /// The columns from j0 on (B read through its strides).
+    fn columns_from(self, j0: usize) -> Self {
+        let b = match self.b {
+            BSource::Strided(b) => BSource::Strided(b.at(0, j0)),
+            BSource::Bf16Rows(b) => BSource::Bf16Rows(b.at(0, j0)),
+            BSource::Packed(_) => unreachable!("packed products run on one thread"),
+        };
+        Product { c: self.c.at(0, j0), b, ..self }
+    }
+
+    fn rows_from(self, i0: usize) -> Self {
+        Product { c: self.c.at(i0, 0), a: self.a.at(i0, 0), ..self }
+    }
+}
+
+// SAFETY: the threads that share a `Product` read A and B and write disjoint blocks of C.
+unsafe impl Send for Product<'_> {}
+unsafe impl Sync for Product<'_> {}
+
+/// `C = scale · A·B` (m×k times k×n), or `C += scale · A·B` when `add`.
+///
+/// # Safety
+/// The CPU supports AVX-512F ([`available`]); every element of A (m×k) and B (k×n) is
+/// readable through its strides; every element of C (m×n) is writable, overlaps neither
+/// operand, and no other thread touches it meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: Out,
+    a: Strided,
+    b: Strided,
+    scale: f32,
+    add: bool,
+    threads: Threads,
+) {
+    // SAFETY: forwarded.
+    unsafe { split(m, n, k, Product { c, a, b: BSource::Strided(b), scale, add }, threads) }
+}
+
+/// [`sgemm`] with B the transpose of a bf16 matrix read as stored (`linear`'s weight), widened
+/// exactly while it is packed: the bits of [`sgemm`] on the widened f32 matrix, with no
+/// widened copy.
+///
+/// # Safety
+/// As [`sgemm`], with B's element (k, j) at `b.p[j·b.rs + k]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_bf16(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: Out,
+    a: Strided,
+    b: Bf16Rows,
+    scale: f32,
+    add: bool,
+    threads: Threads,
+) {
+    // SAFETY: forwarded.
+    unsafe { split(m, n, k, Product { c, a, b: BSource::Bf16Rows(b), scale, add }, threads) }
+}
+
+/// Splits C's rows or columns over the threads `threads` allows.
+unsafe fn split(m: usize, n: usize, k: usize, product: Product<'_>, threads: Threads) {
+    let parts = match threads {
+        Threads::Single => 1,
+        Threads::Pool => rayon::current_num_threads(),
+    };
+    if parts <= 1 || m * n * k < MIN_SPLIT_WORK {
+        // SAFETY: forwarded.
+        return unsafe { single(m, n, k, product) };
+    }
+    // Split the side with more tiles; each part packs the other operand whole.
+    if n.div_ceil(NR) >= m.div_ceil(MR) {
+        let width = n.div_ceil(parts).next_multiple_of(NR);
+        (0..n.div_ceil(width)).into_par_iter().for_each(|p| {
+            let (j0, cols) = (p * width, width.min(n - p * width));
+            let part = product.columns_from(j0);
+            // SAFETY: each part writes its own columns of C.
+            unsafe { single(m, cols, k, part) };
+        });
+    } else {
+        let height = m.div_ceil(parts).next_multiple_of(MR);
+        (0..m.div_ceil(height)).into_par_iter().for_each(|p| {
+            let (i0, rows) = (p * height, height.min(m - p * height));
+            let part = product.rows_from(i0);
+            // SAFETY: each part writes its own rows of C.
+            unsafe { single(rows, n, k, part) };
+        });
+    }
+}
+
+/// One thread's product.
+unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !p.add {
+            for i in 0..m {
+                for j in 0..n {
+                    // SAFETY: (i, j) is inside C.
+                    unsafe { *p.c.at(i, j).c = 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    // A is read in place when its rows or its steps are adjacent: a whole panel then needs no
+    // copy (only a last, partial panel is packed, with zero rows). Otherwise A is packed in
+    // blocks of MB rows, and B again for each block.
+    let in_place = p.a.cs == 1 || p.a.rs == 1;
+    let block_rows = if in_place { m } else { MB.min(m) };
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let kc_max = KC.min(k);
+        let a_len = if in_place { MR } else { block_rows.next_multiple_of(MR) } * kc_max;
+        let b_len = if matches!(p.b, BSource::Packed(_)) { 0 } else { NB.min(n.next_multiple_of(NR)) * kc_max };
+        let (a_buf, b_buf) = scratch.split(a_len, b_len);
+        for i0 in (0..m).step_by(block_rows) {
+            let mb = block_rows.min(m - i0);
+            for (pass, k0) in (0..k).step_by(KC).enumerate() {
+                let kc = KC.min(k - k0);
+                // SAFETY: the block lies inside A (caller).
+                let a = unsafe { APass::prepare(a_buf, p.a.at(i0, k0), mb, kc, in_place) };
+                let add = p.add || pass > 0;
+                for j0 in (0..n).step_by(NB) {
+                    let nb = NB.min(n - j0);
+                    let b_panels: &[f32] = match p.b {
+                        BSource::Strided(b) => {
+                            // SAFETY: the block lies inside B (caller).
+                            unsafe { pack::pack_b(b_buf, b.at(k0, j0), kc, nb) };
+                            b_buf
+                        }
+                        BSource::Bf16Rows(b) => {
+                            // SAFETY: AVX-512F (caller); the block lies inside B (caller).
+                            unsafe { pack::pack_b_bf16(b_buf, b.at(k0, j0), kc, nb) };
+                            b_buf
+                        }
+                        // NB is a whole number of panels: columns j0.. start panel j0 / NR.
+                        BSource::Packed(b) => &b.pass(pass)[j0 * kc..],
+                    };
+                    // SAFETY: AVX-512F and the tiles (caller); both operands hold kc steps.
+                    unsafe { sweep(&a, mb, b_panels, nb, p.c.at(i0, j0), p.scale, add) };
+                }
+            }
+        }
+    });
+}
+
+/// One pass (kc steps) of a block of A's rows, as MR-row panels read in place or packed.
+struct APass<'a> {
+    block: Strided,
+    packed: &'a [f32],
+    in_place: bool,
+    /// Panels read in place (all whole ones when `in_place`).
+    whole: usize,
+    kc: usize,
+}
+
+impl<'a> APass<'a> {
+    /// Packs what cannot be read in place into `buf`.
+    ///
+    /// # Safety
+    /// Elements (i, k), i < rows, k < kc, of `block` are readable.
+    unsafe fn prepare(buf: &'a mut [f32], block: Strided, rows: usize, kc: usize, in_place: bool) -> APass<'a> {
+        let whole = if in_place { rows / MR } else { 0 };
+        if whole * MR < rows {
+            // SAFETY: forwarded.
+            unsafe { pack::pack_a(buf, block.at(whole * MR, 0), rows - whole * MR, kc) };
+        }
+        APass { block, packed: buf, in_place, whole, kc }
+    }
+
+    fn panel(&self, ip: usize) -> APanel {
+        if ip < self.whole {
+            let at = self.block.at(ip * MR, 0);
+            APanel { p: at.p, rs: at.rs, ks: at.cs }
+        } else {
+            let at = (ip - self.whole) * MR * self.kc;
+            debug_assert!(!self.in_place || ip == self.whole);
+            APanel { p: self.packed[at..].as_ptr(), rs: 1, ks: MR }
+        }
+    }
+}
+
+/// `rows` rows of A (one pass) times the packed panels of `cols` columns of B, into the
+/// block of C at `c`. Each A panel stays in L1 while B's panels stream from L2.
+///
+/// # Safety
+/// AVX-512F; the block of C is this thread's; `b_panels` holds `cols.div_ceil(NR)` panels.
+unsafe fn sweep(a: &APass<'_>, rows: usize, b_panels: &[f32], cols: usize, c: Out, scale: f32, add: bool) {
+    let kc = a.kc;
+    for ip in 0..rows.div_ceil(MR) {
+        let (panel, live) = (a.panel(ip), MR.min(rows - ip * MR));
+        for (jp, b_panel) in b_panels.chunks_exact(NR * kc).take(cols.div_ceil(NR)).enumerate() {
+            let at = c.at(ip * MR, jp * NR);
+            let tile = Tile { c: at.c, rs: at.rs, cs: at.cs, rows: live, cols: NR.min(cols - jp * NR) };
+            // SAFETY: forwarded; the tile lies inside the block.
+            unsafe { kernel::tile(kc, panel, b_panel.as_ptr(), tile, scale, add) };
+        }
+    }
+}
+
+/// B packed once for several products that share it (attention's keys and values, read by
+/// every block of queries): pass p's panels, `KC` steps each (fewer in the last pass).
+#[derive(Default)]
+pub(crate) struct PackedB {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// Packs the `k × n` matrix `b`, reusing this buffer.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; every element (i, j), i < k, j < n, of `b` is readable.
+    pub(crate) unsafe fn pack(&mut self, k: usize, n: usize, b: Strided) {
+        let width = n.next_multiple_of(NR);
+        self.data.resize(k * width, 0.0);
+        (self.k, self.n) = (k, n);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            // SAFETY: forwarded; pass k0's panels fill data[k0·width..][..kc·width].
+            unsafe { pack::pack_b(&mut self.data[k0 * width..], b.at(k0, 0), kc, n) };
+        }
+    }
+
+    fn pass(&self, pass: usize) -> &[f32] {
+        &self.data[pass * KC * self.n.next_multiple_of(NR)..]
+    }
+}
+
+/// `C = scale · A·B` (or `C += …` when `add`) on the calling thread, with B packed ahead.
+/// Same bits as [`sgemm`] on the unpacked B.
+///
+/// # Safety
+/// As [`sgemm`], with `b` packed by [`PackedB::pack`] and C `m × b.n`.
+pub(crate) unsafe fn sgemm_packed(m: usize, c: Out, a: Strided, b: &PackedB, scale: f32, add: bool) {
+    let product = Product { c, a, b: BSource::Packed(b), scale, add };
+    // SAFETY: forwarded.
+    unsafe { single(m, b.n, b.k, product) }
+}
+
+thread_local! {
+    /// Each thread's packing buffers, kept between products (at most 2 MiB).
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch(Vec::new())) };
+}
+
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// Two buffers of `a` and `b` floats, each starting on a 64-byte boundary.
+    fn split(&mut self, a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
+        let a_len = a.next_multiple_of(16);
+        let need = a_len + b + 16;
+        if self.0.len() < need {
+            self.0 = vec![0.0; need];
+        }
+        let offset = self.0.as_ptr().align_offset(64).min(15);
+        self.0[offset..offset + a_len + b].split_at_mut(a_len)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! The own GEMM against a float64 product on random shapes and layouts, and the determinism
+//! its callers rely on (threads, and slices of C computed alone, give the same bits).
+
+use super::*;
+use proptest::prelude::*;
+
+/// A matrix of `rows × cols` random values in [-1, 1) stored in one of three layouts:
+/// row-major, column-major, or every value two floats apart with padded rows (no unit stride).
+struct Operand {
+    data: Vec<f32>,
+    rs: usize,
+    cs: usize,
+}
+
+impl Operand {
+    fn new(rows: usize, cols: usize, layout: u8, seed: u64) -> Operand {
+        let (rs, cs, len) = match layout % 3 {
+            0 => (cols, 1, rows * cols),
+            1 => (1, rows, rows * cols),
+            _ => (2 * cols + 3, 2, rows * (2 * cols + 3)),
+        };
+        let mut state = seed | 1;
+        let data = (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect();
+        Operand { data, rs, cs }
+    }
+
+    fn get(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.rs + j * self.cs]
+    }
+
+    fn strided(&self) -> Strided {
+        Strided { p: self.data.as_ptr(), rs: self.rs, cs: self.cs }
+    }
+}
+
+/// C (dense, row-major, `n` wide, prefilled with `c0`) after `sgemm`.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &Operand,
+    b: &Operand,
+    scale: f32,
+    c0: &[f32],
+    add: bool,
+    threads: Threads,
+) -> Vec<f32> {
+    let mut c = c0.to_vec();
+    let out = Out { c: c.as_mut_ptr(), rs: n, cs: 1 };
+    // SAFETY: AVX-512F is checked by the callers; the operands hold m×k and k×n values and C
+    // m×n, disjoint.
+    unsafe { sgemm(m, n, k, out, a.strided(), b.strided(), scale, add, threads) };
+    c
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(m: usize, n: usize, k: usize, la: u8, lb: u8, scale: f32, add: bool, seed: u64) {
+    let a = Operand::new(m, k, la, seed);
+    let b = Operand::new(k, n, lb, seed ^ 0x9e37);
+    let c0: Vec<f32> = Operand::new(m, n, 0, seed ^ 0x51).data;
+    let got = run(m, n, k, &a, &b, scale, &c0, add, Threads::Pool);
+    // Error measured against the largest Σ|a||b| (cancellation can make an output tiny).
+    let mut worst = 0f64;
+    let mut magnitude = 1e-30f64;
+    for i in 0..m {
+        for j in 0..n {
+            let (mut sum, mut abs) = (0f64, 0f64);
+            for p in 0..k {
+                let t = a.get(i, p) as f64 * b.get(p, j) as f64;
+                sum += t;
+                abs += t.abs();
+            }
+            let want = scale as f64 * sum + if add { c0[i * n + j] as f64 } else { 0.0 };
+            magnitude = magnitude.max(scale.abs() as f64 * abs + if add { 1.0 } else { 0.0 });
+            worst = worst.max((got[i * n + j] as f64 - want).abs());
+        }
+    }
+    assert!(worst / magnitude < 1e-6, "{m}×{k}×{n} layouts ({la}, {lb}): relative error {:e}", worst / magnitude);
+    let single = run(m, n, k, &a, &b, scale, &c0, add, Threads::Single);
+    assert!(got.iter().zip(&single).all(|(x, y)| x.to_bits() == y.to_bits()), "threads changed the bits");
+}
+
+fn avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Awkward sizes (1, odd, just past a tile or a k block), every layout pair, any scale,
+    /// with and without accumulation; f32 over k ≤ 600 terms stays well within 1e-6 of Σ|a||b|.
+    #[test]
+    fn products_match_float64(
+        m in prop_oneof![1usize..=14, 15usize..=70],
+        n in prop_oneof![1usize..=70, 120usize..=200],
+        k in prop_oneof![1usize..=20, 250usize..=600],
+        (la, lb) in (0u8..3, 0u8..3),
+        scale in prop_oneof![Just(1.0f32), -2.0f32..2.0],
+        add in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        if avx512() {
+            check(m, n, k, la, lb, scale, add, seed);
+        }
+    }
+}
+
+#[test]
+fn blocks_of_rows_and_columns_beyond_one_packed_block() {
+    if avx512() {
+        // Past MB rows with A packed (no unit stride) and past NB columns of B.
+        check(MB + 7, NB + 45, 300, 2, 0, 1.0, true, 7);
+        check(70, NB + 45, 260, 1, 1, 0.5, false, 8);
+    }
+}
+
+#[test]
+fn an_empty_contraction_writes_zeros_or_leaves_c() {
+    if avx512() {
+        let (a, b) = (Operand::new(3, 0, 0, 1), Operand::new(0, 5, 0, 2));
+        assert!(run(3, 5, 0, &a, &b, 1.0, &[7.0; 15], false, Threads::Pool).iter().all(|&v| v == 0.0));
+        assert!(run(3, 5, 0, &a, &b, 1.0, &[7.0; 15], true, Threads::Pool).iter().all(|&v| v == 7.0));
+    }
+}
+
+/// A block of C's rows or columns computed on its own equals the same block of the whole
+/// product bit for bit: what the epilogue tiles and the split convolution weights rely on.
+#[test]
+fn slices_of_c_computed_alone_have_the_bits_of_the_whole() {
+    if !avx512() {
+        return;
+    }
+    let (m, n, k) = (97, 301, 531);
+    for (la, lb) in [(0, 0), (0, 1), (2, 0), (1, 2)] {
+        let a = Operand::new(m, k, la, 3);
+        let b = Operand::new(k, n, lb, 4);
+        let whole = run(m, n, k, &a, &b, 1.0, &vec![0.0; m * n], false, Threads::Pool);
+        for (i0, rows, j0, cols) in [(0, 65, 0, n), (65, 32, 0, n), (0, m, 5, 77), (31, 1, 250, 51)] {
+            let mut c = vec![0f32; rows * cols];
+            let out = Out { c: c.as_mut_ptr(), rs: cols, cs: 1 };
+            // SAFETY: as in `run`, on sub-blocks of the operands.
+            unsafe {
+                sgemm(rows, cols, k, out, a.strided().at(i0, 0), b.strided().at(0, j0), 1.0, false, Threads::Single)
+            };
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        c[i * cols + j].to_bits(),
+                        whole[(i0 + i) * n + j0 + j].to_bits(),
+                        "({la}, {lb}) at ({}, {})",
+                        i0 + i,
+                        j0 + j
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A strided C (column-major) gets the same bits as a dense one.
+#[test]
+fn a_column_major_output_gets_the_same_bits() {
+    if !avx512() {
+        return;
+    }
+    let (m, n, k) = (29, 70, 40);
+    let (a, b) = (Operand::new(m, k, 0, 5), Operand::new(k, n, 0, 6));
+    let dense = run(m, n, k, &a, &b, 1.5, &vec![0.0; m * n], false, Threads::Single);
+    let mut c = vec![0f32; m * n];
+    let out = Out { c: c.as_mut_ptr(), rs: 1, cs: m };
+    // SAFETY: as in `run`.
+    unsafe { sgemm(m, n, k, out, a.strided(), b.strided(), 1.5, false, Threads::Single) };
+    for i in 0..m {
+        for j in 0..n {
+            assert_eq!(c[j * m + i].to_bits(), dense[i * n + j].to_bits());
+        }
+    }
+}
+
+/// B packed ahead (several passes of k, past one block of columns, a partial last panel)
+/// gives the bits of the same product packing B itself.
+#[test]
+fn a_b_packed_ahead_gives_the_same_bits() {
+    if !avx512() {
+        return;
+    }
+    for (m, n, k, lb) in [(13, NB + 70, 600, 1), (128, 512, 64, 1), (128, 64, 512, 0), (5, 3, 7, 2)] {
+        let (a, b) = (Operand::new(m, k, 0, 9), Operand::new(k, n, lb, 10));
+        let c0 = Operand::new(m, n, 0, 11).data;
+        let want = run(m, n, k, &a, &b, 0.25, &c0, true, Threads::Single);
+        let mut packed = PackedB::default();
+        let mut c = c0.clone();
+        // SAFETY: as in `run`.
+        unsafe {
+            packed.pack(k, n, b.strided());
+            sgemm_packed(m, Out { c: c.as_mut_ptr(), rs: n, cs: 1 }, a.strided(), &packed, 0.25, true);
+        }
+        assert!(c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}×{k}×{n}");
+    }
+}
