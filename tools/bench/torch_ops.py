@@ -22,6 +22,12 @@ def case(name):
         m, k, n = dims * 3 if len(dims) == 1 else dims
         a, b = rand(m, k), rand(k, n)
         return (lambda: a @ b), 2.0 * m * k * n, 4 * (m * k + k * n)
+    if name.startswith("gemv") and name.endswith("_bf16"):
+        # f32 activations against a bf16 weight as stored (the 7B checkpoint's dtype): PyTorch
+        # widens the weight per call, as `weight.float()` in a module's forward would.
+        m = int(name[4:-5])
+        x, w = rand(m, 4096), rand(4096, 4096).bfloat16()
+        return (lambda: torch.nn.functional.linear(x, w.float())), 2.0 * m * 4096 * 4096, 4 * m * 4096 + 2 * 4096 * 4096
     if name.startswith("gemv"):
         m = int(name[4:])
         x, w = rand(m, 4096), rand(4096, 4096)

@@ -429,7 +429,7 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
             (_, ShardAxis::Heads) => "its tensor-parallel shard of every evaluation",
             (_, ShardAxis::Tokens) => "its sequence-parallel shard of every evaluation",
         };
-        eprintln!("orrery: rank {rank} ran {what} in {}", human_time(seconds));
+        progress::whole_line(&format!("orrery: rank {rank} ran {what} in {}\n", human_time(seconds)));
         return Ok(ExitCode::SUCCESS);
     }
     if args.json {

@@ -79,12 +79,8 @@ impl Progress {
 
     /// A line that stays (ends any line being redrawn).
     pub fn line(&self, text: &str) {
-        let mut err = std::io::stderr().lock();
-        let _ = if self.terminal {
-            writeln!(err, "\r\x1b[2Korrery: {}{text}", self.label)
-        } else {
-            writeln!(err, "orrery: {}{text}", self.label)
-        };
+        let clear = if self.terminal { "\r\x1b[2K" } else { "" };
+        whole_line(&format!("{clear}orrery: {}{text}\n", self.label));
     }
 
     /// A line redrawn in place on a terminal; not shown in logs.
@@ -160,4 +156,10 @@ impl Progress {
     pub fn times(&self) -> StageTimes {
         *self.times.borrow()
     }
+}
+
+/// Writes `line` to stderr in one call: ranks of an MPI job share one stderr, and a line
+/// written in pieces can be interleaved with another rank's.
+pub fn whole_line(line: &str) {
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
