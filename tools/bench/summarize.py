@@ -21,8 +21,9 @@ for line in open(sys.argv[1]):
     entry["times"].extend(r["runs_s"])
     entry["rss"] = max(entry["rss"], r.get("peak_rss_bytes", 0))
     # Work per run, recovered from the reported rate and median: bytes read for memory-bound
-    # cases (gemv, copy), else FLOPs.
-    memory_bound = r["case"].startswith(("gemv", "copy"))
+    # cases (copy, gemv with at most 32 rows), else FLOPs.
+    rows = "".join(ch for ch in r["case"][4:].split("_")[0] if ch.isdigit())
+    memory_bound = r["case"].startswith("copy") or (r["case"].startswith("gemv") and int(rows or 0) <= 32)
     if memory_bound and r.get("gbs"):
         entry["work"] = ("GB/s", r["gbs"] * r["median_s"])
     elif r.get("gflops"):

@@ -4,6 +4,7 @@
 use super::{MR, NR, NV};
 use std::arch::x86_64::*;
 
+/// Floats ahead at which the B panel is prefetched (eight steps).
 const PF: usize = 8 * NR;
 
 /// One MR-row panel of A over kc steps: A's element (i, step) is `p[i·rs + step·ks]`, read
