@@ -50,6 +50,26 @@ impl MatMut {
     }
 }
 
+/// The own GEMM's views of the same matrices.
+#[cfg(target_arch = "x86_64")]
+mod own {
+    use super::super::sgemm::{Out, Strided};
+    use super::{MatMut, MatRef};
+
+    impl MatRef<'_> {
+        /// The `rows × cols` matrix as the own GEMM reads it (bounds checked as [`MatRef::ptr`]).
+        pub(in super::super) fn strided(&self, rows: usize, cols: usize) -> Strided {
+            Strided { p: self.ptr(rows, cols), rs: self.rs, cs: self.cs }
+        }
+    }
+
+    impl MatMut {
+        pub(in super::super) fn out(self) -> Out {
+            Out { c: self.ptr, rs: self.rs, cs: self.cs }
+        }
+    }
+}
+
 fn fits(len: usize, offset: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
     rows == 0 || cols == 0 || offset + (rows - 1) * rs + (cols - 1) * cs < len
 }
@@ -59,7 +79,7 @@ fn fits(len: usize, offset: usize, rows: usize, cols: usize, rs: usize, cs: usiz
 pub(crate) enum Threads {
     /// On the calling thread (inside an already parallel task).
     Single,
-    /// Split over m and n by `gemm` in the current rayon pool.
+    /// Split over m and n in the current rayon pool.
     Pool,
 }
 
@@ -83,21 +103,18 @@ pub(crate) unsafe fn gemm(
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if super::sgemm::available() {
+        let (a, b) = (lhs.strided(m, k), rhs.strided(k, n));
+        // SAFETY: AVX-512F is present; operand bounds are checked by `strided`; the caller
+        // guarantees dst.
+        return unsafe { super::sgemm::sgemm(m, n, k, dst.out(), a, b, scale, accumulate, threads) };
+    }
     let parallelism = match threads {
         Threads::Single => Parallelism::None,
         Threads::Pool => Parallelism::Rayon(rayon::current_num_threads()),
     };
     let (lhs_ptr, rhs_ptr) = (lhs.ptr(m, k), rhs.ptr(k, n));
-    #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() {
-        use super::sgemm::{sgemm, Out, Strided};
-        let a = Strided { p: lhs_ptr, rs: lhs.rs, cs: lhs.cs };
-        let b = Strided { p: rhs_ptr, rs: rhs.rs, cs: rhs.cs };
-        let c = Out { c: dst.ptr, rs: dst.rs, cs: dst.cs };
-        // SAFETY: AVX-512F is present; operand bounds are checked above; the caller
-        // guarantees dst.
-        return unsafe { sgemm(m, n, k, c, a, b, scale, accumulate, threads) };
-    }
     // gemm computes dst := alpha·dst + beta·lhs·rhs, reading dst only when asked to.
     // SAFETY: operand bounds are checked above; the caller guarantees dst.
     unsafe {
@@ -129,9 +146,8 @@ pub(crate) unsafe fn gemm(
 /// while packing; otherwise callers widen it into an f32 copy first.
 pub(crate) fn reads_bf16_weights() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if super::sgemm::available() {
-        return true;
-    }
+    return super::sgemm::available();
+    #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
@@ -158,19 +174,15 @@ pub(crate) unsafe fn gemm_bf16_weight(
     if m == 0 || n == 0 {
         return;
     }
-    let lhs_ptr = lhs.ptr(m, k);
     #[cfg(target_arch = "x86_64")]
     {
-        use super::sgemm::{sgemm_bf16, Bf16Rows, Out, Strided};
-        let a = Strided { p: lhs_ptr, rs: lhs.rs, cs: lhs.cs };
-        let b = Bf16Rows { p: w[first_row * k..].as_ptr() as *const u16, rs: k };
-        let c = Out { c: dst.ptr, rs: dst.rs, cs: dst.cs };
-        // SAFETY: AVX-512F is present (asserted); both operands are in bounds (checked above);
-        // the caller guarantees dst. `bf16` is a transparent u16.
-        unsafe { sgemm_bf16(m, n, k, c, a, b, 1.0, accumulate, threads) }
+        let b = super::sgemm::Bf16Rows { p: w[first_row * k..].as_ptr() as *const u16, rs: k };
+        // SAFETY: AVX-512F is present (asserted); both operands are in bounds (checked above
+        // and by `strided`); the caller guarantees dst. `bf16` is a transparent u16.
+        unsafe { super::sgemm::sgemm_bf16(m, n, k, dst.out(), lhs.strided(m, k), b, 1.0, accumulate, threads) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (lhs_ptr, dst, accumulate, threads);
+    unreachable!("asserted above: {:?}", (lhs.rs, dst.rs, accumulate, threads))
 }
 
 /// A B operand several products on one thread share (attention's key and value blocks, read
@@ -188,13 +200,12 @@ pub(crate) struct SharedB<'a> {
 impl<'a> SharedB<'a> {
     /// Makes this the `k × n` matrix `b` (replacing what it held).
     pub fn set(&mut self, k: usize, n: usize, b: MatRef<'a>) {
-        let ptr = b.ptr(k, n);
+        // The view's bounds are checked where it is read (`strided` here, or `gemm`).
         (self.view, self.k, self.n) = (Some(b), k, n);
         #[cfg(target_arch = "x86_64")]
         if super::sgemm::available() {
-            let strided = super::sgemm::Strided { p: ptr, rs: b.rs, cs: b.cs };
-            // SAFETY: AVX-512F is present; the bounds are checked above.
-            unsafe { self.packed.pack(k, n, strided) };
+            // SAFETY: AVX-512F is present; `strided` checks the bounds.
+            unsafe { self.packed.pack(k, n, b.strided(k, n)) };
         }
     }
 }
@@ -218,12 +229,10 @@ pub(crate) unsafe fn gemm_shared(
         if m == 0 || rhs.n == 0 {
             return;
         }
-        let lhs_ptr = lhs.ptr(m, rhs.k);
-        let a = super::sgemm::Strided { p: lhs_ptr, rs: lhs.rs, cs: lhs.cs };
-        let c = super::sgemm::Out { c: dst.ptr, rs: dst.rs, cs: dst.cs };
-        // SAFETY: AVX-512F is present; `lhs` is checked above, `rhs` when it was set; the
-        // caller guarantees dst.
-        return unsafe { super::sgemm::sgemm_packed(m, c, a, &rhs.packed, scale, accumulate) };
+        let a = lhs.strided(m, rhs.k);
+        // SAFETY: AVX-512F is present; `lhs` is checked by `strided`, `rhs` when it was set;
+        // the caller guarantees dst.
+        return unsafe { super::sgemm::sgemm_packed(m, dst.out(), a, &rhs.packed, scale, accumulate) };
     }
     // SAFETY: forwarded.
     unsafe { gemm(m, rhs.n, rhs.k, dst, lhs, view, scale, accumulate, Threads::Single) }

@@ -62,7 +62,7 @@ unsafe fn pack<const W: usize>(dst: &mut [f32], m: Strided, rows: usize, kc: usi
             // Rows contiguous over k (a `linear` weight, keys for attention scores): transpose
             // 16 × 16 blocks in registers.
             // SAFETY: AVX-512F (the module runs only with it); rows 0..live are readable.
-            unsafe { transpose_rows::<W>(panel, src, live, kc) };
+            unsafe { transpose_rows::<W, _>(panel, src, live, kc) };
         } else if live == W {
             // Neither stride is 1: W strided reads per step, one contiguous write.
             for (k, step) in panel.chunks_exact_mut(W).take(kc).enumerate() {
@@ -98,27 +98,72 @@ unsafe fn copy_steps<const W: usize>(panel: &mut [f32], src: Strided, kc: usize)
     }
 }
 
-/// Panel steps from rows that are contiguous over k: for each group of 16 rows and 16 steps,
-/// 16 masked row loads, a register transpose, and 16 stores of 16 lanes.
+/// Rows that are contiguous over k, read 16 steps at a time as f32 lanes.
+trait RowRuns: Copy {
+    /// Steps `k0..k0 + steps` (at most 16) of row `row`, zeros past them.
+    ///
+    /// # Safety
+    /// AVX-512F; those elements are readable.
+    unsafe fn load(self, row: usize, k0: usize, steps: usize) -> __m512;
+    /// The address of step `k0` of row `row`, for prefetching (may lie outside the matrix).
+    fn line(self, row: usize, k0: usize) -> *const i8;
+}
+
+impl RowRuns for Strided {
+    #[inline(always)]
+    unsafe fn load(self, row: usize, k0: usize, steps: usize) -> __m512 {
+        let mask = ((1u32 << steps) - 1) as __mmask16;
+        // SAFETY: forwarded (caller); masked lanes are not read.
+        unsafe { _mm512_maskz_loadu_ps(mask, self.p.add(row * self.rs + k0)) }
+    }
+
+    fn line(self, row: usize, k0: usize) -> *const i8 {
+        self.p.wrapping_add(row * self.rs + k0) as *const i8
+    }
+}
+
+impl RowRuns for Bf16Rows {
+    #[inline(always)]
+    unsafe fn load(self, row: usize, k0: usize, steps: usize) -> __m512 {
+        let from = self.p.wrapping_add(row * self.rs + k0);
+        // SAFETY: forwarded (caller); a short run goes through a zero-padded copy.
+        let halves = unsafe {
+            if steps == 16 {
+                _mm256_loadu_si256(from as *const __m256i)
+            } else {
+                let mut tail = [0u16; 16];
+                std::ptr::copy_nonoverlapping(from, tail.as_mut_ptr(), steps);
+                _mm256_loadu_si256(tail.as_ptr() as *const __m256i)
+            }
+        };
+        // bf16 is the high half of an f32: widening is a 16-bit shift, exact.
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+    }
+
+    fn line(self, row: usize, k0: usize) -> *const i8 {
+        self.p.wrapping_add(row * self.rs + k0) as *const i8
+    }
+}
+
+/// Panel steps from rows that are contiguous over k (a `linear` weight, keys for attention
+/// scores): for each group of 16 rows and 16 steps, 16 row loads, a register transpose, and
+/// 16 stores of 16 lanes.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_rows<const W: usize>(panel: &mut [f32], src: Strided, live: usize, kc: usize) {
+unsafe fn transpose_rows<const W: usize, R: RowRuns>(panel: &mut [f32], src: R, live: usize, kc: usize) {
     assert!(panel.len() >= W * kc);
     for g in 0..live.div_ceil(16) {
         let rows = (live - 16 * g).min(16);
         for k0 in (0..kc).step_by(16) {
             let steps = (kc - k0).min(16);
-            let mask = ((1u32 << steps) - 1) as __mmask16;
             let mut r = [_mm512_setzero_ps(); 16];
             // The next group's lines at these steps: rows are far apart, and each run is only
             // kc long, too short for the hardware prefetcher to follow 16 rows at once.
             for x in 0..16 {
-                let ahead = src.p.wrapping_add((16 * (g + 1) + x) * src.rs + k0);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(src.line(16 * (g + 1) + x, k0));
             }
             for (x, v) in r.iter_mut().enumerate().take(rows) {
-                // SAFETY: row 16g + x < live, steps k0..k0 + steps are readable (caller);
-                // masked lanes are not read.
-                *v = unsafe { _mm512_maskz_loadu_ps(mask, src.p.add((16 * g + x) * src.rs + k0)) };
+                // SAFETY: row 16g + x < live, steps k0..k0 + steps are readable (caller).
+                *v = unsafe { src.load(16 * g + x, k0, steps) };
             }
             transpose16(&mut r);
             for (c, v) in r.iter().enumerate().take(steps) {
@@ -188,35 +233,8 @@ pub(super) unsafe fn pack_b_bf16(dst: &mut [f32], b: Bf16Rows, kc: usize, cols: 
         if live < NR {
             panel.fill(0.0);
         }
-        let src = b.at(0, q * NR);
-        for g in 0..live.div_ceil(16) {
-            let rows = (live - 16 * g).min(16);
-            for k0 in (0..kc).step_by(16) {
-                let steps = (kc - k0).min(16);
-                let mut r = [_mm512_setzero_ps(); 16];
-                for (x, v) in r.iter_mut().enumerate().take(rows) {
-                    let from = src.p.wrapping_add((16 * g + x) * src.rs + k0);
-                    // SAFETY: row 16g + x, steps k0..k0 + steps are readable (caller); a short
-                    // run goes through a zero-padded copy.
-                    let halves = unsafe {
-                        if steps == 16 {
-                            _mm256_loadu_si256(from as *const __m256i)
-                        } else {
-                            let mut tail = [0u16; 16];
-                            std::ptr::copy_nonoverlapping(from, tail.as_mut_ptr(), steps);
-                            _mm256_loadu_si256(tail.as_ptr() as *const __m256i)
-                        }
-                    };
-                    // bf16 is the high half of an f32: widening is a 16-bit shift, exact.
-                    *v = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)));
-                }
-                transpose16(&mut r);
-                for (c, v) in r.iter().enumerate().take(steps) {
-                    // SAFETY: step k0 + c < kc, lanes 16g..16g + 16 ≤ NR: inside the panel.
-                    unsafe { _mm512_storeu_ps(panel.as_mut_ptr().add((k0 + c) * NR + 16 * g), *v) };
-                }
-            }
-        }
+        // SAFETY: forwarded; columns q·NR.. are B's rows of the panel.
+        unsafe { transpose_rows::<NR, _>(panel, b.at(0, q * NR), live, kc) };
     }
 }
 
