@@ -3,7 +3,7 @@
 //! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]`
 //! prints one JSON line: the case, median and all run times (first, warm-up run excluded) and
 //! the achieved GFLOP/s (and GB/s of operands read). Cases: `gemm<N>` (N³ f32) and
-//! `gemm<M>x<K>x<N>`, `gemv<M>` (M rows through a 4096 × 4096 linear: memory-bound; `gemv<M>_bf16`
+//! `gemm<M>x<K>x<N>`, `linear<M>x<K>x<N>` (x against an `[N, K]` weight), `gemv<M>` (M rows through a 4096 × 4096 linear: memory-bound; `gemv<M>_bf16`
 //! against a bf16 weight, as checkpoints store it),
 //! `attn<L>` (16 heads × 64, self-attention of length L), `attn<H>x<D>_<L>`, `xattn<Lq>_<Lk>`
 //! (16 × 64 cross-attention), `conv` (3×3, 256→256 channels at 64×64),
@@ -52,6 +52,13 @@ fn case(name: &str) -> Option<(Graph, CaseInputs)> {
         let a = b.input("a", DType::F32, [m, k]).ok()?;
         let w = b.input("b", DType::F32, [k, n]).ok()?;
         let y = b.matmul("mm", a, w).ok()?;
+        b.output("y", y).ok()?;
+    } else if let Some([m, k, n]) = name.strip_prefix("linear").and_then(gemm_dims) {
+        // x [M, K] against a weight [N, K] as models store it (read transposed).
+        inputs = vec![("x", vec![m, k])];
+        let x = b.input("x", DType::F32, [m, k]).ok()?;
+        let w = b.weight("w", DType::F32, [n, k]).ok()?;
+        let y = b.linear("fc", x, w, None).ok()?;
         b.output("y", y).ok()?;
     } else if let Some(m) = name.strip_prefix("gemv").and_then(|s| s.strip_suffix("_bf16")?.parse::<usize>().ok()) {
         // The same product against a bf16 weight, as checkpoints store it (read as stored).

@@ -123,6 +123,21 @@ fn blocks_of_rows_and_columns_beyond_one_packed_block() {
 }
 
 #[test]
+fn splits_of_columns_and_of_rows_over_threads_keep_the_bits() {
+    if avx512() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        pool.install(|| {
+            // Columns: A read in place and B wide enough, with more rows than columns too.
+            check(1000, 900, 270, 0, 1, 1.0, false, 11);
+            // Rows: A without a unit stride and taller than B is wide.
+            check(700, 130, 300, 2, 0, 1.0, true, 12);
+            // Rows: B too narrow for every part to get a few panels.
+            check(400, 300, 600, 0, 0, 1.0, false, 13);
+        });
+    }
+}
+
+#[test]
 fn an_empty_contraction_writes_zeros_or_leaves_c() {
     if avx512() {
         let (a, b) = (Operand::new(3, 0, 0, 1), Operand::new(0, 5, 0, 2));
