@@ -10,8 +10,10 @@
 
 mod error;
 pub mod kernels;
+mod recycle;
 mod tensor;
 
 pub use error::CpuError;
 pub use kernels::{execute, transient_bytes};
+pub use recycle::Recycler;
 pub use tensor::{Buffer, CpuTensor, Element, MappedBytes};

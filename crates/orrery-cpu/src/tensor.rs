@@ -222,6 +222,11 @@ impl CpuTensor {
         &self.buf
     }
 
+    /// The buffer this view reads (shared with its other views).
+    pub(crate) fn into_buffer(self) -> Arc<Buffer> {
+        self.buf
+    }
+
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

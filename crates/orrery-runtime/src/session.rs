@@ -2,7 +2,7 @@
 
 use crate::{RuntimeError, StreamCursor, WeightResolver};
 use orrery_compiler::Plan;
-use orrery_cpu::CpuTensor;
+use orrery_cpu::{CpuTensor, Recycler};
 use orrery_ir::{DType, NodeKind, Op, OpFamily, RefTensor, TensorType};
 use orrery_parallel::{Collective, CollectiveError};
 use std::collections::HashMap;
@@ -21,6 +21,9 @@ pub struct RunStats {
     /// kernel outputs and their views; weights, memory-mapped or cached, are not counted).
     /// Measured after each kernel, so it compares with the plan's `arena_bytes`.
     pub peak_live_bytes: u64,
+    /// Bytes of kernel outputs written into buffers freed earlier in the run instead of new
+    /// ones ([`Session::set_recycling`]).
+    pub recycled_bytes: u64,
 }
 
 /// A plan bound to its weights and a thread pool, ready to run any number of times.
@@ -31,6 +34,8 @@ pub struct Session {
     threads: usize,
     /// Weights resolved so far, by node index; they stay for later runs.
     weight_cache: Mutex<HashMap<usize, CpuTensor>>,
+    /// Freed activations' buffers, reused for later kernels' outputs within a run.
+    recycler: Option<Recycler>,
 }
 
 impl Session {
@@ -40,7 +45,16 @@ impl Session {
             .thread_name(|i| format!("orrery-worker-{i}"))
             .build()
             .map_err(|e| RuntimeError::ThreadPool { threads, reason: e.to_string() })?;
-        Ok(Session { plan, weights, pool, threads, weight_cache: Mutex::new(HashMap::new()) })
+        let recycler = Some(Recycler::default());
+        Ok(Session { plan, weights, pool, threads, weight_cache: Mutex::new(HashMap::new()), recycler })
+    }
+
+    /// Whether kernels may take their outputs from the buffers of values freed earlier in
+    /// the run (on by default: it saves the page faults and zeroing of fresh buffers; the
+    /// buffers kept for reuse never exceed the plan's arena together with the live values,
+    /// and are released at the end of each run). Results are the same either way.
+    pub fn set_recycling(&mut self, on: bool) {
+        self.recycler = on.then(Recycler::default);
     }
 
     pub fn plan(&self) -> &Plan {
@@ -114,6 +128,9 @@ impl Session {
                 return Err(RuntimeError::UnknownInput { name: name.clone(), expected: self.expected_inputs() });
             }
         }
+        if let Some(r) = &self.recycler {
+            r.clear();
+        }
         let start = Instant::now();
         let mut stats = RunStats::default();
         let mut values: Vec<Option<CpuTensor>> = vec![None; graph.len()];
@@ -166,8 +183,11 @@ impl Session {
             let mut out = match comm {
                 Some(comm) => collective(op, args[0], comm)
                     .map_err(|source| RuntimeError::Collective { node: node.name.clone(), source })?,
-                None => orrery_cpu::execute(op, &args, &node.ty)
-                    .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?,
+                None => match &self.recycler {
+                    Some(r) => r.install(|| orrery_cpu::execute(op, &args, &node.ty)),
+                    None => orrery_cpu::execute(op, &args, &node.ty),
+                }
+                .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?,
             };
             if op.is_view() && !kernel.is_view {
                 // The plan gives this view a buffer of its own (a narrow graph output):
@@ -177,8 +197,11 @@ impl Session {
             stats.kernel_seconds.push(started.elapsed().as_secs_f64());
             values[kernel.node.0] = Some(out);
             stats.peak_live_bytes = stats.peak_live_bytes.max(live_bytes(&values, &weight_nodes));
-            for freed in &kernel.frees {
-                values[freed.0] = None;
+            let freed: Vec<CpuTensor> = kernel.frees.iter().filter_map(|f| values[f.0].take()).collect();
+            if let (Some(recycler), false) = (&self.recycler, freed.is_empty()) {
+                // The shelf gets what the plan's arena leaves beside the values still live.
+                let room = plan.arena_bytes.saturating_sub(live_bytes(&values, &weight_nodes));
+                freed.into_iter().for_each(|t| recycler.give(t, room as usize));
             }
             if let Some(c) = cursor {
                 for released in c.releases(k) {
@@ -205,6 +228,9 @@ impl Session {
         }
         if let Some(c) = cursor {
             c.done(plan.kernels.len())?;
+        }
+        if let Some(r) = &self.recycler {
+            stats.recycled_bytes = r.clear();
         }
         let mut outputs = HashMap::new();
         for (name, id) in graph.outputs() {

@@ -16,6 +16,7 @@ use super::fused::{apply_in_place, sources, Scratch, Source};
 use super::linalg::matmul::{apply_epilogue_pass, linear_epilogue, matmul_epilogue, Epilogue};
 use super::linalg::operand::SharedMut;
 use super::{conv, norm};
+use crate::recycle::output_f32;
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{FusedProgram, Op, TensorType};
 
@@ -103,7 +104,7 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
     let dims: &[usize] = view.as_deref().unwrap_or(base_out.shape.dims());
     // With a storage permutation the program's results also go to `permuted`, which is the
     // kernel's output; the base's buffer is then only scratch.
-    let mut permuted = if perm.is_some() { vec![0f32; out.shape.numel()] } else { Vec::new() };
+    let mut permuted = if perm.is_some() { output_f32(out.shape.numel()) } else { Vec::new() };
     let scatter = perm.as_deref().map(|p| Scatter::new(&mut permuted, dims, p));
     let epilogue = Program { program, extras: sources(op, extras, dims)?, dims, scatter };
     let wrong_inputs = || CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len()));

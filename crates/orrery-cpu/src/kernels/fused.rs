@@ -7,6 +7,7 @@
 
 use super::elementwise::math::{nan_max, nan_min};
 use super::elementwise::{binary_slice, clamp_value, unary_slice};
+use crate::recycle::output_f32;
 use crate::{CpuError, CpuTensor, Element};
 use orrery_ir::{BinaryOp, FusedProgram, FusedStep, Op, RopeStyle, TensorType};
 use rayon::prelude::*;
@@ -34,7 +35,7 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
     let Op::Fused(program) = op else { return Err(CpuError::kernel(op, "not a fused program")) };
     let dims = out.shape.dims();
     let sources = sources(op, inputs, dims)?;
-    let mut y = vec![0f32; out.shape.numel()];
+    let mut y = output_f32(out.shape.numel());
     let chunk_len = chunk_len(program, CHUNK);
     y.par_chunks_mut(chunk_len).enumerate().for_each_init(
         || Scratch::new(program, chunk_len),

@@ -8,6 +8,7 @@
 
 use super::elementwise::strided::{dense, typed, CHUNK};
 use super::reduce::sum_f64;
+use crate::recycle::output_f32;
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{Op, RopeStyle, TensorType};
 use rayon::prelude::*;
@@ -22,7 +23,7 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
         Op::Rope { .. } => Vec::new(),
         _ => inputs[1..].iter().map(|t| f32_data(op, t)).collect::<Result<Vec<_>, _>>()?,
     };
-    let mut y = vec![0f32; x.len()];
+    let mut y = output_f32(x.len());
     if !y.is_empty() {
         match op {
             Op::LayerNorm { eps, .. } => {

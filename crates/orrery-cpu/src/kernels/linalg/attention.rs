@@ -11,6 +11,7 @@
 use super::blas::{gemm_shared, MatMut, MatRef, SharedB};
 use super::fast_exp::{exp, exp_shifted_sum, row_max};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
+use crate::recycle::output_f32;
 use crate::{Buffer, CpuTensor};
 use orrery_ir::{AttentionLayout, AttentionMask, TensorType};
 use rayon::prelude::*;
@@ -153,7 +154,8 @@ pub(super) fn attention(
     let (lq, d, lk, dv) = (q.shape[r - 2], q.shape[r - 1], k.shape[r - 2], v.shape[r - 1]);
     let (qh, kh, vh) = (Heads::new(&q, batch), Heads::new(&k, batch), Heads::new(&v, batch));
     let mask = mask.and_then(|(m, kind)| Mask::new(m, kind, batch, lq, lk));
-    let mut y = vec![0f32; out.shape.numel()];
+    // Each task zeroes its own rows before accumulating into them (`attend_rows`).
+    let mut y = output_f32(out.shape.numel());
     if y.is_empty() {
         return CpuTensor::from_vec(od, y);
     }
@@ -227,6 +229,9 @@ fn attend_rows(
 ) {
     // SAFETY: row `i < rows` of the block is `dv` elements from `ptr + i·rs`, owned by this task.
     let out_row = |i: usize| unsafe { std::slice::from_raw_parts_mut(out.ptr.add(i * out.rs), s.dv) };
+    for i in 0..b.rows {
+        out_row(i).fill(0.0);
+    }
     let mut scores = vec![0f32; Q_BLOCK.min(b.rows) * K_BLOCK.min(s.lk)];
     let mut running_max = vec![f32::NEG_INFINITY; b.rows];
     let mut running_sum = vec![0f32; b.rows];

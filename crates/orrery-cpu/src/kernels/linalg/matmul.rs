@@ -3,6 +3,7 @@
 use super::blas::{gemm, gemm_bf16_weight, reads_bf16_weights, MatMut, MatRef, Threads};
 use super::gemv::{max_rows, rows_times_weight, Rows, WeightRows, MAX_ROWS};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
+use crate::recycle::output_f32;
 use crate::CpuTensor;
 use half::bf16;
 use orrery_ir::{DType, TensorType};
@@ -131,7 +132,7 @@ impl Gemms {
     }
 
     /// Computes every product into the dense output `y` (the bias pre-fills it and the GEMM
-    /// accumulates).
+    /// accumulates). Every element is written: `y` may hold anything before.
     fn run(&self, y: &mut [f32]) {
         let (m, n, k) = (self.m, self.n, self.k);
         if m * n == 0 {
@@ -141,6 +142,8 @@ impl Gemms {
             for row in y.chunks_mut(n) {
                 row.copy_from_slice(bias);
             }
+        } else if k == 0 {
+            return y.fill(0.0);
         }
         let accumulate = self.bias.is_some();
         if self.streams_weight() {
@@ -169,8 +172,8 @@ impl Gemms {
         }
     }
 
-    /// Like [`Gemms::run`], then `epilogue` over every output element, tile by tile while the
-    /// tile is in cache. See [`TILE_ROWS`] for why the tiling leaves the bits unchanged.
+    /// Like [`Gemms::run`] (every element written), then `epilogue` over every output element,
+    /// tile by tile while the tile is in cache. See [`TILE_ROWS`] for why the tiling leaves the bits unchanged.
     fn run_with_epilogue<E: Epilogue>(&self, y: &mut [f32], epilogue: &E) {
         let (m, n, k) = (self.m, self.n, self.k);
         if m * n == 0 {
@@ -279,7 +282,7 @@ pub(crate) trait Epilogue: Sync {
 /// Batched `a · b` with broadcast batch dims. Transposes, permutations and broadcasts of f32
 /// operands are absorbed into GEMM strides; f16/bf16 `b` is widened once.
 pub(super) fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &TensorType) -> CpuTensor {
-    let mut y = vec![0f32; out.shape.numel()];
+    let mut y = output_f32(out.shape.numel());
     Gemms::matmul(a, b, ta, tb, out).run(&mut y);
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
@@ -287,7 +290,7 @@ pub(super) fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &Ten
 /// torch `linear`: every leading row of x times `wᵀ`, plus the bias. The bias pre-fills the
 /// output and the GEMM accumulates.
 pub(super) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, out: &TensorType) -> CpuTensor {
-    let mut y = vec![0f32; out.shape.numel()];
+    let mut y = output_f32(out.shape.numel());
     Gemms::linear(x, w, bias, out).run(&mut y);
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
@@ -301,7 +304,7 @@ pub(crate) fn matmul_epilogue<E: Epilogue>(
     out: &TensorType,
     epilogue: &E,
 ) -> CpuTensor {
-    let mut y = vec![0f32; out.shape.numel()];
+    let mut y = output_f32(out.shape.numel());
     Gemms::matmul(a, b, ta, tb, out).run_with_epilogue(&mut y, epilogue);
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
@@ -314,7 +317,7 @@ pub(crate) fn linear_epilogue<E: Epilogue>(
     out: &TensorType,
     epilogue: &E,
 ) -> CpuTensor {
-    let mut y = vec![0f32; out.shape.numel()];
+    let mut y = output_f32(out.shape.numel());
     Gemms::linear(x, w, bias, out).run_with_epilogue(&mut y, epilogue);
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
