@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]`
 //! prints one JSON line: the case, median and all run times (first, warm-up run excluded) and
-//! the achieved GFLOP/s (and GB/s of operands read). Cases: `gemm<N>` (N³ f32) and
+//! the achieved GFLOP/s (and GB/s of operands read), the plan's arena and the bytes of outputs
+//! written into recycled buffers in the last run. Cases: `gemm<N>` (N³ f32) and
 //! `gemm<M>x<K>x<N>`, `linear<M>x<K>x<N>` (x against an `[N, K]` weight), `gemv<M>` (M rows through a 4096 × 4096 linear: memory-bound; `gemv<M>_bf16`
 //! against a bf16 weight, as checkpoints store it),
 //! `attn<L>` (16 heads × 64, self-attention of length L), `attn<H>x<D>_<L>`, `xattn<Lq>_<Lk>`
@@ -476,8 +477,10 @@ fn main() {
 
     let mut times = Vec::new();
     let mut per_kernel: Vec<f64> = Vec::new();
+    let mut recycled_bytes = 0;
     for i in 0..=runs {
         let (_, stats) = session.run(&feed).expect("case runs");
+        recycled_bytes = stats.recycled_bytes;
         if i > 0 {
             times.push(stats.seconds);
             per_kernel.resize(stats.kernel_seconds.len(), 0.0);
@@ -498,7 +501,7 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"peak_rss_bytes\": {}, \"runs_s\": {times:?}}}",
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"recycled_bytes\": {recycled_bytes}, \"peak_rss_bytes\": {}, \"runs_s\": {times:?}}}",
         flops / median / 1e9,
         read_bytes as f64 / median / 1e9,
         orrery_runtime::peak_rss_bytes().unwrap_or(0)
