@@ -4,8 +4,9 @@
 //! prints one JSON line: the case, median and all run times (first, warm-up run excluded) and
 //! the achieved GFLOP/s (and GB/s of operands read), the plan's arena and the bytes of outputs
 //! written into recycled buffers in the last run. Cases: `gemm<N>` (N³ f32) and
-//! `gemm<M>x<K>x<N>`, `linear<M>x<K>x<N>` (x against an `[N, K]` weight), `gemv<M>` (M rows through a 4096 × 4096 linear: memory-bound; `gemv<M>_bf16`
-//! against a bf16 weight, as checkpoints store it),
+//! `gemm<M>x<K>x<N>`, `linear<M>x<K>x<N>` (x against an `[N, K]` weight), `gemv<M>` (M rows
+//! through a 4096 × 4096 linear: memory-bound; `gemv<M>_bf16` against a bf16 weight, as
+//! checkpoints store it),
 //! `attn<L>` (16 heads × 64, self-attention of length L), `attn<H>x<D>_<L>`, `xattn<Lq>_<Lk>`
 //! (16 × 64 cross-attention), `conv` (3×3, 256→256 channels at 64×64),
 //! `conv133_<C>_<T>x<H>x<W>` / `conv311_<C>_<T>x<H>x<W>` (the tokenizer's factorised 3-D
