@@ -1,14 +1,15 @@
 //! f32 buffers recycled from the values a run frees to the outputs of its later kernels.
 //!
-//! A fresh large output costs page faults and zeroing on first touch (6–8% of a transformer
-//! run here), and a transformer allocates the same few sizes again in every layer. The runtime
+//! A fresh large output costs page faults and zeroing on first touch (1.9 µs per 4 KiB page
+//! on the machines of BENCHMARKS.md), and a transformer allocates the same few sizes again in
+//! every layer. The runtime
 //! gives each value it frees to its session's [`Recycler`] and installs the recycler around
 //! every kernel; the hot kernels take their output from it when a freed buffer of exactly
 //! the size is on its shelf. A recycled buffer holds stale values, so those kernels write
 //! every element of their output before anything reads it. The runtime gives the shelf only
-//! the room its plan leaves (the planned activation bytes minus those live, so the process
-//! never holds more than the plan's arena), the oldest buffers going first, and empties it
-//! after each run, so between runs the memory is returned as before.
+//! the room its plan leaves (the planned activation bytes minus those live, so the shelf and
+//! the live values together stay within the plan's arena), the oldest buffers going first,
+//! and empties it after each run, so between runs the memory is returned as before.
 
 use crate::{Buffer, CpuTensor};
 use std::cell::Cell;

@@ -172,8 +172,9 @@ impl Gemms {
         }
     }
 
-    /// Like [`Gemms::run`] (every element written), then `epilogue` over every output element,
-    /// tile by tile while the tile is in cache. See [`TILE_ROWS`] for why the tiling leaves the bits unchanged.
+    /// Like [`Gemms::run`] (every element written), then `epilogue` over every output
+    /// element, tile by tile while the tile is in cache. See [`TILE_ROWS`] for why the tiling
+    /// leaves the bits unchanged.
     fn run_with_epilogue<E: Epilogue>(&self, y: &mut [f32], epilogue: &E) {
         let (m, n, k) = (self.m, self.n, self.k);
         if m * n == 0 {
