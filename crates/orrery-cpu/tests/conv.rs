@@ -329,3 +329,21 @@ fn convolutions_do_not_depend_on_the_thread_count() {
     assert_eq!(one, with_threads(2, all), "1 vs 2 threads");
     assert_eq!(one, with_threads(3, all), "1 vs 3 threads");
 }
+
+#[test]
+fn a_convolution_of_no_input_channels_is_its_bias() {
+    for has_bias in [false, true] {
+        let x = rand_f32(1, &[2, 0, 3, 4]);
+        let w = rand_f32(2, &[3, 0, 3, 3]);
+        let mut inputs = vec![x, w];
+        if has_bias {
+            inputs.push(rand_f32(3, &[3]));
+        }
+        let op = conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Zeros, 1, has_bias);
+        let y = check_op(&op, &inputs, 0.0);
+        let want: Vec<f32> = (0..2 * 3 * 12)
+            .map(|i| if has_bias { inputs[2].to_f32_vec()[i / 12 % 3] } else { 0.0 })
+            .collect();
+        assert_eq!(y.to_f32_vec(), want);
+    }
+}
