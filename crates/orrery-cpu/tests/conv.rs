@@ -341,9 +341,8 @@ fn a_convolution_of_no_input_channels_is_its_bias() {
         }
         let op = conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Zeros, 1, has_bias);
         let y = check_op(&op, &inputs, 0.0);
-        let want: Vec<f32> = (0..2 * 3 * 12)
-            .map(|i| if has_bias { inputs[2].to_f32_vec()[i / 12 % 3] } else { 0.0 })
-            .collect();
+        let want: Vec<f32> =
+            (0..2 * 3 * 12).map(|i| if has_bias { inputs[2].to_f32_vec()[i / 12 % 3] } else { 0.0 }).collect();
         assert_eq!(y.to_f32_vec(), want);
     }
 }
