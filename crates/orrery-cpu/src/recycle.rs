@@ -2,10 +2,9 @@
 //!
 //! A fresh large output costs page faults and zeroing on first touch (1.9 µs per 4 KiB page
 //! on the machines of BENCHMARKS.md), and a transformer allocates the same few sizes again in
-//! every layer. The runtime
-//! gives each value it frees to its session's [`Recycler`] and installs the recycler around
-//! every kernel; the hot kernels take their output from it when a freed buffer of exactly
-//! the size is on its shelf. A recycled buffer holds stale values, so those kernels write
+//! every layer. The runtime gives each value it frees to its session's [`Recycler`] and
+//! installs the recycler around every kernel; the hot kernels take their output from it when
+//! a freed buffer of exactly the size is on its shelf. A recycled buffer holds stale values, so those kernels write
 //! every element of their output before anything reads it. The runtime gives the shelf only
 //! the room its plan leaves (the planned activation bytes minus those live, so the shelf and
 //! the live values together stay within the plan's arena), the oldest buffers going first,

@@ -196,12 +196,21 @@ impl Session {
             }
             stats.kernel_seconds.push(started.elapsed().as_secs_f64());
             values[kernel.node.0] = Some(out);
-            stats.peak_live_bytes = stats.peak_live_bytes.max(live_bytes(&values, &weight_nodes));
-            let freed: Vec<CpuTensor> = kernel.frees.iter().filter_map(|f| values[f.0].take()).collect();
+            let live = live_bytes(&values, &weight_nodes);
+            stats.peak_live_bytes = stats.peak_live_bytes.max(live);
+            let freed: Vec<(usize, CpuTensor)> =
+                kernel.frees.iter().filter_map(|f| values[f.0].take().map(|t| (f.0, t))).collect();
             if let (Some(recycler), false) = (&self.recycler, freed.is_empty()) {
-                // The shelf gets what the plan's arena leaves beside the values still live.
-                let room = plan.arena_bytes.saturating_sub(live_bytes(&values, &weight_nodes));
-                freed.into_iter().for_each(|t| recycler.give(t, room as usize));
+                // The shelf gets what the plan's arena leaves beside the values still live:
+                // `live` less the buffers only the freed values held (a buffer they share
+                // with each other still counts, which only makes the room smaller).
+                let gone: u64 = freed
+                    .iter()
+                    .filter(|(i, t)| !weight_nodes[*i] && Arc::strong_count(t.buffer()) == 1)
+                    .map(|(_, t)| t.buffer().owned_bytes() as u64)
+                    .sum();
+                let room = plan.arena_bytes.saturating_sub(live.saturating_sub(gone));
+                freed.into_iter().for_each(|(_, t)| recycler.give(t, room as usize));
             }
             if let Some(c) = cursor {
                 for released in c.releases(k) {
