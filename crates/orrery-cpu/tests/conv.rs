@@ -224,6 +224,13 @@ fn conv_over_many_tiles() {
     let w = rand_f32(7, &[16, 8, 3, 3]);
     let b = rand_f32(8, &[16]);
     check_op(&conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Zeros, 1, true), &[x, w, b], TOL);
+    // Per group a product big enough to split over threads, with two passes over its
+    // 288-deep columns and 1449 positions (two packed blocks, a partial last panel), read
+    // through a channels-last view, with replicate padding.
+    let x = as_permuted_view(&rand_f32(9, &[1, 64, 3, 21, 23]), &[0, 2, 3, 4, 1]);
+    let w = rand_f32(10, &[26, 32, 1, 3, 3]);
+    let op = conv_op(&[1, 1, 1], &[(0, 0), (1, 1), (1, 1)], ConvPadMode::Replicate, 2, false);
+    check_op(&op, &[x, w], TOL);
 }
 
 #[test]

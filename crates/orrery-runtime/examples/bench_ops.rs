@@ -491,11 +491,12 @@ fn main() {
     // ORRERY_PROFILE=1: mean time per kernel on stderr, slowest first.
     if std::env::var_os("ORRERY_PROFILE").is_some() {
         let plan = session.plan();
-        let mut rows: Vec<(f64, &str, &str)> =
-            plan.kernels.iter().zip(&per_kernel).map(|(k, t)| (*t, k.name.as_str(), k.op.as_str())).collect();
+        let mut rows: Vec<(f64, &orrery_compiler::Kernel)> = per_kernel.iter().copied().zip(&plan.kernels).collect();
         rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-        for (t, name, op) in rows {
-            eprintln!("{:>9.3} ms  {name:<40} {}", t * 1e3, op.chars().take(90).collect::<String>());
+        for (t, k) in rows {
+            let (shape, gflops) = (format!("{:?}", k.output.shape.dims()), k.cost.flops as f64 / t / 1e9);
+            let op = k.op.chars().take(70).collect::<String>();
+            eprintln!("{:>9.3} ms {gflops:>6.1} GF/s  {shape:<22} {:<40} {op}", t * 1e3, k.name);
         }
     }
     let mut sorted = times.clone();

@@ -1,22 +1,24 @@
-//! Convolution as tiled im2col + GEMM.
+//! Convolution as GEMMs over the column matrix (im2col), which is never stored whole.
 //!
 //! For each (batch, group) the output `[Cout/g, P]` (P = output positions) is `W_g · Col`, where
-//! `Col` holds the receptive field of every output position (`Cin/g · Kvol` rows). `Col` is
-//! never built whole: each task builds the columns of one tile of [`tile_width`] positions in a
-//! per-thread scratch buffer and runs one single-threaded GEMM into its own output columns.
-//! Padding is resolved while gathering (zeros, or the border element for replicate padding),
-//! so the GEMM sees plain dense data. 1×1 convolutions with stride 1 and no padding read x as
-//! the GEMM operand directly, with no gather at all, and (k, 1, 1) temporal convolutions run as
-//! k accumulating GEMMs over x shifted by whole frames ([`temporal_taps`]: 1.2–1.6× faster than
-//! gathering at the tokenizer's 256-channel 17 × 64 × 64; the same idea for (1, 3, 3) over a
-//! zero-padded copy measured no faster than gathering, so spatial kernels gather).
+//! `Col` holds the receptive field of every output position (`Cin/g · Kvol` rows, gathered by
+//! [`Fields`], padding resolved there). The strategies, most specific first:
+//! - 1×1 with stride 1 and no padding ([`pointwise`]): x is the GEMM operand itself;
+//! - (k, 1, 1) temporal kernels ([`temporal_taps`]): k accumulating GEMMs over x shifted by
+//!   whole frames, read in place (1.2–1.6× faster than gathering at the tokenizer's 256-channel
+//!   17 × 64 × 64; the same idea for (1, 3, 3) over a zero-padded copy measured no faster);
+//! - otherwise, on the own GEMM ([`implicit`]): one product per (batch, group) whose operand
+//!   the GEMM gathers block by block while packing it;
+//! - otherwise ([`tiled`], the `gemm` crate): each task gathers the columns of one tile of
+//!   [`tile_width`] positions into a per-thread scratch buffer and multiplies it.
 //!
-//! Determinism: tiles have sizes fixed by the problem shape and each output element is one
-//! GEMM dot product over the whole `Cin/g · Kvol` range (temporal taps: one per tap, summed in
-//! tap order), so no reduction depends on threads.
+//! Determinism: every output element is one GEMM dot product over the whole `Cin/g · Kvol`
+//! range (temporal taps: one per tap, summed in tap order), and the GEMMs' own results do not
+//! depend on threads or tiles (see `blas`), so no reduction depends on threads.
 
-use super::{as_3d, unravel3, valid_range, with_scratch, Spatial};
-use crate::kernels::linalg::blas::{gemm, MatMut, MatRef, Threads};
+use super::fields::Fields;
+use super::{as_3d, valid_range, with_scratch, Spatial};
+use crate::kernels::linalg::blas::{gathers_while_packing, gemm, gemm_gathered, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::{F32Operand, SharedMut};
 use crate::CpuTensor;
 use orrery_ir::{ConvPadMode, ConvParams, TensorType};
@@ -33,10 +35,10 @@ pub(super) struct Geometry {
     batch: usize,
     cout: usize,
     groups: usize,
-    cin_g: usize,
+    pub(super) cin_g: usize,
     cout_g: usize,
-    sp: Spatial,
-    replicate: bool,
+    pub(super) sp: Spatial,
+    pub(super) replicate: bool,
 }
 
 impl Geometry {
@@ -80,7 +82,7 @@ impl Geometry {
     }
 
     /// Which input row a padded position reads: itself, the border (replicate), or none (zeros).
-    fn source(&self, axis: usize, pos: isize) -> Option<usize> {
+    pub(super) fn source(&self, axis: usize, pos: isize) -> Option<usize> {
         let len = self.sp.in_dims[axis];
         if (0..len as isize).contains(&pos) {
             Some(pos as usize)
@@ -93,12 +95,12 @@ impl Geometry {
 }
 
 /// x read in place: element (b, c, z, y, x) is at `offset + b·sb + c·sc + Σ s[i]·pos[i]`.
-struct Input<'a> {
-    data: &'a [f32],
-    offset: usize,
-    sb: usize,
-    sc: usize,
-    s: [usize; 3],
+pub(super) struct Input<'a> {
+    pub(super) data: &'a [f32],
+    pub(super) offset: usize,
+    pub(super) sb: usize,
+    pub(super) sc: usize,
+    pub(super) s: [usize; 3],
 }
 
 /// The weights `[Cout, Cin/g·Kvol]` (dense) and the optional bias.
@@ -129,6 +131,7 @@ pub(super) fn conv(
     match x.collapsed_stride(2..rank) {
         Some(position_stride) if geo.is_pointwise() => pointwise(&geo, &input, position_stride, &weights, &mut y),
         Some(1) if geo.is_temporal() => temporal_taps(&geo, &input, &weights, &mut y),
+        _ if gathers_while_packing() => implicit(&geo, &input, &weights, &mut y),
         _ => tiled(&geo, &input, &weights, &mut y),
     }
     CpuTensor::from_vec(od, y)
@@ -145,13 +148,22 @@ unsafe fn fill_bias(dst: MatMut, rows: usize, cols: usize, bias: &[f32]) {
     }
 }
 
+/// Runs `one(bg, block)` for every (batch, group) block of `y` (`Cout/g × positions` each):
+/// the blocks in parallel when one GEMM's `work` (m·n·k) is too small to split, else one
+/// after the other with each GEMM split over the pool (the `Threads` passed to `one`).
+fn per_block(geo: &Geometry, y: &mut [f32], work: usize, one: impl Fn(usize, &mut [f32], Threads) + Sync) {
+    let block = geo.cout_g * geo.sp.out_volume();
+    if work >= SPLIT_ONE_GEMM_WORK {
+        y.chunks_mut(block).enumerate().for_each(|(bg, dst)| one(bg, dst, Threads::Pool));
+    } else {
+        y.par_chunks_mut(block).enumerate().for_each(|(bg, dst)| one(bg, dst, Threads::Single));
+    }
+}
+
 /// 1×1 convolution: `y[b, group] = W_g · x[b, group]` with x's positions as GEMM columns.
 fn pointwise(geo: &Geometry, x: &Input<'_>, position_stride: usize, wts: &Weights<'_>, y: &mut [f32]) {
     let positions = geo.sp.out_volume();
-    let block = geo.cout_g * positions;
-    let work = geo.cout_g * positions * geo.cin_g;
-    let threads = if work >= SPLIT_ONE_GEMM_WORK { Threads::Pool } else { Threads::Single };
-    let one = |bg: usize, dst: &mut [f32]| {
+    per_block(geo, y, geo.cout_g * positions * geo.cin_g, |bg, dst, threads| {
         let (b, g) = (bg / geo.groups, bg % geo.groups);
         let dst = MatMut::dense(dst, geo.cout_g, positions);
         let bias = wts.bias.map(|bias| &bias[g * geo.cout_g..(g + 1) * geo.cout_g]);
@@ -164,11 +176,31 @@ fn pointwise(geo: &Geometry, x: &Input<'_>, position_stride: usize, wts: &Weight
             }
             gemm(geo.cout_g, positions, geo.cin_g, dst, lhs, rhs, 1.0, bias.is_some(), threads);
         }
-    };
-    match threads {
-        Threads::Pool => y.chunks_mut(block).enumerate().for_each(|(bg, dst)| one(bg, dst)),
-        Threads::Single => y.par_chunks_mut(block).enumerate().for_each(|(bg, dst)| one(bg, dst)),
-    }
+    });
+}
+
+/// General convolution on the own GEMM: one product per (batch, group) whose B, the column
+/// matrix, is gathered block by block while the GEMM packs it (an implicit im2col). Against
+/// [`tiled`], the weights' panels serve a whole packed block of 1024 positions instead of one
+/// 64-wide tile, and the gathered values are written once, into the packed panels.
+fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
+    let (positions, depth) = (geo.sp.out_volume(), geo.depth());
+    per_block(geo, y, geo.cout_g * positions * depth, |bg, dst, threads| {
+        let (b, g) = (bg / geo.groups, bg % geo.groups);
+        let fields = Fields::new(x, geo, b, g);
+        let dst = MatMut::dense(dst, geo.cout_g, positions);
+        let bias = wts.bias.map(|bias| &bias[g * geo.cout_g..(g + 1) * geo.cout_g]);
+        let lhs = MatRef::new(wts.w, g * geo.cout_g * depth, depth, 1);
+        // SAFETY: `dst` is this (batch, group)'s own dense output block; the own GEMM runs
+        // here (checked by the caller); `fields` answers every row below depth and every
+        // position.
+        unsafe {
+            if let Some(bias) = bias {
+                fill_bias(dst, geo.cout_g, positions, bias);
+            }
+            gemm_gathered(geo.cout_g, positions, depth, dst, lhs, &fields, bias.is_some(), threads);
+        }
+    });
 }
 
 /// Most output positions per tile of [`temporal_taps`]: enough columns to amortise packing each
@@ -251,7 +283,7 @@ fn tiled(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
         let p0 = tile * width;
         let cols = width.min(positions - p0);
         with_scratch(depth * cols, |col| {
-            gather_columns(col, cols, x, geo, b, g, p0);
+            Fields::new(x, geo, b, g).write(0, depth, p0, cols, col, cols);
             // Columns p0..p0+cols of rows g·Cout/g.. of batch b: owned by this task only.
             let first = (b * geo.cout + g * geo.cout_g) * positions + p0;
             let dst = MatMut { ptr: y_ptr.add(first), rs: positions, cs: 1 };
@@ -268,68 +300,4 @@ fn tiled(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
             }
         });
     });
-}
-
-/// Fills `col` (`Cin/g·Kvol` rows × `cols`, row-major) with the receptive fields of output
-/// positions `p0..p0 + cols` of batch `b`, group `g`; row order is (channel, kz, ky, kx), the
-/// order of the weights.
-fn gather_columns(col: &mut [f32], cols: usize, x: &Input<'_>, geo: &Geometry, b: usize, g: usize, p0: usize) {
-    let [k0, k1, k2] = geo.sp.kernel;
-    let mut rows = col.chunks_exact_mut(cols);
-    for ci in 0..geo.cin_g {
-        let channel = x.offset + b * x.sb + (g * geo.cin_g + ci) * x.sc;
-        for kz in 0..k0 {
-            for ky in 0..k1 {
-                for kx in 0..k2 {
-                    if let Some(row) = rows.next() {
-                        gather_row(row, x, channel, geo, [kz, ky, kx], p0);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One row of the column matrix: kernel tap `k` of one channel, for consecutive output
-/// positions from `p0`, walked one output line (constant z, y) at a time.
-fn gather_row(row: &mut [f32], x: &Input<'_>, channel: usize, geo: &Geometry, k: [usize; 3], p0: usize) {
-    let mut j = 0;
-    while j < row.len() {
-        let [oz, oy, ox0] = unravel3(p0 + j, geo.sp.out_dims);
-        let run = (geo.sp.out_dims[2] - ox0).min(row.len() - j);
-        let dst = &mut row[j..j + run];
-        let iz = geo.source(0, geo.sp.position(0, oz, k[0]));
-        let iy = geo.source(1, geo.sp.position(1, oy, k[1]));
-        match (iz, iy) {
-            (Some(iz), Some(iy)) => gather_line(dst, x, channel + iz * x.s[0] + iy * x.s[1], geo, k[2], ox0),
-            _ => dst.fill(0.0),
-        }
-        j += run;
-    }
-}
-
-/// Output positions `ox0..ox0 + dst.len()` of one line, kernel column `kx`, reading the input
-/// line starting at `line`.
-fn gather_line(dst: &mut [f32], x: &Input<'_>, line: usize, geo: &Geometry, kx: usize, ox0: usize) {
-    let (step, len, sx) = (geo.sp.stride[2], geo.sp.in_dims[2], x.s[2]);
-    // Output position `ox` reads input `ox·step + offset`.
-    let offset = geo.sp.position(2, 0, kx);
-    let valid = valid_range(ox0 + dst.len(), step, offset, len);
-    let (lo, hi) = (valid.start.max(ox0) - ox0, valid.end.max(ox0) - ox0);
-    let (low_edge, high_edge) =
-        if geo.replicate && len > 0 { (x.data[line], x.data[line + (len - 1) * sx]) } else { (0.0, 0.0) };
-    dst[..lo].fill(low_edge);
-    dst[hi..].fill(high_edge);
-    if lo == hi {
-        return;
-    }
-    let first = (((ox0 + lo) * step) as isize + offset) as usize;
-    let middle = &mut dst[lo..hi];
-    if step == 1 && sx == 1 {
-        middle.copy_from_slice(&x.data[line + first..line + first + middle.len()]);
-    } else {
-        for (t, v) in middle.iter_mut().enumerate() {
-            *v = x.data[line + (first + t * step) * sx];
-        }
-    }
 }

@@ -3,6 +3,7 @@
 //! Every kernel treats 1-d and 2-d inputs as 3-d with leading unit spatial dims (kernel 1,
 //! stride 1, no padding there), so each is written once for `[z, y, x]`.
 
+mod fields;
 mod forward;
 mod pool;
 mod resize;

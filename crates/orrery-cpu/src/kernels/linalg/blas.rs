@@ -142,6 +142,53 @@ pub(crate) unsafe fn gemm(
     }
 }
 
+/// A B operand that is never stored whole: the own GEMM asks for it a block at a time while
+/// packing (a convolution's receptive fields, gathered straight from the input).
+pub(crate) trait RowSource: Sync {
+    /// Writes B's rows `k0 .. k0 + count`, columns `j0 .. j0 + width`: row `k0 + i` to
+    /// `dst[i·stride ..][..width]`.
+    fn rows(&self, k0: usize, count: usize, j0: usize, width: usize, dst: &mut [f32], stride: usize);
+}
+
+/// True when [`gemm_gathered`] runs here (the own GEMM); otherwise callers build B themselves.
+pub(crate) fn gathers_while_packing() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::sgemm::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `dst = lhs · B` (m×k times k×n), or `dst += …` with `accumulate`, with B's rows taken from
+/// `rhs` block by block as they are packed: the bits of [`gemm`] on the stored B.
+///
+/// # Safety
+/// [`gathers_while_packing`] holds; `dst` as for [`gemm`]; `rhs` answers every row `k` and
+/// column range inside `k × n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_gathered(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut,
+    lhs: MatRef<'_>,
+    rhs: &dyn RowSource,
+    accumulate: bool,
+    threads: Threads,
+) {
+    assert!(gathers_while_packing(), "gathered products need the own GEMM");
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: AVX-512F is present (asserted); `strided` checks A's bounds; the caller
+        // guarantees dst and the rows of B.
+        unsafe { super::sgemm::sgemm_gathered(m, n, k, dst.out(), lhs.strided(m, k), rhs, accumulate, threads) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("asserted above: {:?}", (lhs.rs, dst.rs, accumulate, threads, k))
+}
+
 /// True when products read a bf16 `[N, K]` weight as stored ([`gemm_bf16_weight`]), widening it
 /// while packing; otherwise callers widen it into an f32 copy first.
 pub(crate) fn reads_bf16_weights() -> bool {

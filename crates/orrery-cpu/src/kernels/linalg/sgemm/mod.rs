@@ -18,7 +18,7 @@ mod pack;
 
 pub(crate) use pack::{Bf16Rows, Strided};
 
-use super::blas::Threads;
+use super::blas::{RowSource, Threads};
 use kernel::{APanel, Tile};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -72,6 +72,11 @@ enum BSource<'a> {
     /// A bf16 weight as stored, widened while packing.
     Bf16Rows(Bf16Rows),
     Packed(&'a PackedB),
+    /// Rows asked for while packing, from column `j0` on.
+    Gathered {
+        rows: &'a dyn RowSource,
+        j0: usize,
+    },
 }
 
 /// The operands of one product, shareable by the threads that split it.
@@ -90,6 +95,7 @@ impl Product<'_> {
         let b = match self.b {
             BSource::Strided(b) => BSource::Strided(b.at(0, j0)),
             BSource::Bf16Rows(b) => BSource::Bf16Rows(b.at(0, j0)),
+            BSource::Gathered { rows, j0: from } => BSource::Gathered { rows, j0: from + j0 },
             BSource::Packed(_) => unreachable!("packed products run on one thread"),
         };
         Product { c: self.c.at(0, j0), b, ..self }
@@ -146,6 +152,27 @@ pub(crate) unsafe fn sgemm_bf16(
 ) {
     // SAFETY: forwarded.
     unsafe { split(m, n, k, Product { c, a, b: BSource::Bf16Rows(b), scale, add }, threads) }
+}
+
+/// [`sgemm`] with B's rows produced by `rows` while each block is packed (an implicit im2col):
+/// the bits of [`sgemm`] on the stored B.
+///
+/// # Safety
+/// As [`sgemm`], with `rows` answering every row of B and every column range inside `k × n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_gathered(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: Out,
+    a: Strided,
+    rows: &dyn RowSource,
+    add: bool,
+    threads: Threads,
+) {
+    let product = Product { c, a, b: BSource::Gathered { rows, j0: 0 }, scale: 1.0, add };
+    // SAFETY: forwarded.
+    unsafe { split(m, n, k, product, threads) }
 }
 
 /// Splits C's rows or columns over the threads `threads` allows.
@@ -230,6 +257,10 @@ unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                         BSource::Bf16Rows(b) => {
                             // SAFETY: AVX-512F (caller); the block lies inside B (caller).
                             unsafe { pack::pack_b_bf16(b_buf, b.at(k0, j0), kc, nb) };
+                            b_buf
+                        }
+                        BSource::Gathered { rows, j0: from } => {
+                            pack::pack_b_gathered(b_buf, rows, k0, kc, from + j0, nb);
                             b_buf
                         }
                         // NB is a whole number of panels: columns j0.. start panel j0 / NR.

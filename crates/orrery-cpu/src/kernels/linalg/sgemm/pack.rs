@@ -2,7 +2,7 @@
 //! each stored k-major (for every k the panel's MR or NR values side by side), so the
 //! micro-kernel reads both with unit stride. Rows and columns past the block are zeros.
 
-use super::{MR, NR};
+use super::{RowSource, MR, NR};
 use std::arch::x86_64::*;
 
 /// A strided f32 matrix behind a raw pointer: element (i, j) is `p[i·rs + j·cs]`.
@@ -38,6 +38,18 @@ pub(super) unsafe fn pack_b(dst: &mut [f32], b: Strided, kc: usize, cols: usize)
     let transposed = Strided { p: b.p, rs: b.cs, cs: b.rs };
     // SAFETY: forwarded.
     unsafe { pack::<NR>(dst, transposed, cols, kc) }
+}
+
+/// Packs B's rows `k0..k0 + kc`, columns `j0..j0 + cols`, asked of `rows` a panel at a time
+/// and written by it straight into the panels (no stored B).
+pub(super) fn pack_b_gathered(dst: &mut [f32], rows: &dyn RowSource, k0: usize, kc: usize, j0: usize, cols: usize) {
+    for (q, panel) in dst.chunks_exact_mut(NR * kc).take(cols.div_ceil(NR)).enumerate() {
+        let live = NR.min(cols - q * NR);
+        if live < NR {
+            panel.fill(0.0);
+        }
+        rows.rows(k0, kc, j0 + q * NR, live, panel, NR);
+    }
 }
 
 /// Panels of W rows of `m` (`rows × kc`): panel q, step k, lane r holds m(q·W + r, k).
