@@ -6,9 +6,11 @@
 //! element for replicate padding), so the GEMM sees plain dense data.
 //!
 //! A block of rows is written with its output positions split once into line runs (constant
-//! z and y); each row then walks those runs with its tap counters advanced, not divided out,
-//! and copies each run's interior as fixed-size blocks. (Row by row through a division-heavy
-//! path and `memcpy` calls, gathering took 15% of the VAE decoder.)
+//! z and y, within one panel of the destination); each row then walks those runs with its tap
+//! counters advanced, not divided out, and copies each run's interior as fixed-size blocks.
+//! Rows are written one after the other across the whole block, so the input is read along
+//! its lines. (Row by row per 64-column panel, through a division-heavy path and `memcpy`
+//! calls, gathering took 15% of the VAE decoder.)
 
 use super::forward::{Geometry, Input};
 use super::{unravel3, valid_range};
@@ -22,7 +24,7 @@ pub(super) struct Fields<'a> {
     channels: usize,
 }
 
-/// Output positions of one line: `len` of them from (z, y, x0), at `at` in the written row.
+/// Output positions of one line: `len` of them from (z, y, x0), written from `at` on (row 0).
 #[derive(Clone, Copy)]
 struct Run {
     at: usize,
@@ -46,14 +48,14 @@ impl<'a> Fields<'a> {
         Fields { x, geo, channels: x.offset + batch * x.sb + group * geo.cin_g * x.sc }
     }
 
-    /// Writes rows `k0 .. k0 + count`, output positions `j0 .. j0 + width`: row `k0 + i` to
-    /// `dst[i·stride ..][..width]`.
-    pub(super) fn write(&self, k0: usize, count: usize, j0: usize, width: usize, dst: &mut [f32], stride: usize) {
+    /// Writes rows `k0 .. k0 + count`, output positions `j0 .. j0 + width`, in panels of
+    /// `panel` columns as [`RowSource::panels`] lays them out.
+    pub(super) fn write(&self, k0: usize, count: usize, j0: usize, width: usize, panel: usize, dst: &mut [f32]) {
         if count == 0 || width == 0 {
             return;
         }
         let sp = &self.geo.sp;
-        let runs = line_runs(j0, width, sp.out_dims);
+        let runs = line_runs(j0, width, sp.out_dims, panel, count);
         // What each kernel column reads of each run, the same for every line.
         let spans: Vec<Vec<Span>> =
             (0..sp.kernel[2]).map(|kx| runs.iter().map(|r| self.span(r, kx)).collect()).collect();
@@ -75,9 +77,9 @@ impl<'a> Fields<'a> {
                     Some(plane + iz * self.x.s[0] + iy * self.x.s[1])
                 }));
             }
-            let row = &mut dst[i * stride..i * stride + width];
             for ((run, line), span) in runs.iter().zip(&lines).zip(&spans[kx]) {
-                let part = &mut row[run.at..run.at + run.len];
+                let at = run.at + i * panel;
+                let part = &mut dst[at..at + run.len];
                 match *line {
                     Some(start) => self.gather_line(part, start, span),
                     None => part.fill(0.0),
@@ -139,24 +141,28 @@ impl<'a> Fields<'a> {
 }
 
 impl RowSource for Fields<'_> {
-    fn rows(&self, k0: usize, count: usize, j0: usize, width: usize, dst: &mut [f32], stride: usize) {
-        self.write(k0, count, j0, width, dst, stride);
+    fn panels(&self, k0: usize, count: usize, j0: usize, width: usize, panel: usize, dst: &mut [f32]) {
+        self.write(k0, count, j0, width, panel, dst);
     }
 }
 
-/// Output positions `j0 .. j0 + width` of a `dims` volume as runs along x.
-fn line_runs(j0: usize, width: usize, dims: [usize; 3]) -> Vec<Run> {
-    let [mut z, mut y, mut x0] = unravel3(j0, dims);
-    let mut runs = Vec::with_capacity(width.div_ceil(dims[2]) + 1);
-    let mut at = 0;
-    while at < width {
-        let len = (dims[2] - x0).min(width - at);
-        runs.push(Run { at, len, z, y, x0 });
-        at += len;
-        x0 = 0;
-        y += 1;
-        if y == dims[1] {
-            (y, z) = (0, z + 1);
+/// Output positions `j0 .. j0 + width` of a `dims` volume as runs along x, none crossing a
+/// panel of `panel` columns (`count` rows each).
+fn line_runs(j0: usize, width: usize, dims: [usize; 3], panel: usize, count: usize) -> Vec<Run> {
+    let [mut z, mut y, mut x] = unravel3(j0, dims);
+    let mut runs = Vec::with_capacity(width.div_ceil(dims[2]) + width.div_ceil(panel) + 1);
+    let mut j = 0;
+    while j < width {
+        let len = (dims[2] - x).min(width - j).min(panel - j % panel);
+        runs.push(Run { at: j / panel * panel * count + j % panel, len, z, y, x0: x });
+        j += len;
+        x += len;
+        if x == dims[2] {
+            x = 0;
+            y += 1;
+            if y == dims[1] {
+                (y, z) = (0, z + 1);
+            }
         }
     }
     runs
@@ -200,10 +206,16 @@ mod tests {
 
     #[test]
     fn line_runs_cover_the_positions_line_by_line() {
-        // A [2, 3, 5] volume from position 7 (z 0, y 1, x 2), 14 positions.
-        let runs = line_runs(7, 14, [2, 3, 5]);
+        // A [2, 3, 5] volume from position 7 (z 0, y 1, x 2), 14 positions, one panel.
+        let runs = line_runs(7, 14, [2, 3, 5], 14, 4);
         let got: Vec<_> = runs.iter().map(|r| (r.at, r.len, r.z, r.y, r.x0)).collect();
         assert_eq!(got, vec![(0, 3, 0, 1, 2), (3, 5, 0, 2, 0), (8, 5, 1, 0, 0), (13, 1, 1, 1, 0)]);
+        // Panels of 4 columns, 3 rows each (12 floats a panel): runs split at 4 and 8 and 12.
+        let runs = line_runs(7, 14, [2, 3, 5], 4, 3);
+        let got: Vec<_> = runs.iter().map(|r| (r.at, r.len, r.z, r.y, r.x0)).collect();
+        let want = [(0, 3, 0, 1, 2), (3, 1, 0, 2, 0), (12, 4, 0, 2, 1), (24, 4, 1, 0, 0), (36, 1, 1, 0, 4)];
+        assert_eq!(got[..5], want);
+        assert_eq!(got[5..], [(37, 1, 1, 1, 0)]);
     }
 
     #[test]

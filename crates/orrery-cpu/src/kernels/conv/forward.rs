@@ -283,7 +283,7 @@ fn tiled(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
         let p0 = tile * width;
         let cols = width.min(positions - p0);
         with_scratch(depth * cols, |col| {
-            Fields::new(x, geo, b, g).write(0, depth, p0, cols, col, cols);
+            Fields::new(x, geo, b, g).write(0, depth, p0, cols, cols, col);
             // Columns p0..p0+cols of rows g·Cout/g.. of batch b: owned by this task only.
             let first = (b * geo.cout + g * geo.cout_g) * positions + p0;
             let dst = MatMut { ptr: y_ptr.add(first), rs: positions, cs: 1 };

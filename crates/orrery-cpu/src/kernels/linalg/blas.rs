@@ -145,9 +145,11 @@ pub(crate) unsafe fn gemm(
 /// A B operand that is never stored whole: the own GEMM asks for it a block at a time while
 /// packing (a convolution's receptive fields, gathered straight from the input).
 pub(crate) trait RowSource: Sync {
-    /// Writes B's rows `k0 .. k0 + count`, columns `j0 .. j0 + width`: row `k0 + i` to
-    /// `dst[i·stride ..][..width]`.
-    fn rows(&self, k0: usize, count: usize, j0: usize, width: usize, dst: &mut [f32], stride: usize);
+    /// Writes B's rows `k0 .. k0 + count`, columns `j0 .. j0 + width`, as consecutive panels of
+    /// `panel` columns, each row-major: element `(k0 + i, j0 + j)` goes to
+    /// `dst[(j / panel)·panel·count + i·panel + j % panel]` (`panel ≥ width`: one row-major
+    /// block). Elements past `width` in the last panel are left alone.
+    fn panels(&self, k0: usize, count: usize, j0: usize, width: usize, panel: usize, dst: &mut [f32]);
 }
 
 /// True when [`gemm_gathered`] runs here (the own GEMM); otherwise callers build B themselves.

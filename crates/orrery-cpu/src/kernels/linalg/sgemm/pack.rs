@@ -40,16 +40,14 @@ pub(super) unsafe fn pack_b(dst: &mut [f32], b: Strided, kc: usize, cols: usize)
     unsafe { pack::<NR>(dst, transposed, cols, kc) }
 }
 
-/// Packs B's rows `k0..k0 + kc`, columns `j0..j0 + cols`, asked of `rows` a panel at a time
-/// and written by it straight into the panels (no stored B).
+/// Packs B's rows `k0..k0 + kc`, columns `j0..j0 + cols`, written by `rows` straight into
+/// the panels (no stored B). A whole block at a time, so a source reads along its rows.
 pub(super) fn pack_b_gathered(dst: &mut [f32], rows: &dyn RowSource, k0: usize, kc: usize, j0: usize, cols: usize) {
-    for (q, panel) in dst.chunks_exact_mut(NR * kc).take(cols.div_ceil(NR)).enumerate() {
-        let live = NR.min(cols - q * NR);
-        if live < NR {
-            panel.fill(0.0);
-        }
-        rows.rows(k0, kc, j0 + q * NR, live, panel, NR);
+    let panels = cols.div_ceil(NR);
+    if !cols.is_multiple_of(NR) {
+        dst[(panels - 1) * NR * kc..panels * NR * kc].fill(0.0);
     }
+    rows.panels(k0, kc, j0, cols, NR, &mut dst[..panels * NR * kc]);
 }
 
 /// Panels of W rows of `m` (`rows × kc`): panel q, step k, lane r holds m(q·W + r, k).
