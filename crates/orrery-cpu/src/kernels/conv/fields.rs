@@ -14,7 +14,7 @@
 
 use super::forward::{Geometry, Input};
 use super::{unravel3, valid_range};
-use crate::kernels::linalg::blas::RowSource;
+use crate::kernels::linalg::blas::GatheredB;
 
 /// The column matrix of one (batch, group), gathered on demand.
 pub(super) struct Fields<'a> {
@@ -49,7 +49,7 @@ impl<'a> Fields<'a> {
     }
 
     /// Writes rows `k0 .. k0 + count`, output positions `j0 .. j0 + width`, in panels of
-    /// `panel` columns as [`RowSource::panels`] lays them out.
+    /// `panel` columns as [`GatheredB::panels`] lays them out.
     pub(super) fn write(&self, k0: usize, count: usize, j0: usize, width: usize, panel: usize, dst: &mut [f32]) {
         if count == 0 || width == 0 {
             return;
@@ -140,7 +140,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl RowSource for Fields<'_> {
+impl GatheredB for Fields<'_> {
     fn panels(&self, k0: usize, count: usize, j0: usize, width: usize, panel: usize, dst: &mut [f32]) {
         self.write(k0, count, j0, width, panel, dst);
     }

@@ -144,7 +144,7 @@ pub(crate) unsafe fn gemm(
 
 /// A B operand that is never stored whole: the own GEMM asks for it a block at a time while
 /// packing (a convolution's receptive fields, gathered straight from the input).
-pub(crate) trait RowSource: Sync {
+pub(crate) trait GatheredB: Sync {
     /// Writes B's rows `k0 .. k0 + count`, columns `j0 .. j0 + width`, as consecutive panels of
     /// `panel` columns, each row-major: element `(k0 + i, j0 + j)` goes to
     /// `dst[(j / panel)·panel·count + i·panel + j % panel]` (`panel ≥ width`: one row-major
@@ -160,12 +160,12 @@ pub(crate) fn gathers_while_packing() -> bool {
     false
 }
 
-/// `dst = lhs · B` (m×k times k×n), or `dst += …` with `accumulate`, with B's rows taken from
-/// `rhs` block by block as they are packed: the bits of [`gemm`] on the stored B.
+/// `dst = lhs · B` (m×k times k×n), or `dst += …` with `accumulate`, with B written by `rhs`
+/// block by block as it is packed: the bits of [`gemm`] on the stored B.
 ///
 /// # Safety
-/// [`gathers_while_packing`] holds; `dst` as for [`gemm`]; `rhs` answers every row `k` and
-/// column range inside `k × n`.
+/// [`gathers_while_packing`] holds; `dst` as for [`gemm`]; `rhs` answers every block of rows
+/// and columns inside `k × n`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_gathered(
     m: usize,
@@ -173,7 +173,7 @@ pub(crate) unsafe fn gemm_gathered(
     k: usize,
     dst: MatMut,
     lhs: MatRef<'_>,
-    rhs: &dyn RowSource,
+    rhs: &dyn GatheredB,
     accumulate: bool,
     threads: Threads,
 ) {

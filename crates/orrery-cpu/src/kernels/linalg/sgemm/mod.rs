@@ -18,7 +18,7 @@ mod pack;
 
 pub(crate) use pack::{Bf16Rows, Strided};
 
-use super::blas::{RowSource, Threads};
+use super::blas::{GatheredB, Threads};
 use kernel::{APanel, Tile};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -72,9 +72,9 @@ enum BSource<'a> {
     /// A bf16 weight as stored, widened while packing.
     Bf16Rows(Bf16Rows),
     Packed(&'a PackedB),
-    /// Rows asked for while packing, from column `j0` on.
+    /// Written by a source block by block while packing, from column `j0` on.
     Gathered {
-        rows: &'a dyn RowSource,
+        source: &'a dyn GatheredB,
         j0: usize,
     },
 }
@@ -95,7 +95,7 @@ impl Product<'_> {
         let b = match self.b {
             BSource::Strided(b) => BSource::Strided(b.at(0, j0)),
             BSource::Bf16Rows(b) => BSource::Bf16Rows(b.at(0, j0)),
-            BSource::Gathered { rows, j0: from } => BSource::Gathered { rows, j0: from + j0 },
+            BSource::Gathered { source, j0: from } => BSource::Gathered { source, j0: from + j0 },
             BSource::Packed(_) => unreachable!("packed products run on one thread"),
         };
         Product { c: self.c.at(0, j0), b, ..self }
@@ -154,11 +154,11 @@ pub(crate) unsafe fn sgemm_bf16(
     unsafe { split(m, n, k, Product { c, a, b: BSource::Bf16Rows(b), scale, add }, threads) }
 }
 
-/// [`sgemm`] with B's rows produced by `rows` while each block is packed (an implicit im2col):
+/// [`sgemm`] with B written by `source` block by block as it is packed (an implicit im2col):
 /// the bits of [`sgemm`] on the stored B.
 ///
 /// # Safety
-/// As [`sgemm`], with `rows` answering every row of B and every column range inside `k × n`.
+/// As [`sgemm`], with `source` answering every block of rows and columns inside `k × n`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_gathered(
     m: usize,
@@ -166,11 +166,11 @@ pub(crate) unsafe fn sgemm_gathered(
     k: usize,
     c: Out,
     a: Strided,
-    rows: &dyn RowSource,
+    source: &dyn GatheredB,
     add: bool,
     threads: Threads,
 ) {
-    let product = Product { c, a, b: BSource::Gathered { rows, j0: 0 }, scale: 1.0, add };
+    let product = Product { c, a, b: BSource::Gathered { source, j0: 0 }, scale: 1.0, add };
     // SAFETY: forwarded.
     unsafe { split(m, n, k, product, threads) }
 }
@@ -259,8 +259,8 @@ unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                             unsafe { pack::pack_b_bf16(b_buf, b.at(k0, j0), kc, nb) };
                             b_buf
                         }
-                        BSource::Gathered { rows, j0: from } => {
-                            pack::pack_b_gathered(b_buf, rows, k0, kc, from + j0, nb);
+                        BSource::Gathered { source, j0: from } => {
+                            pack::pack_b_gathered(b_buf, source, k0, kc, from + j0, nb);
                             b_buf
                         }
                         // NB is a whole number of panels: columns j0.. start panel j0 / NR.

@@ -2,7 +2,7 @@
 //! each stored k-major (for every k the panel's MR or NR values side by side), so the
 //! micro-kernel reads both with unit stride. Rows and columns past the block are zeros.
 
-use super::{RowSource, MR, NR};
+use super::{GatheredB, MR, NR};
 use std::arch::x86_64::*;
 
 /// A strided f32 matrix behind a raw pointer: element (i, j) is `p[i·rs + j·cs]`.
@@ -40,14 +40,14 @@ pub(super) unsafe fn pack_b(dst: &mut [f32], b: Strided, kc: usize, cols: usize)
     unsafe { pack::<NR>(dst, transposed, cols, kc) }
 }
 
-/// Packs B's rows `k0..k0 + kc`, columns `j0..j0 + cols`, written by `rows` straight into
+/// Packs B's rows `k0..k0 + kc`, columns `j0..j0 + cols`, written by `source` straight into
 /// the panels (no stored B). A whole block at a time, so a source reads along its rows.
-pub(super) fn pack_b_gathered(dst: &mut [f32], rows: &dyn RowSource, k0: usize, kc: usize, j0: usize, cols: usize) {
+pub(super) fn pack_b_gathered(dst: &mut [f32], source: &dyn GatheredB, k0: usize, kc: usize, j0: usize, cols: usize) {
     let panels = cols.div_ceil(NR);
     if !cols.is_multiple_of(NR) {
         dst[(panels - 1) * NR * kc..panels * NR * kc].fill(0.0);
     }
-    rows.panels(k0, kc, j0, cols, NR, &mut dst[..panels * NR * kc]);
+    source.panels(k0, kc, j0, cols, NR, &mut dst[..panels * NR * kc]);
 }
 
 /// Panels of W rows of `m` (`rows × kc`): panel q, step k, lane r holds m(q·W + r, k).
