@@ -215,6 +215,24 @@ fn temporal_convs_run_as_shifted_gemms() {
         inputs[0] = as_permuted_view(&inputs[0], &[0, 2, 3, 4, 1]);
         check_op(&op, &inputs, TOL);
     }
+    // Replicate padding in time (the tokenizer's causal convolutions, padding folded in): the
+    // edge frames are read in place by the taps that fall off the input, including padding
+    // wider than the input and tiles that cross frames (5 × 20 × 21 positions).
+    let cases: [Case; 4] = [
+        (&[1, 4, 3, 6, 5], &[6, 4, 3, 1, 1], (2, 0), 1, true),
+        (&[2, 4, 4, 3, 4], &[4, 4, 3, 1, 1], (1, 1), 1, false),
+        (&[1, 6, 2, 2, 3], &[4, 3, 3, 1, 1], (3, 1), 2, true),
+        (&[1, 3, 5, 20, 21], &[5, 3, 3, 1, 1], (2, 0), 1, true),
+    ];
+    for (i, (xs, ws, tpad, groups, bias)) in cases.into_iter().enumerate() {
+        let seed = 200 + 10 * i as u64;
+        let mut inputs = vec![rand_f32(seed, xs), rand_of(DType::BF16, seed + 1, ws)];
+        if bias {
+            inputs.push(rand_f32(seed + 2, &[ws[0]]));
+        }
+        let op = conv_op(&[1, 1, 1], &[tpad, (0, 0), (0, 0)], ConvPadMode::Replicate, groups, bias);
+        check_op(&op, &inputs, TOL);
+    }
 }
 
 #[test]

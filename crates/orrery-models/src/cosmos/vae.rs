@@ -216,7 +216,11 @@ impl Net<'_, '_> {
         let cin = self.dims(x)[1];
         let tpad = (k[0] - 1 + 1).saturating_sub(stride[0]);
         let mut x = x;
-        if tpad > 0 {
+        // Without padding in space and without chunk state, the replicas in front are the
+        // convolution's own replicate padding in time: no padded copy of the input (the
+        // (k, 1, 1) kernel reads its edge frame in place).
+        let time_pad = if tpad > 0 && pad == 0 && self.chunk.is_none() { tpad } else { 0 };
+        if tpad > 0 && time_pad == 0 {
             let d = self.dims(x);
             match self.chunk {
                 Some(chunk) if !chunk.first() => {
@@ -242,8 +246,8 @@ impl Net<'_, '_> {
         let params = ConvParams {
             stride: stride.to_vec(),
             dilation: vec![1, 1, 1],
-            padding: vec![(0, 0), (pad, pad), (pad, pad)],
-            pad_mode: ConvPadMode::Zeros,
+            padding: vec![(time_pad, 0), (pad, pad), (pad, pad)],
+            pad_mode: if time_pad > 0 { ConvPadMode::Replicate } else { ConvPadMode::Zeros },
             groups: 1,
             has_bias: true,
         };

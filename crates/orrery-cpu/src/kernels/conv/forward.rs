@@ -60,9 +60,9 @@ impl Geometry {
         self.cin_g * self.sp.kernel_volume()
     }
 
-    /// A (k, 1, 1) kernel with stride and dilation 1 and zero padding in time only: each
-    /// temporal tap reads the input shifted by whole frames, so the taps can be GEMMs reading x
-    /// in place ([`temporal_taps`]).
+    /// A (k, 1, 1) kernel with stride and dilation 1 and padding in time only (zeros or
+    /// replicas): each temporal tap reads the input shifted by whole frames, or one edge frame,
+    /// so the taps can be GEMMs reading x in place ([`temporal_taps`]).
     fn is_temporal(&self) -> bool {
         let sp = &self.sp;
         sp.kernel[1] == 1
@@ -71,7 +71,6 @@ impl Geometry {
             && sp.stride == [1; 3]
             && sp.dilation == [1; 3]
             && sp.pad[1..] == [0, 0]
-            && (sp.pad[0] == 0 || !self.replicate)
             && sp.out_dims[1..] == sp.in_dims[1..]
     }
 
@@ -213,7 +212,8 @@ const TAP_ROWS: usize = 256;
 /// A (k, 1, 1) convolution as k accumulating GEMMs per tile of output positions: tap `kz` of
 /// output frame `t` reads input frame `t + kz − pad`, i.e. x's positions shifted by whole
 /// frames, so x is read in place with no gathered copy (positions dense, checked by the
-/// caller). Taps that would read padding skip those output frames (zero padding adds nothing).
+/// caller). Taps that would read padding skip those output frames (zero padding adds nothing)
+/// or read the edge frame in place (replicate padding: the causal video convolutions).
 /// Each output element sums its taps in order kz = 0, 1, …, each tap a dot product over the
 /// input channels: fixed, whatever the thread count.
 fn temporal_taps(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
@@ -246,19 +246,30 @@ fn temporal_taps(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]
         unsafe { fill_bias(dst_at(p0), rows, p1 - p0, &start[r0..r0 + rows]) };
         let channels = x.offset + b * x.sb + g * geo.cin_g * x.sc;
         for kz in 0..kt {
-            // Output frames whose tap kz reads a real input frame, clipped to this tile.
+            // Tap kz of the weights [Cout, Cin/g, kt, 1, 1]: row stride Cin/g·kt, column kt.
+            let lhs = MatRef::new(wts.w, (g * geo.cout_g + r0) * geo.cin_g * kt + kz, geo.cin_g * kt, kt);
+            // Output positions lo..hi (within this tile) read x's positions from `source` on.
+            let tap = |lo: usize, hi: usize, source: usize| {
+                if lo < hi {
+                    let rhs = MatRef::new(x.data, channels + source, x.sc, 1);
+                    // SAFETY: see above; `rhs` reads x only.
+                    unsafe { gemm(rows, hi - lo, geo.cin_g, dst_at(lo), lhs, rhs, 1.0, true, Threads::Single) };
+                }
+            };
+            // Output frames whose tap kz reads a real input frame: x shifted by whole frames.
             let shift = kz as isize - sp.pad[0] as isize;
             let valid = valid_range(frames, 1, shift, sp.in_dims[0]);
             let (lo, hi) = ((valid.start * plane).max(p0), (valid.end * plane).min(p1));
-            if lo >= hi {
-                continue;
+            tap(lo, hi, (lo as isize + shift * plane as isize).max(0) as usize);
+            // With replicate padding the frames before read the first input frame, those after
+            // the last; with zero padding they add nothing.
+            if geo.replicate && sp.in_dims[0] > 0 {
+                let edges = (0..valid.start).map(|t| (t, 0)).chain((valid.end..frames).map(|t| (t, sp.in_dims[0] - 1)));
+                for (t, frame) in edges {
+                    let (lo, hi) = ((t * plane).max(p0), ((t + 1) * plane).min(p1));
+                    tap(lo, hi, frame * plane + lo.saturating_sub(t * plane));
+                }
             }
-            let source = (lo as isize + shift * plane as isize) as usize;
-            // Tap kz of the weights [Cout, Cin/g, kt, 1, 1]: row stride Cin/g·kt, column kt.
-            let lhs = MatRef::new(wts.w, (g * geo.cout_g + r0) * geo.cin_g * kt + kz, geo.cin_g * kt, kt);
-            let rhs = MatRef::new(x.data, channels + source, x.sc, 1);
-            // SAFETY: see above; `rhs` reads x only.
-            unsafe { gemm(rows, hi - lo, geo.cin_g, dst_at(lo), lhs, rhs, 1.0, true, Threads::Single) };
         }
     });
 }
