@@ -194,43 +194,33 @@ fn temporal_convs_run_as_shifted_gemms() {
     // (k, 1, 1) kernels read x shifted by whole frames, no gathered columns: the tokenizer's
     // causal (3,1,1) after its explicit pad, zero-padded ones that skip taps at the ends,
     // groups, a batch, f16 weights, and more positions than one tile (5 × 20 × 21 > 1024).
-    // (x shape, weight shape, time padding, groups, bias)
-    type Case<'a> = (&'a [usize], &'a [usize], (usize, usize), usize, bool);
-    let cases: [Case; 5] = [
-        (&[1, 4, 7, 6, 5], &[6, 4, 3, 1, 1], (0, 0), 1, true),
-        (&[2, 4, 5, 3, 4], &[4, 4, 3, 1, 1], (1, 1), 1, false),
-        (&[1, 6, 4, 2, 3], &[4, 3, 2, 1, 1], (1, 0), 2, true),
-        (&[1, 3, 5, 20, 21], &[5, 3, 3, 1, 1], (2, 0), 1, true),
-        (&[1, 2, 2, 4, 4], &[3, 2, 3, 1, 1], (2, 2), 1, false),
+    // With replicate padding in time (the tokenizer's causal convolutions, padding folded in)
+    // the taps that fall off the input read the edge frame in place, also with padding wider
+    // than the input and tiles that cross frames.
+    // (x shape, weight shape, time padding, groups, bias, replicate)
+    type Case<'a> = (&'a [usize], &'a [usize], (usize, usize), usize, bool, bool);
+    let cases: [Case; 9] = [
+        (&[1, 4, 7, 6, 5], &[6, 4, 3, 1, 1], (0, 0), 1, true, false),
+        (&[2, 4, 5, 3, 4], &[4, 4, 3, 1, 1], (1, 1), 1, false, false),
+        (&[1, 6, 4, 2, 3], &[4, 3, 2, 1, 1], (1, 0), 2, true, false),
+        (&[1, 3, 5, 20, 21], &[5, 3, 3, 1, 1], (2, 0), 1, true, false),
+        (&[1, 2, 2, 4, 4], &[3, 2, 3, 1, 1], (2, 2), 1, false, false),
+        (&[1, 4, 3, 6, 5], &[6, 4, 3, 1, 1], (2, 0), 1, true, true),
+        (&[2, 4, 4, 3, 4], &[4, 4, 3, 1, 1], (1, 1), 1, false, true),
+        (&[1, 6, 2, 2, 3], &[4, 3, 3, 1, 1], (3, 1), 2, true, true),
+        (&[1, 3, 5, 20, 21], &[5, 3, 3, 1, 1], (2, 0), 1, true, true),
     ];
-    for (i, (xs, ws, tpad, groups, bias)) in cases.into_iter().enumerate() {
+    for (i, (xs, ws, tpad, groups, bias, replicate)) in cases.into_iter().enumerate() {
         let seed = 100 + 10 * i as u64;
         let mut inputs = vec![rand_f32(seed, xs), rand_of(DType::F16, seed + 1, ws)];
         if bias {
             inputs.push(rand_f32(seed + 2, &[ws[0]]));
         }
-        let op = conv_op(&[1, 1, 1], &[tpad, (0, 0), (0, 0)], ConvPadMode::Zeros, groups, bias);
+        let mode = if replicate { ConvPadMode::Replicate } else { ConvPadMode::Zeros };
+        let op = conv_op(&[1, 1, 1], &[tpad, (0, 0), (0, 0)], mode, groups, bias);
         check_op(&op, &inputs, TOL);
         // The same through a channels-last view (positions not dense: the gathering path).
         inputs[0] = as_permuted_view(&inputs[0], &[0, 2, 3, 4, 1]);
-        check_op(&op, &inputs, TOL);
-    }
-    // Replicate padding in time (the tokenizer's causal convolutions, padding folded in): the
-    // edge frames are read in place by the taps that fall off the input, including padding
-    // wider than the input and tiles that cross frames (5 × 20 × 21 positions).
-    let cases: [Case; 4] = [
-        (&[1, 4, 3, 6, 5], &[6, 4, 3, 1, 1], (2, 0), 1, true),
-        (&[2, 4, 4, 3, 4], &[4, 4, 3, 1, 1], (1, 1), 1, false),
-        (&[1, 6, 2, 2, 3], &[4, 3, 3, 1, 1], (3, 1), 2, true),
-        (&[1, 3, 5, 20, 21], &[5, 3, 3, 1, 1], (2, 0), 1, true),
-    ];
-    for (i, (xs, ws, tpad, groups, bias)) in cases.into_iter().enumerate() {
-        let seed = 200 + 10 * i as u64;
-        let mut inputs = vec![rand_f32(seed, xs), rand_of(DType::BF16, seed + 1, ws)];
-        if bias {
-            inputs.push(rand_f32(seed + 2, &[ws[0]]));
-        }
-        let op = conv_op(&[1, 1, 1], &[tpad, (0, 0), (0, 0)], ConvPadMode::Replicate, groups, bias);
         check_op(&op, &inputs, TOL);
     }
 }
