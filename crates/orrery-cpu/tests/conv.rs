@@ -331,8 +331,13 @@ fn convolutions_do_not_depend_on_the_thread_count() {
         padding: vec![1, 1],
     });
     let resize = Op::Resize { mode: ResizeMode::Bicubic, size: vec![57, 33], align_corners: false };
+    // Few positions (12 × 16) and enough work to split: gathered once and shared by threads
+    // that split rows, or gathered while packing on one thread; the same bits either way.
+    let (x_few, w_few) = (rand_f32(27, &[1, 64, 12, 16]), rand_f32(28, &[96, 64, 3, 3]));
+    check_op(&conv3, &[x_few.clone(), w_few.clone()], TOL);
     let all = || {
         [
+            run(&conv3, &[&x_few, &w_few]),
             run(&conv3, &[&x, &w3]),
             run(&conv1, &[&x, &w1]),
             run(&convt, &[&x, &wt]),
