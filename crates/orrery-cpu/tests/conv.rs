@@ -335,9 +335,14 @@ fn convolutions_do_not_depend_on_the_thread_count() {
     // that split rows, or gathered while packing on one thread; the same bits either way.
     let (x_few, w_few) = (rand_f32(27, &[1, 64, 12, 16]), rand_f32(28, &[96, 64, 3, 3]));
     check_op(&conv3, &[x_few.clone(), w_few.clone()], TOL);
+    // 600 positions, 96 output channels: 2 threads split the columns, 3 the rows, each then
+    // gathering the whole block while packing it.
+    let (x_mid, w_mid) = (rand_f32(29, &[1, 16, 24, 25]), rand_f32(30, &[96, 16, 3, 3]));
+    check_op(&conv3, &[x_mid.clone(), w_mid.clone()], TOL);
     let all = || {
         [
             run(&conv3, &[&x_few, &w_few]),
+            run(&conv3, &[&x_mid, &w_mid]),
             run(&conv3, &[&x, &w3]),
             run(&conv1, &[&x, &w1]),
             run(&convt, &[&x, &wt]),
