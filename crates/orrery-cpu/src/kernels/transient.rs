@@ -6,7 +6,11 @@
 //! stored instead with at most `max_rows` rows, and with any number of rows on CPUs where the
 //! GEMM packs bf16 (`reads_bf16_weights`). Per-thread scratch is not counted:
 //! attention's score block and packed key block (0.75 MiB at head dim 128), the own GEMM's packing
-//! buffers (at most 2 MiB, kept by each thread), a convolution's row of zeros.
+//! buffers (at most 2 MiB, kept by each thread), a temporal convolution's row of zeros, and a
+//! convolution's gathered columns, kept by each thread that gathers them: a tile of at most 1024
+//! positions on the `gemm` crate, or, on the own GEMM, the whole column matrix of a product of
+//! fewer than 512 positions (`Cin/g · Kvol · positions` floats: 9 MiB for the 512-channel
+//! (1, 3, 3) at 3 × 8 × 8).
 
 use super::linalg::{max_rows, reads_bf16_weights};
 use orrery_ir::{DType, Op, TensorType};
