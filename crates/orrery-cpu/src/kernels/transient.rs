@@ -9,8 +9,8 @@
 //! buffers (at most 2 MiB, kept by each thread), a temporal convolution's row of zeros, and a
 //! convolution's gathered columns, kept by each thread that gathers them: a tile of at most 1024
 //! positions on the `gemm` crate, or, on the own GEMM, the whole column matrix of a product of
-//! fewer than 512 positions (`Cin/g · Kvol · positions` floats: 9 MiB for the 512-channel
-//! (1, 3, 3) at 3 × 8 × 8).
+//! fewer than 512 positions (`Cin/g · Kvol · positions` floats: 3.4 MiB for the 512-channel
+//! (1, 3, 3) at 3 × 8 × 8, at most 9 MiB for 511 positions).
 
 use super::linalg::{max_rows, reads_bf16_weights};
 use orrery_ir::{DType, Op, TensorType};
