@@ -161,10 +161,10 @@ pub(crate) fn gathers_while_packing() -> bool {
 }
 
 /// `dst = lhs · B` (m×k times k×n), or `dst += …` with `accumulate`, with B written by `rhs`
-/// block by block as it is packed: the bits of [`gemm`] on the stored B.
+/// block by block as it is packed: the bits of [`gemm()`] on the stored B.
 ///
 /// # Safety
-/// [`gathers_while_packing`] holds; `dst` as for [`gemm`]; `rhs` answers every block of rows
+/// [`gathers_while_packing`] holds; `dst` as for [`gemm()`]; `rhs` answers every block of rows
 /// and columns inside `k × n`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_gathered(
@@ -202,10 +202,10 @@ pub(crate) fn reads_bf16_weights() -> bool {
 
 /// `dst = lhs · wᵀ` (m×k times the transpose of n rows of `w`, each k long, starting at row
 /// `first_row` of the dense row-major bf16 matrix `w`), or `dst += …` with `accumulate`: the
-/// bits of [`gemm`] on the widened weight.
+/// bits of [`gemm()`] on the widened weight.
 ///
 /// # Safety
-/// [`reads_bf16_weights`] holds; `dst` as for [`gemm`].
+/// [`reads_bf16_weights`] holds; `dst` as for [`gemm()`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_bf16_weight(
     m: usize,
@@ -259,11 +259,11 @@ impl<'a> SharedB<'a> {
     }
 }
 
-/// [`gemm`] on the calling thread with a shared `rhs` (its `k × n`; `dst` is `m × n`): the
-/// same bits as [`gemm`] on the matrix it was made from.
+/// [`gemm()`] on the calling thread with a shared `rhs` (its `k × n`; `dst` is `m × n`): the
+/// same bits as [`gemm()`] on the matrix it was made from.
 ///
 /// # Safety
-/// As [`gemm`].
+/// As [`gemm()`].
 pub(crate) unsafe fn gemm_shared(
     m: usize,
     dst: MatMut,

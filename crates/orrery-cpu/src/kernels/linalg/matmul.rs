@@ -96,7 +96,7 @@ impl Gemms {
     /// `accumulate`).
     ///
     /// # Safety
-    /// `dst` as for [`gemm`].
+    /// `dst` as for [`gemm()`].
     #[allow(clippy::too_many_arguments)]
     unsafe fn product(
         &self,
