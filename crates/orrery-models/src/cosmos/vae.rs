@@ -217,8 +217,8 @@ impl Net<'_, '_> {
         let tpad = (k[0] - 1 + 1).saturating_sub(stride[0]);
         let mut x = x;
         // Without padding in space and without chunk state, the replicas in front are the
-        // convolution's own replicate padding in time: no padded copy of the input (the
-        // (k, 1, 1) kernel reads its edge frame in place).
+        // convolution's own replicate padding in time: no padded copy of the input (a
+        // (k, 1, 1) kernel with stride 1 reads its edge frame in place; a strided one gathers it).
         let time_pad = if tpad > 0 && pad == 0 && self.chunk.is_none() { tpad } else { 0 };
         if tpad > 0 && time_pad == 0 {
             let d = self.dims(x);

@@ -191,28 +191,26 @@ fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
         let dst = MatMut::dense(dst, geo.cout_g, positions);
         let bias = wts.bias.map(|bias| &bias[g * geo.cout_g..(g + 1) * geo.cout_g]);
         let lhs = MatRef::new(wts.w, g * geo.cout_g * depth, depth, 1);
-        // SAFETY: `dst` is this (batch, group)'s own dense output block; the own GEMM runs
-        // here (checked by the caller); `fields` answers every row below depth and every
-        // position.
-        unsafe {
-            if let Some(bias) = bias {
-                fill_bias(dst, geo.cout_g, positions, bias);
-            }
-            if threads == Threads::Pool && positions < FEW_POSITIONS && rayon::current_num_threads() > 1 {
-                // Too few positions to split by columns: the threads would split the rows and
-                // each gather every column. Gather them once, in parallel, and multiply the
-                // stored matrix: the same packed values, so the same bits (1.03-1.04x on the
-                // decoder's 512-channel 3 × 8 × 8 convolutions, in-process A/B).
-                with_scratch(depth * positions, |col| {
-                    col.par_chunks_mut(GATHER_ROWS * positions).enumerate().for_each(|(i, rows)| {
-                        fields.write(i * GATHER_ROWS, rows.len() / positions, 0, positions, positions, rows)
-                    });
-                    let rhs = MatRef::new(col, 0, positions, 1);
-                    gemm(geo.cout_g, positions, depth, dst, lhs, rhs, 1.0, bias.is_some(), threads);
+        // SAFETY (the bias fill and both products): `dst` is this (batch, group)'s own dense
+        // output block; the own GEMM runs here (checked by the caller); `fields` answers every
+        // row below depth and every position.
+        if let Some(bias) = bias {
+            unsafe { fill_bias(dst, geo.cout_g, positions, bias) };
+        }
+        if threads == Threads::Pool && positions < FEW_POSITIONS && rayon::current_num_threads() > 1 {
+            // Too few positions to split by columns: the threads would split the rows and
+            // each gather every column. Gather them once, in parallel, and multiply the
+            // stored matrix: the same packed values, so the same bits (1.03-1.04x on the
+            // decoder's 512-channel 3 × 8 × 8 convolutions, in-process A/B).
+            with_scratch(depth * positions, |col| {
+                col.par_chunks_mut(GATHER_ROWS * positions).enumerate().for_each(|(i, rows)| {
+                    fields.write(i * GATHER_ROWS, rows.len() / positions, 0, positions, positions, rows)
                 });
-            } else {
-                gemm_gathered(geo.cout_g, positions, depth, dst, lhs, &fields, bias.is_some(), threads);
-            }
+                let rhs = MatRef::new(col, 0, positions, 1);
+                unsafe { gemm(geo.cout_g, positions, depth, dst, lhs, rhs, 1.0, bias.is_some(), threads) };
+            });
+        } else {
+            unsafe { gemm_gathered(geo.cout_g, positions, depth, dst, lhs, &fields, bias.is_some(), threads) };
         }
     });
 }

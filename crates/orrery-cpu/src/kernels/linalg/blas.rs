@@ -152,12 +152,18 @@ pub(crate) trait GatheredB: Sync {
     fn panels(&self, k0: usize, count: usize, j0: usize, width: usize, panel: usize, dst: &mut [f32]);
 }
 
-/// True when [`gemm_gathered`] runs here (the own GEMM); otherwise callers build B themselves.
-pub(crate) fn gathers_while_packing() -> bool {
+/// True when products run on the own GEMM (`sgemm`), which can read bf16 weights and gathered
+/// operands while packing.
+fn own_gemm() -> bool {
     #[cfg(target_arch = "x86_64")]
     return super::sgemm::available();
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// True when [`gemm_gathered`] runs here (the own GEMM); otherwise callers build B themselves.
+pub(crate) fn gathers_while_packing() -> bool {
+    own_gemm()
 }
 
 /// `dst = lhs · B` (m×k times k×n), or `dst += …` with `accumulate`, with B written by `rhs`
@@ -194,10 +200,7 @@ pub(crate) unsafe fn gemm_gathered(
 /// True when products read a bf16 `[N, K]` weight as stored ([`gemm_bf16_weight`]), widening it
 /// while packing; otherwise callers widen it into an f32 copy first.
 pub(crate) fn reads_bf16_weights() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return super::sgemm::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    own_gemm()
 }
 
 /// `dst = lhs · wᵀ` (m×k times the transpose of n rows of `w`, each k long, starting at row
