@@ -242,6 +242,28 @@ fn conv_over_many_tiles() {
 }
 
 #[test]
+fn winograd_convolutions_match_reference() {
+    // 3 × 3 kernels with stride 1 and at least 32 channels run by Winograd: F(2, 3) for 17 × 17
+    // tiles here, F(4, 3) from 256 tiles of 4 × 4 on (see `conv/winograd.rs`).
+    let zeros = conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Zeros, 1, true);
+    let x = rand_f32(31, &[1, 32, 34, 34]);
+    let (w, b) = (rand_f32(32, &[40, 32, 3, 3]), rand_f32(33, &[40]));
+    check_op(&zeros, &[x.clone(), w, b], TOL);
+    // f16 weights, a channels-last view and replicate padding.
+    let replicate = conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Replicate, 1, false);
+    let x_last = as_permuted_view(&rand_f32(34, &[1, 32, 34, 34]), &[0, 2, 3, 1]);
+    check_op(&replicate, &[x_last, rand_of(DType::F16, 35, &[32, 32, 3, 3])], TOL);
+    // The tokenizer's (1, 3, 3) kernel on a 2-frame volume: F(4, 3), edge tiles cut by the plane.
+    let video = conv_op(&[1, 1, 1], &[(0, 0), (1, 1), (1, 1)], ConvPadMode::Zeros, 1, true);
+    let x = rand_f32(36, &[1, 32, 2, 66, 63]);
+    let (w, b) = (rand_f32(37, &[33, 32, 1, 3, 3]), rand_f32(38, &[33]));
+    check_op(&video, &[x, w, b], TOL);
+    // Two groups of 32 channels, a batch of 2, no padding.
+    let grouped = conv_op(&[1, 1], &[(0, 0), (0, 0)], ConvPadMode::Zeros, 2, false);
+    check_op(&grouped, &[rand_f32(39, &[2, 64, 36, 35]), rand_f32(40, &[64, 32, 3, 3])], TOL);
+}
+
+#[test]
 fn pointwise_conv_direct_and_gathered() {
     let w = rand_of(DType::F16, 9, &[12, 6, 1, 1]);
     let b = rand_f32(10, &[12]);
@@ -339,10 +361,13 @@ fn convolutions_do_not_depend_on_the_thread_count() {
     // gathering the whole block while packing it.
     let (x_mid, w_mid) = (rand_f32(29, &[1, 16, 24, 25]), rand_f32(30, &[96, 16, 3, 3]));
     check_op(&conv3, &[x_mid.clone(), w_mid.clone()], TOL);
+    // Winograd: F(2, 3) for `x` and `w3` below (20 × 20 tiles), F(4, 3) here (17 × 16 tiles).
+    let (x_f4, w_f4) = (rand_f32(41, &[1, 32, 66, 64]), rand_f32(42, &[32, 32, 3, 3]));
     let all = || {
         [
             run(&conv3, &[&x_few, &w_few]),
             run(&conv3, &[&x_mid, &w_mid]),
+            run(&conv3, &[&x_f4, &w_f4]),
             run(&conv3, &[&x, &w3]),
             run(&conv1, &[&x, &w1]),
             run(&convt, &[&x, &wt]),

@@ -8,10 +8,12 @@ mod forward;
 mod pool;
 mod resize;
 mod transpose;
+mod winograd;
 
 use crate::{CpuError, CpuTensor};
-use orrery_ir::{Op, TensorType};
+use orrery_ir::{ConvParams, Op, TensorType};
 use std::cell::RefCell;
+use std::sync::{Mutex, TryLockError};
 
 pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
     let wrong_inputs = || CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len()));
@@ -34,6 +36,18 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
         }
         _ => Err(CpuError::kernel(op, "not a convolution-family op")),
     }
+}
+
+/// Bytes of scratch a convolution of these shapes holds while it runs besides its output and
+/// per-thread buffers: the Winograd convolutions' transformed weights and block (0 for the
+/// other strategies).
+pub(crate) fn conv_scratch_bytes(x: &[usize], w: &[usize], y: &[usize], p: &ConvParams) -> u64 {
+    let well_formed =
+        x.len() >= 2 && x.len() == w.len() && x.len() == y.len() && p.groups > 0 && p.padding.len() + 2 == x.len();
+    if !well_formed {
+        return 0;
+    }
+    winograd::scratch_bytes(&forward::Geometry::new(x, w, y, p))
 }
 
 /// (x, w, bias) from the inputs of a convolution, checking the count.
@@ -66,6 +80,27 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
         // Re-entered on this thread (a task nested in another): use a fresh buffer.
         Err(_) => f(&mut vec![0.0; len]),
     })
+}
+
+/// One scratch buffer for the whole process, for the Winograd convolutions' transformed
+/// weights and blocks (tens of MiB at 512 channels): a per-thread buffer would be kept by every
+/// worker that ever ran one, and a fresh one costs more in page faults than some of those
+/// convolutions take. The buffer keeps the largest size asked for.
+static SHARED_SCRATCH: Mutex<Vec<f32>> = Mutex::new(Vec::new());
+
+/// Runs `f` on `len` floats of the process-wide scratch (contents unspecified), or of a fresh
+/// buffer while another call holds it.
+pub(crate) fn shared_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut held = match SHARED_SCRATCH.try_lock() {
+        Ok(v) => v,
+        // A panic while it was held leaves values of no use, which are overwritten anyway.
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return f(&mut vec![0.0; len]),
+    };
+    if held.len() < len {
+        held.resize(len, 0.0);
+    }
+    f(&mut held[..len])
 }
 
 /// `v` (one entry per spatial dim) widened to 3 entries with leading `fill`s.
