@@ -4,10 +4,12 @@
 //! The products and convolutions read f32 operands in place but widen others (bf16/f16
 //! weights) into a dense f32 copy for the length of the call; `linear` reads a bf16 weight as
 //! stored instead with at most `max_rows` rows, and with any number of rows on CPUs where the
-//! GEMM packs bf16 (`reads_bf16_weights`). A convolution run by Winograd also holds its
-//! transformed weights and one block of transformed patches and products
-//! (`conv_scratch_bytes`: 52 MiB at the tokenizer's 512 channels, F(4, 3)); that buffer is
-//! process-wide and kept for the next such convolution. Per-thread scratch is not counted:
+//! GEMM packs bf16 (`reads_bf16_weights`). Scratch kept for the next call is not counted: a
+//! Winograd convolution's transformed weights and block of transformed patches and products,
+//! in one process-wide buffer of the largest size asked for (`conv/winograd.rs`: 52 MiB at
+//! the tokenizer's 512 channels with F(4, 3), 0 for convolutions too small for Winograd; a
+//! budget's output-channel slices of a convolution need less or none, so counting it would
+//! make the smallest budget depend on the slicing it picks); and per-thread scratch:
 //! attention's score block and packed key block (0.75 MiB at head dim 128), the own GEMM's packing
 //! buffers (at most 2 MiB, kept by each thread), a temporal convolution's row of zeros, and a
 //! convolution's gathered columns, kept by each thread that gathers them: a tile of at most 1024
@@ -15,7 +17,6 @@
 //! fewer than 512 positions (`Cin/g · Kvol · positions` floats: 3.4 MiB for the 512-channel
 //! (1, 3, 3) at 3 × 8 × 8, at most 9 MiB for 511 positions).
 
-use super::conv::conv_scratch_bytes;
 use super::linalg::{max_rows, reads_bf16_weights};
 use orrery_ir::{DType, Op, TensorType};
 
@@ -43,15 +44,7 @@ pub fn transient_bytes(op: &Op, inputs: &[&TensorType], out: &TensorType) -> u64
             let weight = if as_stored { 0 } else { widened(w) };
             widened(x) + weight + inputs.get(2).map_or(0, |b| widened(b))
         }
-        Op::MatMul { .. } => inputs.iter().map(|t| widened(t)).sum(),
-        Op::Conv(p) => {
-            let dims = |t: &TensorType| t.shape.dims().to_vec();
-            let scratch = match inputs {
-                [x, w, ..] => conv_scratch_bytes(&dims(x), &dims(w), &dims(out), p),
-                _ => 0,
-            };
-            inputs.iter().map(|t| widened(t)).sum::<u64>() + scratch
-        }
+        Op::MatMul { .. } | Op::Conv { .. } => inputs.iter().map(|t| widened(t)).sum(),
         _ => 0,
     }
 }
@@ -79,25 +72,5 @@ mod tests {
         assert_eq!(transient_bytes(&linear, &[&x(16), &w32], &y(16)), 0);
         let matmul = Op::MatMul { transpose_a: false, transpose_b: true };
         assert_eq!(transient_bytes(&matmul, &[&x(3), &w16], &y(3)), 64 * 32 * 4);
-    }
-
-    #[test]
-    fn winograd_convolutions_count_their_scratch() {
-        let conv = Op::Conv(orrery_ir::ConvParams {
-            stride: vec![1; 3],
-            dilation: vec![1; 3],
-            padding: vec![(0, 0), (1, 1), (1, 1)],
-            pad_mode: orrery_ir::ConvPadMode::Zeros,
-            groups: 1,
-            has_bias: false,
-        });
-        let w = ty(DType::BF16, &[512, 512, 1, 3, 3]);
-        let video = |t, h, w| ty(DType::F32, &[1, 512, t, h, w]);
-        // F(4, 3): 36 transformed 512 × 512 weight matrices and a block of 112 tiles.
-        let scratch = (36 * 512 * 512 + 36 * 1024 * 112) * 4;
-        let widened = 512 * 512 * 9 * 4;
-        assert_eq!(transient_bytes(&conv, &[&video(17, 64, 64), &w], &video(17, 64, 64)), widened + scratch);
-        // Too few tiles for either algorithm: the direct convolution, nothing beyond the weight.
-        assert_eq!(transient_bytes(&conv, &[&video(3, 8, 8), &w], &video(3, 8, 8)), widened);
     }
 }

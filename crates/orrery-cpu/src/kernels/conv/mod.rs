@@ -11,7 +11,7 @@ mod transpose;
 mod winograd;
 
 use crate::{CpuError, CpuTensor};
-use orrery_ir::{ConvParams, Op, TensorType};
+use orrery_ir::{Op, TensorType};
 use std::cell::RefCell;
 use std::sync::{Mutex, TryLockError};
 
@@ -36,18 +36,6 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
         }
         _ => Err(CpuError::kernel(op, "not a convolution-family op")),
     }
-}
-
-/// Bytes of scratch a convolution of these shapes holds while it runs besides its output and
-/// per-thread buffers: the Winograd convolutions' transformed weights and block (0 for the
-/// other strategies).
-pub(crate) fn conv_scratch_bytes(x: &[usize], w: &[usize], y: &[usize], p: &ConvParams) -> u64 {
-    let well_formed =
-        x.len() >= 2 && x.len() == w.len() && x.len() == y.len() && p.groups > 0 && p.padding.len() + 2 == x.len();
-    if !well_formed {
-        return 0;
-    }
-    winograd::scratch_bytes(&forward::Geometry::new(x, w, y, p))
 }
 
 /// (x, w, bias) from the inputs of a convolution, checking the count.

@@ -502,14 +502,6 @@ pub(super) fn pick(geo: &Geometry) -> Option<&'static Transforms> {
     [&F4, &F2].into_iter().find(|&f| applies && tiles(f) >= MIN_TILES)
 }
 
-/// Bytes of the process-wide scratch a convolution uses while it runs (0 unless by Winograd).
-pub(super) fn scratch_bytes(geo: &Geometry) -> u64 {
-    match pick(geo) {
-        Some(f) if enabled() => scratch_floats(geo, f) as u64 * 4,
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +681,6 @@ mod tests {
         assert_eq!(m(&geo(64, (5, 32, 32), [1, 3, 3], 2)), None, "strided");
         assert_eq!(m(&geo(64, (5, 32, 32), [3, 3, 3], 1)), None, "3-d kernel");
         let g = geo(512, (17, 64, 64), [1, 3, 3], 1);
-        assert_eq!(scratch_bytes(&g), (36 * 512 * 512 + 36 * 1024 * 112) * 4);
+        assert_eq!(scratch_floats(&g, &F4), 36 * 512 * 512 + 36 * 1024 * 112);
     }
 }
