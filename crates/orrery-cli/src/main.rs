@@ -3,6 +3,7 @@
 //!
 //! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
 
+mod allocator;
 mod bind;
 mod byte_size;
 mod chunked;
@@ -56,6 +57,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::use_one_arena();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { path, json } => cmd_inspect::inspect(&path, json),
