@@ -78,7 +78,7 @@ static SHARED_SCRATCH: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// Runs `f` on `len` floats of the process-wide scratch (contents unspecified), or of a fresh
 /// buffer while another call holds it.
-pub(crate) fn shared_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+fn shared_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut held = match SHARED_SCRATCH.try_lock() {
         Ok(v) => v,
         // A panic while it was held leaves values of no use, which are overwritten anyway.
