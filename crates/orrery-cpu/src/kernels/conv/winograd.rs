@@ -518,6 +518,19 @@ mod tests {
             .collect()
     }
 
+    /// A 3-d convolution's parameters: spatial stride `stride`, padding `pad` = [time, space]
+    /// on both sides, zero padding, dilation 1.
+    fn params(stride: usize, pad: [usize; 2], groups: usize, has_bias: bool) -> ConvParams {
+        ConvParams {
+            stride: vec![1, stride, stride],
+            dilation: vec![1; 3],
+            padding: vec![(pad[0], pad[0]), (pad[1], pad[1]), (pad[1], pad[1])],
+            pad_mode: ConvPadMode::Zeros,
+            groups,
+            has_bias,
+        }
+    }
+
     /// One case: x `[batch, groups·cin, frames, h, w]`, a `[groups·cout, cin, 1, 3, 3]` kernel,
     /// spatial padding `pad` on both sides.
     struct Case {
@@ -544,14 +557,8 @@ mod tests {
         let x_dims = [c.batch, cx, c.frames, c.h, c.w];
         let w_dims = [co, c.cin, 1, 3, 3];
         let y_dims = [c.batch, co, c.frames, oh, ow];
-        let params = ConvParams {
-            stride: vec![1; 3],
-            dilation: vec![1; 3],
-            padding: vec![(0, 0), (c.pad, c.pad), (c.pad, c.pad)],
-            pad_mode: if c.replicate { ConvPadMode::Replicate } else { ConvPadMode::Zeros },
-            groups: c.groups,
-            has_bias: c.bias,
-        };
+        let mut params = params(1, [0, c.pad], c.groups, c.bias);
+        params.pad_mode = if c.replicate { ConvPadMode::Replicate } else { ConvPadMode::Zeros };
         let geo = Geometry::new(&x_dims, &w_dims, &y_dims, &params);
         let data = values(seed, x_dims.iter().product());
         let w = values(seed + 1, w_dims.iter().product());
@@ -643,14 +650,7 @@ mod tests {
     #[test]
     fn blocks_follow_the_shape() {
         // Several blocks for the many-tile case above (3 × 20 × 20 tiles of F(2, 3)).
-        let params = ConvParams {
-            stride: vec![1; 3],
-            dilation: vec![1; 3],
-            padding: vec![(0, 0), (1, 1), (1, 1)],
-            pad_mode: ConvPadMode::Zeros,
-            groups: 1,
-            has_bias: false,
-        };
+        let params = params(1, [0, 1], 1, false);
         let geo = Geometry::new(&[1, 4, 3, 40, 40], &[4, 4, 1, 3, 3], &[1, 4, 3, 40, 40], &params);
         let tiling = Tiling::new(&geo, &F2);
         assert_eq!((tiling.count, tiling.block), (1200, 1024));
@@ -662,14 +662,7 @@ mod tests {
     #[test]
     fn the_algorithm_follows_channels_and_tiles() {
         let geo = |c: usize, (t, h, w): (usize, usize, usize), kernel: [usize; 3], stride: usize| {
-            let params = ConvParams {
-                stride: vec![1, stride, stride],
-                dilation: vec![1; 3],
-                padding: vec![(kernel[0] / 2, kernel[0] / 2), (1, 1), (1, 1)],
-                pad_mode: ConvPadMode::Zeros,
-                groups: 1,
-                has_bias: false,
-            };
+            let params = params(stride, [kernel[0] / 2, 1], 1, false);
             let out = [1, c, t, h.div_ceil(stride), w.div_ceil(stride)];
             Geometry::new(&[1, c, t, h, w], &[c, c, kernel[0], kernel[1], kernel[2]], &out, &params)
         };
