@@ -6,9 +6,11 @@
 //! installs the recycler around every kernel; the hot kernels take their output from it when
 //! a freed buffer of exactly the size is on its shelf. A recycled buffer holds stale values, so those kernels write
 //! every element of their output before anything reads it. The runtime gives the shelf only
-//! the room its plan leaves (the planned activation bytes minus those live, so the shelf and
-//! the live values together stay within the plan's arena), the oldest buffers going first,
-//! and empties it after each run, so between runs the memory is returned as before.
+//! the room its plan leaves: before each kernel, the plan's peak of live activation bytes less
+//! those live and the kernel's output ([`Recycler::fit`]), so the shelf, the live values and
+//! the output being made never hold more than the plan's peak, which is what a memory budget
+//! was checked against. The oldest buffers go first, and the shelf is emptied after each run,
+//! so between runs the memory is returned as before.
 
 use crate::{Buffer, CpuTensor};
 use std::cell::Cell;
@@ -33,6 +35,15 @@ struct Shelf {
     bytes: usize,
 }
 
+impl Shelf {
+    fn fit(&mut self, room: usize) {
+        while self.bytes > room {
+            let oldest = self.buffers.remove(0);
+            self.bytes -= oldest.len() * size_of::<f32>();
+        }
+    }
+}
+
 impl Recycler {
     /// Takes a value the run no longer needs: its f32 buffer goes on the shelf when this
     /// was the last reference to it (views, weights and caller-held inputs never are), the
@@ -40,16 +51,18 @@ impl Recycler {
     pub fn give(&self, t: CpuTensor, room: usize) {
         let Ok(Buffer::F32(v)) = Arc::try_unwrap(t.into_buffer()) else { return };
         let bytes = v.len() * size_of::<f32>();
-        let mut shelf = self.shelf.lock().expect("recycler poisoned");
         if bytes < MIN_RECYCLED_BYTES || bytes > room {
             return;
         }
-        while shelf.bytes + bytes > room {
-            let oldest = shelf.buffers.remove(0);
-            shelf.bytes -= oldest.len() * size_of::<f32>();
-        }
+        let mut shelf = self.shelf.lock().expect("recycler poisoned");
+        shelf.fit(room - bytes);
         shelf.bytes += bytes;
         shelf.buffers.push(v);
+    }
+
+    /// Drops the oldest buffers until the shelf holds at most `room` bytes.
+    pub fn fit(&self, room: usize) {
+        self.shelf.lock().expect("recycler poisoned").fit(room);
     }
 
     /// Drops every buffer on the shelf; returns the bytes of outputs it served since the
@@ -150,6 +163,12 @@ mod tests {
         r.give(CpuTensor::from_vec(vec![BIG], vec![2f32; BIG]), BIG * 4);
         assert_eq!(r.bytes(), BIG * 4, "less room: the oldest leave");
         r.install(|| assert!(output_f32(BIG).iter().all(|&v| v == 2.0), "the newest stayed"));
+        for v in [4f32, 5.0] {
+            r.give(CpuTensor::from_vec(vec![BIG], vec![v; BIG]), room);
+        }
+        r.fit(BIG * 4 + 1);
+        assert_eq!(r.bytes(), BIG * 4, "fit: the oldest leave");
+        r.install(|| assert!(output_f32(BIG).iter().all(|&v| v == 5.0), "the newest stayed"));
         r.clear();
         assert_eq!(r.bytes(), 0);
     }

@@ -21,6 +21,11 @@ pub struct RunStats {
     /// kernel outputs and their views; weights, memory-mapped or cached, are not counted).
     /// Measured after each kernel, so it compares with the plan's `arena_bytes`.
     pub peak_live_bytes: u64,
+    /// The most bytes held at once by activations, the output being made and the buffers kept
+    /// for recycling, measured before each kernel. With recycling on it stays within the
+    /// plan's `peak_resident_bytes` (which memory budgets are checked against) unless the
+    /// live values alone exceed it.
+    pub peak_held_bytes: u64,
     /// Bytes of kernel outputs written into buffers freed earlier in the run instead of new
     /// ones ([`Session::set_recycling`]).
     pub recycled_bytes: u64,
@@ -51,8 +56,9 @@ impl Session {
 
     /// Whether kernels may take their outputs from the buffers of values freed earlier in
     /// the run (on by default: it saves the page faults and zeroing of fresh buffers; the
-    /// buffers kept for reuse never exceed the plan's arena together with the live values,
-    /// and are released at the end of each run). Results are the same either way.
+    /// buffers kept for reuse, the live values and the output being made never exceed the
+    /// plan's peak of live bytes (`Plan::peak_resident_bytes`), and the kept buffers are
+    /// released at the end of each run). Results are the same either way.
     pub fn set_recycling(&mut self, on: bool) {
         self.recycler = on.then(Recycler::default);
     }
@@ -159,8 +165,19 @@ impl Session {
         let weight_nodes: Vec<bool> = graph.nodes().iter().map(|n| matches!(n.kind, NodeKind::Weight)).collect();
         let is_collective =
             |k: usize| graph.node(plan.kernels[k].node).op().is_some_and(|op| op.family() == OpFamily::Collective);
+        // Activation bytes live between kernels; an upper bound once buffers freed together
+        // are shared (only the recycler's room reads it, and a smaller room is safe).
+        let mut live_between = live_bytes(&values, &weight_nodes);
         let mut run = |k: usize, comm: Option<&mut dyn Collective>| -> Result<(), RuntimeError> {
             let kernel = &plan.kernels[k];
+            let output = if kernel.is_view { 0 } else { graph.node(kernel.node).ty.size_bytes() };
+            let shelved = self.recycler.as_ref().map_or(0, |recycler| {
+                // Room for the shelf beside the live values and the output this kernel makes,
+                // within the plan's peak (a memory budget was checked against that peak).
+                recycler.fit(plan.peak_resident_bytes.saturating_sub(live_between + output) as usize);
+                recycler.bytes() as u64
+            });
+            stats.peak_held_bytes = stats.peak_held_bytes.max(live_between + output + shelved);
             for &input in &kernel.inputs {
                 if values[input.0].is_none() {
                     let node = graph.node(input);
@@ -200,16 +217,16 @@ impl Session {
             stats.peak_live_bytes = stats.peak_live_bytes.max(live);
             let freed: Vec<(usize, CpuTensor)> =
                 kernel.frees.iter().filter_map(|f| values[f.0].take().map(|t| (f.0, t))).collect();
-            if let (Some(recycler), false) = (&self.recycler, freed.is_empty()) {
-                // The shelf gets what the plan's arena leaves beside the values still live:
-                // `live` less the buffers only the freed values held (a buffer they share
-                // with each other still counts, which only makes the room smaller).
-                let gone: u64 = freed
-                    .iter()
-                    .filter(|(i, t)| !weight_nodes[*i] && Arc::strong_count(t.buffer()) == 1)
-                    .map(|(_, t)| t.buffer().owned_bytes() as u64)
-                    .sum();
-                let room = plan.arena_bytes.saturating_sub(live.saturating_sub(gone));
+            // `live` less the buffers only the freed values held (a buffer they share with each
+            // other still counts).
+            let gone: u64 = freed
+                .iter()
+                .filter(|(i, t)| !weight_nodes[*i] && Arc::strong_count(t.buffer()) == 1)
+                .map(|(_, t)| t.buffer().owned_bytes() as u64)
+                .sum();
+            live_between = live.saturating_sub(gone);
+            if let Some(recycler) = &self.recycler {
+                let room = plan.peak_resident_bytes.saturating_sub(live_between);
                 freed.into_iter().for_each(|(_, t)| recycler.give(t, room as usize));
             }
             if let Some(c) = cursor {

@@ -69,10 +69,18 @@ fn recycled_outputs_give_the_bits_of_fresh_ones() {
     let want = bits(&out);
     assert_eq!(stats.recycled_bytes, 0);
 
+    let peak = plan.peak_resident_bytes;
     let recycling = Session::new(plan, weights, 2).unwrap();
     for run in 0..2 {
         let (out, stats) = recycling.run(&inputs).unwrap();
         assert_eq!(bits(&out), want, "run {run}");
+        // The shelf only takes the room the plan's peak leaves beside the live values and
+        // the output being made.
+        assert!(
+            stats.peak_held_bytes <= peak,
+            "run {run}: {} bytes held at once, the plan's peak is {peak}",
+            stats.peak_held_bytes
+        );
         // Each block's token-sized outputs (512 × 256 floats) reuse the buffers of dead ones.
         assert!(
             stats.recycled_bytes >= 4 * (LEN * DIM * 4) as u64,
