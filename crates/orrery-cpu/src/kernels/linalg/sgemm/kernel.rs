@@ -4,9 +4,6 @@
 use super::{MR, NR, NV};
 use std::arch::x86_64::*;
 
-/// Floats ahead at which the B panel is prefetched (eight steps).
-const PF: usize = 8 * NR;
-
 /// One MR-row panel of A over kc steps: A's element (i, step) is `p[i·rs + step·ks]`, read
 /// in place (a full panel of a matrix with a unit stride) or packed (`rs = 1`, `ks = MR`).
 #[derive(Clone, Copy)]
@@ -45,22 +42,100 @@ pub(super) unsafe fn tile(kc: usize, a: APanel, b: *const f32, tile: Tile, scale
             }
         }
     }
+    // The two layouts every caller uses get their strides as constants, so the addresses of
+    // A's values are fixed offsets from one or MR pointers instead of a chain of additions.
+    // SAFETY: forwarded from the caller.
+    let acc = unsafe {
+        if a.rs == 1 && a.ks == MR {
+            products(kc, Packed(a.p), b)
+        } else if a.ks == 1 {
+            products(kc, RowsInPlace { p: a.p, rs: a.rs }, b)
+        } else {
+            products(kc, a, b)
+        }
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { store(&acc, tile, scale, add) }
+}
+
+/// How a layout of an A panel addresses its value (row i, step u) from the panel's start.
+trait ALayout: Copy {
+    /// # Safety
+    /// (i, u) lies inside the panel.
+    unsafe fn value(self, i: usize, u: usize) -> f32;
+    /// The panel less its first `steps` steps.
+    fn advance(self, steps: usize) -> Self;
+}
+
+/// A packed panel: MR values per step.
+#[derive(Clone, Copy)]
+struct Packed(*const f32);
+
+impl ALayout for Packed {
+    #[inline(always)]
+    unsafe fn value(self, i: usize, u: usize) -> f32 {
+        // SAFETY: forwarded.
+        unsafe { *self.0.add(u * MR + i) }
+    }
+    #[inline(always)]
+    fn advance(self, steps: usize) -> Self {
+        Packed(self.0.wrapping_add(steps * MR))
+    }
+}
+
+/// Rows read in place, their steps adjacent.
+#[derive(Clone, Copy)]
+struct RowsInPlace {
+    p: *const f32,
+    rs: usize,
+}
+
+impl ALayout for RowsInPlace {
+    #[inline(always)]
+    unsafe fn value(self, i: usize, u: usize) -> f32 {
+        // SAFETY: forwarded.
+        unsafe { *self.p.add(i * self.rs + u) }
+    }
+    #[inline(always)]
+    fn advance(self, steps: usize) -> Self {
+        RowsInPlace { p: self.p.wrapping_add(steps), ..self }
+    }
+}
+
+impl ALayout for APanel {
+    #[inline(always)]
+    unsafe fn value(self, i: usize, u: usize) -> f32 {
+        // SAFETY: forwarded.
+        unsafe { *self.p.add(i * self.rs + u * self.ks) }
+    }
+    #[inline(always)]
+    fn advance(self, steps: usize) -> Self {
+        APanel { p: self.p.wrapping_add(steps * self.ks), ..self }
+    }
+}
+
+/// The MR × NR products over `kc` steps, each element accumulated over k in order with one
+/// FMA per step.
+///
+/// # Safety
+/// AVX-512F; `a` has kc readable steps and `b` holds `kc · NR` floats.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn products<A: ALayout>(kc: usize, mut a: A, mut b: *const f32) -> [[__m512; NV]; MR] {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-    let (ars, aks) = (a.rs, a.ks);
-    let (mut a, mut b) = (a.p, b);
     // One step: NV vectors of B, MR broadcasts of A, MR · NV FMAs.
-    let step = |acc: &mut [[__m512; NV]; MR], a: *const f32, b: *const f32| {
+    let step = |acc: &mut [[__m512; NV]; MR], a: A, u: usize, b: *const f32| {
         // SAFETY: the packed panels hold kc steps of MR and NR floats.
         unsafe {
             let mut bv = [_mm512_setzero_ps(); NV];
+            // No software prefetch: B's panels come from the L2-resident block, which the
+            // core's own prefetchers stream (prefetching eight steps ahead measured 4–7% slower
+            // on the GEMMs and models than none, BENCHMARKS.md).
             for (h, v) in bv.iter_mut().enumerate() {
                 *v = _mm512_loadu_ps(b.add(16 * h));
-                if PF > 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PF + 16 * h) as *const i8);
-                }
             }
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*a.add(i * ars));
+                let ai = _mm512_set1_ps(a.value(i, u));
                 for (h, r) in row.iter_mut().enumerate() {
                     *r = _mm512_fmadd_ps(ai, bv[h], *r);
                 }
@@ -70,24 +145,17 @@ pub(super) unsafe fn tile(kc: usize, a: APanel, b: *const f32, tile: Tile, scale
     for _ in 0..kc / 4 {
         for u in 0..4 {
             // SAFETY: step u of the next four lies inside the panels.
-            unsafe { step(&mut acc, a.add(u * aks), b.add(u * NR)) };
+            step(&mut acc, a, u, unsafe { b.add(u * NR) });
         }
-        // SAFETY: advancing by four steps stays within (or one past) the panels.
-        unsafe {
-            a = a.add(4 * aks);
-            b = b.add(4 * NR);
-        }
+        a = a.advance(4);
+        b = b.wrapping_add(4 * NR);
     }
     for _ in 0..kc % 4 {
-        // SAFETY: as above, one step at a time.
-        unsafe {
-            step(&mut acc, a, b);
-            a = a.add(aks);
-            b = b.add(NR);
-        }
+        step(&mut acc, a, 0, b);
+        a = a.advance(1);
+        b = b.wrapping_add(NR);
     }
-    // SAFETY: forwarded from the caller.
-    unsafe { store(&acc, tile, scale, add) }
+    acc
 }
 
 #[target_feature(enable = "avx512f")]
