@@ -169,12 +169,18 @@ pub(in crate::kernels) fn map_view<S: Copy + Sync, D: Clone + Default + Send>(
     out
 }
 
-/// `dst[i] = f(src[i])`, with the loop compiled for AVX2 when the CPU has it. Transcendental
-/// functions (exp, gelu) are compute-bound, and twice the vector width nearly halves their
-/// time. Every operation is an IEEE operation without contraction, so both versions give the
-/// same bits.
+/// `dst[i] = f(src[i])`, with the loop compiled for AVX-512 or AVX2 when the CPU has it.
+/// Transcendental functions (exp, gelu) are compute-bound, and twice the vector width nearly
+/// halves their time. Every operation is an IEEE operation without contraction, so every
+/// version gives the same bits.
 #[inline(always)]
 pub(super) fn map_dense<S: Copy, D>(dst: &mut [D], src: &[S], f: &impl Fn(S) -> D) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        unsafe { map_dense_avx512(dst, src, f) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
@@ -197,9 +203,21 @@ unsafe fn map_dense_avx2<S: Copy, D>(dst: &mut [D], src: &[S], f: &impl Fn(S) ->
     map_dense_portable(dst, src, f);
 }
 
-/// `dst[i] = f(a[i], b[i])`, in an AVX2 copy of the loop where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn map_dense_avx512<S: Copy, D>(dst: &mut [D], src: &[S], f: &impl Fn(S) -> D) {
+    map_dense_portable(dst, src, f);
+}
+
+/// `dst[i] = f(a[i], b[i])`, in an AVX-512 or AVX2 copy of the loop where the CPU has it.
 #[inline(always)]
 pub(super) fn zip_dense<A: Copy, B: Copy, D>(dst: &mut [D], a: &[A], b: &[B], f: &impl Fn(A, B) -> D) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        unsafe { zip_dense_avx512(dst, a, b, f) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
@@ -219,6 +237,12 @@ fn zip_dense_portable<A: Copy, B: Copy, D>(dst: &mut [D], a: &[A], b: &[B], f: &
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn zip_dense_avx2<A: Copy, B: Copy, D>(dst: &mut [D], a: &[A], b: &[B], f: &impl Fn(A, B) -> D) {
+    zip_dense_portable(dst, a, b, f);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn zip_dense_avx512<A: Copy, B: Copy, D>(dst: &mut [D], a: &[A], b: &[B], f: &impl Fn(A, B) -> D) {
     zip_dense_portable(dst, a, b, f);
 }
 
