@@ -159,7 +159,6 @@ mod avx512 {
         // max(MIN, x) and min(MAX, ·) return x when x is NaN, like `f32::clamp`.
         let xc = _mm512_min_ps(s(EXP_MAX_ARG), _mm512_max_ps(s(EXP_MIN_ARG), x));
         let t = _mm512_fmadd_ps(xc, s(std::f32::consts::LOG2_E), s(ROUND_MAGIC));
-        let n_int = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(ROUND_MAGIC.to_bits() as i32));
         let n = _mm512_sub_ps(t, s(ROUND_MAGIC));
         let r = _mm512_fmadd_ps(n, s(2.121_944_4e-4), _mm512_fmadd_ps(n, s(-0.693_359_4), xc));
         let mut p = s(1.987_569_1e-4);
@@ -167,8 +166,10 @@ mod avx512 {
             p = _mm512_fmadd_ps(p, r, s(c));
         }
         let e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), s(1.0));
-        let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n_int, _mm512_set1_epi32(127))));
-        let scaled = _mm512_mul_ps(e, pow2);
+        // e·2^n in one instruction, one rounding: the bits of multiplying by the 2^n the other
+        // builds assemble from exponent bits (n is in [-126, 128], so that 2^n is normal or,
+        // at 128, overflows to inf in both).
+        let scaled = _mm512_scalef_ps(e, n);
         let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, s(EXP_MIN_ARG));
         _mm512_maskz_mov_ps(keep, scaled)
     }
