@@ -324,25 +324,40 @@ impl Broadcast<1> {
             return false;
         }
         let (rows, cols, col_stride) = (self.dims[k - 2], self.dims[k - 1], strides[k - 1]);
-        out.par_chunks_mut(rows * cols).enumerate().for_each(|(o, plane)| {
+        // Tasks are (plane, block of TILE rows, block of columns): a few rows over many columns
+        // (a [L, L, H] table read heads-first) still make many tasks. Each holds about
+        // TASK_ELEMENTS, a whole number of tiles; none depends on the thread count.
+        const TASK_ELEMENTS: usize = 1 << 15;
+        let block_rows = TILE.min(rows);
+        let block_cols = (TASK_ELEMENTS / block_rows).next_multiple_of(TILE).min(cols.next_multiple_of(TILE));
+        let (row_blocks, col_blocks) = (rows.div_ceil(TILE), cols.div_ceil(block_cols));
+        let planes = out.len() / (rows * cols);
+        struct Dst<T>(*mut T);
+        // SAFETY: tasks write disjoint elements of `out`, which outlives the parallel loop.
+        unsafe impl<T: Send> Send for Dst<T> {}
+        unsafe impl<T: Send> Sync for Dst<T> {}
+        let dst = Dst(out.as_mut_ptr());
+        (0..planes * row_blocks * col_blocks).into_par_iter().for_each(|task| {
+            let dst = &dst;
+            let (o, rb, cb) = (task / (row_blocks * col_blocks), task / col_blocks % row_blocks, task % col_blocks);
             let mut rest = o;
             let mut base = self.offsets[0];
             for axis in (0..k - 2).rev() {
                 base += rest % self.dims[axis] * strides[axis];
                 rest /= self.dims[axis];
             }
-            plane.par_chunks_mut(TILE * cols).enumerate().for_each(|(b, block)| {
-                let first_row = base + b * TILE;
-                let n_rows = block.len() / cols;
-                for c0 in (0..cols).step_by(TILE) {
-                    for r in 0..n_rows {
-                        let dst = &mut block[r * cols + c0..r * cols + cols.min(c0 + TILE)];
-                        for (j, d) in dst.iter_mut().enumerate() {
-                            *d = src[first_row + r + (c0 + j) * col_stride];
-                        }
+            let (r0, r1) = (rb * TILE, rows.min(rb * TILE + TILE));
+            let (c_start, c_end) = (cb * block_cols, cols.min(cb * block_cols + block_cols));
+            for c0 in (c_start..c_end).step_by(TILE) {
+                let c1 = c_end.min(c0 + TILE);
+                for r in r0..r1 {
+                    // SAFETY: row r, columns c0..c1 of plane o are this task's alone.
+                    let row = unsafe { std::slice::from_raw_parts_mut(dst.0.add((o * rows + r) * cols + c0), c1 - c0) };
+                    for (j, d) in row.iter_mut().enumerate() {
+                        *d = src[base + r + (c0 + j) * col_stride];
                     }
                 }
-            });
+            }
         });
         true
     }
@@ -458,5 +473,33 @@ impl<const N: usize> Broadcast<N> {
                 col = 0;
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::CpuTensor;
+
+    /// Transposed views copied densely equal their elements read one by one, for shapes that
+    /// make several row blocks (with a remainder), several column blocks, and several planes.
+    #[test]
+    fn transposed_copies_match_an_element_walk() {
+        for (dims, perm) in [
+            (vec![100, 100, 8], vec![2, 0, 1]),
+            (vec![70, 33], vec![1, 0]),
+            (vec![3, 40, 50], vec![0, 2, 1]),
+            (vec![9, 5000], vec![1, 0]),
+        ] {
+            let n: usize = dims.iter().product();
+            let t = CpuTensor::from_vec(dims.clone(), (0..n).map(|i| i as f32).collect());
+            let view = t.permute(&perm);
+            let want = view.to_f64_vec();
+            let dense = view.contiguous();
+            let got = dense.data::<f32>().expect("a dense copy");
+            assert!(got.iter().zip(&want).all(|(&g, &w)| g as f64 == w), "{dims:?} permuted {perm:?}");
+            let ints = CpuTensor::from_buffer(dims.clone(), crate::Buffer::I64((0..n as i64).collect()));
+            let got = ints.permute(&perm).contiguous().to_f64_vec();
+            assert_eq!(got, want, "i64 {dims:?} permuted {perm:?}");
+        }
     }
 }
