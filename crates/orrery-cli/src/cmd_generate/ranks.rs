@@ -61,7 +61,9 @@ pub enum Role {
     Lead,
     /// The leader of the unconditional branch's group (`--cfg-parallel`).
     ServeUncond,
-    /// A model-parallel rank other than its group's leader: evaluates its shard.
+    /// A model-parallel rank other than its group's leader: evaluates its shard. (Only an MPI
+    /// build joins a launch, so only it makes this role.)
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     Follow,
 }
 
