@@ -60,9 +60,10 @@ pub enum Role {
     /// World rank 0: runs the pipeline (leading the conditional branch's group) and writes.
     Lead,
     /// The leader of the unconditional branch's group (`--cfg-parallel`).
+    // Only an MPI build joins a launch, so only it makes the roles below.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     ServeUncond,
-    /// A model-parallel rank other than its group's leader: evaluates its shard. (Only an MPI
-    /// build joins a launch, so only it makes this role.)
+    /// A model-parallel rank other than its group's leader: evaluates its shard.
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
     Follow,
 }
