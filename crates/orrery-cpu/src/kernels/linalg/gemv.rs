@@ -88,35 +88,14 @@ pub(super) fn rows_times_weight(
     accumulate: bool,
 ) {
     assert!(y.len() >= m * n, "output too small");
+    #[cfg(target_arch = "x86_64")]
+    if let (WeightRows::F32(w), true) = (w, std::is_x86_feature_detected!("avx512f")) {
+        // SAFETY: the CPU has AVX-512F (checked just above); `y` holds m × n.
+        return unsafe { rows_times_f32_rows_avx512(a, w, m, n, k, y, accumulate) };
+    }
     let out = SharedMut(y.as_mut_ptr());
     let tasks = n.div_ceil(COLS_PER_TASK);
     let simd = simd_available();
-    #[cfg(target_arch = "x86_64")]
-    if let (WeightRows::F32(w), true) = (w, std::is_x86_feature_detected!("avx512f")) {
-        (0..tasks).into_par_iter().for_each(|t| {
-            let (j0, j_end) = (t * COLS_PER_TASK, ((t + 1) * COLS_PER_TASK).min(n));
-            // Two weight rows and two input rows at a time (an odd last one paired with
-            // itself): two weight streams in flight, each input row loaded once for both.
-            for j in (j0..j_end).step_by(2) {
-                let js = [j, (j + 1).min(j_end - 1)];
-                for i in (0..m).step_by(2) {
-                    let is = [i, (i + 1).min(m - 1)];
-                    // SAFETY: the CPU has AVX-512F (checked above); rows are k long.
-                    let d = unsafe { dots_2x2(is.map(|i| a.row(i, k)), js.map(|j| w.row(j, k))) };
-                    for (ii, &i) in is.iter().enumerate().take(1 + usize::from(is[1] != is[0])) {
-                        for (jj, &j) in js.iter().enumerate().take(1 + usize::from(js[1] != js[0])) {
-                            // SAFETY: column j belongs to this task alone; i·n + j < m·n ≤ y.len().
-                            unsafe {
-                                let p = out.add(i * n + j);
-                                *p = if accumulate { *p + d[ii][jj] } else { d[ii][jj] };
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        return;
-    }
     (0..tasks).into_par_iter().for_each_init(Vec::new, |scratch, t| {
         let j0 = t * COLS_PER_TASK;
         for j in j0..(j0 + COLS_PER_TASK).min(n) {
@@ -179,6 +158,48 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * r), *acc) };
     }
     finish_lanes(lanes, &a[full..n], &b[full..n])
+}
+
+/// [`rows_times_weight`] for an f32 weight on AVX-512: two weight rows and two input rows at a
+/// time (an odd last one paired with itself), so two weight streams are in flight and each
+/// input vector is loaded once for both weight rows. Same tasks and bits as the other builds.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `y` holds at least m × n values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_times_f32_rows_avx512(
+    a: Rows<'_>,
+    w: Rows<'_>,
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    accumulate: bool,
+) {
+    let out = SharedMut(y.as_mut_ptr());
+    (0..n.div_ceil(COLS_PER_TASK)).into_par_iter().for_each(|t| {
+        let (j0, j_end) = (t * COLS_PER_TASK, ((t + 1) * COLS_PER_TASK).min(n));
+        for j in (j0..j_end).step_by(2) {
+            let js = [j, (j + 1).min(j_end - 1)];
+            for i in (0..m).step_by(2) {
+                let is = [i, (i + 1).min(m - 1)];
+                // SAFETY: AVX-512F (caller); every row is k long.
+                let d = unsafe { dots_2x2(is.map(|i| a.row(i, k)), js.map(|j| w.row(j, k))) };
+                // The distinct (row, column) pairs: a row or column paired with itself once.
+                let pairs = is.iter().enumerate().take(1 + usize::from(is[1] != is[0])).flat_map(|(ii, &i)| {
+                    js.iter().enumerate().take(1 + usize::from(js[1] != js[0])).map(move |(jj, &j)| (i, j, d[ii][jj]))
+                });
+                for (i, j, d) in pairs {
+                    // SAFETY: column j belongs to this task alone; i·n + j < m·n ≤ y.len().
+                    unsafe {
+                        let p = out.add(i * n + j);
+                        *p = if accumulate { *p + d } else { d };
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// The four dot products of two input rows with two weight rows (all of one length), each

@@ -42,7 +42,7 @@ pub(super) unsafe fn tile(kc: usize, a: APanel, b: *const f32, tile: Tile, scale
             }
         }
     }
-    // The two layouts every caller uses get their strides as constants, so the addresses of
+    // The two common layouts (packed panels, rows read in place) get their strides as constants, so the addresses of
     // A's values are fixed offsets from one or MR pointers instead of a chain of additions.
     // SAFETY: forwarded from the caller.
     let acc = unsafe {
