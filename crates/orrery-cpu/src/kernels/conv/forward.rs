@@ -4,7 +4,7 @@
 //! `Col` holds the receptive field of every output position (`Cin/g · Kvol` rows, gathered by
 //! [`Fields`], padding resolved there). The strategies, most specific first:
 //! - 1×1 with stride 1 and no padding ([`pointwise`]): x is the GEMM operand itself;
-//! - (k, 1, 1) temporal kernels ([`temporal_taps`]): k accumulating GEMMs over x shifted by
+//! - (k, 1, 1) temporal kernels ([`temporal_taps`], in `taps`): k accumulating GEMMs over x shifted by
 //!   whole frames, read in place (1.2–1.6× faster than gathering at the tokenizer's 256-channel
 //!   17 × 64 × 64; the same idea for (1, 3, 3) over a zero-padded copy measured no faster);
 //! - 3 × 3 spatial kernels with stride 1, enough channels and enough output tiles
@@ -23,8 +23,9 @@
 //! (see `blas`), so no reduction depends on threads.
 
 use super::fields::Fields;
+use super::taps::temporal_taps;
 use super::winograd;
-use super::{as_3d, valid_range, with_scratch, Spatial};
+use super::{as_3d, with_scratch, Spatial};
 use crate::kernels::linalg::blas::{gathers_while_packing, gemm, gemm_gathered, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::{F32Operand, SharedMut};
 use crate::CpuTensor;
@@ -40,7 +41,7 @@ const SPLIT_ONE_GEMM_WORK: usize = 1 << 21;
 /// Shapes of one convolution, spatial dims widened to 3.
 pub(super) struct Geometry {
     pub(super) batch: usize,
-    cout: usize,
+    pub(super) cout: usize,
     pub(super) groups: usize,
     pub(super) cin_g: usize,
     pub(super) cout_g: usize,
@@ -70,7 +71,7 @@ impl Geometry {
     /// A (k, 1, 1) kernel with stride and dilation 1 and padding in time only (zeros or
     /// replicas): each temporal tap reads the input shifted by whole frames, or one edge frame,
     /// so the taps can be GEMMs reading x in place ([`temporal_taps`]).
-    fn is_temporal(&self) -> bool {
+    pub(super) fn is_temporal(&self) -> bool {
         let sp = &self.sp;
         sp.kernel[1] == 1
             && sp.kernel[2] == 1
@@ -150,7 +151,7 @@ pub(super) fn conv(
 ///
 /// # Safety
 /// The block must be valid for writes and owned by the caller.
-unsafe fn fill_bias(dst: MatMut, rows: usize, cols: usize, bias: &[f32]) {
+pub(super) unsafe fn fill_bias(dst: MatMut, rows: usize, cols: usize, bias: &[f32]) {
     for (co, &b) in bias.iter().enumerate().take(rows) {
         // SAFETY: row `co` of the caller's block.
         unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(co * dst.rs), cols) }.fill(b);
@@ -229,78 +230,6 @@ fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
 const FEW_POSITIONS: usize = 512;
 /// Rows of the column matrix per parallel gathering task.
 const GATHER_ROWS: usize = 64;
-
-/// Most output positions per tile of [`temporal_taps`]: enough columns to amortise packing each
-/// tap's weights, few enough that the output tile stays in L2 across the taps.
-const TAP_TILE: usize = 1024;
-/// Output channels per task of [`temporal_taps`]: splitting channels too keeps small volumes
-/// (a 512-channel conv over 5 × 16 × 16) in several balanced tasks.
-const TAP_ROWS: usize = 256;
-
-/// A (k, 1, 1) convolution as k accumulating GEMMs per tile of output positions: tap `kz` of
-/// output frame `t` reads input frame `t + kz − pad`, i.e. x's positions shifted by whole
-/// frames, so x is read in place with no gathered copy (positions dense, checked by the
-/// caller). Taps that would read padding skip those output frames (zero padding adds nothing)
-/// or read the edge frame in place (replicate padding: the causal video convolutions).
-/// Each output element sums its taps in order kz = 0, 1, …, each tap a dot product over the
-/// input channels: fixed, whatever the thread count.
-fn temporal_taps(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
-    let sp = &geo.sp;
-    let (frames, plane) = (sp.out_dims[0], sp.out_dims[1] * sp.out_dims[2]);
-    let positions = frames * plane;
-    let kt = sp.kernel[0];
-    // Balanced column tiles (a multiple of 16 wide, the GEMM micro-kernel's height) and
-    // channel blocks; both depend on the shape only.
-    let col_tiles = positions.div_ceil(TAP_TILE);
-    let width = positions.div_ceil(col_tiles).div_ceil(16) * 16;
-    let col_tiles = positions.div_ceil(width);
-    let row_blocks = geo.cout_g.div_ceil(TAP_ROWS);
-    let rows_per = geo.cout_g.div_ceil(row_blocks);
-    let tiles = col_tiles * row_blocks;
-    let zeros = vec![0f32; geo.cout_g];
-    let y_ptr = SharedMut(y.as_mut_ptr());
-    (0..geo.batch * geo.groups * tiles).into_par_iter().for_each(|task| {
-        let (bg, tile) = (task / tiles, task % tiles);
-        let (b, g) = (bg / geo.groups, bg % geo.groups);
-        let (rb, ct) = (tile / col_tiles, tile % col_tiles);
-        let (r0, rows) = (rb * rows_per, rows_per.min(geo.cout_g - rb * rows_per));
-        let (p0, p1) = (ct * width, ((ct + 1) * width).min(positions));
-        let first = (b * geo.cout + g * geo.cout_g + r0) * positions;
-        let dst_at = |p: usize| MatMut { ptr: y_ptr.add(first + p), rs: positions, cs: 1 };
-        let start = wts.bias.map_or(&zeros[..], |bias| &bias[g * geo.cout_g..(g + 1) * geo.cout_g]);
-        // SAFETY (all writes below): rows r0.. and columns p0..p1 of this (batch, group)'s
-        // output belong to this task alone, and `y` outlives the parallel loop. The taps
-        // accumulate onto the bias (or zero).
-        unsafe { fill_bias(dst_at(p0), rows, p1 - p0, &start[r0..r0 + rows]) };
-        let channels = x.offset + b * x.sb + g * geo.cin_g * x.sc;
-        for kz in 0..kt {
-            // Tap kz of the weights [Cout, Cin/g, kt, 1, 1]: row stride Cin/g·kt, column kt.
-            let lhs = MatRef::new(wts.w, (g * geo.cout_g + r0) * geo.cin_g * kt + kz, geo.cin_g * kt, kt);
-            // Output positions lo..hi (within this tile) read x's positions from `source` on.
-            let tap = |lo: usize, hi: usize, source: usize| {
-                if lo < hi {
-                    let rhs = MatRef::new(x.data, channels + source, x.sc, 1);
-                    // SAFETY: see above; `rhs` reads x only.
-                    unsafe { gemm(rows, hi - lo, geo.cin_g, dst_at(lo), lhs, rhs, 1.0, true, Threads::Single) };
-                }
-            };
-            // Output frames whose tap kz reads a real input frame: x shifted by whole frames.
-            let shift = kz as isize - sp.pad[0] as isize;
-            let valid = valid_range(frames, 1, shift, sp.in_dims[0]);
-            let (lo, hi) = ((valid.start * plane).max(p0), (valid.end * plane).min(p1));
-            tap(lo, hi, (lo as isize + shift * plane as isize).max(0) as usize);
-            // With replicate padding the frames before read the first input frame, those after
-            // the last; with zero padding they add nothing.
-            if geo.replicate && sp.in_dims[0] > 0 {
-                let edges = (0..valid.start).map(|t| (t, 0)).chain((valid.end..frames).map(|t| (t, sp.in_dims[0] - 1)));
-                for (t, frame) in edges {
-                    let (lo, hi) = ((t * plane).max(p0), ((t + 1) * plane).min(p1));
-                    tap(lo, hi, frame * plane + lo.saturating_sub(t * plane));
-                }
-            }
-        }
-    });
-}
 
 /// Output positions per tile: about [`TILE_FLOATS`] gathered values, within fixed bounds, and a
 /// multiple of 16 (the GEMM micro-kernel's height once `gemm` transposes the problem) so that

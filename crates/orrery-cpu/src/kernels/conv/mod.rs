@@ -7,6 +7,7 @@ mod fields;
 mod forward;
 mod pool;
 mod resize;
+mod taps;
 mod transpose;
 mod winograd;
 
@@ -71,7 +72,8 @@ pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 }
 
 /// One scratch buffer for the whole process, for the Winograd convolutions' transformed
-/// weights and blocks (tens of MiB at 512 channels): a per-thread buffer would be kept by every
+/// weights and blocks (tens of MiB at 512 channels) and the temporal convolutions' weights
+/// split by tap (a copy of the weights): a per-thread buffer would be kept by every
 /// worker that ever ran one, and a fresh one costs more in page faults than some of those
 /// convolutions take. The buffer keeps the largest size asked for.
 static SHARED_SCRATCH: Mutex<Vec<f32>> = Mutex::new(Vec::new());
