@@ -39,26 +39,31 @@ fn exp_approx(x: f32) -> f32 {
 }
 
 const LANES: usize = 8;
+/// Partial sums of [`exp_shifted_sum`]: one AVX-512 register, two AVX2 ones. Each lane's sum is
+/// a chain of dependent additions, so more lanes mean shorter chains.
+const SUM_LANES: usize = 16;
 
-/// The eight lane sums combined pairwise in a fixed order.
+/// The sixteen lane sums combined in a fixed order: lanes i and i + 8, then those eight
+/// pairwise.
 #[inline(always)]
-fn combine_lanes(acc: [f32; LANES]) -> f32 {
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+fn combine_lanes(acc: [f32; SUM_LANES]) -> f32 {
+    let h: [f32; LANES] = std::array::from_fn(|i| acc[i] + acc[i + LANES]);
+    ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]))
 }
 
-/// `row[j] = e^(row[j] - shift)` on `row[start..]` (whose length is below `LANES` or a
-/// multiple of it), adding element `start + i` to lane `i % LANES` of `acc`.
+/// `row[j] = e^(row[j] - shift)` on `row[start..]` (whose length is below `SUM_LANES` or a
+/// multiple of it), adding element `start + i` to lane `i % SUM_LANES` of `acc`.
 #[inline(always)]
-fn exp_shifted_lanes(row: &mut [f32], shift: f32, acc: &mut [f32; LANES]) {
+fn exp_shifted_lanes(row: &mut [f32], shift: f32, acc: &mut [f32; SUM_LANES]) {
     for (i, v) in row.iter_mut().enumerate() {
         *v = exp_approx(*v - shift);
-        acc[i % LANES] += *v;
+        acc[i % SUM_LANES] += *v;
     }
 }
 
 /// Portable [`exp_shifted_sum`].
 fn exp_shifted_sum_portable(row: &mut [f32], shift: f32) -> f32 {
-    let mut acc = [0f32; LANES];
+    let mut acc = [0f32; SUM_LANES];
     exp_shifted_lanes(row, shift, &mut acc);
     combine_lanes(acc)
 }
@@ -102,20 +107,28 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
-        let mut acc = _mm256_setzero_ps();
+        // Lanes 0-7 and 8-15 of the sixteen partial sums.
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let shift8 = _mm256_set1_ps(shift);
-        let mut chunks = row.chunks_exact_mut(LANES);
+        let mut chunks = row.chunks_exact_mut(SUM_LANES);
         for c in &mut chunks {
-            // SAFETY: `c` holds exactly LANES floats; unaligned loads and stores are allowed.
+            // SAFETY: `c` holds exactly SUM_LANES floats; unaligned loads and stores are allowed.
             unsafe {
-                let v = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), shift8));
-                _mm256_storeu_ps(c.as_mut_ptr(), v);
-                acc = _mm256_add_ps(acc, v);
+                let (a, b) = (c.as_mut_ptr(), c.as_mut_ptr().add(LANES));
+                let va = exp8(_mm256_sub_ps(_mm256_loadu_ps(a), shift8));
+                let vb = exp8(_mm256_sub_ps(_mm256_loadu_ps(b), shift8));
+                _mm256_storeu_ps(a, va);
+                _mm256_storeu_ps(b, vb);
+                lo = _mm256_add_ps(lo, va);
+                hi = _mm256_add_ps(hi, vb);
             }
         }
-        let mut lanes = [0f32; LANES];
-        // SAFETY: `lanes` holds LANES floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        let mut lanes = [0f32; SUM_LANES];
+        // SAFETY: `lanes` holds SUM_LANES floats.
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(LANES), hi);
+        }
         exp_shifted_lanes(chunks.into_remainder(), shift, &mut lanes);
         combine_lanes(lanes)
     }
@@ -143,9 +156,10 @@ mod avx2 {
 }
 
 /// The same computations sixteen lanes at a time with AVX-512: the exponentials are the
-/// AVX2 lanes' operations, and each 16-wide block's sums go into the eight-lane accumulator as
-/// its low then its high half, which is the order the eight-lane loop adds them in, so results
-/// are bit-identical to the other builds.
+/// AVX2 lanes' operations (less the clamps, which cannot act on the values kept), and the sums
+/// are the sixteen partial sums the other builds keep, so results are bit-identical to theirs.
+/// The maximum keeps four registers of lane maxima: a maximum is exact, so how the values are
+/// grouped does not change it (but for the sign of a zero maximum, which no `x - shift` sees).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
@@ -156,50 +170,57 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     fn exp16(x: __m512) -> __m512 {
         let s = _mm512_set1_ps;
-        // max(MIN, x) and min(MAX, ·) return x when x is NaN, like `f32::clamp`.
-        let xc = _mm512_min_ps(s(EXP_MAX_ARG), _mm512_max_ps(s(EXP_MIN_ARG), x));
-        let t = _mm512_fmadd_ps(xc, s(std::f32::consts::LOG2_E), s(ROUND_MAGIC));
+        // No clamping: x ≤ 0 (caller), so the upper clamp would never act, and below
+        // EXP_MIN_ARG, where the other builds clamp, the result is masked to 0 in all builds.
+        // In between, the other builds' operations.
+        let t = _mm512_fmadd_ps(x, s(std::f32::consts::LOG2_E), s(ROUND_MAGIC));
         let n = _mm512_sub_ps(t, s(ROUND_MAGIC));
-        let r = _mm512_fmadd_ps(n, s(2.121_944_4e-4), _mm512_fmadd_ps(n, s(-0.693_359_4), xc));
+        let r = _mm512_fmadd_ps(n, s(2.121_944_4e-4), _mm512_fmadd_ps(n, s(-0.693_359_4), x));
         let mut p = s(1.987_569_1e-4);
         for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
             p = _mm512_fmadd_ps(p, r, s(c));
         }
         let e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), s(1.0));
         // e·2^n in one instruction, one rounding: the bits of multiplying by the 2^n the other
-        // builds assemble from exponent bits (n is in [-126, 128], so that 2^n is normal or,
-        // at 128, overflows to inf in both).
-        let scaled = _mm512_scalef_ps(e, n);
+        // builds assemble from exponent bits (n is in [-126, 0] where the result is kept, so
+        // 2^n is normal). Masked to 0 below EXP_MIN_ARG; NaN is kept and propagated.
         let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, s(EXP_MIN_ARG));
-        _mm512_maskz_mov_ps(keep, scaled)
+        _mm512_maskz_scalef_ps(keep, e, n)
     }
 
     #[target_feature(enable = "avx512f")]
     pub fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = _mm512_setzero_ps();
         let shift16 = _mm512_set1_ps(shift);
-        let mut chunks = row.chunks_exact_mut(WIDE);
+        let mut chunks = row.chunks_exact_mut(SUM_LANES);
         for c in &mut chunks {
-            // SAFETY: `c` holds exactly WIDE floats; unaligned loads and stores are allowed.
+            // SAFETY: `c` holds exactly SUM_LANES floats; unaligned loads and stores are allowed.
             unsafe {
                 let v = exp16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), shift16));
                 _mm512_storeu_ps(c.as_mut_ptr(), v);
-                acc = _mm256_add_ps(acc, _mm512_castps512_ps256(v));
-                acc = _mm256_add_ps(acc, _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))));
+                acc = _mm512_add_ps(acc, v);
             }
         }
-        let mut lanes = [0f32; LANES];
-        // SAFETY: `lanes` holds LANES floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-        // The rest (under 16 elements) as the portable loop: lane i % 8 again.
+        let mut lanes = [0f32; SUM_LANES];
+        // SAFETY: `lanes` holds SUM_LANES floats.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+        // The rest (under 16 elements) as the portable loop: lane i % 16 again.
         exp_shifted_lanes(chunks.into_remainder(), shift, &mut lanes);
         combine_lanes(lanes)
     }
 
     #[target_feature(enable = "avx512f")]
     pub fn row_max(row: &[f32]) -> f32 {
-        let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
-        let mut chunks = row.chunks_exact(WIDE);
+        let mut accs = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+        let mut quads = row.chunks_exact(4 * WIDE);
+        for q in &mut quads {
+            for (i, acc) in accs.iter_mut().enumerate() {
+                // SAFETY: `q` holds 4·WIDE floats. max(v, acc) keeps acc when v is NaN.
+                *acc = unsafe { _mm512_max_ps(_mm512_loadu_ps(q.as_ptr().add(i * WIDE)), *acc) };
+            }
+        }
+        let mut acc = _mm512_max_ps(_mm512_max_ps(accs[0], accs[1]), _mm512_max_ps(accs[2], accs[3]));
+        let mut chunks = quads.remainder().chunks_exact(WIDE);
         for c in &mut chunks {
             // SAFETY: `c` holds exactly WIDE floats. max(v, acc) keeps acc when v is NaN.
             acc = unsafe { _mm512_max_ps(_mm512_loadu_ps(c.as_ptr()), acc) };
@@ -218,8 +239,9 @@ mod avx512 {
     }
 }
 
-/// `row[j] = e^(row[j] - shift)`; returns Σ row in a fixed order (eight interleaved partial
+/// `row[j] = e^(row[j] - shift)`; returns Σ row in a fixed order (sixteen interleaved partial
 /// sums, then combined pairwise), independent of threads and of the instruction set used.
+/// `shift` is at least every element (a row maximum): the exponents are at most 0.
 pub(crate) fn exp_shifted_sum(row: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx512::available() {
@@ -276,8 +298,16 @@ mod tests {
 
     #[test]
     fn row_helpers_match_plain_loops_bit_for_bit() {
-        for len in [0, 1, 7, 8, 9, 15, 16, 17, 37, 64, 515] {
-            let row: Vec<f32> = (0..len).map(|i| ((i * 7919) % 23) as f32 * 0.9 - 12.0).collect();
+        // Scores over a few units (23 values, and many: sums whose rounding shows the order
+        // of the additions), and over a range that crosses the flush to zero below
+        // EXP_MIN_ARG (where the builds differ in how they get there).
+        let few = |i: usize| ((i * 7919) % 23) as f32 * 0.9 - 12.0;
+        let many = |i: usize| ((i * 7919) % 1009) as f32 * 0.0123 - 6.0;
+        let wide = |i: usize| -(((i * 7919) % 1000) as f32 * 0.0957);
+        let lens = [0, 1, 7, 8, 9, 15, 16, 17, 37, 64, 515, 1000, 4099];
+        let rows = [&few as &dyn Fn(usize) -> f32, &many, &wide];
+        for (len, values) in lens.iter().flat_map(|&len| rows.map(|values| (len, values))) {
+            let row: Vec<f32> = (0..len).map(values).collect();
             let max = row_max(&row);
             assert_eq!(max, row.iter().copied().fold(f32::NEG_INFINITY, f32::max));
             assert_eq!(max.to_bits(), row_max_portable(&row).to_bits());
@@ -306,8 +336,8 @@ mod tests {
             assert!((sum - plain.iter().sum::<f32>()).abs() <= 1e-5 * sum.max(1.0));
         }
         // -inf (masked) weighs exactly nothing; NaN propagates through exp.
-        let mut row = vec![f32::NEG_INFINITY, 0.0, f32::NAN, -100.0, 1.0, -1.0, 2.0, 3.0, 0.5];
-        exp_shifted_sum(&mut row, 0.0);
+        let mut row = vec![f32::NEG_INFINITY, 0.0, f32::NAN, -97.0, 1.0, -1.0, 2.0, 3.0, 0.5];
+        exp_shifted_sum(&mut row, 3.0);
         assert_eq!(row[0], 0.0);
         assert!(row[2].is_nan());
         assert_eq!(row[3], 0.0);
