@@ -3,8 +3,10 @@
 //! A fresh large output costs page faults and zeroing on first touch (1.9 µs per 4 KiB page
 //! on the machines of BENCHMARKS.md), and a transformer allocates the same few sizes again in
 //! every layer. The runtime gives each value it frees to its session's [`Recycler`] and
-//! installs the recycler around every kernel; the hot kernels take their output from it when
-//! a freed buffer of exactly the size is on its shelf. A recycled buffer holds stale values, so those kernels write
+//! installs the recycler around every kernel; the kernels that make large outputs (products,
+//! attention, epilogues, fused programs, norms, convolutions, concatenations and dense copies
+//! of views) take their output from it when a freed buffer of exactly the size is on its
+//! shelf. A recycled buffer holds stale values, so those kernels write
 //! every element of their output before anything reads it. The runtime gives the shelf only
 //! the room its plan leaves: before each kernel, the plan's peak of live activation bytes less
 //! those live and the kernel's output ([`Recycler::fit`]), so the shelf, the live values and
@@ -13,6 +15,7 @@
 //! so between runs the memory is returned as before.
 
 use crate::{Buffer, CpuTensor};
+use std::any::{Any, TypeId};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -119,6 +122,17 @@ pub(crate) fn output_f32(len: usize) -> Vec<f32> {
     recycled.unwrap_or_else(|| vec![0.0; len])
 }
 
+/// [`output_f32`] for a buffer of any element type: from the shelf when `T` is `f32`, else new
+/// and filled with `T::default()`. The caller writes every element before it is read.
+pub(crate) fn output_of<T: Clone + Default + 'static>(len: usize) -> Vec<T> {
+    if TypeId::of::<T>() == TypeId::of::<f32>() {
+        let v: Box<dyn Any> = Box::new(output_f32(len));
+        *v.downcast::<Vec<T>>().expect("T is f32")
+    } else {
+        vec![T::default(); len]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +155,20 @@ mod tests {
         });
         assert_eq!(r.bytes(), 0);
         assert_eq!(r.clear(), (BIG * 4) as u64, "served once");
+    }
+
+    #[test]
+    fn only_f32_outputs_come_from_the_shelf() {
+        let r = Recycler::default();
+        let t = CpuTensor::from_vec(vec![BIG], vec![7f32; BIG]);
+        let ptr = t.data::<f32>().unwrap().as_ptr();
+        r.give(t, usize::MAX);
+        r.install(|| {
+            assert!(output_of::<i64>(BIG / 2).iter().all(|&v| v == 0), "another type: new, default-filled");
+            assert_eq!(r.bytes(), BIG * 4, "the f32 buffer stays");
+            let got = output_of::<f32>(BIG);
+            assert_eq!(got.as_ptr(), ptr, "f32: the freed buffer");
+        });
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! parallel over fixed-size chunks, copying runs of adjacent elements where they can.
 
 use super::elementwise::strided::{dense, densified, map_view, tensor_from, typed, with_scalar_type, Scalar, CHUNK};
+use crate::recycle::output_of;
 use crate::{CpuError, CpuTensor};
 use half::{bf16, f16};
 use orrery_ir::{DType, Op, PadMode, TensorType};
@@ -103,7 +104,8 @@ fn concat<T: Scalar>(op: &Op, inputs: &[&CpuTensor], axis: usize, out: &TensorTy
     // Each output row (one index of the dims before `axis`) is the inputs' rows side by side.
     let widths: Vec<usize> = inputs.iter().map(|t| t.shape()[axis] * inner).collect();
     let row: usize = widths.iter().sum();
-    let mut data = vec![T::default(); out.shape.numel()];
+    // Every element is copied below.
+    let mut data = output_of::<T>(out.shape.numel());
     data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         let mut pos = c * CHUNK;
         let mut dst = chunk;

@@ -130,7 +130,7 @@ pub(super) fn conv(
     let weights = Weights { w: w.dense_slice(), bias: bias.as_ref().map(|b| b.dense_slice()) };
     let input =
         Input { data: x.data(), offset: x.offset, sb: x.strides[0], sc: x.strides[1], s: as_3d(&x.strides[2..], 0) };
-    let mut y = vec![0f32; out.shape.numel()];
+    let mut y = crate::recycle::output_f32(out.shape.numel());
     if y.is_empty() {
         return CpuTensor::from_vec(od, y);
     }

@@ -6,6 +6,7 @@
 //! would not depend on the split anyway). Loops over dense runs are plain slice loops, which
 //! the compiler vectorises.
 
+use crate::recycle::output_of;
 use crate::{Buffer, CpuError, CpuTensor, Element};
 use half::{bf16, f16};
 use orrery_ir::{DType, Op};
@@ -131,7 +132,8 @@ pub(in crate::kernels) fn dense<T: Scalar>(t: &CpuTensor) -> Option<Cow<'_, [T]>
         return all.get(t.offset()..t.offset() + t.numel()).map(Cow::Borrowed);
     }
     let walk = Broadcast::new(t.shape(), [t]);
-    let mut out = vec![T::default(); t.numel()];
+    // Every element is copied below.
+    let mut out = output_of::<T>(t.numel());
     if !walk.copy_transposed(all, &mut out) {
         walk.par_segments(&mut out, |dst, _, [o], [s]| copy_strided(dst, all, o, s));
     }
