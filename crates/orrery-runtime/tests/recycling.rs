@@ -89,3 +89,52 @@ fn recycled_outputs_give_the_bits_of_fresh_ones() {
         );
     }
 }
+
+/// Sessions sharing a recycler (the chunks of a chunked computation) keep its buffers from one
+/// run to the next. In `x → y → z (4× wider) → u → v`, `u`'s buffer is the one the end of a
+/// run keeps (room allowing), and the next session's first product (`y`, the same size) takes
+/// it, where a session of its own starts on an empty shelf. The bits are those of a session
+/// of its own, and the shelf adds nothing to the most bytes held.
+#[test]
+fn sessions_sharing_a_recycler_keep_its_buffers_between_runs() {
+    const NARROW: usize = 16;
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", DType::F32, [LEN, NARROW]).unwrap();
+    let mut h = x;
+    let widths = [(DIM, NARROW), (4 * DIM, DIM), (DIM, 4 * DIM), (NARROW, DIM)];
+    for (i, (out, inp)) in widths.into_iter().enumerate() {
+        let w = b.weight(&format!("w{i}"), DType::F32, [out, inp]).unwrap();
+        h = b.linear(&format!("h{i}"), h, w, None).unwrap();
+    }
+    b.output("v", h).unwrap();
+    let plan = orrery_compiler::compile(b.finish().unwrap()).unwrap();
+    let mut weights = MemoryWeights::new();
+    for (i, (out, inp)) in widths.into_iter().enumerate() {
+        let scale = 1.0 / (inp as f32).sqrt();
+        weights.insert(&format!("w{i}"), CpuTensor::from_vec(vec![out, inp], values(10 + i as u64, out * inp, scale)));
+    }
+    let weights = Arc::new(weights);
+    let inputs =
+        HashMap::from([("x".to_string(), CpuTensor::from_vec(vec![LEN, NARROW], values(1, LEN * NARROW, 1.0)))]);
+    let bits = |out: &HashMap<String, CpuTensor>| out["v"].to_f32_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let token_bytes = (LEN * DIM * 4) as u64;
+
+    let own = Session::new(plan.clone(), weights.clone(), 2).unwrap();
+    let (out, own_stats) = own.run(&inputs).unwrap();
+    let want = bits(&out);
+    assert_eq!(own_stats.recycled_bytes, 0, "an empty shelf, and no room for y's buffer when it dies");
+
+    let shared = Arc::new(orrery_cpu::Recycler::default());
+    for chunk in 0..3 {
+        let mut session = Session::new(plan.clone(), weights.clone(), 2).unwrap();
+        session.share_recycler(shared.clone());
+        let (out, stats) = session.run(&inputs).unwrap();
+        assert_eq!(bits(&out), want, "chunk {chunk}");
+        assert!(stats.peak_held_bytes <= own_stats.peak_held_bytes, "chunk {chunk}: {}", stats.peak_held_bytes);
+        let expected = if chunk == 0 { 0 } else { token_bytes };
+        assert_eq!(stats.recycled_bytes, expected, "chunk {chunk}: u's buffer from the run before serves y");
+        assert_eq!(shared.bytes() as u64, token_bytes, "chunk {chunk}: u's buffer is kept");
+    }
+    shared.clear();
+    assert_eq!(shared.bytes(), 0);
+}
