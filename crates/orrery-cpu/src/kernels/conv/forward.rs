@@ -28,6 +28,7 @@ use super::winograd;
 use super::{as_3d, with_scratch, Spatial};
 use crate::kernels::linalg::blas::{gathers_while_packing, gemm, gemm_gathered, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::{F32Operand, SharedMut};
+use crate::recycle::output_f32;
 use crate::CpuTensor;
 use orrery_ir::{ConvPadMode, ConvParams, TensorType};
 use rayon::prelude::*;
@@ -130,7 +131,8 @@ pub(super) fn conv(
     let weights = Weights { w: w.dense_slice(), bias: bias.as_ref().map(|b| b.dense_slice()) };
     let input =
         Input { data: x.data(), offset: x.offset, sb: x.strides[0], sc: x.strides[1], s: as_3d(&x.strides[2..], 0) };
-    let mut y = crate::recycle::output_f32(out.shape.numel());
+    // Every strategy below writes every element (the bias, or a product that overwrites).
+    let mut y = output_f32(out.shape.numel());
     if y.is_empty() {
         return CpuTensor::from_vec(od, y);
     }

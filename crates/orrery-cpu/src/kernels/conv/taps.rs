@@ -52,8 +52,8 @@ fn taps_split_or_not(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [
             // accumulate onto the bias (or zero).
             unsafe { fill_bias(dst_at(p0), rows, p1 - p0, &start[r0..r0 + rows]) };
             let channels = x.offset + b * x.sb + g * geo.cin_g * x.sc;
+            let row = g * geo.cout_g + r0;
             for kz in 0..kt {
-                let row = g * geo.cout_g + r0;
                 let lhs = match split {
                     Some(taps) => MatRef::new(taps, (kz * geo.cout + row) * geo.cin_g, geo.cin_g, 1),
                     None => MatRef::new(wts.w, row * geo.cin_g * kt + kz, geo.cin_g * kt, kt),
@@ -121,9 +121,10 @@ impl TapTiling {
 
 /// The weights `[Cout, Cin/g, kt]` as kt matrices `[Cout, Cin/g]`, tap after tap, in `taps`.
 /// Read in place, tap kz's steps lie kt floats apart, which the GEMM packs into panels on every
-/// call; the replicate-padded edge frames make up to 2·kt − 1 calls per task, each packing its
-/// rows again (about 6% of the tokenizer decoder's time at 512 channels over 3 × 8 × 8). Split
-/// once, every call reads its rows in place: the same values, so the same bits.
+/// call; replicate padding adds a call per edge frame (6 calls per task for the causal (3, 1, 1)
+/// kernel), each packing its rows again (about 6% of the tokenizer decoder's time at 512
+/// channels over 3 × 8 × 8). Split once, every call reads its rows in place: the same values,
+/// so the same bits.
 fn split_taps(w: &[f32], kt: usize, taps: &mut [f32]) {
     let per_tap = w.len() / kt;
     // Blocks of weight rows per task (whole rows of kt floats).
