@@ -353,10 +353,13 @@ fn convolutions_do_not_depend_on_the_thread_count() {
         padding: vec![1, 1],
     });
     let resize = Op::Resize { mode: ResizeMode::Bicubic, size: vec![57, 33], align_corners: false };
-    // Few positions (12 × 16) and enough work to split: gathered once and shared by threads
-    // that split rows, or gathered while packing on one thread; the same bits either way.
+    // Few positions (12 × 16) and enough work to split: the depth (576) in two halves, summed
+    // after, with and without a bias; the same bits for any thread count.
     let (x_few, w_few) = (rand_f32(27, &[1, 64, 12, 16]), rand_f32(28, &[96, 64, 3, 3]));
     check_op(&conv3, &[x_few.clone(), w_few.clone()], TOL);
+    let conv3_bias = conv_op(&[1, 1], &[(1, 1), (1, 1)], ConvPadMode::Zeros, 1, true);
+    let b_few = rand_f32(31, &[96]);
+    check_op(&conv3_bias, &[x_few.clone(), w_few.clone(), b_few.clone()], TOL);
     // 600 positions, 96 output channels: 2 threads split the columns, 3 the rows, each then
     // gathering the whole block while packing it.
     let (x_mid, w_mid) = (rand_f32(29, &[1, 16, 24, 25]), rand_f32(30, &[96, 16, 3, 3]));
@@ -366,6 +369,7 @@ fn convolutions_do_not_depend_on_the_thread_count() {
     let all = || {
         [
             run(&conv3, &[&x_few, &w_few]),
+            run(&conv3_bias, &[&x_few, &w_few, &b_few]),
             run(&conv3, &[&x_mid, &w_mid]),
             run(&conv3, &[&x_f4, &w_f4]),
             run(&conv3, &[&x, &w3]),

@@ -12,11 +12,11 @@
 //! budget's output-channel slices of a convolution need less or none, so counting it would
 //! make the smallest budget depend on the slicing it picks); and per-thread scratch:
 //! attention's score block and packed key block (0.75 MiB at head dim 128), the own GEMM's packing
-//! buffers (at most 2 MiB, kept by each thread), a temporal convolution's row of zeros, and a
-//! convolution's gathered columns, kept by each thread that gathers them: a tile of at most 1024
-//! positions on the `gemm` crate, or, on the own GEMM, the whole column matrix of a product of
-//! fewer than 512 positions (`Cin/g · Kvol · positions` floats: 3.4 MiB for the 512-channel
-//! (1, 3, 3) at 3 × 8 × 8, at most 9 MiB for 511 positions).
+//! buffers (at most 2 MiB, kept by each thread), a temporal convolution's row of zeros, a
+//! convolution's gathered columns on the `gemm` crate (a tile of at most 1024 positions, kept
+//! by each thread that gathers them), and, on the own GEMM, the upper half's sums of a product
+//! of fewer than 512 positions split by depth (`Cout/g · positions` floats: 0.4 MiB for the
+//! 512-channel (1, 3, 3) at 3 × 8 × 8, kept by the calling thread).
 
 use super::linalg::{max_rows, reads_bf16_weights};
 use orrery_ir::{DType, Op, TensorType};

@@ -26,7 +26,7 @@ use super::fields::Fields;
 use super::taps::temporal_taps;
 use super::winograd;
 use super::{as_3d, with_scratch, Spatial};
-use crate::kernels::linalg::blas::{gathers_while_packing, gemm, gemm_gathered, MatMut, MatRef, Threads};
+use crate::kernels::linalg::blas::{gathers_while_packing, gemm, gemm_gathered, GatheredB, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::{F32Operand, SharedMut};
 use crate::recycle::output_f32;
 use crate::CpuTensor;
@@ -195,7 +195,7 @@ fn pointwise(geo: &Geometry, x: &Input<'_>, position_stride: usize, wts: &Weight
 /// matrix, is gathered block by block while the GEMM packs it (an implicit im2col). Against
 /// [`tiled`], the weights' panels serve a whole packed block of 1024 positions instead of one
 /// 64-wide tile, and the gathered values are written once, into the packed panels. With too
-/// few positions for the threads to split them, the column matrix is gathered once instead.
+/// few positions for the threads to split them, the depth is split in two halves instead.
 fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
     let (positions, depth) = (geo.sp.out_volume(), geo.depth());
     per_block(geo, y, geo.cout_g * positions * depth, |bg, dst, threads| {
@@ -210,17 +210,33 @@ fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
         if let Some(bias) = bias {
             unsafe { fill_bias(dst, geo.cout_g, positions, bias) };
         }
-        if threads == Threads::Pool && positions < FEW_POSITIONS && rayon::current_num_threads() > 1 {
-            // Too few positions to split by columns: the threads would split the rows and
-            // each gather every column. Gather them once, in parallel, and multiply the
-            // stored matrix: the same packed values, so the same bits (1.03-1.04x on the
-            // decoder's 512-channel 3 × 8 × 8 convolutions, in-process A/B).
-            with_scratch(depth * positions, |col| {
-                col.par_chunks_mut(GATHER_ROWS * positions).enumerate().for_each(|(i, rows)| {
-                    fields.write(i * GATHER_ROWS, rows.len() / positions, 0, positions, positions, rows)
+        if threads == Threads::Pool && positions < FEW_POSITIONS && depth >= 2 * MIN_DEPTH_HALF {
+            // Too few positions to split by columns: threads splitting the rows would each
+            // gather every column. Split the depth instead, in two fixed halves, one product
+            // each, gathered while packing: every column gathered once, straight into its
+            // panels. The lower half accumulates onto the bias in `dst`, the upper one into
+            // scratch, added after; the same sums for any thread count.
+            let half = depth / 2;
+            // Rows k0..k0 + k of the depth, into the block at `at`, on this thread.
+            let product = |k0: usize, k: usize, at: SharedMut, accumulate: bool| {
+                let lhs = MatRef::new(wts.w, g * geo.cout_g * depth + k0, depth, 1);
+                let dst = MatMut { ptr: at.add(0), rs: positions, cs: 1 };
+                let source = DepthFrom { fields: &fields, k: k0 };
+                // SAFETY: `at` is `dst` (this block's) or this call's scratch, each written by
+                // one of the two products only; the rest as above.
+                unsafe { gemm_gathered(geo.cout_g, positions, k, dst, lhs, &source, accumulate, Threads::Single) };
+            };
+            with_scratch(geo.cout_g * positions, |upper| {
+                let (lower_at, upper_at) = (SharedMut(dst.ptr), SharedMut(upper.as_mut_ptr()));
+                rayon::join(
+                    || product(0, half, lower_at, bias.is_some()),
+                    || product(half, depth - half, upper_at, false),
+                );
+                // SAFETY: `dst` is this block's dense `Cout/g × positions` output.
+                let lower = unsafe { std::slice::from_raw_parts_mut(dst.ptr, geo.cout_g * positions) };
+                lower.par_chunks_mut(CHUNK).zip(upper.par_chunks(CHUNK)).for_each(|(l, u)| {
+                    l.iter_mut().zip(u).for_each(|(l, &u)| *l += u);
                 });
-                let rhs = MatRef::new(col, 0, positions, 1);
-                unsafe { gemm(geo.cout_g, positions, depth, dst, lhs, rhs, 1.0, bias.is_some(), threads) };
             });
         } else {
             unsafe { gemm_gathered(geo.cout_g, positions, depth, dst, lhs, &fields, bias.is_some(), threads) };
@@ -228,10 +244,24 @@ fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
     });
 }
 
+/// Rows `k..` of a convolution's column matrix: the upper half of [`implicit`]'s depth split.
+struct DepthFrom<'a> {
+    fields: &'a Fields<'a>,
+    k: usize,
+}
+
+impl GatheredB for DepthFrom<'_> {
+    fn panels(&self, k0: usize, count: usize, j0: usize, width: usize, panel: usize, dst: &mut [f32]) {
+        self.fields.write(self.k + k0, count, j0, width, panel, dst);
+    }
+}
+
 /// Below this many output positions (eight 64-column panels) a split product splits rows.
 const FEW_POSITIONS: usize = 512;
-/// Rows of the column matrix per parallel gathering task.
-const GATHER_ROWS: usize = 64;
+/// Fewest rows of the column matrix in each half of a depth split (a GEMM pass of 256 steps).
+const MIN_DEPTH_HALF: usize = 256;
+/// Elements per task when the upper half's sums are added in.
+const CHUNK: usize = 1 << 14;
 
 /// Output positions per tile: about [`TILE_FLOATS`] gathered values, within fixed bounds, and a
 /// multiple of 16 (the GEMM micro-kernel's height once `gemm` transposes the problem) so that
