@@ -215,7 +215,9 @@ fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
             // gather every column. Split the depth instead, in two fixed halves, one product
             // each, gathered while packing: every column gathered once, straight into its
             // panels. The lower half accumulates onto the bias in `dst`, the upper one into
-            // scratch, added after; the same sums for any thread count.
+            // scratch, added after; the same sums for any thread count. At most two threads
+            // work on such a product: below 512 positions it is small (the tokenizer's lowest
+            // resolution of a tiny video), and more halves would add more sums to add.
             let half = depth / 2;
             // Rows k0..k0 + k of the depth, into the block at `at`, on this thread.
             let product = |k0: usize, k: usize, at: SharedMut, accumulate: bool| {
