@@ -170,6 +170,18 @@ pub(crate) fn valid_range(count: usize, step: usize, offset: isize, len: usize) 
     lo..hi.max(lo)
 }
 
+/// Deterministic values in [-1, 1), for the convolution unit tests.
+#[cfg(test)]
+pub(super) fn test_values(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

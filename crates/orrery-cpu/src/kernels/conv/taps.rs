@@ -144,19 +144,8 @@ fn split_taps(w: &[f32], kt: usize, taps: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::conv::test_values as values;
     use orrery_ir::{ConvPadMode, ConvParams};
-
-    fn values(seed: u32, n: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// Splitting the weights by tap changes where the GEMM reads A from, not what it computes:
     /// the outputs are bit-identical both ways, with replicate and zero padding, groups, a
@@ -182,8 +171,8 @@ mod tests {
             let yd = [xd[0], cout, xd[2] + tpad.0 + tpad.1 - kt + 1, xd[3], xd[4]];
             let geo = Geometry::new(&xd, &wd, &yd, &p);
             assert!(geo.is_temporal());
-            let x = values(i as u32, xd.iter().product());
-            let (w, bias) = (values(100 + i as u32, wd.iter().product()), values(200 + i as u32, cout));
+            let x = values(i as u64, xd.iter().product());
+            let (w, bias) = (values(100 + i as u64, wd.iter().product()), values(200 + i as u64, cout));
             let plane = xd[3] * xd[4];
             let input =
                 Input { data: &x, offset: 0, sb: xd[1] * xd[2] * plane, sc: xd[2] * plane, s: [plane, xd[4], 1] };

@@ -505,18 +505,8 @@ pub(super) fn pick(geo: &Geometry) -> Option<&'static Transforms> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::conv::test_values as values;
     use orrery_ir::{ConvPadMode, ConvParams};
-
-    /// Deterministic values in [-1, 1).
-    fn values(seed: u64, n: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// A 3-d convolution's parameters: spatial stride `stride`, padding `pad` = [time, space]
     /// on both sides, zero padding, dilation 1.
