@@ -12,8 +12,7 @@
 //! those live and the kernel's output ([`Recycler::fit`]), so the shelf, the live values and
 //! the output being made never hold more than the plan's peak, which is what a memory budget
 //! was checked against. The oldest buffers go first, and the shelf is emptied after each run,
-//! so between runs the memory is returned as before, unless sessions share it: the chunks of
-//! a chunked computation keep one shelf from chunk to chunk (`Session::share_recycler`).
+//! so between runs the memory is returned as before.
 
 use crate::{Buffer, CpuTensor};
 use std::any::{Any, TypeId};
@@ -75,11 +74,6 @@ impl Recycler {
         let mut shelf = self.shelf.lock().expect("recycler poisoned");
         shelf.buffers = Vec::new();
         shelf.bytes = 0;
-        self.served.swap(0, Ordering::Relaxed)
-    }
-
-    /// The bytes of outputs served since the last clear or call, leaving the shelf as it is.
-    pub fn take_served(&self) -> u64 {
         self.served.swap(0, Ordering::Relaxed)
     }
 

@@ -6,7 +6,7 @@
 
 use crate::{RuntimeError, Session, WeightResolver};
 use orrery_compiler::Plan;
-use orrery_cpu::{CpuTensor, Recycler};
+use orrery_cpu::CpuTensor;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -38,9 +38,6 @@ pub fn run_chunks<E: From<RuntimeError>>(
     let started = std::time::Instant::now();
     let mut stats = ChunkStats::default();
     let mut state: HashMap<String, CpuTensor> = HashMap::new();
-    // One shelf of freed buffers for all the chunks: each chunk makes the same sizes again,
-    // which would otherwise be fresh memory (page faults) in every chunk.
-    let recycler = Arc::new(Recycler::default());
     for (i, plan) in plans.iter().enumerate() {
         let mut feed = HashMap::from([(input.to_string(), input_of(i)?)]);
         for (_, node) in plan.graph.inputs() {
@@ -50,9 +47,7 @@ pub fn run_chunks<E: From<RuntimeError>>(
         }
         // Whatever state this chunk does not take is dead now, not after the chunk.
         state.clear();
-        let mut session = Session::new(plan.clone(), weights.clone(), threads)?;
-        session.share_recycler(recycler.clone());
-        let (mut out, run) = session.run_owned(feed)?;
+        let (mut out, run) = Session::new(plan.clone(), weights.clone(), threads)?.run_owned(feed)?;
         stats.peak_live_bytes = stats.peak_live_bytes.max(run.peak_live_bytes);
         let piece = out
             .remove(output)
@@ -60,7 +55,6 @@ pub fn run_chunks<E: From<RuntimeError>>(
         sink(i, piece)?;
         state = out;
     }
-    recycler.clear();
     stats.seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }

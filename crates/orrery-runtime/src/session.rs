@@ -40,10 +40,7 @@ pub struct Session {
     /// Weights resolved so far, by node index; they stay for later runs.
     weight_cache: Mutex<HashMap<usize, CpuTensor>>,
     /// Freed activations' buffers, reused for later kernels' outputs within a run.
-    recycler: Option<Arc<Recycler>>,
-    /// Whether the recycler is shared with other sessions ([`Session::share_recycler`]): its
-    /// buffers then stay from one run to the next, and its owner empties it.
-    shared_recycler: bool,
+    recycler: Option<Recycler>,
 }
 
 impl Session {
@@ -53,16 +50,8 @@ impl Session {
             .thread_name(|i| format!("orrery-worker-{i}"))
             .build()
             .map_err(|e| RuntimeError::ThreadPool { threads, reason: e.to_string() })?;
-        let recycler = Some(Arc::new(Recycler::default()));
-        Ok(Session {
-            plan,
-            weights,
-            pool,
-            threads,
-            weight_cache: Mutex::new(HashMap::new()),
-            recycler,
-            shared_recycler: false,
-        })
+        let recycler = Some(Recycler::default());
+        Ok(Session { plan, weights, pool, threads, weight_cache: Mutex::new(HashMap::new()), recycler })
     }
 
     /// Whether kernels may take their outputs from the buffers of values freed earlier in
@@ -71,18 +60,7 @@ impl Session {
     /// plan's peak of live bytes (`Plan::peak_resident_bytes`), and the kept buffers are
     /// released at the end of each run). Results are the same either way.
     pub fn set_recycling(&mut self, on: bool) {
-        self.recycler = on.then(|| Arc::new(Recycler::default()));
-        self.shared_recycler = false;
-    }
-
-    /// Recycles through `recycler`, which other sessions may share, and keeps its buffers from
-    /// one run to the next (the plans of a chunked computation, run one after the other,
-    /// allocate the same sizes again): the caller empties it ([`Recycler::clear`]) when done.
-    /// Within each run the same bound holds as with a session's own recycler: the buffers
-    /// kept, the live values and the output being made stay within this plan's peak.
-    pub fn share_recycler(&mut self, recycler: Arc<Recycler>) {
-        self.recycler = Some(recycler);
-        self.shared_recycler = true;
+        self.recycler = on.then(Recycler::default);
     }
 
     pub fn plan(&self) -> &Plan {
@@ -156,7 +134,7 @@ impl Session {
                 return Err(RuntimeError::UnknownInput { name: name.clone(), expected: self.expected_inputs() });
             }
         }
-        if let Some(r) = self.recycler.as_ref().filter(|_| !self.shared_recycler) {
+        if let Some(r) = &self.recycler {
             r.clear();
         }
         let start = Instant::now();
@@ -278,7 +256,7 @@ impl Session {
             c.done(plan.kernels.len())?;
         }
         if let Some(r) = &self.recycler {
-            stats.recycled_bytes = if self.shared_recycler { r.take_served() } else { r.clear() };
+            stats.recycled_bytes = r.clear();
         }
         let mut outputs = HashMap::new();
         for (name, id) in graph.outputs() {
