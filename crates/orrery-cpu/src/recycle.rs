@@ -139,12 +139,18 @@ mod tests {
 
     const BIG: usize = MIN_RECYCLED_BYTES / 4;
 
-    #[test]
-    fn freed_buffers_serve_outputs_of_their_size_only_while_installed() {
+    /// A recycler whose shelf holds one freed `BIG`-float buffer, and that buffer's address.
+    fn shelf_with_one_buffer() -> (Recycler, *const f32) {
         let r = Recycler::default();
         let t = CpuTensor::from_vec(vec![BIG], vec![7f32; BIG]);
         let ptr = t.data::<f32>().unwrap().as_ptr();
         r.give(t, usize::MAX);
+        (r, ptr)
+    }
+
+    #[test]
+    fn freed_buffers_serve_outputs_of_their_size_only_while_installed() {
+        let (r, ptr) = shelf_with_one_buffer();
         assert_eq!(r.bytes(), BIG * 4);
         let fresh = output_f32(BIG);
         assert_ne!(fresh.as_ptr(), ptr, "not installed: a new buffer");
@@ -159,10 +165,7 @@ mod tests {
 
     #[test]
     fn only_f32_outputs_come_from_the_shelf() {
-        let r = Recycler::default();
-        let t = CpuTensor::from_vec(vec![BIG], vec![7f32; BIG]);
-        let ptr = t.data::<f32>().unwrap().as_ptr();
-        r.give(t, usize::MAX);
+        let (r, ptr) = shelf_with_one_buffer();
         r.install(|| {
             assert!(output_of::<i64>(BIG / 2).iter().all(|&v| v == 0), "another type: new, default-filled");
             assert_eq!(r.bytes(), BIG * 4, "the f32 buffer stays");

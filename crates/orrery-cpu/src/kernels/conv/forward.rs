@@ -13,15 +13,18 @@
 //!   1.4× at 512 × 5 × 16 × 16; within 1e-5 of the float64 convolution, not bit-identical to
 //!   the direct one; `ORRERY_WINOGRAD=0` turns it off);
 //! - otherwise, on the own GEMM ([`implicit`]): one product per (batch, group) whose operand
-//!   the GEMM gathers block by block while packing it;
+//!   the GEMM gathers block by block while packing it (below 512 positions, two products over
+//!   the two halves of the depth, summed);
 //! - otherwise ([`tiled`], the `gemm` crate): each task gathers the columns of one tile of
 //!   [`tile_width`] positions into a per-thread scratch buffer and multiplies it.
 //!
 //! Determinism: every output element is one GEMM dot product over the whole `Cin/g · Kvol`
-//! range (temporal taps: one per tap, summed in tap order; Winograd: fixed transforms around
-//! α² dot products over Cin/g), and the GEMMs' own results do not depend on threads or tiles
+//! range (temporal taps: one per tap, summed in tap order; below 512 positions: one per fixed
+//! half of the range, the upper added to the lower; Winograd: fixed transforms around α² dot
+//! products over Cin/g), and the GEMMs' own results do not depend on threads or tiles
 //! (see `blas`), so no reduction depends on threads.
 
+use super::super::elementwise::strided::CHUNK;
 use super::fields::Fields;
 use super::taps::temporal_taps;
 use super::winograd;
@@ -262,8 +265,6 @@ impl GatheredB for DepthFrom<'_> {
 const FEW_POSITIONS: usize = 512;
 /// Fewest rows of the column matrix in each half of a depth split (a GEMM pass of 256 steps).
 const MIN_DEPTH_HALF: usize = 256;
-/// Elements per task when the upper half's sums are added in.
-const CHUNK: usize = 1 << 14;
 
 /// Output positions per tile: about [`TILE_FLOATS`] gathered values, within fixed bounds, and a
 /// multiple of 16 (the GEMM micro-kernel's height once `gemm` transposes the problem) so that
