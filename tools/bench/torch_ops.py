@@ -22,6 +22,11 @@ def case(name):
         m, k, n = dims * 3 if len(dims) == 1 else dims
         a, b = rand(m, k), rand(k, n)
         return (lambda: a @ b), 2.0 * m * k * n, 4 * (m * k + k * n)
+    if name.startswith("linear"):
+        # x [M, K] against a weight [N, K] as models store it (bench_ops.rs's `linear` case).
+        m, k, n = (int(v) for v in name[6:].split("x"))
+        x, w = rand(m, k), rand(n, k)
+        return (lambda: torch.nn.functional.linear(x, w)), 2.0 * m * k * n, 4 * (m * k + n * k)
     if name.startswith("gemv") and name.endswith("_bf16"):
         # f32 activations against a bf16 weight as stored (the 7B checkpoint's dtype): PyTorch
         # widens the weight per call, as `weight.float()` in a module's forward would.

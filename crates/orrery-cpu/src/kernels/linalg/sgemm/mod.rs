@@ -13,6 +13,7 @@
 //! bits whatever the thread count, the matrix's size in m and n, or the tile it falls in:
 //! a slice of C's rows or columns computed alone equals the same slice of the whole product.
 
+mod amx;
 mod kernel;
 mod pack;
 
@@ -31,7 +32,7 @@ pub(super) const NV: usize = 4;
 /// Columns of the register tile.
 pub(super) const NR: usize = 16 * NV;
 /// Steps of k per pass: an A panel (6 KiB) and the B panel in use (64 KiB, streamed) per tile.
-const KC: usize = 256;
+pub(super) const KC: usize = 256;
 /// Columns of B packed at a time: 256 × 1024 floats, 1 MiB, about half an L2.
 const NB: usize = 1024;
 /// Rows of A packed at a time when it cannot be read in place: 1008 × 256 floats, about
@@ -228,6 +229,10 @@ unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
         }
         return;
     }
+    if amx::available() {
+        // SAFETY: forwarded; AMX is available.
+        return unsafe { amx::single(m, n, k, p) };
+    }
     // A is read in place when its rows or its steps are adjacent: a whole panel then needs no
     // copy (only a last, partial panel is packed, with zero rows). Otherwise A is packed in
     // blocks of MB rows, and B again for each block.
@@ -249,22 +254,13 @@ unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                 for j0 in (0..n).step_by(NB) {
                     let nb = NB.min(n - j0);
                     let b_panels: &[f32] = match p.b {
-                        BSource::Strided(b) => {
-                            // SAFETY: the block lies inside B (caller).
-                            unsafe { pack::pack_b(b_buf, b.at(k0, j0), kc, nb) };
-                            b_buf
-                        }
-                        BSource::Bf16Rows(b) => {
-                            // SAFETY: AVX-512F (caller); the block lies inside B (caller).
-                            unsafe { pack::pack_b_bf16(b_buf, b.at(k0, j0), kc, nb) };
-                            b_buf
-                        }
-                        BSource::Gathered { source, j0: from } => {
-                            pack::pack_b_gathered(b_buf, source, k0, kc, from + j0, nb);
-                            b_buf
-                        }
                         // NB is a whole number of panels: columns j0.. start panel j0 / NR.
                         BSource::Packed(b) => &b.pass(pass)[j0 * kc..],
+                        source => {
+                            // SAFETY: the block lies inside B (caller).
+                            unsafe { stage_b(b_buf, source, k0, kc, j0, nb) };
+                            b_buf
+                        }
                     };
                     // SAFETY: AVX-512F and the tiles (caller); both operands hold kc steps.
                     unsafe { sweep(&a, mb, b_panels, nb, p.c.at(i0, j0), p.scale, add) };
@@ -272,6 +268,22 @@ unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
             }
         }
     });
+}
+
+/// Packs B's block of rows `k0..k0 + kc`, columns `j0..j0 + nb` into `dst` as NR-column f32
+/// panels, from any source but one packed ahead.
+///
+/// # Safety
+/// AVX-512F; the block lies inside B.
+unsafe fn stage_b(dst: &mut [f32], b: BSource<'_>, k0: usize, kc: usize, j0: usize, nb: usize) {
+    match b {
+        // SAFETY: forwarded.
+        BSource::Strided(b) => unsafe { pack::pack_b(dst, b.at(k0, j0), kc, nb) },
+        // SAFETY: forwarded.
+        BSource::Bf16Rows(b) => unsafe { pack::pack_b_bf16(dst, b.at(k0, j0), kc, nb) },
+        BSource::Gathered { source, j0: from } => pack::pack_b_gathered(dst, source, k0, kc, from + j0, nb),
+        BSource::Packed(_) => unreachable!("packed-ahead panels are read in place"),
+    }
 }
 
 /// One pass (kc steps) of a block of A's rows, as MR-row panels read in place or packed.
@@ -333,6 +345,9 @@ unsafe fn sweep(a: &APass<'_>, rows: usize, b_panels: &[f32], cols: usize, c: Ou
 #[derive(Default)]
 pub(crate) struct PackedB {
     data: Vec<f32>,
+    /// The same panels split for AMX tiles when products run there (split once here rather
+    /// than by every product that reads them).
+    split: amx::SplitB,
     k: usize,
     n: usize,
 }
@@ -350,6 +365,9 @@ impl PackedB {
             let kc = KC.min(k - k0);
             // SAFETY: forwarded; pass k0's panels fill data[k0·width..][..kc·width].
             unsafe { pack::pack_b(&mut self.data[k0 * width..], b.at(k0, 0), kc, n) };
+        }
+        if amx::available() {
+            self.split.split(&self.data, k, n);
         }
     }
 

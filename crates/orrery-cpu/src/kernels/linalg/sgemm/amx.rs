@@ -1,0 +1,536 @@
+//! f32 products on AMX tiles (Intel Sapphire Rapids and later), as accurate as f32 FMAs.
+//!
+//! AMX multiplies bf16 (8 significant bits) and sums in f32, at 16 times the f32 FMA rate of
+//! AVX-512 per core. An f32 value splits exactly into three bf16 parts, each rounded to
+//! nearest even from what the parts before it left: `x = x₁ + x₂ + x₃` with
+//! `|x₂| ≤ 2⁻⁸|x|` and `|x₃| ≤ 2⁻¹⁶|x|`. Of the nine products of parts, the six of weight
+//! 2⁻¹⁶ of `|a·b|` or more (`a₁b₁, a₂b₁, a₃b₁, a₁b₂, a₂b₂, a₁b₃`) are computed, each exactly,
+//! and summed in f32 by `tdpbf16ps`; the three left out (`a₂b₃, a₃b₂, a₃b₃`) weigh at most
+//! 2⁻²³ of `|a·b|` together, about one f32 rounding. So a product's error stays that of an
+//! f32 dot product (tested against f64 on random shapes at 1e-6 of `Σ|a||b|`, `tests.rs`).
+//!
+//! Departures from f32 FMAs, all outside finite normal numbers: a non-finite operand (Inf or
+//! NaN) makes every element it reaches NaN (its lower parts would multiply Inf by 0), and
+//! parts below f32's normal range (operands under 2⁻¹⁰⁹ or so) count as 0, as AMX reads them.
+//!
+//! Layout. C is computed in 32 × 32 blocks, four 16 × 16 f32 tiles (tmm0–3). A is packed in
+//! panels of 32 rows and B in panels of 32 columns, per block of 32 steps of k: three parts
+//! of two 1 KiB tiles each, A's tiles row-major (16 rows × 32 bf16 of k), B's in the pair
+//! layout `tdpbf16ps` reads (16 rows of k pairs × 16 columns). Per 32 steps of k a block
+//! takes 24 `tdpbf16ps` and 18 tile loads; the A panel, loaded twice as often as B's, stays
+//! in L1 while B's panels stream from the L2-resident block.
+//!
+//! Determinism: as the AVX-512 kernel, k is cut into passes of [`KC`] whatever the sizes,
+//! every element of a pass is summed over its k blocks and parts in one fixed order, and the
+//! pass's sum is added to C in pass order, so the bits of an element depend on its row of A,
+//! its column of B and k only.
+
+use super::{BSource, Out, Product};
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Rows and columns of a C block (two tiles each way).
+const BLOCK: usize = 32;
+/// Steps of k per tile: 32 bf16, one 64-byte tile row.
+const KB: usize = 32;
+/// bf16 parts of an f32 value.
+const PARTS: usize = 3;
+/// bf16 elements of one 16 × 32 tile.
+const TILE: usize = 512;
+/// bf16 elements of a 32-row (or 32-column) panel per k block: every part's two tiles.
+const PANEL_STEP: usize = PARTS * 2 * TILE;
+/// Steps of k per pass, the AVX-512 kernel's (B packed ahead is cut in its passes): an A
+/// panel is 48 KiB of tiles.
+const KC: usize = super::KC;
+/// Columns of B packed at a time: 256 steps × 512 columns × 3 parts, 768 KiB, in L2.
+const NB: usize = 512;
+/// Rows of A packed at a time (1.5 MiB); B is packed again for each such block.
+const MB: usize = 1024;
+
+/// True when the CPU has AMX-TILE, AMX-BF16 and AVX-512BW, the kernel lets this process use
+/// the tile registers (Linux asks each process to request them), and `ORRERY_GEMM` is not
+/// `avx512` (which keeps every product on the AVX-512 kernel, for comparisons).
+pub(crate) fn available() -> bool {
+    static USE: OnceLock<bool> = OnceLock::new();
+    *USE.get_or_init(|| {
+        if std::env::var("ORRERY_GEMM").is_ok_and(|v| v == "avx512") {
+            return false;
+        }
+        let leaf7 = __cpuid_count(7, 0);
+        let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
+        amx_bf16 && amx_tile && std::is_x86_feature_detected!("avx512bw") && request_tile_data()
+    })
+}
+
+/// Asks Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`);
+/// without it the first tile instruction faults.
+#[cfg(target_os = "linux")]
+fn request_tile_data() -> bool {
+    const ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let ret: i64;
+    // SAFETY: a plain system call; it reads no memory of ours.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn request_tile_data() -> bool {
+    false
+}
+
+/// The tile configuration (palette 1): tmm0–7 all 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Configures this thread's tiles, runs `f`, and releases them (so a context switch does not
+/// save 8 KiB of tile data).
+///
+/// # Safety
+/// [`available`] is true.
+unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
+    let mut config = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], bytes_per_row: [0; 16], rows: [0; 16] };
+    config.bytes_per_row[..8].fill(64);
+    config.rows[..8].fill(16);
+    // SAFETY: AMX is available and permitted (caller); the configuration is valid.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+    let result = f();
+    // SAFETY: as above.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    result
+}
+
+thread_local! {
+    /// Each thread's packed A and B blocks and its f32 staging block for B, kept between
+    /// products (about 3 MiB).
+    static SCRATCH: RefCell<(Vec<u16>, Vec<u16>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// One thread's product on AMX, B from any source (staged as the AVX-512 kernel's f32 panels,
+/// or read from them when packed ahead, then split into parts).
+///
+/// # Safety
+/// As `sgemm::single`, and [`available`] is true.
+pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
+    SCRATCH.with(|scratch| {
+        let (a_buf, b_buf, staging) = &mut *scratch.borrow_mut();
+        let kc_max = KC.min(k).next_multiple_of(KB);
+        let block_rows = MB.min(m);
+        let nb_max = NB.min(n).next_multiple_of(super::NR);
+        let a_buf = aligned(a_buf, block_rows.div_ceil(BLOCK) * kc_max / KB * PANEL_STEP);
+        let b_buf = aligned(b_buf, nb_max.div_ceil(BLOCK) * kc_max / KB * PANEL_STEP);
+        staging.resize(nb_max * KC.min(k), 0.0);
+        // SAFETY: available (caller).
+        unsafe {
+            with_tiles(|| {
+                for i0 in (0..m).step_by(block_rows) {
+                    let mb = block_rows.min(m - i0);
+                    for (pass, k0) in (0..k).step_by(KC).enumerate() {
+                        let kc = KC.min(k - k0);
+                        // SAFETY: the block lies inside A (caller).
+                        pack_a(a_buf, p.a.at(i0, k0), mb, kc);
+                        let add = p.add || pass > 0;
+                        for j0 in (0..n).step_by(NB) {
+                            let nb = NB.min(n - j0);
+                            let panels: &[u16] = match p.b {
+                                // NB is a whole number of panels: columns j0.. start panel j0 / 32.
+                                BSource::Packed(b) => &b.split.pass(pass)[j0 / BLOCK * panel_len(kc)..],
+                                source => {
+                                    // SAFETY: the block lies inside B (caller).
+                                    super::stage_b(staging, source, k0, kc, j0, nb);
+                                    pack_b(b_buf, staging, kc, nb);
+                                    b_buf
+                                }
+                            };
+                            sweep(a_buf, mb, panels, nb, kc, p.c.at(i0, j0), p.scale, add);
+                        }
+                    }
+                }
+            })
+        }
+    });
+}
+
+/// bf16 elements of a 32-row (or 32-column) panel over a pass of `kc` steps.
+fn panel_len(kc: usize) -> usize {
+    kc.div_ceil(KB) * PANEL_STEP
+}
+
+/// B packed ahead ([`super::PackedB`]), split into tile panels pass by pass.
+#[derive(Default)]
+pub(super) struct SplitB {
+    data: Vec<u16>,
+    offset: usize,
+    /// bf16 elements of one whole pass (`KC` steps).
+    pass_len: usize,
+}
+
+impl SplitB {
+    /// Splits `packed`, the f32 panels of a `k × n` matrix in passes of `KC` steps.
+    pub(super) fn split(&mut self, packed: &[f32], k: usize, n: usize) {
+        let (width, panels) = (n.next_multiple_of(super::NR), n.div_ceil(BLOCK));
+        self.pass_len = panels * panel_len(KC.min(k));
+        let len = k.div_ceil(KC) * self.pass_len;
+        if self.data.len() < len + 32 {
+            self.data = vec![0; len + 32];
+        }
+        self.offset = self.data.as_ptr().align_offset(64).min(31);
+        for (pass, k0) in (0..k).step_by(KC).enumerate() {
+            let kc = KC.min(k - k0);
+            let dst = &mut self.data[self.offset + pass * self.pass_len..][..panels * panel_len(kc)];
+            // SAFETY: AVX-512BW ([`available`], checked by the caller).
+            unsafe { pack_b(dst, &packed[k0 * width..], kc, n) };
+        }
+    }
+
+    /// Pass `pass`'s panels.
+    fn pass(&self, pass: usize) -> &[u16] {
+        &self.data[self.offset + pass * self.pass_len..]
+    }
+}
+
+/// `len` elements of `buf` starting on a 64-byte boundary (tile rows then lie in one cache
+/// line each).
+fn aligned(buf: &mut Vec<u16>, len: usize) -> &mut [u16] {
+    if buf.len() < len + 32 {
+        *buf = vec![0; len + 32];
+    }
+    let offset = buf.as_ptr().align_offset(64).min(31);
+    &mut buf[offset..offset + len]
+}
+
+/// Every 32 × 32 block of a `rows × cols` block of C from packed panels over one pass.
+///
+/// # Safety
+/// Tiles configured; the block of C is this thread's.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn sweep(a: &[u16], rows: usize, b: &[u16], cols: usize, kc: usize, c: Out, scale: f32, add: bool) {
+    let panel = panel_len(kc);
+    let mut acc = Accumulator([0.0; BLOCK * BLOCK]);
+    for ip in 0..rows.div_ceil(BLOCK) {
+        let a_panel = &a[ip * panel..][..panel];
+        for jp in 0..cols.div_ceil(BLOCK) {
+            let b_panel = &b[jp * panel..][..panel];
+            // SAFETY: tiles configured (caller); both panels hold kc / KB blocks.
+            unsafe { block(kc.div_ceil(KB), a_panel.as_ptr(), b_panel.as_ptr(), &mut acc) };
+            let (live_rows, live_cols) = (BLOCK.min(rows - ip * BLOCK), BLOCK.min(cols - jp * BLOCK));
+            // SAFETY: the block lies inside this thread's C (caller).
+            unsafe { store(&acc, c.at(ip * BLOCK, jp * BLOCK), live_rows, live_cols, scale, add) };
+        }
+    }
+}
+
+/// A 32 × 32 block of f32 sums, row-major, aligned for tile stores.
+#[repr(C, align(64))]
+struct Accumulator([f32; BLOCK * BLOCK]);
+
+/// `acc` = the pass's products of one A panel and one B panel over `blocks` k blocks.
+///
+/// # Safety
+/// Tiles configured; both panels hold `blocks` k blocks.
+#[inline]
+unsafe fn block(blocks: usize, a: *const u16, b: *const u16, acc: &mut Accumulator) {
+    // SAFETY: the tiles are configured (caller).
+    unsafe { asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)) };
+    for kb in 0..blocks {
+        // Part p's tiles start at byte (2p)·1024 (rows 0–15 or columns 0–15) and
+        // (2p + 1)·1024 (16–31). tmm4/5: A's row tiles; tmm6/7: B's column tiles. The sums
+        // run from the largest product to the smallest: a₁b₁, a₂b₁, a₃b₁, a₁b₂, a₂b₂, a₁b₃.
+        // SAFETY: block kb's 6 KiB of each panel are readable (caller).
+        unsafe {
+            let (a, b) = (a.add(kb * PANEL_STEP), b.add(kb * PANEL_STEP));
+            asm!(
+                "tileloadd tmm6, [{b} + {s}]",
+                "tileloadd tmm7, [{b} + {s} + 1024]",
+                "tileloadd tmm4, [{a} + {s}]",
+                "tileloadd tmm5, [{a} + {s} + 1024]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tileloadd tmm4, [{a} + {s} + 2048]",
+                "tileloadd tmm5, [{a} + {s} + 3072]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tileloadd tmm4, [{a} + {s} + 4096]",
+                "tileloadd tmm5, [{a} + {s} + 5120]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tileloadd tmm6, [{b} + {s} + 2048]",
+                "tileloadd tmm7, [{b} + {s} + 3072]",
+                "tileloadd tmm4, [{a} + {s}]",
+                "tileloadd tmm5, [{a} + {s} + 1024]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tileloadd tmm4, [{a} + {s} + 2048]",
+                "tileloadd tmm5, [{a} + {s} + 3072]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "tileloadd tmm6, [{b} + {s} + 4096]",
+                "tileloadd tmm7, [{b} + {s} + 5120]",
+                "tileloadd tmm4, [{a} + {s}]",
+                "tileloadd tmm5, [{a} + {s} + 1024]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a = in(reg) a,
+                b = in(reg) b,
+                s = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+    }
+    // SAFETY: the accumulator holds 32 rows of 128 bytes.
+    unsafe {
+        asm!(
+            "tilestored [{c} + {s}], tmm0",
+            "tilestored [{c} + {s} + 64], tmm1",
+            "tilestored [{c} + {s} + 2048], tmm2",
+            "tilestored [{c} + {s} + 2112], tmm3",
+            c = in(reg) acc.0.as_mut_ptr(),
+            s = in(reg) 128usize,
+            options(nostack),
+        );
+    }
+}
+
+/// `C = scale · acc` (or `C += scale · acc` when `add`) over the live part of a block.
+///
+/// # Safety
+/// AVX-512F; the `rows × cols` elements at `c` are this thread's.
+#[target_feature(enable = "avx512f")]
+unsafe fn store(acc: &Accumulator, c: Out, rows: usize, cols: usize, scale: f32, add: bool) {
+    if c.cs != 1 {
+        for i in 0..rows {
+            for j in 0..cols {
+                // SAFETY: (i, j) is inside the block (caller).
+                unsafe {
+                    let p = c.c.add(i * c.rs + j * c.cs);
+                    let v = acc.0[i * BLOCK + j];
+                    *p = if add { v.mul_add(scale, *p) } else { v * scale };
+                }
+            }
+        }
+        return;
+    }
+    let s = _mm512_set1_ps(scale);
+    for i in 0..rows {
+        for h in 0..BLOCK / 16 {
+            let live = cols.saturating_sub(16 * h).min(16);
+            let mask = ((1u32 << live) - 1) as __mmask16;
+            // SAFETY: masked lanes are neither read nor written; the rest is the block.
+            unsafe {
+                let p = c.c.add(i * c.rs + 16 * h);
+                let v = _mm512_loadu_ps(acc.0.as_ptr().add(i * BLOCK + 16 * h));
+                let v = if add { _mm512_fmadd_ps(v, s, _mm512_maskz_loadu_ps(mask, p)) } else { _mm512_mul_ps(v, s) };
+                _mm512_mask_storeu_ps(p, mask, v);
+            }
+        }
+    }
+}
+
+/// The three bf16 parts of 16 f32 values, each as f32 (low 16 bits zero).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn split(x: __m512) -> [__m512i; PARTS] {
+    let bits = _mm512_castps_si512(x);
+    let exponent = _mm512_set1_epi32(0x7f80_0000);
+    let finite = _mm512_cmpneq_epi32_mask(_mm512_and_si512(bits, exponent), exponent);
+    let x1 = _mm512_mask_blend_epi32(finite, _mm512_set1_epi32(0x7fc0_0000), round(bits));
+    let r1 = _mm512_maskz_sub_ps(finite, x, _mm512_castsi512_ps(x1));
+    let x2 = round(_mm512_castps_si512(r1));
+    // The rest has at most 8 significant bits: it is its own bf16.
+    let x3 = _mm512_castps_si512(_mm512_sub_ps(r1, _mm512_castsi512_ps(x2)));
+    [x1, x2, x3]
+}
+
+/// f32 bits rounded to bf16 precision, to nearest even (finite values).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn round(bits: __m512i) -> __m512i {
+    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+    let up = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
+    _mm512_and_si512(up, _mm512_set1_epi32(0xffff_0000_u32 as i32))
+}
+
+/// Rows of A fetched ahead of the one being packed.
+const AHEAD: usize = 4;
+
+/// Packs A's `rows × kc` block into panels of 32 rows: per k block, per part, two row tiles,
+/// each row 32 bf16 of consecutive k. Rows and steps past the block are zeros.
+///
+/// # Safety
+/// Every element (i, k), i < rows, k < kc, of `a` is readable; AVX-512BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_a(dst: &mut [u16], a: super::Strided, rows: usize, kc: usize) {
+    let (blocks, panel) = (kc.div_ceil(KB), panel_len(kc));
+    // The upper 16 bits of each f32 lane, 32 of them from two vectors, in order.
+    let odd_words = _mm512_set_epi16(
+        63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9,
+        7, 5, 3, 1,
+    );
+    let mut values = [0f32; KB];
+    for r in 0..rows.next_multiple_of(BLOCK) {
+        let (ip, row) = (r / BLOCK, r % BLOCK);
+        if a.cs == 1 && r + AHEAD < rows {
+            // Each row's run is a new stream (a row's pass is 1 KiB, rows lie a whole row of A
+            // apart): fetch a few rows ahead so the loads below do not wait on memory.
+            for step in (0..kc).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(a.p.wrapping_add((r + AHEAD) * a.rs + step) as *const i8);
+            }
+        }
+        for kb in 0..blocks {
+            let steps = KB.min(kc - kb * KB);
+            let (lo, hi) = if r >= rows {
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            } else if a.cs == 1 {
+                let p = a.p.wrapping_add(r * a.rs + kb * KB);
+                let mask = |from: usize| ((1u32 << steps.saturating_sub(from).min(16)) - 1) as __mmask16;
+                // SAFETY: masked lanes are not read; the rest lie inside the row (caller).
+                unsafe { (_mm512_maskz_loadu_ps(mask(0), p), _mm512_maskz_loadu_ps(mask(16), p.wrapping_add(16))) }
+            } else {
+                values.fill(0.0);
+                for (s, v) in values.iter_mut().take(steps).enumerate() {
+                    // SAFETY: element (r, kb·KB + s) is readable (caller).
+                    *v = unsafe { *a.p.add(r * a.rs + (kb * KB + s) * a.cs) };
+                }
+                // SAFETY: `values` holds 32 floats.
+                unsafe { (_mm512_loadu_ps(values.as_ptr()), _mm512_loadu_ps(values.as_ptr().add(16))) }
+            };
+            let (lo, hi) = (split(lo), split(hi));
+            for part in 0..PARTS {
+                let words = _mm512_permutex2var_epi16(lo[part], odd_words, hi[part]);
+                let at = ip * panel + kb * PANEL_STEP + (2 * part + row / 16) * TILE + (row % 16) * KB;
+                // SAFETY: the panel's tile row lies inside `dst` (sized by the caller).
+                unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(at) as *mut _, words) };
+            }
+        }
+    }
+}
+
+/// Packs B's `kc × cols` block, staged as f32 panels of `super::NR` columns (k-major), into
+/// panels of 32 columns: per k block, per part, two column tiles of 16 k pairs × 16 columns,
+/// each pair (k even, k odd) one 32-bit word. Steps past kc are zeros.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn pack_b(dst: &mut [u16], staged: &[f32], kc: usize, cols: usize) {
+    const W: usize = super::NR;
+    let (blocks, panel) = (kc.div_ceil(KB), panel_len(kc));
+    let load = |k: usize, col: usize| -> __m512 {
+        if k < kc {
+            // SAFETY: staged panel col / W holds kc steps of W floats.
+            unsafe { _mm512_loadu_ps(staged.as_ptr().add((col / W) * W * kc + k * W + col % W)) }
+        } else {
+            _mm512_setzero_ps()
+        }
+    };
+    for jp in 0..cols.div_ceil(BLOCK) {
+        for kb in 0..blocks {
+            for pair in 0..KB / 2 {
+                let k = kb * KB + 2 * pair;
+                for tile in 0..2 {
+                    let col = jp * BLOCK + 16 * tile;
+                    let (even, odd) = (split(load(k, col)), split(load(k + 1, col)));
+                    for part in 0..PARTS {
+                        let words = _mm512_or_si512(odd[part], _mm512_srli_epi32::<16>(even[part]));
+                        let at = jp * panel + kb * PANEL_STEP + (2 * part + tile) * TILE + pair * KB;
+                        // SAFETY: the tile row lies inside `dst` (sized by the caller).
+                        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(at) as *mut _, words) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parts of 16 values, as f32.
+    fn parts(values: [f32; 16]) -> [[f32; 16]; PARTS] {
+        // SAFETY: AVX-512F is checked by the caller; `values` holds 16 floats.
+        let split = unsafe { split(_mm512_loadu_ps(values.as_ptr())) };
+        split.map(|part| {
+            let mut out = [0f32; 16];
+            // SAFETY: `out` holds 16 floats.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_castsi512_ps(part)) };
+            out
+        })
+    }
+
+    /// Every finite normal value splits exactly into three bf16 values (low 16 bits zero)
+    /// of falling weight, whatever its exponent; ties round to even.
+    #[test]
+    fn parts_are_bf16_and_sum_back_exactly() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..4096 {
+            let values: [f32; 16] = std::array::from_fn(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // Any sign and mantissa, exponents 2^-100 .. 2^100.
+                let exponent = 27 + (state >> 32) as u32 % 201;
+                f32::from_bits((state as u32 & 0x807f_ffff) | (exponent << 23))
+            });
+            let [x1, x2, x3] = parts(values);
+            for (i, &x) in values.iter().enumerate() {
+                for part in [x1[i], x2[i], x3[i]] {
+                    assert_eq!(part.to_bits() & 0xffff, 0, "{x:e}: a part is not a bf16");
+                }
+                assert_eq!(x1[i] as f64 + x2[i] as f64 + x3[i] as f64, x as f64, "{x:e} does not split exactly");
+                assert!(x2[i].abs() <= x.abs() * 2f32.powi(-8) && x3[i].abs() <= x.abs() * 2f32.powi(-16), "{x:e}");
+            }
+        }
+        // 1 + 2^-8 lies halfway between two bf16 values: it rounds to the even one, 1.
+        let halfway = parts([1.0 + 2f32.powi(-8); 16]);
+        assert_eq!((halfway[0][0], halfway[1][0]), (1.0, 2f32.powi(-8)));
+    }
+
+    /// A non-finite value is NaN in its first part and nothing in the others (so it reaches
+    /// every output it touches as NaN, never as a finite number).
+    #[test]
+    fn non_finite_values_split_into_nan() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut values = [1.5f32; 16];
+        values[..3].copy_from_slice(&[f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        let [x1, x2, x3] = parts(values);
+        for i in 0..3 {
+            assert!(x1[i].is_nan() && x2[i] == 0.0 && x3[i] == 0.0, "value {}", values[i]);
+        }
+        assert_eq!((x1[3], x2[3], x3[3]), (1.5, 0.0, 0.0));
+    }
+}
