@@ -7,6 +7,9 @@
 //! 64-column panels stream past. A is read in place when its rows or its k steps are adjacent
 //! (activations, weights as stored) and packed in blocks of [`MB`] rows otherwise.
 //!
+//! Where the CPU has AMX, `amx.rs` runs every product of the process instead (same passes,
+//! same error as f32 FMAs, other bits): f32 operands split into bf16 parts on tiles.
+//!
 //! Determinism: k is cut into passes of [`KC`] whatever the other sizes, each pass's partial
 //! sum is accumulated in order by one FMA per step and added to C in pass order, and
 //! threads split the rows or the columns of C only. So every output element has the same
