@@ -135,10 +135,13 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
         let (a_buf, b_buf, staging) = &mut *scratch.borrow_mut();
         let kc_max = KC.min(k).next_multiple_of(KB);
         let block_rows = MB.min(m);
-        let nb_max = NB.min(n).next_multiple_of(super::NR);
-        let a_buf = aligned(a_buf, block_rows.div_ceil(BLOCK) * kc_max / KB * PANEL_STEP);
-        let b_buf = aligned(b_buf, nb_max.div_ceil(BLOCK) * kc_max / KB * PANEL_STEP);
-        staging.resize(nb_max * KC.min(k), 0.0);
+        // B packed ahead is read split already: no staging, no B block.
+        let nb_max = if matches!(p.b, BSource::Packed(_)) { 0 } else { NB.min(n).next_multiple_of(super::NR) };
+        let a_buf = aligned(a_buf, block_rows.div_ceil(BLOCK) * panel_len(kc_max));
+        let b_buf = aligned(b_buf, nb_max.div_ceil(BLOCK) * panel_len(kc_max));
+        if staging.len() < nb_max * KC.min(k) {
+            staging.resize(nb_max * KC.min(k), 0.0);
+        }
         // SAFETY: available (caller).
         unsafe {
             with_tiles(|| {
@@ -189,11 +192,7 @@ impl SplitB {
     pub(super) fn split(&mut self, packed: &[f32], k: usize, n: usize) {
         let (width, panels) = (n.next_multiple_of(super::NR), n.div_ceil(BLOCK));
         self.pass_len = panels * panel_len(KC.min(k));
-        let len = k.div_ceil(KC) * self.pass_len;
-        if self.data.len() < len + 32 {
-            self.data = vec![0; len + 32];
-        }
-        self.offset = self.data.as_ptr().align_offset(64).min(31);
+        self.offset = aligned_offset(&mut self.data, k.div_ceil(KC) * self.pass_len);
         for (pass, k0) in (0..k).step_by(KC).enumerate() {
             let kc = KC.min(k - k0);
             let dst = &mut self.data[self.offset + pass * self.pass_len..][..panels * panel_len(kc)];
@@ -211,11 +210,16 @@ impl SplitB {
 /// `len` elements of `buf` starting on a 64-byte boundary (tile rows then lie in one cache
 /// line each).
 fn aligned(buf: &mut Vec<u16>, len: usize) -> &mut [u16] {
+    let offset = aligned_offset(buf, len);
+    &mut buf[offset..offset + len]
+}
+
+/// Grows `buf` to hold `len` elements from a 64-byte boundary on; returns where that starts.
+fn aligned_offset(buf: &mut Vec<u16>, len: usize) -> usize {
     if buf.len() < len + 32 {
         *buf = vec![0; len + 32];
     }
-    let offset = buf.as_ptr().align_offset(64).min(31);
-    &mut buf[offset..offset + len]
+    buf.as_ptr().align_offset(64).min(31)
 }
 
 /// Every 32 × 32 block of a `rows × cols` block of C from packed panels over one pass.
@@ -254,8 +258,9 @@ unsafe fn block(blocks: usize, a: *const u16, b: *const u16, acc: &mut Accumulat
     unsafe { asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)) };
     for kb in 0..blocks {
         // Part p's tiles start at byte (2p)·1024 (rows 0–15 or columns 0–15) and
-        // (2p + 1)·1024 (16–31). tmm4/5: A's row tiles; tmm6/7: B's column tiles. The sums
-        // run from the largest product to the smallest: a₁b₁, a₂b₁, a₃b₁, a₁b₂, a₂b₂, a₁b₃.
+        // (2p + 1)·1024 (16–31). tmm4/5: A's row tiles; tmm6/7: B's column tiles. The
+        // products run grouped by B's part, so each B tile is loaded once per k block:
+        // a₁b₁, a₂b₁, a₃b₁, then a₁b₂, a₂b₂, then a₁b₃.
         // SAFETY: block kb's 6 KiB of each panel are readable (caller).
         unsafe {
             let (a, b) = (a.add(kb * PANEL_STEP), b.add(kb * PANEL_STEP));
