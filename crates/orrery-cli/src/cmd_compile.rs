@@ -42,7 +42,7 @@ pub struct CompileArgs {
     chunk_frames: Option<usize>,
     /// Also plan the Cosmos tokenizer in the largest temporal chunks that fit this many bytes
     /// (weights + activations + carried state), e.g. 4GiB.
-    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    #[arg(long, value_parser = orrery_runtime::parse_byte_size)]
     memory_budget: Option<u64>,
 }
 

@@ -49,11 +49,11 @@ pub struct PlanArgs {
     target: TargetArg,
     /// Bound on planned memory (default: the target's memory; for this CPU the smaller of the
     /// cgroup limit and the memory available, less 1 GiB).
-    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    #[arg(long, value_parser = orrery_runtime::parse_byte_size)]
     memory_budget: Option<u64>,
     /// For the CPU target: how fast weights arrive (default: its memory bandwidth, i.e. files
     /// in the page cache).
-    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    #[arg(long, value_parser = orrery_runtime::parse_byte_size)]
     io_bandwidth: Option<u64>,
     /// The prefetch policy to predict: `planned`, `eager` or `fixed:K` (as `generate --prefetch`).
     #[arg(long, value_parser = crate::cmd_generate::parse_prefetch, default_value = "planned")]

@@ -44,7 +44,7 @@ pub struct RunArgs {
     chunk_frames: Option<usize>,
     /// Run the Cosmos tokenizer in the largest temporal chunks whose plan fits this many bytes
     /// (weights + activations + carried state), e.g. 4GiB, 3.5G, 512MiB.
-    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    #[arg(long, value_parser = orrery_runtime::parse_byte_size)]
     memory_budget: Option<u64>,
 }
 

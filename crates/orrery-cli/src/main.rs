@@ -5,7 +5,6 @@
 
 mod allocator;
 mod bind;
-mod byte_size;
 mod chunked;
 mod cmd_compile;
 mod cmd_encode_text;

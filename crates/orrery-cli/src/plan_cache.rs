@@ -37,7 +37,7 @@ impl PlanCacheArgs {
     pub fn attach(&self, pipeline: &mut CosmosPipeline) {
         let Some(dir) = self.dir() else { return };
         let max = match std::env::var("ORRERY_PLAN_CACHE_MAX") {
-            Ok(v) if !v.is_empty() => match crate::byte_size::parse_byte_size(&v) {
+            Ok(v) if !v.is_empty() => match orrery_runtime::parse_byte_size(&v) {
                 Ok(b) => b,
                 Err(e) => {
                     eprintln!("orrery: warning: ORRERY_PLAN_CACHE_MAX: {e}; keeping the default 2 GiB");

@@ -12,8 +12,10 @@ mod error;
 pub mod kernels;
 mod recycle;
 mod tensor;
+mod weight_packs;
 
 pub use error::CpuError;
 pub use kernels::{execute, transient_bytes};
 pub use recycle::Recycler;
 pub use tensor::{Buffer, CpuTensor, Element, MappedBytes};
+pub use weight_packs::{PackBudget, WeightPacks};

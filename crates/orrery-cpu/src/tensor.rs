@@ -4,6 +4,7 @@
 //! (of contiguous data), permute, slice and expand share the buffer; kernels that need dense
 //! input call [`CpuTensor::contiguous`], which copies only when the view is not dense.
 
+use crate::weight_packs::WeightPacks;
 use half::{bf16, f16};
 use orrery_ir::shape::contiguous_strides;
 use orrery_ir::{DType, TensorType};
@@ -160,6 +161,9 @@ pub struct CpuTensor {
     strides: Vec<usize>,
     offset: usize,
     buf: Arc<Buffer>,
+    /// Packed forms of a weight, kept with it ([`CpuTensor::with_packs`]); shared by clones and
+    /// views (a kernel uses a pack only for the view it was made from).
+    packs: Option<Arc<WeightPacks>>,
 }
 
 impl std::fmt::Debug for CpuTensor {
@@ -184,7 +188,8 @@ impl CpuTensor {
     /// A dense tensor over a whole buffer. Panics if the length does not match the shape.
     pub fn from_buffer(shape: Vec<usize>, buf: Buffer) -> CpuTensor {
         assert_eq!(shape.iter().product::<usize>(), buf.len(), "buffer does not match shape {shape:?}");
-        CpuTensor { dtype: buf.dtype(), strides: contiguous_strides(&shape), shape, offset: 0, buf: Arc::new(buf) }
+        let strides = contiguous_strides(&shape);
+        CpuTensor { dtype: buf.dtype(), strides, shape, offset: 0, buf: Arc::new(buf), packs: None }
     }
 
     /// A dense tensor from f64 values, converted to `dtype` (f16/bf16 round to nearest even,
@@ -220,6 +225,19 @@ impl CpuTensor {
 
     pub fn buffer(&self) -> &Arc<Buffer> {
         &self.buf
+    }
+
+    /// This tensor as a constant weight whose packed forms (made by the first kernel that
+    /// wants one) are kept in `packs`, which must belong to this weight's values only
+    /// ([`crate::weight_packs`]). Replaces packs it had.
+    pub fn with_packs(mut self, packs: Arc<WeightPacks>) -> CpuTensor {
+        self.packs = Some(packs);
+        self
+    }
+
+    /// The packed forms kept with this weight, if it is one ([`CpuTensor::with_packs`]).
+    pub fn packs(&self) -> Option<&WeightPacks> {
+        self.packs.as_deref()
     }
 
     /// The buffer this view reads (shared with its other views).

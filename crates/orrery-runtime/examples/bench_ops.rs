@@ -31,7 +31,7 @@ use orrery_models::cosmos::{
 use orrery_models::t5::{self, FeedForward, T5EncoderConfig};
 use orrery_models::WeightTypes;
 use orrery_models::{ComponentConfig, Shard, ShardAxis};
-use orrery_runtime::{MemoryWeights, Session};
+use orrery_runtime::{MemoryWeights, Session, WeightResolver};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -473,7 +473,7 @@ fn main() {
     // Bytes every run must read at least: the inputs (for gemv, the weight dominates).
     let read_bytes: u64 = plan.graph.inputs().map(|(_, n)| n.ty.size_bytes()).sum();
     let (n_kernels, arena) = (plan.kernels.iter().filter(|k| !k.is_view).count(), plan.arena_bytes);
-    let session = Session::new(plan, weights, threads).expect("thread pool");
+    let session = Session::new(plan, weights.clone(), threads).expect("thread pool");
     let feed = feed(&inputs);
 
     let mut times = Vec::new();
@@ -503,9 +503,10 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"recycled_bytes\": {recycled_bytes}, \"peak_rss_bytes\": {}, \"runs_s\": {times:?}}}",
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"recycled_bytes\": {recycled_bytes}, \"peak_rss_bytes\": {}, \"packed_weight_bytes\": {}, \"runs_s\": {times:?}}}",
         flops / median / 1e9,
         read_bytes as f64 / median / 1e9,
-        orrery_runtime::peak_rss_bytes().unwrap_or(0)
+        orrery_runtime::peak_rss_bytes().unwrap_or(0),
+        weights.packed_bytes()
     );
 }

@@ -8,6 +8,7 @@
 //! Architecture invariant: the runtime decides nothing about order or memory; it follows the
 //! plan. It does not parse files: weights arrive through [`WeightResolver`].
 
+mod byte_size;
 mod chunks;
 mod error;
 mod session;
@@ -15,9 +16,10 @@ mod threads;
 mod weight_stream;
 mod weights;
 
+pub use byte_size::parse_byte_size;
 pub use chunks::{run_chunks, ChunkStats, Concat, Placement, Span};
 pub use error::RuntimeError;
 pub use session::{peak_rss_bytes, RunStats, Session};
 pub use threads::{resolve_threads, ThreadSource};
 pub use weight_stream::{EventKind, Prefetch, StreamCursor, StreamEvent, StreamOptions, StreamStats, WeightStream};
-pub use weights::{tensor_from_source, FormatWeights, MemoryWeights, WeightResolver};
+pub use weights::{default_pack_budget, tensor_from_source, FormatWeights, MemoryWeights, WeightResolver};

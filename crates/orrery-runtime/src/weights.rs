@@ -1,26 +1,115 @@
 //! Resolving weight names to tensors.
 
-use orrery_cpu::CpuTensor;
+use orrery_cpu::{CpuTensor, PackBudget, WeightPacks};
 use orrery_ir::TensorType;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Supplies weights by name. Implementations must return exactly the requested type (the
 /// model builder declared it from the checkpoint's own dtype and shape).
 pub trait WeightResolver: Send + Sync {
     fn resolve(&self, name: &str, expected: &TensorType) -> Result<CpuTensor, String>;
+
+    /// Bytes of the packed forms kept with this resolver's weights ([`default_pack_budget`]).
+    fn packed_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// The budget resolvers draw their weights' packed forms from unless given another (one for
+/// the whole process, so every model part shares it): `$ORRERY_PACK_BUDGET` (a size such as
+/// `8GiB`; `0` packs nothing), else a quarter of the memory available when first asked
+/// (Linux's `MemAvailable`; nothing is packed where it is unknown).
+///
+/// A packed weight is read by its products instead of being packed again on every call (see
+/// `orrery_cpu::WeightPacks`): 6 bytes per value on CPUs with AMX, 4 elsewhere, kept as long
+/// as the resolver. Results are the same bits with or without packs.
+pub fn default_pack_budget() -> Arc<PackBudget> {
+    static BUDGET: OnceLock<Arc<PackBudget>> = OnceLock::new();
+    BUDGET
+        .get_or_init(|| {
+            let setting = std::env::var("ORRERY_PACK_BUDGET").ok();
+            let limit = pack_budget_limit(setting.as_deref(), available_memory()).unwrap_or_else(|(e, fallback)| {
+                eprintln!("orrery: warning: ORRERY_PACK_BUDGET: {e}; packing within a quarter of the available memory");
+                fallback
+            });
+            PackBudget::new(limit)
+        })
+        .clone()
+}
+
+/// The pack budget for `$ORRERY_PACK_BUDGET` = `setting` with `available` bytes of memory;
+/// an unusable setting gives its error and the default.
+fn pack_budget_limit(setting: Option<&str>, available: Option<u64>) -> Result<u64, (String, u64)> {
+    let default = available.map_or(0, |bytes| bytes / 4);
+    match setting.map(str::trim) {
+        Some("0") => Ok(0),
+        Some(v) if !v.is_empty() => crate::parse_byte_size(v).map_err(|e| (e, default)),
+        _ => Ok(default),
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Each weight's packs, by name, kept across the sessions that share a resolver.
+struct PackTable {
+    budget: Arc<PackBudget>,
+    by_name: Mutex<HashMap<String, Arc<WeightPacks>>>,
+}
+
+impl PackTable {
+    fn new(budget: Arc<PackBudget>) -> PackTable {
+        PackTable { budget, by_name: Mutex::new(HashMap::new()) }
+    }
+
+    /// `t` carrying the packs of weight `name` (made empty on its first resolve; a file's
+    /// weight keeps its bytes while the resolver lives).
+    fn attach(&self, name: &str, t: CpuTensor) -> CpuTensor {
+        let mut by_name = self.by_name.lock().expect("pack table poisoned");
+        let packs = by_name.entry(name.to_string()).or_insert_with(|| WeightPacks::new(&self.budget));
+        t.with_packs(packs.clone())
+    }
+
+    /// `t`, a new value of weight `name`, carrying new packs.
+    fn replace(&self, name: &str, t: CpuTensor) -> CpuTensor {
+        let packs = WeightPacks::new(&self.budget);
+        self.by_name.lock().expect("pack table poisoned").insert(name.to_string(), packs.clone());
+        t.with_packs(packs)
+    }
+
+    fn bytes(&self) -> u64 {
+        let by_name = self.by_name.lock().expect("pack table poisoned");
+        by_name.values().map(|p| p.bytes()).sum()
+    }
 }
 
 /// Weights read from checkpoint files through `orrery-formats`, zero-copy where the file allows.
 /// A name may denote a slice of a stored tensor (`name@rows[a:b]`, `name@cols[a:b]`, see
 /// `orrery_formats::slice`): only the slice's bytes are read. `bytes_read` counts the bytes of
 /// every tensor or slice handed out, which is how a sharded run shows what each rank touched.
+///
+/// Each weight keeps its packed forms across resolves (and so across the sessions sharing this
+/// resolver), within [`default_pack_budget`] or the budget given.
 pub struct FormatWeights {
     source: Box<dyn orrery_formats::WeightSource>,
     bytes_read: std::sync::atomic::AtomicU64,
+    packs: PackTable,
 }
 
 impl FormatWeights {
     pub fn new(source: Box<dyn orrery_formats::WeightSource>) -> FormatWeights {
-        FormatWeights { source, bytes_read: Default::default() }
+        FormatWeights::with_pack_budget(source, default_pack_budget())
+    }
+
+    /// [`FormatWeights::new`] drawing packs from `budget`.
+    pub fn with_pack_budget(source: Box<dyn orrery_formats::WeightSource>, budget: Arc<PackBudget>) -> FormatWeights {
+        FormatWeights { source, bytes_read: Default::default(), packs: PackTable::new(budget) }
     }
 
     pub fn source(&self) -> &dyn orrery_formats::WeightSource {
@@ -82,7 +171,11 @@ impl WeightResolver for FormatWeights {
             None => tensor_from_source(self.source.as_ref(), name)?,
         };
         self.count(info.byte_len);
-        Ok(t)
+        Ok(self.packs.attach(name, t))
+    }
+
+    fn packed_bytes(&self) -> u64 {
+        self.packs.bytes()
     }
 }
 
@@ -96,10 +189,17 @@ pub fn tensor_from_source(source: &dyn orrery_formats::WeightSource, name: &str)
         .ok_or_else(|| format!("{} bytes do not hold {dtype}{shape:?}", len))
 }
 
-/// Weights held in memory, by name (tests, and weights computed rather than loaded).
-#[derive(Default)]
+/// Weights held in memory, by name (tests, and weights computed rather than loaded), with
+/// their packs drawn from [`default_pack_budget`] or the budget given.
 pub struct MemoryWeights {
-    tensors: std::collections::HashMap<String, CpuTensor>,
+    tensors: HashMap<String, CpuTensor>,
+    packs: PackTable,
+}
+
+impl Default for MemoryWeights {
+    fn default() -> MemoryWeights {
+        MemoryWeights::with_pack_budget(default_pack_budget())
+    }
 }
 
 impl MemoryWeights {
@@ -107,7 +207,13 @@ impl MemoryWeights {
         MemoryWeights::default()
     }
 
+    /// No weights yet; their packs drawn from `budget`.
+    pub fn with_pack_budget(budget: Arc<PackBudget>) -> MemoryWeights {
+        MemoryWeights { tensors: HashMap::new(), packs: PackTable::new(budget) }
+    }
+
     pub fn insert(&mut self, name: &str, t: CpuTensor) {
+        let t = self.packs.replace(name, t);
         self.tensors.insert(name.to_string(), t);
     }
 }
@@ -119,5 +225,55 @@ impl WeightResolver for MemoryWeights {
             return Err(format!("held as {}, expected {expected}", t.ty()));
         }
         Ok(t.clone())
+    }
+
+    fn packed_bytes(&self) -> u64 {
+        self.packs.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orrery_ir::{DType, Op};
+
+    #[test]
+    fn the_pack_budget_comes_from_the_setting_or_the_available_memory() {
+        assert_eq!(pack_budget_limit(None, Some(8 << 30)), Ok(2 << 30));
+        assert_eq!(pack_budget_limit(Some(""), Some(8 << 30)), Ok(2 << 30));
+        assert_eq!(pack_budget_limit(Some("512MiB"), Some(8 << 30)), Ok(512 << 20));
+        assert_eq!(pack_budget_limit(Some(" 0 "), Some(8 << 30)), Ok(0));
+        assert_eq!(pack_budget_limit(None, None), Ok(0), "nothing is packed where the memory is unknown");
+        let (error, fallback) = pack_budget_limit(Some("lots"), Some(8 << 30)).unwrap_err();
+        assert!(error.contains("`lots` is not a size"), "{error}");
+        assert_eq!(fallback, 2 << 30);
+    }
+
+    /// A resolved weight carries packs that outlive the tensor handed out (the next resolve,
+    /// by another session, finds the pack made by the first); a new value under the same name
+    /// starts with none.
+    #[test]
+    fn a_weight_keeps_its_packs_across_resolves() {
+        let (rows, k, n) = (64, 128, 96);
+        let budget = PackBudget::new(1 << 30);
+        let mut weights = MemoryWeights::with_pack_budget(budget.clone());
+        let values: Vec<f32> = (0..n * k).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
+        weights.insert("w", CpuTensor::from_vec(vec![n, k], values.clone()));
+        let ty = orrery_ir::TensorType::new(DType::F32, [n, k]);
+        let x = CpuTensor::from_vec(vec![rows, k], (0..rows * k).map(|i| (i % 5) as f32).collect::<Vec<_>>());
+        let out = orrery_ir::TensorType::new(DType::F32, [rows, n]);
+        let first = weights.resolve("w", &ty).unwrap();
+        orrery_cpu::execute(&Op::Linear { has_bias: false }, &[&x, &first], &out).unwrap();
+        drop(first);
+        let again = weights.resolve("w", &ty).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            assert!(weights.packed_bytes() >= (n * k * 4) as u64, "the product packed the weight");
+        }
+        assert_eq!(again.packs().unwrap().bytes(), weights.packed_bytes());
+        assert_eq!(budget.used(), weights.packed_bytes());
+        weights.insert("w", CpuTensor::from_vec(vec![n, k], values));
+        assert_eq!(weights.resolve("w", &ty).unwrap().packs().unwrap().bytes(), 0);
+        assert_eq!(weights.packed_bytes(), 0, "the old value's pack is no longer counted");
     }
 }

@@ -119,10 +119,10 @@ pub struct GenerateArgs {
     /// Bound on the run's planned memory (weights resident and in flight plus activations),
     /// e.g. 6GiB: weights that do not fit are streamed from their files just before use.
     /// Default: the smaller of the cgroup limit and the memory available at start, less 1 GiB.
-    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    #[arg(long, value_parser = orrery_runtime::parse_byte_size)]
     memory_budget: Option<u64>,
     /// Read weights at most this fast (bytes per second, e.g. 200MB), to simulate a slow disk.
-    #[arg(long, value_parser = crate::byte_size::parse_byte_size)]
+    #[arg(long, value_parser = orrery_runtime::parse_byte_size)]
     io_bandwidth: Option<u64>,
     /// When streamed weights load: `planned` (at issue points from a cost model, re-timed from
     /// measured speeds between model runs), `eager` (as soon as the ring frees their bytes) or

@@ -5,7 +5,7 @@ mod elementwise;
 mod epilogue;
 mod fused;
 mod layout;
-mod linalg;
+pub(crate) mod linalg;
 mod norm;
 mod reduce;
 mod transient;

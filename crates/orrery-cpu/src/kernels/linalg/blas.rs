@@ -284,8 +284,112 @@ pub(crate) unsafe fn gemm_shared(
         let a = lhs.strided(m, rhs.k);
         // SAFETY: AVX-512F is present; `lhs` is checked by `strided`, `rhs` when it was set;
         // the caller guarantees dst.
-        return unsafe { super::sgemm::sgemm_packed(m, dst.out(), a, &rhs.packed, scale, accumulate) };
+        return unsafe {
+            super::sgemm::sgemm_packed(m, rhs.n, 0, dst.out(), a, &rhs.packed, scale, accumulate, Threads::Single)
+        };
     }
     // SAFETY: forwarded.
     unsafe { gemm(m, rhs.n, rhs.k, dst, lhs, view, scale, accumulate, Threads::Single) }
+}
+
+/// Columns of a packed weight's panels: a product may start at any multiple of it.
+pub(crate) const PACKED_PANEL_COLUMNS: usize = 64;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(PACKED_PANEL_COLUMNS == super::sgemm::NR);
+
+/// A `linear` weight `[N, K]` packed once as B = wᵀ for the own GEMM (kept by
+/// [`crate::weight_packs`]).
+pub(crate) struct PackedWeight {
+    n: usize,
+    k: usize,
+    /// What the pack holds, as [`PackedWeight::bytes_for`] counted it.
+    bytes: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: super::sgemm::PackedB,
+}
+
+impl std::fmt::Debug for PackedWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeight([{}, {}], {} bytes)", self.n, self.k, self.bytes)
+    }
+}
+
+impl PackedWeight {
+    /// Bytes the pack of an `[n, k]` weight holds, or `None` where products read no packs
+    /// (the `gemm` crate packs per call).
+    pub(crate) fn bytes_for(n: usize, k: usize) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if own_gemm() {
+            return Some(super::sgemm::PackedB::bytes_for(k, n));
+        }
+        let _ = (n, k);
+        None
+    }
+
+    /// Packs `w`, a dense `[N, K]` f32 or bf16 matrix (`None` for another dtype or where
+    /// products read no packs); `bytes` is [`PackedWeight::bytes_for`]'s count.
+    pub(crate) fn pack(w: &crate::CpuTensor, bytes: usize) -> Option<PackedWeight> {
+        let (n, k) = (w.shape()[0], w.shape()[1]);
+        #[cfg(target_arch = "x86_64")]
+        if own_gemm() && w.numel() == n * k {
+            let mut packed = super::sgemm::PackedB::default();
+            match w.dtype() {
+                orrery_ir::DType::F32 => {
+                    let b = super::sgemm::Strided { p: w.data::<f32>()?.as_ptr(), rs: 1, cs: k };
+                    // SAFETY: AVX-512F is present; B's element (i, j) is w[j·k + i], inside w.
+                    unsafe { packed.pack(k, n, b) };
+                }
+                orrery_ir::DType::BF16 => {
+                    let b = super::sgemm::Bf16Rows { p: w.data::<half::bf16>()?.as_ptr() as *const u16, rs: k };
+                    // SAFETY: as above; `bf16` is a transparent u16.
+                    unsafe { packed.pack_bf16(k, n, b) };
+                }
+                _ => return None,
+            }
+            debug_assert!(packed.bytes() <= bytes + 128, "{} packed bytes, {bytes} counted", packed.bytes());
+            return Some(PackedWeight { n, k, bytes, packed });
+        }
+        let _ = (n, k, bytes);
+        None
+    }
+
+    /// `(N, K)` of the weight.
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// `dst = lhs · wᵀ` over the weight's rows (B's columns) `c0 .. c0 + cols`, `c0` a multiple
+/// of [`PACKED_PANEL_COLUMNS`], or `dst += …` with `accumulate`: the bits of [`gemm()`] on
+/// the weight unpacked.
+///
+/// # Safety
+/// `dst` as for [`gemm()`], `m × cols`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_packed_weight(
+    m: usize,
+    cols: usize,
+    c0: usize,
+    dst: MatMut,
+    lhs: MatRef<'_>,
+    w: &PackedWeight,
+    accumulate: bool,
+    threads: Threads,
+) {
+    if m == 0 || cols == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let a = lhs.strided(m, w.k);
+        // SAFETY: a pack exists only where the own GEMM runs (AVX-512F); `strided` checks A;
+        // `sgemm_packed` checks the columns; the caller guarantees dst.
+        unsafe { super::sgemm::sgemm_packed(m, cols, c0, dst.out(), a, &w.packed, 1.0, accumulate, threads) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("no packs are made here: {:?}", (lhs.rs, dst.rs, c0, accumulate, threads, w))
 }

@@ -1,6 +1,9 @@
 //! MatMul and Linear: strided GEMM calls, no operand copies for f32 views.
 
-use super::blas::{gemm, gemm_bf16_weight, reads_bf16_weights, MatMut, MatRef, Threads};
+use super::blas::{
+    gemm, gemm_bf16_weight, gemm_packed_weight, reads_bf16_weights, MatMut, MatRef, PackedWeight, Threads,
+    PACKED_PANEL_COLUMNS,
+};
 use super::gemv::{max_rows, rows_times_weight, Rows, WeightRows, MAX_ROWS};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
 use crate::recycle::output_f32;
@@ -8,6 +11,7 @@ use crate::CpuTensor;
 use half::bf16;
 use orrery_ir::{DType, TensorType};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Per-matrix work (m·n·k) from which one GEMM is worth splitting over threads; below it the
 /// batch is split instead (one single-threaded GEMM per task).
@@ -32,6 +36,9 @@ struct Gemms {
     /// path, and for the GEMM where it packs bf16 ([`reads_bf16_weights`]): widening it whole
     /// would double its bytes for the length of the call.
     b_bf16: Option<CpuTensor>,
+    /// A `linear` weight packed once and kept with it ([`crate::weight_packs`]): read instead
+    /// of `b` or `b_bf16` by the GEMM (the few-rows path reads the weight as stored).
+    b_packed: Option<Arc<PackedWeight>>,
     bias: Option<F32Operand>,
     m: usize,
     n: usize,
@@ -58,7 +65,7 @@ impl Gemms {
         let b_offsets =
             index_offsets(batch, &broadcast_strides_to(&b.shape[..rb - 2], &b.strides[..rb - 2], batch), b.offset);
         let (a_strides, b_strides) = (matrix_strides(&a.strides, ta), matrix_strides(&b.strides, tb));
-        Gemms { a, b, b_bf16: None, m, n, k, a_offsets, b_offsets, a_strides, b_strides, bias: None }
+        Gemms { a, b, b_bf16: None, b_packed: None, m, n, k, a_offsets, b_offsets, a_strides, b_strides, bias: None }
     }
 
     /// torch `linear`: every leading row of x times `wᵀ`. x's leading dims are read through
@@ -76,16 +83,32 @@ impl Gemms {
         let bias = bias.map(F32Operand::dense);
         let a_strides = (row_stride, x.strides[lead]);
         let streamed = rows <= max_rows(w.dtype()) && a_strides.1 == 1;
+        // Packed only for the GEMM: the few-rows path streams the weight as stored.
+        let b_packed = w.packs().filter(|_| !streamed).and_then(|packs| packs.linear(w));
         if w.dtype() == DType::BF16 && (streamed || reads_bf16_weights()) && w.data::<bf16>().is_some() {
             let b = F32Operand::empty();
             let (a_offsets, b_offsets) = (vec![x.offset], vec![0]);
             let b_bf16 = Some(w.clone());
-            return Gemms { a: x, b, b_bf16, bias, m: rows, n, k, a_offsets, b_offsets, a_strides, b_strides: (1, k) };
+            let b_strides = (1, k);
+            return Gemms {
+                a: x,
+                b,
+                b_bf16,
+                b_packed,
+                bias,
+                m: rows,
+                n,
+                k,
+                a_offsets,
+                b_offsets,
+                a_strides,
+                b_strides,
+            };
         }
         let w = F32Operand::strided(w);
         let (a_offsets, b_offsets) = (vec![x.offset], vec![w.offset]);
         let b_strides = (w.strides[1], w.strides[0]);
-        Gemms { a: x, b: w, b_bf16: None, bias, m: rows, n, k, a_offsets, b_offsets, a_strides, b_strides }
+        Gemms { a: x, b: w, b_bf16: None, b_packed, bias, m: rows, n, k, a_offsets, b_offsets, a_strides, b_strides }
     }
 
     fn count(&self) -> usize {
@@ -109,6 +132,10 @@ impl Gemms {
     ) {
         let (a0, a1) = self.a_strides;
         let lhs = MatRef::new(self.a.data(), self.a_offsets[i] + r0 * a0, a0, a1);
+        if let Some(w) = self.b_packed.as_deref().filter(|_| c0.is_multiple_of(PACKED_PANEL_COLUMNS)) {
+            // SAFETY: forwarded.
+            return unsafe { gemm_packed_weight(rows, cols, c0, dst, lhs, w, accumulate, threads) };
+        }
         if let Some(w) = self.b_bf16.as_ref().and_then(|w| w.data::<bf16>()) {
             // SAFETY: forwarded; `b_bf16` outside the few-rows path implies reads_bf16_weights.
             return unsafe { gemm_bf16_weight(rows, cols, self.k, dst, lhs, w, c0, accumulate, threads) };

@@ -17,15 +17,19 @@
 //! panels of 32 rows and B in panels of 32 columns, per block of 32 steps of k: three parts
 //! of two 1 KiB tiles each, A's tiles row-major (16 rows × 32 bf16 of k), B's in the pair
 //! layout `tdpbf16ps` reads (16 rows of k pairs × 16 columns). Per 32 steps of k a block
-//! takes 24 `tdpbf16ps` and 18 tile loads; the A panel, loaded twice as often as B's, stays
-//! in L1 while B's panels stream from the L2-resident block.
+//! takes 24 `tdpbf16ps` and 18 tile loads (an A tile's reloads hit L1); each A panel meets
+//! every B panel of the L2-resident block in turn. Measured in C on this kind of core: ~2.1
+//! TFLOP/s bf16 with both operands in L2 (60% of the 3.5 the tiles reach from registers),
+//! less when A comes from L3; the store that ends each pass costs ~15% of that.
 //!
-//! Determinism: as the AVX-512 kernel, k is cut into passes of [`KC`] whatever the sizes,
-//! every element of a pass is summed over its k blocks and parts in one fixed order, and the
+//! Determinism: as in the AVX-512 kernel (with passes of its own length), k is cut into
+//! passes of [`KC`] whatever the sizes, every element of a pass is summed over its k blocks
+//! and parts in one fixed order, and the
 //! pass's sum is added to C in pass order, so the bits of an element depend on its row of A,
 //! its column of B and k only.
 
 use super::{BSource, Out, Product};
+use rayon::prelude::*;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -41,12 +45,13 @@ const PARTS: usize = 3;
 const TILE: usize = 512;
 /// bf16 elements of a 32-row (or 32-column) panel per k block: every part's two tiles.
 const PANEL_STEP: usize = PARTS * 2 * TILE;
-/// Steps of k per pass, the AVX-512 kernel's (B packed ahead is cut in its passes): an A
-/// panel is 48 KiB of tiles.
-const KC: usize = super::KC;
-/// Columns of B packed at a time: 256 steps × 512 columns × 3 parts, 768 KiB, in L2.
-const NB: usize = 512;
-/// Rows of A packed at a time (1.5 MiB); B is packed again for each such block.
+/// Steps of k per pass: an A panel is 96 KiB of tiles. Twice the AVX-512 kernel's: each pass
+/// ends by storing every C block's tiles, which waits for their sums (against 256, in-process
+/// A/B: T5 encoder 1.07×, DiT 1.07×, GEMM 1024³ 1.24×, VAE decode 1.04×).
+const KC: usize = 512;
+/// Columns of B packed at a time: 512 steps × 256 columns × 3 parts, 768 KiB, in L2.
+const NB: usize = 256;
+/// Rows of A packed at a time (3 MiB); B is packed again for each such block.
 const MB: usize = 1024;
 
 /// True when the CPU has AMX-TILE, AMX-BF16 and AVX-512BW, the kernel lets this process use
@@ -136,7 +141,7 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
         let kc_max = KC.min(k).next_multiple_of(KB);
         let block_rows = MB.min(m);
         // B packed ahead is read split already: no staging, no B block.
-        let nb_max = if matches!(p.b, BSource::Packed(_)) { 0 } else { NB.min(n).next_multiple_of(super::NR) };
+        let nb_max = if matches!(p.b, BSource::Packed { .. }) { 0 } else { NB.min(n).next_multiple_of(super::NR) };
         let a_buf = aligned(a_buf, block_rows.div_ceil(BLOCK) * panel_len(kc_max));
         let b_buf = aligned(b_buf, nb_max.div_ceil(BLOCK) * panel_len(kc_max));
         if staging.len() < nb_max * KC.min(k) {
@@ -155,8 +160,11 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                         for j0 in (0..n).step_by(NB) {
                             let nb = NB.min(n - j0);
                             let panels: &[u16] = match p.b {
-                                // NB is a whole number of panels: columns j0.. start panel j0 / 32.
-                                BSource::Packed(b) => &b.split.pass(pass)[j0 / BLOCK * panel_len(kc)..],
+                                // NB and `from` are whole numbers of panels: columns from + j0..
+                                // start panel (from + j0) / 32.
+                                BSource::Packed { b, j0: from } => {
+                                    &b.split.pass(pass)[(from + j0) / BLOCK * panel_len(kc)..]
+                                }
                                 source => {
                                     // SAFETY: the block lies inside B (caller).
                                     super::stage_b(staging, source, k0, kc, j0, nb);
@@ -188,23 +196,59 @@ pub(super) struct SplitB {
 }
 
 impl SplitB {
-    /// Splits `packed`, the f32 panels of a `k × n` matrix in passes of `KC` steps.
-    pub(super) fn split(&mut self, packed: &[f32], k: usize, n: usize) {
-        let (width, panels) = (n.next_multiple_of(super::NR), n.div_ceil(BLOCK));
+    /// Packs the `k × n` matrix `source` pass by pass through the per-product packers (f32
+    /// panels staged block by block, then split), so its panels have the bits a product
+    /// packing B itself makes. Passes are packed in parallel when there are several.
+    pub(super) fn pack(&mut self, k: usize, n: usize, source: BSource<'_>) {
+        let panels = n.div_ceil(BLOCK);
         self.pass_len = panels * panel_len(KC.min(k));
-        self.offset = aligned_offset(&mut self.data, k.div_ceil(KC) * self.pass_len);
-        for (pass, k0) in (0..k).step_by(KC).enumerate() {
-            let kc = KC.min(k - k0);
-            let dst = &mut self.data[self.offset + pass * self.pass_len..][..panels * panel_len(kc)];
-            // SAFETY: AVX-512BW ([`available`], checked by the caller).
-            unsafe { pack_b(dst, &packed[k0 * width..], kc, n) };
+        let passes = k.div_ceil(KC);
+        self.offset = aligned_offset(&mut self.data, passes * self.pass_len);
+        let pack_pass = |(pass, dst): (usize, &mut [u16])| {
+            let (k0, kc) = (pass * KC, KC.min(k - pass * KC));
+            STAGING.with(|staging| {
+                let mut staging = staging.borrow_mut();
+                let nb_max = NB.min(n).next_multiple_of(super::NR);
+                if staging.len() < nb_max * kc {
+                    staging.resize(nb_max * kc, 0.0);
+                }
+                for j0 in (0..n).step_by(NB) {
+                    let nb = NB.min(n - j0);
+                    // SAFETY: AVX-512F and the block lies inside B (the packer's caller).
+                    unsafe { super::stage_b(&mut staging, source, k0, kc, j0, nb) };
+                    // SAFETY: AVX-512BW ([`available`], checked by the caller).
+                    unsafe { pack_b(&mut dst[j0 / BLOCK * panel_len(kc)..], &staging, kc, nb) };
+                }
+            });
+        };
+        let data = &mut self.data[self.offset..][..passes * self.pass_len];
+        if passes > 1 {
+            data.par_chunks_mut(self.pass_len).enumerate().for_each(pack_pass);
+        } else {
+            data.chunks_mut(self.pass_len).enumerate().for_each(pack_pass);
         }
+    }
+
+    /// Bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        self.data.capacity() * 2
+    }
+
+    /// Bytes [`SplitB::pack`] of a `k × n` matrix holds (at least).
+    pub(super) fn bytes_for(k: usize, n: usize) -> usize {
+        (k.div_ceil(KC) * n.div_ceil(BLOCK) * panel_len(KC.min(k)) + 32) * 2
     }
 
     /// Pass `pass`'s panels.
     fn pass(&self, pass: usize) -> &[u16] {
         &self.data[self.offset + pass * self.pass_len..]
     }
+}
+
+thread_local! {
+    /// Each thread's f32 staging block for packing B ahead (kept apart from [`SCRATCH`], which
+    /// a product holds while it runs).
+    static STAGING: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `len` elements of `buf` starting on a 64-byte boundary (tile rows then lie in one cache
@@ -231,10 +275,23 @@ fn aligned_offset(buf: &mut Vec<u16>, len: usize) -> usize {
 unsafe fn sweep(a: &[u16], rows: usize, b: &[u16], cols: usize, kc: usize, c: Out, scale: f32, add: bool) {
     let panel = panel_len(kc);
     let mut acc = Accumulator([0.0; BLOCK * BLOCK]);
-    for ip in 0..rows.div_ceil(BLOCK) {
+    let (row_panels, col_panels) = (rows.div_ceil(BLOCK), cols.div_ceil(BLOCK));
+    for ip in 0..row_panels {
         let a_panel = &a[ip * panel..][..panel];
-        for jp in 0..cols.div_ceil(BLOCK) {
+        for jp in 0..col_panels {
             let b_panel = &b[jp * panel..][..panel];
+            // C's next block, fetched while this one is computed: its rows lie a row of C
+            // apart, which no hardware prefetcher follows, and `store` would wait on each.
+            let (next_i, next_j) = if jp + 1 < col_panels { (ip, jp + 1) } else { (ip + 1, 0) };
+            if c.cs == 1 && next_i < row_panels {
+                let next = c.at(next_i * BLOCK, next_j * BLOCK);
+                let live = BLOCK.min(cols - next_j * BLOCK);
+                for i in 0..BLOCK.min(rows - next_i * BLOCK) {
+                    let row = next.c.wrapping_add(i * c.rs);
+                    _mm_prefetch::<_MM_HINT_ET0>(row as *const i8);
+                    _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(live - 1) as *const i8);
+                }
+            }
             // SAFETY: tiles configured (caller); both panels hold kc / KB blocks.
             unsafe { block(kc.div_ceil(KB), a_panel.as_ptr(), b_panel.as_ptr(), &mut acc) };
             let (live_rows, live_cols) = (BLOCK.min(rows - ip * BLOCK), BLOCK.min(cols - jp * BLOCK));

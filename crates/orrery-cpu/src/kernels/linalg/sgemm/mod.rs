@@ -75,7 +75,11 @@ enum BSource<'a> {
     Strided(Strided),
     /// A bf16 weight as stored, widened while packing.
     Bf16Rows(Bf16Rows),
-    Packed(&'a PackedB),
+    /// Packed ahead, from column `j0` on (a whole number of panels).
+    Packed {
+        b: &'a PackedB,
+        j0: usize,
+    },
     /// Written by a source block by block while packing, from column `j0` on.
     Gathered {
         source: &'a dyn GatheredB,
@@ -100,7 +104,7 @@ impl Product<'_> {
             BSource::Strided(b) => BSource::Strided(b.at(0, j0)),
             BSource::Bf16Rows(b) => BSource::Bf16Rows(b.at(0, j0)),
             BSource::Gathered { source, j0: from } => BSource::Gathered { source, j0: from + j0 },
-            BSource::Packed(_) => unreachable!("packed products run on one thread"),
+            BSource::Packed { b, j0: from } => BSource::Packed { b, j0: from + j0 },
         };
         Product { c: self.c.at(0, j0), b, ..self }
     }
@@ -113,6 +117,9 @@ impl Product<'_> {
 // SAFETY: the threads that share a `Product` read A and B and write disjoint blocks of C.
 unsafe impl Send for Product<'_> {}
 unsafe impl Sync for Product<'_> {}
+// SAFETY: the threads that pack passes of one B read it only.
+unsafe impl Send for BSource<'_> {}
+unsafe impl Sync for BSource<'_> {}
 
 /// `C = scale · A·B` (m×k times k×n), or `C += scale · A·B` when `add`.
 ///
@@ -189,8 +196,8 @@ unsafe fn split(m: usize, n: usize, k: usize, product: Product<'_>, threads: Thr
         // SAFETY: forwarded.
         return unsafe { single(m, n, k, product) };
     }
-    // Each part packs its own columns of B and, unless A is read in place, its own rows of
-    // A: a row split packs B once per part, a column split A. So with A in place (or no
+    // Each part packs its own columns of B (unless packed ahead) and, unless A is read in
+    // place, its own rows of A: a row split packs B once per part, a column split A. So with A in place (or no
     // bigger than B) the columns are split, while every part still gets a few panels of
     // them; otherwise the side with more tiles. (Against splitting the side with more tiles,
     // in-process A/B, 2 threads: T5 encoder 1.04×, DiT 1.03×, linear 512×1024×4096 1.08×,
@@ -245,7 +252,7 @@ unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
         let mut scratch = scratch.borrow_mut();
         let kc_max = KC.min(k);
         let a_len = if in_place { MR } else { block_rows.next_multiple_of(MR) } * kc_max;
-        let b_len = if matches!(p.b, BSource::Packed(_)) { 0 } else { NB.min(n.next_multiple_of(NR)) * kc_max };
+        let b_len = if matches!(p.b, BSource::Packed { .. }) { 0 } else { NB.min(n.next_multiple_of(NR)) * kc_max };
         let (a_buf, b_buf) = scratch.split(a_len, b_len);
         for i0 in (0..m).step_by(block_rows) {
             let mb = block_rows.min(m - i0);
@@ -257,8 +264,9 @@ unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                 for j0 in (0..n).step_by(NB) {
                     let nb = NB.min(n - j0);
                     let b_panels: &[f32] = match p.b {
-                        // NB is a whole number of panels: columns j0.. start panel j0 / NR.
-                        BSource::Packed(b) => &b.pass(pass)[j0 * kc..],
+                        // NB and `from` are whole numbers of panels: columns from + j0.. start
+                        // panel (from + j0) / NR.
+                        BSource::Packed { b, j0: from } => &b.pass(pass)[(from + j0) * kc..],
                         source => {
                             // SAFETY: the block lies inside B (caller).
                             unsafe { stage_b(b_buf, source, k0, kc, j0, nb) };
@@ -285,7 +293,7 @@ unsafe fn stage_b(dst: &mut [f32], b: BSource<'_>, k0: usize, kc: usize, j0: usi
         // SAFETY: forwarded.
         BSource::Bf16Rows(b) => unsafe { pack::pack_b_bf16(dst, b.at(k0, j0), kc, nb) },
         BSource::Gathered { source, j0: from } => pack::pack_b_gathered(dst, source, k0, kc, from + j0, nb),
-        BSource::Packed(_) => unreachable!("packed-ahead panels are read in place"),
+        BSource::Packed { .. } => unreachable!("packed-ahead panels are read in place"),
     }
 }
 
@@ -344,12 +352,14 @@ unsafe fn sweep(a: &APass<'_>, rows: usize, b_panels: &[f32], cols: usize, c: Ou
 }
 
 /// B packed once for several products that share it (attention's keys and values, read by
-/// every block of queries): pass p's panels, `KC` steps each (fewer in the last pass).
+/// every block of queries; a `linear` weight, read by every call): the kernel's panels, pass
+/// by pass, `KC` steps each (fewer in the last pass).
 #[derive(Default)]
 pub(crate) struct PackedB {
+    /// The AVX-512 kernel's f32 panels; empty where products run on AMX.
     data: Vec<f32>,
-    /// The same panels split for AMX tiles when products run there (split once here rather
-    /// than by every product that reads them).
+    /// The panels split for AMX tiles where products run there (split once here rather than
+    /// by every product that reads them); empty elsewhere.
     split: amx::SplitB,
     k: usize,
     n: usize,
@@ -361,16 +371,54 @@ impl PackedB {
     /// # Safety
     /// The CPU supports AVX-512F; every element (i, j), i < k, j < n, of `b` is readable.
     pub(crate) unsafe fn pack(&mut self, k: usize, n: usize, b: Strided) {
+        // SAFETY: forwarded.
+        unsafe { self.pack_source(k, n, BSource::Strided(b)) }
+    }
+
+    /// [`PackedB::pack`] for B the transpose of a bf16 matrix read as stored (`linear`'s
+    /// weight), widened exactly: the panels of the widened f32 matrix.
+    ///
+    /// # Safety
+    /// As [`PackedB::pack`], with B's element (k, j) at `b.p[j·b.rs + k]`.
+    pub(crate) unsafe fn pack_bf16(&mut self, k: usize, n: usize, b: Bf16Rows) {
+        // SAFETY: forwarded.
+        unsafe { self.pack_source(k, n, BSource::Bf16Rows(b)) }
+    }
+
+    /// Packs B from `source` through the per-product packers, so a product reading these
+    /// panels has the bits of one packing B itself. Passes are packed in parallel when there
+    /// are several (a weight packed once).
+    unsafe fn pack_source(&mut self, k: usize, n: usize, source: BSource<'_>) {
+        (self.k, self.n) = (k, n);
+        if amx::available() {
+            self.data = Vec::new();
+            return self.split.pack(k, n, source);
+        }
         let width = n.next_multiple_of(NR);
         self.data.resize(k * width, 0.0);
-        (self.k, self.n) = (k, n);
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            // SAFETY: forwarded; pass k0's panels fill data[k0·width..][..kc·width].
-            unsafe { pack::pack_b(&mut self.data[k0 * width..], b.at(k0, 0), kc, n) };
+        let pack_pass = |(pass, dst): (usize, &mut [f32])| {
+            let k0 = pass * KC;
+            // SAFETY: AVX-512F and the operand (caller); pass k0's panels fill `dst`.
+            unsafe { stage_b(dst, source, k0, KC.min(k - k0), 0, n) };
+        };
+        if k > KC {
+            self.data.par_chunks_mut(KC * width).enumerate().for_each(pack_pass);
+        } else {
+            self.data.chunks_mut(KC * width).enumerate().for_each(pack_pass);
         }
+    }
+
+    /// Bytes held by the panels.
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.capacity() * 4 + self.split.bytes()
+    }
+
+    /// Bytes [`PackedB::pack`] of a `k × n` matrix would hold.
+    pub(crate) fn bytes_for(k: usize, n: usize) -> usize {
         if amx::available() {
-            self.split.split(&self.data, k, n);
+            amx::SplitB::bytes_for(k, n)
+        } else {
+            k * n.next_multiple_of(NR) * 4
         }
     }
 
@@ -379,15 +427,28 @@ impl PackedB {
     }
 }
 
-/// `C = scale · A·B` (or `C += …` when `add`) on the calling thread, with B packed ahead.
-/// Same bits as [`sgemm`] on the unpacked B.
+/// `C = scale · A·B` (or `C += …` when `add`) with B packed ahead, over its `n` columns from
+/// `j0` on (a multiple of [`NR`]): the bits of [`sgemm`] on the unpacked B.
 ///
 /// # Safety
-/// As [`sgemm`], with `b` packed by [`PackedB::pack`] and C `m × b.n`.
-pub(crate) unsafe fn sgemm_packed(m: usize, c: Out, a: Strided, b: &PackedB, scale: f32, add: bool) {
-    let product = Product { c, a, b: BSource::Packed(b), scale, add };
+/// As [`sgemm`], with `b` packed by [`PackedB::pack`] (or `pack_bf16`), C `m × n`, and
+/// `j0 + n` at most B's columns.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_packed(
+    m: usize,
+    n: usize,
+    j0: usize,
+    c: Out,
+    a: Strided,
+    b: &PackedB,
+    scale: f32,
+    add: bool,
+    threads: Threads,
+) {
+    assert!(j0.is_multiple_of(NR) && j0 + n <= b.n, "columns {j0}..{} of a packed B {} wide", j0 + n, b.n);
+    let product = Product { c, a, b: BSource::Packed { b, j0 }, scale, add };
     // SAFETY: forwarded.
-    unsafe { single(m, b.n, b.k, product) }
+    unsafe { split(m, n, b.k, product, threads) }
 }
 
 thread_local! {

@@ -216,8 +216,62 @@ fn a_b_packed_ahead_gives_the_same_bits() {
         // SAFETY: as in `run`.
         unsafe {
             packed.pack(k, n, b.strided());
-            sgemm_packed(m, Out { c: c.as_mut_ptr(), rs: n, cs: 1 }, a.strided(), &packed, 0.25, true);
+            sgemm_packed(
+                m,
+                n,
+                0,
+                Out { c: c.as_mut_ptr(), rs: n, cs: 1 },
+                a.strided(),
+                &packed,
+                0.25,
+                true,
+                Threads::Single,
+            );
         }
         assert!(c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}×{k}×{n}");
+    }
+}
+
+/// A weight packed ahead once (several passes, packed in parallel; f32 or bf16, read as
+/// `linear` stores it) serves products over any thread split and any run of columns starting
+/// on a panel with the bits of the same product packing B itself.
+#[test]
+fn a_weight_packed_ahead_serves_threads_and_column_runs_with_the_same_bits() {
+    if !avx512() {
+        return;
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    for (m, n, k) in [(300, 700, 1100), (37, 2 * NR + 5, 513), (1, 70, 3)] {
+        let a = Operand::new(m, k, 0, 21);
+        // The weight [n, k] row-major: B = wᵀ has element (p, j) at j·k + p.
+        let w = Operand::new(n, k, 0, 22);
+        let w16: Vec<half::bf16> = w.data.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let wide: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        let (mut packed, mut packed16) = (PackedB::default(), PackedB::default());
+        // SAFETY: B's elements (p, j), p < k, j < n, lie inside the weights.
+        pool.install(|| unsafe {
+            packed.pack(k, n, Strided { p: w.data.as_ptr(), rs: 1, cs: k });
+            packed16.pack_bf16(k, n, Bf16Rows { p: w16.as_ptr() as *const u16, rs: k });
+        });
+        for (pack, values) in [(&packed, &w.data), (&packed16, &wide)] {
+            for (j0, cols) in [(0, n), (NR, n - NR), (2 * NR, 1)] {
+                if j0 + cols > n {
+                    continue;
+                }
+                let mut want = vec![0f32; m * cols];
+                let mut got = vec![0f32; m * cols];
+                let out = |c: &mut Vec<f32>| Out { c: c.as_mut_ptr(), rs: cols, cs: 1 };
+                // SAFETY: as in `run`, on columns j0.. of B.
+                pool.install(|| unsafe {
+                    let b = Strided { p: values.as_ptr(), rs: 1, cs: k }.at(0, j0);
+                    sgemm(m, cols, k, out(&mut want), a.strided(), b, 0.5, false, Threads::Single);
+                    sgemm_packed(m, cols, j0, out(&mut got), a.strided(), pack, 0.5, false, Threads::Pool);
+                });
+                assert!(
+                    got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{m}×{k}×{n}, columns {j0}.. of {cols}"
+                );
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Byte sizes on the command line (`--memory-budget 4GiB`).
+//! Byte sizes written by people (`--memory-budget 4GiB`, `ORRERY_PACK_BUDGET=8GiB`).
 
 /// Parses `4GiB`, `3.5G`, `512MiB`, `2e9`, `1000000` (bytes); `K`/`M`/`G`/`T` and `KiB`…`TiB`
 /// are powers of 1024, `KB`/`MB`/`GB`/`TB` powers of 1000. Case-insensitive, spaces allowed
