@@ -11,12 +11,22 @@ cases=${*:-gemm1024 gemm2048 attn1024 attn4096 conv}
 cargo build --release -q -p orrery-runtime --example bench_ops
 bin=target/release/examples/bench_ops
 echo "# loadavg before: $(cat /proc/loadavg)" >&2
+# Cases of a few milliseconds take 20 runs per process on both sides: their first runs still
+# pay one-time costs (allocator growth, page faults, thread start), which 3 runs would not
+# get past.
+runs_of() {
+  case "$1" in
+    gemm512 | gemm1024 | attn1024 | attn8x128_1024 | gemv*) echo 20 ;;
+    *) echo 3 ;;
+  esac
+}
 for r in $(seq "$rounds"); do
   for c in $cases; do
-    .venv-ref/bin/python tools/bench/torch_ops.py "$c" --threads 2 --runs 3
-    "$bin" "$c" --threads 2 --runs 3
+    runs=$(runs_of "$c")
+    .venv-ref/bin/python tools/bench/torch_ops.py "$c" --threads 2 --runs "$runs"
+    "$bin" "$c" --threads 2 --runs "$runs"
     if [ -n "${BASELINE_ENV:-}" ]; then
-      env $BASELINE_ENV "$bin" "$c" --threads 2 --runs 3 | sed 's/"impl": "orrery"/"impl": "orrery-base"/'
+      env $BASELINE_ENV "$bin" "$c" --threads 2 --runs "$runs" | sed 's/"impl": "orrery"/"impl": "orrery-base"/'
     fi
   done
 done

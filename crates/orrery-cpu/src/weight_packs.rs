@@ -9,10 +9,10 @@
 //! packed per call as before. Results are the same bits either way (the packed form is made
 //! by the per-call packers; see `kernels::linalg::sgemm`).
 
-use crate::kernels::linalg::PackedWeight;
+use crate::kernels::linalg::{PackedWeight, PackedWeightA};
 use crate::CpuTensor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The bytes packed weights may hold together.
 #[derive(Debug)]
@@ -57,17 +57,26 @@ pub struct WeightPacks {
     /// `linear`'s weight `[N, K]` as the GEMM's B = wᵀ, once a product asked for it (`None`
     /// when it did not fit the budget or this CPU's products cannot read packs).
     linear: OnceLock<Option<Arc<PackedWeight>>>,
+    /// A convolution's weights `[Cout, depth]` as the GEMM's A, one pack per block of columns
+    /// asked for (the whole depth, or the halves of a depth split).
+    conv: Mutex<Vec<ConvPack>>,
 }
+
+/// Columns `k0 .. k0 + k` of a convolution's weight matrix, packed once asked for.
+type ConvPack = (usize, usize, Arc<OnceLock<Option<Arc<PackedWeightA>>>>);
 
 impl WeightPacks {
     /// No packs yet; those made later draw from `budget`.
     pub fn new(budget: &Arc<PackBudget>) -> Arc<WeightPacks> {
-        Arc::new(WeightPacks { budget: budget.clone(), linear: OnceLock::new() })
+        Arc::new(WeightPacks { budget: budget.clone(), linear: OnceLock::new(), conv: Mutex::new(Vec::new()) })
     }
 
     /// Bytes held by the packs made so far.
     pub fn bytes(&self) -> u64 {
-        self.linear.get().and_then(Option::as_ref).map_or(0, |p| p.bytes() as u64)
+        let linear = self.linear.get().and_then(Option::as_ref).map_or(0, |p| p.bytes() as u64);
+        let conv = self.conv.lock().expect("conv packs poisoned");
+        let conv: u64 = conv.iter().filter_map(|(_, _, cell)| cell.get()?.as_ref()).map(|p| p.bytes() as u64).sum();
+        linear + conv
     }
 
     /// `w` (`linear`'s weight, the tensor these packs belong to) packed as B = wᵀ, made now
@@ -80,18 +89,50 @@ impl WeightPacks {
             return None;
         }
         let (n, k) = (w.shape()[0], w.shape()[1]);
-        let pack = self.linear.get_or_init(|| {
-            let bytes = PackedWeight::bytes_for(n, k)?;
-            if !self.budget.reserve(bytes as u64) {
-                return None;
-            }
-            let packed = PackedWeight::pack(w, bytes);
-            if packed.is_none() {
-                self.budget.release(bytes as u64);
-            }
-            packed.map(Arc::new)
-        });
+        let pack =
+            self.linear.get_or_init(|| self.make(PackedWeight::bytes_for(n, k), |bytes| PackedWeight::pack(w, bytes)));
         pack.as_ref().filter(|p| p.dims() == (n, k)).cloned()
+    }
+
+    /// Columns `k0 .. k0 + k` of `w` (a convolution's weights, the tensor these packs belong
+    /// to, read as `[Cout, depth]`) packed as the GEMM's A, made now if this is the first ask.
+    /// `None` when `w` is not a dense f32 tensor (a view these packs were not made for), when
+    /// the pack does not fit the budget, or when products here read A in place.
+    pub(crate) fn conv_lhs(&self, w: &CpuTensor, k0: usize, k: usize) -> Option<Arc<PackedWeightA>> {
+        let dense = w.is_contiguous() && w.offset() == 0 && w.numel() == w.buffer().len() && !w.shape().is_empty();
+        if !dense || w.data::<f32>().is_none() {
+            return None;
+        }
+        let m = w.shape()[0];
+        // The cell is taken under the lock and filled outside it: packing runs on the pool,
+        // whose threads may meanwhile ask for this weight's other blocks.
+        let cell = {
+            let mut conv = self.conv.lock().expect("conv packs poisoned");
+            match conv.iter().find(|(at, len, _)| (*at, *len) == (k0, k)) {
+                Some((_, _, cell)) => cell.clone(),
+                None => {
+                    let cell = Arc::new(OnceLock::new());
+                    conv.push((k0, k, cell.clone()));
+                    cell
+                }
+            }
+        };
+        let pack = cell
+            .get_or_init(|| self.make(PackedWeightA::bytes_for(m, k), |bytes| PackedWeightA::pack(w, m, k0, k, bytes)));
+        pack.as_ref().filter(|p| p.block() == (m, k0, k)).cloned()
+    }
+
+    /// A pack of `bytes` (`None`: none is made here) by `pack`, when it fits the budget.
+    fn make<T>(&self, bytes: Option<usize>, pack: impl FnOnce(usize) -> Option<T>) -> Option<Arc<T>> {
+        let bytes = bytes?;
+        if !self.budget.reserve(bytes as u64) {
+            return None;
+        }
+        let packed = pack(bytes);
+        if packed.is_none() {
+            self.budget.release(bytes as u64);
+        }
+        packed.map(Arc::new)
     }
 }
 

@@ -124,3 +124,56 @@ fn views_of_a_packed_weight_are_not_served_its_pack() {
     let got = orrery_cpu::execute(&op, &[&x, &transposed], &out).unwrap();
     assert_eq!(bits(&got), bits(&orrery_cpu::execute(&op, &[&x, &dense], &out).unwrap()));
 }
+
+/// A 3-d convolution (gathered while packing, its weights the GEMM's A) with packed weights
+/// gives the bits of one packing its weights itself: over many positions (one product over the
+/// whole depth) and over few (the depth split in two halves, one pack each).
+#[test]
+fn convolutions_with_packed_weights_give_the_same_bits() {
+    let conv = |has_bias: bool| {
+        Op::Conv(orrery_ir::ConvParams {
+            stride: vec![1; 3],
+            dilation: vec![1; 3],
+            padding: vec![(1, 1); 3],
+            pad_mode: orrery_ir::ConvPadMode::Zeros,
+            groups: 1,
+            has_bias,
+        })
+    };
+    // 4 × 12 × 12 = 576 positions; 2 × 8 × 8 = 128 positions with a depth of 64 · 27 = 1728.
+    for (cin, cout, [t, h, w]) in [(16, 40, [4, 12, 12]), (64, 96, [2, 8, 8])] {
+        let x = rand_f32(10, &[1, cin, t, h, w]);
+        let weight = rand_f32(11, &[cout, cin, 3, 3, 3]);
+        let bias = rand_f32(12, &[cout]);
+        let out = TensorType::new(DType::F32, [1, cout, t, h, w]);
+        let budget = PackBudget::new(1 << 30);
+        let packed = weight.clone().with_packs(WeightPacks::new(&budget));
+        for has_bias in [false, true] {
+            let op = conv(has_bias);
+            let run = |w: &CpuTensor, threads: usize| {
+                let inputs: Vec<&CpuTensor> = if has_bias { vec![&x, w, &bias] } else { vec![&x, w] };
+                with_threads(threads, || orrery_cpu::execute(&op, &inputs, &out).unwrap())
+            };
+            let want = run(&weight, 2);
+            for threads in [1, 2, 3] {
+                assert_eq!(bits(&run(&packed, threads)), bits(&want), "{cin}→{cout} at {t}×{h}×{w}, {threads} threads");
+            }
+        }
+        if packs_are_read_here() && cfg!(target_arch = "x86_64") && amx_here() {
+            assert!(packed.packs().unwrap().bytes() >= (cout * cin * 27 * 6) as u64, "{cin}→{cout}: weights packed");
+        }
+        assert_eq!(budget.used(), packed.packs().unwrap().bytes());
+    }
+}
+
+/// True where products run on AMX (where a convolution's weights are packed): the CPU has
+/// AMX-BF16 and `ORRERY_GEMM` does not keep products on AVX-512.
+fn amx_here() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        leaf7.edx & (1 << 22) != 0 && std::env::var("ORRERY_GEMM").map_or(true, |v| v != "avx512")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}

@@ -8,7 +8,7 @@
 //!   whole frames, read in place (1.2–1.6× faster than gathering at the tokenizer's 256-channel
 //!   17 × 64 × 64; the same idea for (1, 3, 3) over a zero-padded copy measured no faster);
 //! - 3 × 3 spatial kernels with stride 1, enough channels and enough output tiles
-//!   ([`winograd`]): F(4, 3) or F(2, 3) Winograd, α² GEMMs of depth Cin/g over transformed
+//!   ([`winograd`]): F(4, 3) or F(2, 3) (not on AMX) Winograd, α² GEMMs of depth Cin/g over transformed
 //!   patches (2–2.1× faster than gathering at the tokenizer's 256 channels × 17 × 64 × 64,
 //!   1.4× at 512 × 5 × 16 × 16; within 1e-5 of the float64 convolution, not bit-identical to
 //!   the direct one; `ORRERY_WINOGRAD=0` turns it off);
@@ -130,6 +130,7 @@ pub(super) fn conv(
     let od = out.shape.dims().to_vec();
     let geo = Geometry::new(x.shape(), w.shape(), &od, p);
     let x = F32Operand::strided(x);
+    let weight = w;
     let (w, bias) = (F32Operand::dense(w), bias.map(F32Operand::dense));
     let weights = Weights { w: w.dense_slice(), bias: bias.as_ref().map(|b| b.dense_slice()) };
     let input =
@@ -145,7 +146,7 @@ pub(super) fn conv(
         Some(1) if geo.is_temporal() => temporal_taps(&geo, &input, &weights, &mut y),
         _ => match winograd::choose(&geo, &input) {
             Some(f) => winograd::winograd(&geo, &input, &weights, &mut y, f),
-            None if gathers_while_packing() => implicit(&geo, &input, &weights, &mut y),
+            None if gathers_while_packing() => implicit(&geo, &input, &weights, weight, &mut y),
             None => tiled(&geo, &input, &weights, &mut y),
         },
     }
@@ -199,9 +200,20 @@ fn pointwise(geo: &Geometry, x: &Input<'_>, position_stride: usize, wts: &Weight
 /// [`tiled`], the weights' panels serve a whole packed block of 1024 positions instead of one
 /// 64-wide tile, and the gathered values are written once, into the packed panels. With too
 /// few positions for the threads to split them, the depth is split in two halves instead.
-fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
+///
+/// With one group, the weights' packs kept with `weight` ([`crate::weight_packs`]) serve as A
+/// (the whole depth, or each half), so a call splits no weights on AMX.
+fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, weight: &CpuTensor, y: &mut [f32]) {
     let (positions, depth) = (geo.sp.out_volume(), geo.depth());
-    per_block(geo, y, geo.cout_g * positions * depth, |bg, dst, threads| {
+    let work = geo.cout_g * positions * depth;
+    // Products split over the pool (see `per_block`) with too few positions split the depth.
+    let split_depth = work >= SPLIT_ONE_GEMM_WORK && positions < FEW_POSITIONS && depth >= 2 * MIN_DEPTH_HALF;
+    let half = depth / 2;
+    // Asked for here, on the calling thread, before any product runs on the pool.
+    let packed = |k0: usize, k: usize| weight.packs().filter(|_| geo.groups == 1)?.conv_lhs(weight, k0, k);
+    let whole = if split_depth { None } else { packed(0, depth) };
+    let halves = if split_depth { [packed(0, half), packed(half, depth - half)] } else { [None, None] };
+    per_block(geo, y, work, |bg, dst, threads| {
         let (b, g) = (bg / geo.groups, bg % geo.groups);
         let fields = Fields::new(x, geo, b, g);
         let dst = MatMut::dense(dst, geo.cout_g, positions);
@@ -213,7 +225,7 @@ fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
         if let Some(bias) = bias {
             unsafe { fill_bias(dst, geo.cout_g, positions, bias) };
         }
-        if threads == Threads::Pool && positions < FEW_POSITIONS && depth >= 2 * MIN_DEPTH_HALF {
+        if split_depth {
             // Too few positions to split by columns: threads splitting the rows would each
             // gather every column. Split the depth instead, in two fixed halves, one product
             // each, gathered while packing: every column gathered once, straight into its
@@ -221,15 +233,17 @@ fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
             // scratch, added after; the same sums for any thread count. At most two threads
             // work on such a product: below 512 positions it is small (the tokenizer's lowest
             // resolution of a tiny video), and more halves would add more sums to add.
-            let half = depth / 2;
             // Rows k0..k0 + k of the depth, into the block at `at`, on this thread.
             let product = |k0: usize, k: usize, at: SharedMut, accumulate: bool| {
                 let lhs = MatRef::new(wts.w, g * geo.cout_g * depth + k0, depth, 1);
+                let lhs_packed = halves[usize::from(k0 > 0)].as_deref();
                 let dst = MatMut { ptr: at.add(0), rs: positions, cs: 1 };
                 let source = DepthFrom { fields: &fields, k: k0 };
                 // SAFETY: `at` is `dst` (this block's) or this call's scratch, each written by
                 // one of the two products only; the rest as above.
-                unsafe { gemm_gathered(geo.cout_g, positions, k, dst, lhs, &source, accumulate, Threads::Single) };
+                unsafe {
+                    gemm_gathered(geo.cout_g, positions, k, dst, lhs, lhs_packed, &source, accumulate, Threads::Single)
+                };
             };
             with_scratch(geo.cout_g * positions, |upper| {
                 let (lower_at, upper_at) = (SharedMut(dst.ptr), SharedMut(upper.as_mut_ptr()));
@@ -244,7 +258,10 @@ fn implicit(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut [f32]) {
                 });
             });
         } else {
-            unsafe { gemm_gathered(geo.cout_g, positions, depth, dst, lhs, &fields, bias.is_some(), threads) };
+            let lhs_packed = whole.as_deref();
+            unsafe {
+                gemm_gathered(geo.cout_g, positions, depth, dst, lhs, lhs_packed, &fields, bias.is_some(), threads)
+            };
         }
     });
 }

@@ -18,7 +18,7 @@
 
 use super::forward::{Geometry, Input, Weights};
 use super::shared_scratch;
-use crate::kernels::linalg::blas::{gemm, MatMut, MatRef, Threads};
+use crate::kernels::linalg::blas::{gemm_shared_a, products_on_amx, MatMut, MatRef, SharedA, Threads};
 use crate::kernels::linalg::operand::SharedMut;
 use rayon::prelude::*;
 
@@ -157,6 +157,12 @@ pub(super) fn winograd(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut
         let (u, block) = scratch.split_at_mut(cout * a2 * cin);
         for g in 0..geo.groups {
             transform_weights(f, &wts.w[g * cout * cin * 9..(g + 1) * cout * cin * 9], cin, u);
+            // Each U_t packed once for every block of tiles (where products pack A).
+            let u = &*u;
+            let shared_u: Vec<SharedA<'_>> = (0..a2)
+                .into_par_iter()
+                .map(|t| SharedA::new(cout, cin, MatRef::new(u, t * cin, a2 * cin, 1)))
+                .collect();
             let bias = wts.bias.map(|b| &b[g * cout..(g + 1) * cout]);
             for b in 0..geo.batch {
                 let first = (b * geo.groups + g) * cout * positions;
@@ -179,13 +185,13 @@ pub(super) fn winograd(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut
                     let prods_at = SharedMut(prods.as_mut_ptr());
                     (0..a2).into_par_iter().for_each(|t| {
                         // M_t = U_t · V_t with U [Cout][t][Cin], V [Cin][t][tiles], M [Cout][t][tiles].
-                        let lhs = MatRef::new(u, t * cin, a2 * cin, 1);
+                        let lhs = &shared_u[t];
                         let rhs = MatRef::new(v, t * nt, a2 * nt, 1);
                         let dst = MatMut { ptr: prods_at.add(t * nt), rs: a2 * nt, cs: 1 };
                         // SAFETY: `dst` is column block t of every row of `prods` (Cout rows of
                         // α²·nt), written by this task only; `prods` outlives the loop and does
                         // not overlap `u` or `v`.
-                        unsafe { gemm(cout, nt, cin, dst, lhs, rhs, 1.0, false, Threads::Single) };
+                        unsafe { gemm_shared_a(nt, dst, lhs, rhs, 1.0, false, Threads::Single) };
                     });
                     let buffers = || (vec![0f32; f.alpha * f.m * nt], vec![0f32; f.m * f.m * nt]);
                     let planes = prods.par_chunks(a2 * nt).zip(out.par_chunks_mut(positions)).enumerate();
@@ -488,7 +494,7 @@ fn enabled() -> bool {
 /// F(4, 3) or F(2, 3) for a 3 × 3 spatial kernel (1 in time) with stride and dilation 1 and no
 /// padding in time, with enough channels for the GEMMs to outweigh the transforms and enough
 /// tiles to amortise the transformed weights; F(4, 3) first (4× fewer multiplications, against
-/// F(2, 3)'s 2.25×).
+/// F(2, 3)'s 2.25×), and F(2, 3) not where products run on AMX.
 pub(super) fn pick(geo: &Geometry) -> Option<&'static Transforms> {
     let sp = &geo.sp;
     let applies = sp.kernel == [1, 3, 3]
@@ -499,7 +505,14 @@ pub(super) fn pick(geo: &Geometry) -> Option<&'static Transforms> {
         && geo.cin_g >= MIN_CHANNELS
         && geo.cout_g >= MIN_CHANNELS;
     let tiles = |f: &Transforms| sp.out_dims[0] * sp.out_dims[1].div_ceil(f.m) * sp.out_dims[2].div_ceil(f.m);
-    [&F4, &F2].into_iter().find(|&f| applies && tiles(f) >= MIN_TILES)
+    // Where products split their A operand into bf16 parts on every call (AMX), the α²
+    // transformed weights are split per call while the direct convolution reads weights
+    // packed once (`weight_packs`). F(2, 3) then loses: at 512 channels × 5 × 16 × 16 (320
+    // tiles) it took 15.6 ms against 13.5 ms direct with the weights split per call (less with
+    // them packed), and with more tiles F(4, 3) applies first (8.9 ms against 14.0 ms direct
+    // at 256 channels × 5 × 32 × 32, 320 tiles).
+    let algorithms: &[&'static Transforms] = if products_on_amx() { &[&F4] } else { &[&F4, &F2] };
+    algorithms.iter().copied().find(|&f| applies && tiles(f) >= MIN_TILES)
 }
 
 #[cfg(test)]
@@ -658,7 +671,10 @@ mod tests {
         };
         let m = |g: &Geometry| pick(g).map(|f| f.m);
         assert_eq!(m(&geo(512, (17, 64, 64), [1, 3, 3], 1)), Some(4));
-        assert_eq!(m(&geo(256, (5, 16, 16), [1, 3, 3], 1)), Some(2), "80 tiles of F(4, 3), 320 of F(2, 3)");
+        // 80 tiles of F(4, 3), 320 of F(2, 3), which is not used on AMX.
+        let f2 = if products_on_amx() { None } else { Some(2) };
+        assert_eq!(m(&geo(256, (5, 16, 16), [1, 3, 3], 1)), f2);
+        assert_eq!(m(&geo(256, (5, 32, 32), [1, 3, 3], 1)), Some(4), "320 tiles of F(4, 3)");
         assert_eq!(m(&geo(512, (3, 8, 8), [1, 3, 3], 1)), None, "48 tiles");
         assert_eq!(m(&geo(16, (17, 64, 64), [1, 3, 3], 1)), None, "too few channels");
         assert_eq!(m(&geo(64, (5, 32, 32), [1, 3, 3], 2)), None, "strided");

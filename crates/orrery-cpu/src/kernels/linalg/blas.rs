@@ -161,13 +161,24 @@ fn own_gemm() -> bool {
     false
 }
 
+/// True when products run on AMX tiles, splitting each operand they pack into bf16 parts
+/// (see `sgemm/amx.rs`): an A operand, read in place by the AVX-512 kernel, is split on every
+/// call unless packed ahead.
+pub(crate) fn products_on_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::sgemm::available() && super::sgemm::on_amx();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// True when [`gemm_gathered`] runs here (the own GEMM); otherwise callers build B themselves.
 pub(crate) fn gathers_while_packing() -> bool {
     own_gemm()
 }
 
 /// `dst = lhs · B` (m×k times k×n), or `dst += …` with `accumulate`, with B written by `rhs`
-/// block by block as it is packed: the bits of [`gemm()`] on the stored B.
+/// block by block as it is packed, and `lhs` read from `lhs_packed` when given (`lhs` packed
+/// ahead): the bits of [`gemm()`] on the stored B.
 ///
 /// # Safety
 /// [`gathers_while_packing`] holds; `dst` as for [`gemm()`]; `rhs` answers every block of rows
@@ -179,6 +190,7 @@ pub(crate) unsafe fn gemm_gathered(
     k: usize,
     dst: MatMut,
     lhs: MatRef<'_>,
+    lhs_packed: Option<&PackedWeightA>,
     rhs: &dyn GatheredB,
     accumulate: bool,
     threads: Threads,
@@ -191,10 +203,11 @@ pub(crate) unsafe fn gemm_gathered(
     {
         // SAFETY: AVX-512F is present (asserted); `strided` checks A's bounds; the caller
         // guarantees dst and the rows of B.
-        unsafe { super::sgemm::sgemm_gathered(m, n, k, dst.out(), lhs.strided(m, k), rhs, accumulate, threads) }
+        let packed = lhs_packed.map(|p| &p.packed);
+        unsafe { super::sgemm::sgemm_gathered(m, n, k, dst.out(), lhs.strided(m, k), packed, rhs, accumulate, threads) }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("asserted above: {:?}", (lhs.rs, dst.rs, accumulate, threads, k))
+    unreachable!("asserted above: {:?}", (lhs.rs, dst.rs, accumulate, threads, k, lhs_packed))
 }
 
 /// True when products read a bf16 `[N, K]` weight as stored ([`gemm_bf16_weight`]), widening it
@@ -260,6 +273,65 @@ impl<'a> SharedB<'a> {
             unsafe { self.packed.pack(k, n, b.strided(k, n)) };
         }
     }
+}
+
+/// An A operand several products share (a Winograd convolution's transformed weights, read
+/// against every block of tiles): packed once where products would pack it on every call
+/// (AMX), else kept as a view.
+pub(crate) struct SharedA<'a> {
+    view: MatRef<'a>,
+    m: usize,
+    k: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<super::sgemm::PackedA>,
+}
+
+impl<'a> SharedA<'a> {
+    /// The `m × k` matrix `a`, packed now where that pays.
+    pub fn new(m: usize, k: usize, a: MatRef<'a>) -> SharedA<'a> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let packed = (super::sgemm::available() && super::sgemm::PackedA::bytes_for(m, k) > 0).then(|| {
+                let mut packed = super::sgemm::PackedA::default();
+                // SAFETY: AVX-512F is present; `strided` checks the bounds.
+                unsafe { packed.pack(m, k, a.strided(m, k)) };
+                packed
+            });
+            SharedA { view: a, m, k, packed }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        SharedA { view: a, m, k }
+    }
+}
+
+/// [`gemm()`] with a shared `lhs` (its `m × k`; `rhs` is `k × n`, `dst` `m × n`): the same bits
+/// as [`gemm()`] on the matrix it was made from.
+///
+/// # Safety
+/// As [`gemm()`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_shared_a(
+    n: usize,
+    dst: MatMut,
+    lhs: &SharedA<'_>,
+    rhs: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    let (m, k) = (lhs.m, lhs.k);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(packed) = &lhs.packed {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (a, b) = (lhs.view.strided(m, k), rhs.strided(k, n));
+        // SAFETY: a pack exists only where the own GEMM runs (AVX-512F); bounds are checked
+        // by `strided`; the caller guarantees dst.
+        return unsafe { super::sgemm::sgemm_packed_a(m, n, k, dst.out(), a, packed, b, scale, accumulate, threads) };
+    }
+    // SAFETY: forwarded.
+    unsafe { gemm(m, n, k, dst, lhs.view, rhs, scale, accumulate, threads) }
 }
 
 /// [`gemm()`] on the calling thread with a shared `rhs` (its `k × n`; `dst` is `m × n`): the
@@ -392,4 +464,61 @@ pub(crate) unsafe fn gemm_packed_weight(
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("no packs are made here: {:?}", (lhs.rs, dst.rs, c0, accumulate, threads, w))
+}
+
+/// Columns `k0 .. k0 + k` of a convolution's weights `[Cout, depth]` packed once as the GEMM's
+/// A where products would pack it on every call (AMX; kept by [`crate::weight_packs`]).
+pub(crate) struct PackedWeightA {
+    m: usize,
+    k0: usize,
+    k: usize,
+    bytes: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: super::sgemm::PackedA,
+}
+
+impl std::fmt::Debug for PackedWeightA {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedWeightA({} rows, columns {}..{}, {} bytes)", self.m, self.k0, self.k0 + self.k, self.bytes)
+    }
+}
+
+impl PackedWeightA {
+    /// Bytes the pack of an `m × k` block holds, or `None` where products read A in place.
+    pub(crate) fn bytes_for(m: usize, k: usize) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if own_gemm() {
+            return Some(super::sgemm::PackedA::bytes_for(m, k)).filter(|&b| b > 0);
+        }
+        let _ = (m, k);
+        None
+    }
+
+    /// Packs columns `k0 .. k0 + k` of `w`, a dense f32 matrix of `m` rows of `depth`
+    /// (`None` for another dtype or where products read A in place); `bytes` is
+    /// [`PackedWeightA::bytes_for`]'s count.
+    pub(crate) fn pack(w: &crate::CpuTensor, m: usize, k0: usize, k: usize, bytes: usize) -> Option<PackedWeightA> {
+        let data = w.data::<f32>()?;
+        let depth = data.len() / m.max(1);
+        assert!(m * depth == data.len() && k0 + k <= depth, "columns {k0}..{} of a {m}×{depth} weight", k0 + k);
+        #[cfg(target_arch = "x86_64")]
+        if Self::bytes_for(m, k).is_some() {
+            let mut packed = super::sgemm::PackedA::default();
+            let a = super::sgemm::Strided { p: data[k0..].as_ptr(), rs: depth, cs: 1 };
+            // SAFETY: AVX-512F is present; element (i, j), i < m, j < k, is data[i·depth + k0 + j].
+            unsafe { packed.pack(m, k, a) };
+            return Some(PackedWeightA { m, k0, k, bytes, packed });
+        }
+        let _ = bytes;
+        None
+    }
+
+    /// `(rows, first column, columns)` of the weight matrix packed.
+    pub(crate) fn block(&self) -> (usize, usize, usize) {
+        (self.m, self.k0, self.k)
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
 }

@@ -4,7 +4,7 @@ mod attention;
 pub(crate) mod blas;
 mod fast_exp;
 mod gemv;
-pub(crate) use blas::{reads_bf16_weights, PackedWeight};
+pub(crate) use blas::{reads_bf16_weights, PackedWeight, PackedWeightA};
 pub(crate) use gemv::max_rows;
 pub(crate) mod matmul;
 pub(crate) mod operand;

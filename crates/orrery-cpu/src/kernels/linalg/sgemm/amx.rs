@@ -52,7 +52,7 @@ const KC: usize = 512;
 /// Columns of B packed at a time: 512 steps × 256 columns × 3 parts, 768 KiB, in L2.
 const NB: usize = 256;
 /// Rows of A packed at a time (3 MiB); B is packed again for each such block.
-const MB: usize = 1024;
+const MB: usize = 4096;
 
 /// True when the CPU has AMX-TILE, AMX-BF16 and AVX-512BW, the kernel lets this process use
 /// the tile registers (Linux asks each process to request them), and `ORRERY_GEMM` is not
@@ -140,9 +140,11 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
         let (a_buf, b_buf, staging) = &mut *scratch.borrow_mut();
         let kc_max = KC.min(k).next_multiple_of(KB);
         let block_rows = MB.min(m);
+        // A packed ahead is read as it is: no A block.
+        let a_rows = if p.a_packed.is_some() { 0 } else { block_rows };
         // B packed ahead is read split already: no staging, no B block.
         let nb_max = if matches!(p.b, BSource::Packed { .. }) { 0 } else { NB.min(n).next_multiple_of(super::NR) };
-        let a_buf = aligned(a_buf, block_rows.div_ceil(BLOCK) * panel_len(kc_max));
+        let a_buf = aligned(a_buf, a_rows.div_ceil(BLOCK) * panel_len(kc_max));
         let b_buf = aligned(b_buf, nb_max.div_ceil(BLOCK) * panel_len(kc_max));
         if staging.len() < nb_max * KC.min(k) {
             staging.resize(nb_max * KC.min(k), 0.0);
@@ -154,8 +156,15 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                     let mb = block_rows.min(m - i0);
                     for (pass, k0) in (0..k).step_by(KC).enumerate() {
                         let kc = KC.min(k - k0);
-                        // SAFETY: the block lies inside A (caller).
-                        pack_a(a_buf, p.a.at(i0, k0), mb, kc);
+                        let a_panels: &[u16] = match p.a_packed {
+                            // MB and `from` are whole numbers of panels.
+                            Some((a, from)) => &a.split.pass(pass)[(from + i0) / BLOCK * panel_len(kc)..],
+                            None => {
+                                // SAFETY: the block lies inside A (caller).
+                                pack_a(a_buf, p.a.at(i0, k0), mb, kc);
+                                a_buf
+                            }
+                        };
                         let add = p.add || pass > 0;
                         for j0 in (0..n).step_by(NB) {
                             let nb = NB.min(n - j0);
@@ -172,7 +181,7 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                                     b_buf
                                 }
                             };
-                            sweep(a_buf, mb, panels, nb, kc, p.c.at(i0, j0), p.scale, add);
+                            sweep(a_panels, mb, panels, nb, kc, p.c.at(i0, j0), p.scale, add);
                         }
                     }
                 }
@@ -242,6 +251,63 @@ impl SplitB {
     /// Pass `pass`'s panels.
     fn pass(&self, pass: usize) -> &[u16] {
         &self.data[self.offset + pass * self.pass_len..]
+    }
+}
+
+/// A packed ahead ([`super::PackedA`]): its tile panels pass by pass.
+#[derive(Default)]
+pub(super) struct SplitA {
+    data: Vec<u16>,
+    offset: usize,
+    /// bf16 elements of one whole pass (`KC` steps).
+    pass_len: usize,
+}
+
+impl SplitA {
+    /// Packs the `m × k` matrix `a` pass by pass with the per-product packer, so its panels
+    /// have the bits a product packing A itself makes. Passes are packed in parallel when
+    /// there are several.
+    ///
+    /// # Safety
+    /// Every element (i, j), i < m, j < k, of `a` is readable; AVX-512BW ([`available`]).
+    pub(super) unsafe fn pack(&mut self, m: usize, k: usize, a: super::Strided) {
+        self.pass_len = m.div_ceil(BLOCK) * panel_len(KC.min(k));
+        let passes = k.div_ceil(KC);
+        self.offset = aligned_offset(&mut self.data, passes * self.pass_len);
+        let data = &mut self.data[self.offset..][..passes * self.pass_len];
+        let a = SyncStrided(a);
+        let pack_pass = |(pass, dst): (usize, &mut [u16])| {
+            let k0 = pass * KC;
+            // SAFETY: the pass lies inside A (caller); AVX-512BW (caller).
+            unsafe { pack_a(dst, a.at(0, k0), m, KC.min(k - k0)) };
+        };
+        if passes > 1 {
+            data.par_chunks_mut(self.pass_len).enumerate().for_each(pack_pass);
+        } else {
+            data.chunks_mut(self.pass_len).enumerate().for_each(pack_pass);
+        }
+    }
+
+    /// Bytes [`SplitA::pack`] of an `m × k` matrix holds (at least).
+    pub(super) fn bytes_for(m: usize, k: usize) -> usize {
+        (k.div_ceil(KC) * m.div_ceil(BLOCK) * panel_len(KC.min(k)) + 32) * 2
+    }
+
+    /// Pass `pass`'s panels.
+    fn pass(&self, pass: usize) -> &[u16] {
+        &self.data[self.offset + pass * self.pass_len..]
+    }
+}
+
+/// A, read by the threads packing its passes.
+struct SyncStrided(super::Strided);
+// SAFETY: the threads only read A.
+unsafe impl Sync for SyncStrided {}
+
+impl SyncStrided {
+    // A method, so closures capture the whole (`Sync`) wrapper.
+    fn at(&self, i: usize, j: usize) -> super::Strided {
+        self.0.at(i, j)
     }
 }
 

@@ -43,6 +43,9 @@ const NB: usize = 1024;
 const MB: usize = 168 * MR;
 /// Column panels each part of a column split gets at least.
 const SPLIT_PANELS: usize = 4;
+/// Rows of C each part of a row split starts on: whole row tiles of both kernels (6 rows
+/// here, 32 on AMX, where A may be packed ahead in panels of 32 rows).
+const ROW_BLOCK: usize = 96;
 /// Below this many multiply-adds a product runs on one thread even when it may use more.
 const MIN_SPLIT_WORK: usize = 1 << 21;
 
@@ -53,6 +56,11 @@ pub(crate) fn available() -> bool {
     *USE.get_or_init(|| {
         std::is_x86_feature_detected!("avx512f") && std::env::var("ORRERY_GEMM").map_or(true, |v| v != "crate")
     })
+}
+
+/// True when this process's products run on AMX (`amx.rs`).
+pub(crate) fn on_amx() -> bool {
+    amx::available()
 }
 
 /// C, a strided output behind a raw pointer.
@@ -92,6 +100,9 @@ enum BSource<'a> {
 struct Product<'a> {
     c: Out,
     a: Strided,
+    /// A packed ahead, from its row `.1` on (a multiple of [`ROW_BLOCK`]), where products
+    /// would pack it (AMX); products read `a` otherwise.
+    a_packed: Option<(&'a PackedA, usize)>,
     b: BSource<'a>,
     scale: f32,
     add: bool,
@@ -110,7 +121,8 @@ impl Product<'_> {
     }
 
     fn rows_from(self, i0: usize) -> Self {
-        Product { c: self.c.at(i0, 0), a: self.a.at(i0, 0), ..self }
+        let a_packed = self.a_packed.map(|(a, from)| (a, from + i0));
+        Product { c: self.c.at(i0, 0), a: self.a.at(i0, 0), a_packed, ..self }
     }
 }
 
@@ -140,7 +152,31 @@ pub(crate) unsafe fn sgemm(
     threads: Threads,
 ) {
     // SAFETY: forwarded.
-    unsafe { split(m, n, k, Product { c, a, b: BSource::Strided(b), scale, add }, threads) }
+    unsafe { split(m, n, k, Product { c, a, a_packed: None, b: BSource::Strided(b), scale, add }, threads) }
+}
+
+/// [`sgemm`] with A also packed ahead (`a_packed`, made from `a` by [`PackedA::pack`]), for
+/// the products that share one A: the same bits.
+///
+/// # Safety
+/// As [`sgemm`]; `a_packed` holds A (`m × k`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_packed_a(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: Out,
+    a: Strided,
+    a_packed: &PackedA,
+    b: Strided,
+    scale: f32,
+    add: bool,
+    threads: Threads,
+) {
+    assert!(a_packed.m == m && a_packed.k == k, "A packed as {}×{}, used as {m}×{k}", a_packed.m, a_packed.k);
+    let product = Product { c, a, a_packed: Some((a_packed, 0)), b: BSource::Strided(b), scale, add };
+    // SAFETY: forwarded.
+    unsafe { split(m, n, k, product, threads) }
 }
 
 /// [`sgemm`] with B the transpose of a bf16 matrix read as stored (`linear`'s weight), widened
@@ -162,11 +198,11 @@ pub(crate) unsafe fn sgemm_bf16(
     threads: Threads,
 ) {
     // SAFETY: forwarded.
-    unsafe { split(m, n, k, Product { c, a, b: BSource::Bf16Rows(b), scale, add }, threads) }
+    unsafe { split(m, n, k, Product { c, a, a_packed: None, b: BSource::Bf16Rows(b), scale, add }, threads) }
 }
 
-/// [`sgemm`] with B written by `source` block by block as it is packed (an implicit im2col):
-/// the bits of [`sgemm`] on the stored B.
+/// [`sgemm`] with B written by `source` block by block as it is packed (an implicit im2col),
+/// and A perhaps packed ahead (as [`sgemm_packed_a`]): the bits of [`sgemm`] on the stored B.
 ///
 /// # Safety
 /// As [`sgemm`], with `source` answering every block of rows and columns inside `k × n`.
@@ -177,11 +213,16 @@ pub(crate) unsafe fn sgemm_gathered(
     k: usize,
     c: Out,
     a: Strided,
+    a_packed: Option<&PackedA>,
     source: &dyn GatheredB,
     add: bool,
     threads: Threads,
 ) {
-    let product = Product { c, a, b: BSource::Gathered { source, j0: 0 }, scale: 1.0, add };
+    if let Some(packed) = a_packed {
+        assert!(packed.m == m && packed.k == k, "A packed as {}×{}, used as {m}×{k}", packed.m, packed.k);
+    }
+    let a_packed = a_packed.map(|a| (a, 0));
+    let product = Product { c, a, a_packed, b: BSource::Gathered { source, j0: 0 }, scale: 1.0, add };
     // SAFETY: forwarded.
     unsafe { split(m, n, k, product, threads) }
 }
@@ -213,7 +254,7 @@ unsafe fn split(m: usize, n: usize, k: usize, product: Product<'_>, threads: Thr
             unsafe { single(m, cols, k, part) };
         });
     } else {
-        let height = m.div_ceil(parts).next_multiple_of(MR);
+        let height = m.div_ceil(parts).next_multiple_of(ROW_BLOCK);
         (0..m.div_ceil(height)).into_par_iter().for_each(|p| {
             let (i0, rows) = (p * height, height.min(m - p * height));
             let part = product.rows_from(i0);
@@ -427,6 +468,39 @@ impl PackedB {
     }
 }
 
+/// A packed once for several products that share it (a convolution's weights, transformed
+/// or not, against each block of positions): on AMX the tile panels of its parts, pass by
+/// pass; elsewhere nothing, as the AVX-512 kernel reads such an A in place.
+#[derive(Default)]
+pub(crate) struct PackedA {
+    split: amx::SplitA,
+    m: usize,
+    k: usize,
+}
+
+impl PackedA {
+    /// Packs the `m × k` matrix `a`, reusing this buffer.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; every element (i, j), i < m, j < k, of `a` is readable.
+    pub(crate) unsafe fn pack(&mut self, m: usize, k: usize, a: Strided) {
+        (self.m, self.k) = (m, k);
+        if amx::available() {
+            // SAFETY: forwarded.
+            unsafe { self.split.pack(m, k, a) };
+        }
+    }
+
+    /// Bytes [`PackedA::pack`] of an `m × k` matrix would hold.
+    pub(crate) fn bytes_for(m: usize, k: usize) -> usize {
+        if amx::available() {
+            amx::SplitA::bytes_for(m, k)
+        } else {
+            0
+        }
+    }
+}
+
 /// `C = scale · A·B` (or `C += …` when `add`) with B packed ahead, over its `n` columns from
 /// `j0` on (a multiple of [`NR`]): the bits of [`sgemm`] on the unpacked B.
 ///
@@ -446,7 +520,7 @@ pub(crate) unsafe fn sgemm_packed(
     threads: Threads,
 ) {
     assert!(j0.is_multiple_of(NR) && j0 + n <= b.n, "columns {j0}..{} of a packed B {} wide", j0 + n, b.n);
-    let product = Product { c, a, b: BSource::Packed { b, j0 }, scale, add };
+    let product = Product { c, a, a_packed: None, b: BSource::Packed { b, j0 }, scale, add };
     // SAFETY: forwarded.
     unsafe { split(m, n, b.k, product, threads) }
 }

@@ -275,3 +275,53 @@ fn a_weight_packed_ahead_serves_threads_and_column_runs_with_the_same_bits() {
         }
     }
 }
+
+/// A packed ahead (several passes, row splits over threads starting on its panels, a partial
+/// last panel) gives the bits of the same product packing A itself, with B strided or
+/// gathered.
+#[test]
+fn an_a_packed_ahead_gives_the_same_bits() {
+    if !avx512() {
+        return;
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    for (m, n, k) in [(700, 300, 1100), (37, 150, 513), (1, 5, 3)] {
+        let a = Operand::new(m, k, 0, 31);
+        let b = Operand::new(k, n, 1, 32);
+        let mut packed = PackedA::default();
+        // SAFETY: A holds m × k values.
+        pool.install(|| unsafe { packed.pack(m, k, Strided { p: a.data.as_ptr(), rs: k, cs: 1 }) });
+        let want = run(m, n, k, &a, &b, 1.0, &vec![0.0; m * n], false, Threads::Single);
+        for threads in [Threads::Single, Threads::Pool] {
+            let mut c = vec![0f32; m * n];
+            // SAFETY: as in `run`.
+            pool.install(|| unsafe {
+                let out = Out { c: c.as_mut_ptr(), rs: n, cs: 1 };
+                sgemm_packed_a(m, n, k, out, a.strided(), &packed, b.strided(), 1.0, false, threads);
+            });
+            assert!(c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}×{k}×{n} {threads:?}");
+            // B gathered block by block from the same values.
+            let source = Columns(&b);
+            let mut c = vec![0f32; m * n];
+            // SAFETY: as in `run`; `source` answers every block inside k × n.
+            pool.install(|| unsafe {
+                let out = Out { c: c.as_mut_ptr(), rs: n, cs: 1 };
+                sgemm_gathered(m, n, k, out, a.strided(), Some(&packed), &source, false, threads);
+            });
+            assert!(c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "gathered {m}×{k}×{n} {threads:?}");
+        }
+    }
+}
+
+/// B written block by block from an operand's values, as a convolution's receptive fields are.
+struct Columns<'a>(&'a Operand);
+
+impl GatheredB for Columns<'_> {
+    fn panels(&self, k0: usize, count: usize, j0: usize, width: usize, panel: usize, dst: &mut [f32]) {
+        for i in 0..count {
+            for j in 0..width {
+                dst[(j / panel) * panel * count + i * panel + j % panel] = self.0.get(k0 + i, j0 + j);
+            }
+        }
+    }
+}
