@@ -11,9 +11,10 @@
 //! for convolutions too small for Winograd; split taps: 3 MiB at 512 channels; a
 //! budget's output-channel slices of a convolution need less or none, so counting it would
 //! make the smallest budget depend on the slicing it picks); and per-thread scratch:
-//! attention's score block and packed key block (0.75 MiB at head dim 128), the own GEMM's packing
-//! buffers (at most 2 MiB, kept by each thread), a temporal convolution's row of zeros, a
-//! convolution's gathered columns on the `gemm` crate (a tile of at most 1024 positions, kept
+//! attention's score block and packed key block (0.75 MiB at head dim 128), the own GEMM's
+//! packing buffers (at most 2 MiB, kept by each thread; on AMX up to 13 MiB, A's block
+//! growing with products of up to 4096 rows), the f32 staging block of B packed ahead (512
+//! KiB), a temporal convolution's row of zeros, a convolution's gathered columns on the `gemm` crate (a tile of at most 1024 positions, kept
 //! by each thread that gathers them), and, on the own GEMM, the upper half's sums of a product
 //! of fewer than 512 positions split by depth (`Cout/g · positions` floats: 0.4 MiB for the
 //! 512-channel (1, 3, 3) at 3 × 8 × 8, kept by the calling thread).

@@ -18,7 +18,7 @@
 
 use super::forward::{Geometry, Input, Weights};
 use super::shared_scratch;
-use crate::kernels::linalg::blas::{gemm_shared_a, products_on_amx, MatMut, MatRef, SharedA, Threads};
+use crate::kernels::linalg::blas::{gemm, products_on_amx, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::SharedMut;
 use rayon::prelude::*;
 
@@ -157,12 +157,6 @@ pub(super) fn winograd(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut
         let (u, block) = scratch.split_at_mut(cout * a2 * cin);
         for g in 0..geo.groups {
             transform_weights(f, &wts.w[g * cout * cin * 9..(g + 1) * cout * cin * 9], cin, u);
-            // Each U_t packed once for every block of tiles (where products pack A).
-            let u = &*u;
-            let shared_u: Vec<SharedA<'_>> = (0..a2)
-                .into_par_iter()
-                .map(|t| SharedA::new(cout, cin, MatRef::new(u, t * cin, a2 * cin, 1)))
-                .collect();
             let bias = wts.bias.map(|b| &b[g * cout..(g + 1) * cout]);
             for b in 0..geo.batch {
                 let first = (b * geo.groups + g) * cout * positions;
@@ -185,13 +179,13 @@ pub(super) fn winograd(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut
                     let prods_at = SharedMut(prods.as_mut_ptr());
                     (0..a2).into_par_iter().for_each(|t| {
                         // M_t = U_t · V_t with U [Cout][t][Cin], V [Cin][t][tiles], M [Cout][t][tiles].
-                        let lhs = &shared_u[t];
+                        let lhs = MatRef::new(u, t * cin, a2 * cin, 1);
                         let rhs = MatRef::new(v, t * nt, a2 * nt, 1);
                         let dst = MatMut { ptr: prods_at.add(t * nt), rs: a2 * nt, cs: 1 };
                         // SAFETY: `dst` is column block t of every row of `prods` (Cout rows of
                         // α²·nt), written by this task only; `prods` outlives the loop and does
                         // not overlap `u` or `v`.
-                        unsafe { gemm_shared_a(nt, dst, lhs, rhs, 1.0, false, Threads::Single) };
+                        unsafe { gemm(cout, nt, cin, dst, lhs, rhs, 1.0, false, Threads::Single) };
                     });
                     let buffers = || (vec![0f32; f.alpha * f.m * nt], vec![0f32; f.m * f.m * nt]);
                     let planes = prods.par_chunks(a2 * nt).zip(out.par_chunks_mut(positions)).enumerate();

@@ -275,65 +275,6 @@ impl<'a> SharedB<'a> {
     }
 }
 
-/// An A operand several products share (a Winograd convolution's transformed weights, read
-/// against every block of tiles): packed once where products would pack it on every call
-/// (AMX), else kept as a view.
-pub(crate) struct SharedA<'a> {
-    view: MatRef<'a>,
-    m: usize,
-    k: usize,
-    #[cfg(target_arch = "x86_64")]
-    packed: Option<super::sgemm::PackedA>,
-}
-
-impl<'a> SharedA<'a> {
-    /// The `m × k` matrix `a`, packed now where that pays.
-    pub fn new(m: usize, k: usize, a: MatRef<'a>) -> SharedA<'a> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let packed = (super::sgemm::available() && super::sgemm::PackedA::bytes_for(m, k) > 0).then(|| {
-                let mut packed = super::sgemm::PackedA::default();
-                // SAFETY: AVX-512F is present; `strided` checks the bounds.
-                unsafe { packed.pack(m, k, a.strided(m, k)) };
-                packed
-            });
-            SharedA { view: a, m, k, packed }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        SharedA { view: a, m, k }
-    }
-}
-
-/// [`gemm()`] with a shared `lhs` (its `m × k`; `rhs` is `k × n`, `dst` `m × n`): the same bits
-/// as [`gemm()`] on the matrix it was made from.
-///
-/// # Safety
-/// As [`gemm()`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_shared_a(
-    n: usize,
-    dst: MatMut,
-    lhs: &SharedA<'_>,
-    rhs: MatRef<'_>,
-    scale: f32,
-    accumulate: bool,
-    threads: Threads,
-) {
-    let (m, k) = (lhs.m, lhs.k);
-    #[cfg(target_arch = "x86_64")]
-    if let Some(packed) = &lhs.packed {
-        if m == 0 || n == 0 {
-            return;
-        }
-        let (a, b) = (lhs.view.strided(m, k), rhs.strided(k, n));
-        // SAFETY: a pack exists only where the own GEMM runs (AVX-512F); bounds are checked
-        // by `strided`; the caller guarantees dst.
-        return unsafe { super::sgemm::sgemm_packed_a(m, n, k, dst.out(), a, packed, b, scale, accumulate, threads) };
-    }
-    // SAFETY: forwarded.
-    unsafe { gemm(m, n, k, dst, lhs.view, rhs, scale, accumulate, threads) }
-}
-
 /// [`gemm()`] on the calling thread with a shared `rhs` (its `k × n`; `dst` is `m × n`): the
 /// same bits as [`gemm()`] on the matrix it was made from.
 ///

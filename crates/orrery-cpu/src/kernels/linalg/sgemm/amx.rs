@@ -18,15 +18,15 @@
 //! of two 1 KiB tiles each, A's tiles row-major (16 rows × 32 bf16 of k), B's in the pair
 //! layout `tdpbf16ps` reads (16 rows of k pairs × 16 columns). Per 32 steps of k a block
 //! takes 24 `tdpbf16ps` and 18 tile loads (an A tile's reloads hit L1); each A panel meets
-//! every B panel of the L2-resident block in turn. Measured in C on this kind of core: ~2.1
-//! TFLOP/s bf16 with both operands in L2 (60% of the 3.5 the tiles reach from registers),
-//! less when A comes from L3; the store that ends each pass costs ~15% of that.
+//! every B panel of the L2-resident block in turn. Measured in C on this kind of core
+//! (`tools/bench/amx_sweep.c`): 2.0 TFLOP/s bf16 with both operands in cache, 2.5 without
+//! the tile stores that end each pass, 1.7 with A from L3 (the tiles reach 3.5 from
+//! registers).
 //!
 //! Determinism: as in the AVX-512 kernel (with passes of its own length), k is cut into
 //! passes of [`KC`] whatever the sizes, every element of a pass is summed over its k blocks
-//! and parts in one fixed order, and the
-//! pass's sum is added to C in pass order, so the bits of an element depend on its row of A,
-//! its column of B and k only.
+//! and parts in one fixed order, and the pass's sum is added to C in pass order, so the bits
+//! of an element depend on its row of A, its column of B and k only.
 
 use super::{BSource, Out, Product};
 use rayon::prelude::*;
@@ -51,7 +51,9 @@ const PANEL_STEP: usize = PARTS * 2 * TILE;
 const KC: usize = 512;
 /// Columns of B packed at a time: 512 steps × 256 columns × 3 parts, 768 KiB, in L2.
 const NB: usize = 256;
-/// Rows of A packed at a time (3 MiB); B is packed again for each such block.
+/// Rows of A packed at a time (12 MiB of panels at 512 steps, from L3 either way); B is
+/// packed again for each such block (against 1024 rows: `gemm4096` 1.06×, 8192 × 4096²
+/// 1.07×).
 const MB: usize = 4096;
 
 /// True when the CPU has AMX-TILE, AMX-BF16 and AVX-512BW, the kernel lets this process use
@@ -126,7 +128,8 @@ unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
 
 thread_local! {
     /// Each thread's packed A and B blocks and its f32 staging block for B, kept between
-    /// products (about 3 MiB).
+    /// products: up to 12 MiB of A (a product of 4096 rows or more), 768 KiB of B and 512 KiB
+    /// of staging.
     static SCRATCH: RefCell<(Vec<u16>, Vec<u16>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
@@ -341,23 +344,10 @@ fn aligned_offset(buf: &mut Vec<u16>, len: usize) -> usize {
 unsafe fn sweep(a: &[u16], rows: usize, b: &[u16], cols: usize, kc: usize, c: Out, scale: f32, add: bool) {
     let panel = panel_len(kc);
     let mut acc = Accumulator([0.0; BLOCK * BLOCK]);
-    let (row_panels, col_panels) = (rows.div_ceil(BLOCK), cols.div_ceil(BLOCK));
-    for ip in 0..row_panels {
+    for ip in 0..rows.div_ceil(BLOCK) {
         let a_panel = &a[ip * panel..][..panel];
-        for jp in 0..col_panels {
+        for jp in 0..cols.div_ceil(BLOCK) {
             let b_panel = &b[jp * panel..][..panel];
-            // C's next block, fetched while this one is computed: its rows lie a row of C
-            // apart, which no hardware prefetcher follows, and `store` would wait on each.
-            let (next_i, next_j) = if jp + 1 < col_panels { (ip, jp + 1) } else { (ip + 1, 0) };
-            if c.cs == 1 && next_i < row_panels {
-                let next = c.at(next_i * BLOCK, next_j * BLOCK);
-                let live = BLOCK.min(cols - next_j * BLOCK);
-                for i in 0..BLOCK.min(rows - next_i * BLOCK) {
-                    let row = next.c.wrapping_add(i * c.rs);
-                    _mm_prefetch::<_MM_HINT_ET0>(row as *const i8);
-                    _mm_prefetch::<_MM_HINT_ET0>(row.wrapping_add(live - 1) as *const i8);
-                }
-            }
             // SAFETY: tiles configured (caller); both panels hold kc / KB blocks.
             unsafe { block(kc.div_ceil(KB), a_panel.as_ptr(), b_panel.as_ptr(), &mut acc) };
             let (live_rows, live_cols) = (BLOCK.min(rows - ip * BLOCK), BLOCK.min(cols - jp * BLOCK));

@@ -155,30 +155,6 @@ pub(crate) unsafe fn sgemm(
     unsafe { split(m, n, k, Product { c, a, a_packed: None, b: BSource::Strided(b), scale, add }, threads) }
 }
 
-/// [`sgemm`] with A also packed ahead (`a_packed`, made from `a` by [`PackedA::pack`]), for
-/// the products that share one A: the same bits.
-///
-/// # Safety
-/// As [`sgemm`]; `a_packed` holds A (`m × k`).
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm_packed_a(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: Out,
-    a: Strided,
-    a_packed: &PackedA,
-    b: Strided,
-    scale: f32,
-    add: bool,
-    threads: Threads,
-) {
-    assert!(a_packed.m == m && a_packed.k == k, "A packed as {}×{}, used as {m}×{k}", a_packed.m, a_packed.k);
-    let product = Product { c, a, a_packed: Some((a_packed, 0)), b: BSource::Strided(b), scale, add };
-    // SAFETY: forwarded.
-    unsafe { split(m, n, k, product, threads) }
-}
-
 /// [`sgemm`] with B the transpose of a bf16 matrix read as stored (`linear`'s weight), widened
 /// exactly while it is packed: the bits of [`sgemm`] on the widened f32 matrix, with no
 /// widened copy.
@@ -202,7 +178,8 @@ pub(crate) unsafe fn sgemm_bf16(
 }
 
 /// [`sgemm`] with B written by `source` block by block as it is packed (an implicit im2col),
-/// and A perhaps packed ahead (as [`sgemm_packed_a`]): the bits of [`sgemm`] on the stored B.
+/// and A perhaps packed ahead (`a_packed`, made from `a` by [`PackedA::pack`]): the bits of
+/// [`sgemm`] on the stored B.
 ///
 /// # Safety
 /// As [`sgemm`], with `source` answering every block of rows and columns inside `k × n`.
@@ -238,9 +215,9 @@ unsafe fn split(m: usize, n: usize, k: usize, product: Product<'_>, threads: Thr
         return unsafe { single(m, n, k, product) };
     }
     // Each part packs its own columns of B (unless packed ahead) and, unless A is read in
-    // place, its own rows of A: a row split packs B once per part, a column split A. So with A in place (or no
-    // bigger than B) the columns are split, while every part still gets a few panels of
-    // them; otherwise the side with more tiles. (Against splitting the side with more tiles,
+    // place, its own rows of A: a row split packs B once per part, a column split A. So with
+    // A in place (or no bigger than B) the columns are split, while every part still gets a
+    // few panels of them; otherwise the side with more tiles. (Against splitting the side with more tiles,
     // in-process A/B, 2 threads: T5 encoder 1.04×, DiT 1.03×, linear 512×1024×4096 1.08×,
     // GEMM 512³–4096³ 1.01–1.05×, VAE decode 1.01×.)
     let a_in_place = product.a.cs == 1 || product.a.rs == 1;
@@ -468,9 +445,9 @@ impl PackedB {
     }
 }
 
-/// A packed once for several products that share it (a convolution's weights, transformed
-/// or not, against each block of positions): on AMX the tile panels of its parts, pass by
-/// pass; elsewhere nothing, as the AVX-512 kernel reads such an A in place.
+/// A packed once for several products that share it (a convolution's weights, read by every
+/// call): on AMX the tile panels of its parts, pass by pass; elsewhere nothing, as the
+/// AVX-512 kernel reads such an A in place.
 #[derive(Default)]
 pub(crate) struct PackedA {
     split: amx::SplitA,
