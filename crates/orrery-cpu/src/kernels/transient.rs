@@ -7,7 +7,8 @@
 //! GEMM packs bf16 (`reads_bf16_weights`). Scratch kept for the next call is not counted: a
 //! Winograd convolution's transformed weights and block of transformed patches and products,
 //! or a temporal convolution's weights split by tap, in one process-wide buffer of the largest
-//! size asked for (`conv/winograd.rs`: 52 MiB at the tokenizer's 512 channels with F(4, 3), 0
+//! size asked for, and on AMX the transformed weights split for the products in another
+//! (`conv/winograd.rs`: 52 MiB and 54 MiB at the tokenizer's 512 channels with F(4, 3), 0
 //! for convolutions too small for Winograd; split taps: 3 MiB at 512 channels; a
 //! budget's output-channel slices of a convolution need less or none, so counting it would
 //! make the smallest budget depend on the slicing it picks); and per-thread scratch:

@@ -18,9 +18,10 @@
 
 use super::forward::{Geometry, Input, Weights};
 use super::shared_scratch;
-use crate::kernels::linalg::blas::{gemm, products_on_amx, MatMut, MatRef, Threads};
+use crate::kernels::linalg::blas::{gemm_shared_a, products_on_amx, APacks, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::SharedMut;
 use rayon::prelude::*;
+use std::sync::{Mutex, TryLockError};
 
 /// The matrices of one F(m, 3) algorithm (α = m + 2 interpolation points), row-major.
 pub(super) struct Transforms {
@@ -157,47 +158,69 @@ pub(super) fn winograd(geo: &Geometry, x: &Input<'_>, wts: &Weights<'_>, y: &mut
         let (u, block) = scratch.split_at_mut(cout * a2 * cin);
         for g in 0..geo.groups {
             transform_weights(f, &wts.w[g * cout * cin * 9..(g + 1) * cout * cin * 9], cin, u);
-            let bias = wts.bias.map(|b| &b[g * cout..(g + 1) * cout]);
-            for b in 0..geo.batch {
-                let first = (b * geo.groups + g) * cout * positions;
-                let out = &mut y[first..first + cout * positions];
-                let channels = x.offset + b * x.sb + g * cin * x.sc;
-                for t0 in (0..tiling.count).step_by(tiling.block) {
-                    let nt = tiling.block.min(tiling.count - t0);
-                    let (sources, targets) = tables(geo, x, &tiling, t0, nt);
-                    // Every patch element read lies in x (the channels' extent fits, and the
-                    // last channel of this batch and group starts inside x's data).
-                    let last = channels + (cin - 1) * x.sc;
-                    assert!(sources.iter().all(|&s| s < 0 || last + (s as usize) < x.data.len()), "patch outside x");
-                    assert!(targets.iter().all(|&t| t < 0 || (t as usize) < positions), "tile outside y");
-                    let (v, prods) = block[..a2 * (cin + cout) * nt].split_at_mut(a2 * cin * nt);
-                    let buffers = || (vec![0f32; a2 * nt], vec![0f32; a2 * nt]);
-                    v.par_chunks_mut(a2 * nt).enumerate().for_each_init(buffers, |(d, r), (ci, v)| {
-                        // SAFETY: the table's entries are inside x from this channel (asserted).
-                        unsafe { transform_patches(f, x.data, channels + ci * x.sc, &sources, v, d, r) }
-                    });
-                    let prods_at = SharedMut(prods.as_mut_ptr());
-                    (0..a2).into_par_iter().for_each(|t| {
-                        // M_t = U_t · V_t with U [Cout][t][Cin], V [Cin][t][tiles], M [Cout][t][tiles].
-                        let lhs = MatRef::new(u, t * cin, a2 * cin, 1);
-                        let rhs = MatRef::new(v, t * nt, a2 * nt, 1);
-                        let dst = MatMut { ptr: prods_at.add(t * nt), rs: a2 * nt, cs: 1 };
-                        // SAFETY: `dst` is column block t of every row of `prods` (Cout rows of
-                        // α²·nt), written by this task only; `prods` outlives the loop and does
-                        // not overlap `u` or `v`.
-                        unsafe { gemm(cout, nt, cin, dst, lhs, rhs, 1.0, false, Threads::Single) };
-                    });
-                    let buffers = || (vec![0f32; f.alpha * f.m * nt], vec![0f32; f.m * f.m * nt]);
-                    let planes = prods.par_chunks(a2 * nt).zip(out.par_chunks_mut(positions)).enumerate();
-                    planes.for_each_init(buffers, |(r, tiles), (co, (prod, plane))| {
-                        let bias = bias.map_or(0.0, |b| b[co]);
-                        // SAFETY: the table's entries are inside the plane (asserted).
-                        unsafe { transform_products(f, prod, bias, &targets, plane, r, tiles) }
-                    });
+            let u = &*u;
+            with_u_packs(|packs| {
+                // Each U_t packed once for every block of tiles (where products pack A per call).
+                let shared_u = packs.share(a2, cout, cin, |t| MatRef::new(u, t * cin, a2 * cin, 1));
+                let bias = wts.bias.map(|b| &b[g * cout..(g + 1) * cout]);
+                for b in 0..geo.batch {
+                    let first = (b * geo.groups + g) * cout * positions;
+                    let out = &mut y[first..first + cout * positions];
+                    let channels = x.offset + b * x.sb + g * cin * x.sc;
+                    for t0 in (0..tiling.count).step_by(tiling.block) {
+                        let nt = tiling.block.min(tiling.count - t0);
+                        let (sources, targets) = tables(geo, x, &tiling, t0, nt);
+                        // Every patch element read lies in x (the channels' extent fits, and the
+                        // last channel of this batch and group starts inside x's data).
+                        let last = channels + (cin - 1) * x.sc;
+                        assert!(
+                            sources.iter().all(|&s| s < 0 || last + (s as usize) < x.data.len()),
+                            "patch outside x"
+                        );
+                        assert!(targets.iter().all(|&t| t < 0 || (t as usize) < positions), "tile outside y");
+                        let (v, prods) = block[..a2 * (cin + cout) * nt].split_at_mut(a2 * cin * nt);
+                        let buffers = || (vec![0f32; a2 * nt], vec![0f32; a2 * nt]);
+                        v.par_chunks_mut(a2 * nt).enumerate().for_each_init(buffers, |(d, r), (ci, v)| {
+                            // SAFETY: the table's entries are inside x from this channel (asserted).
+                            unsafe { transform_patches(f, x.data, channels + ci * x.sc, &sources, v, d, r) }
+                        });
+                        let prods_at = SharedMut(prods.as_mut_ptr());
+                        (0..a2).into_par_iter().for_each(|t| {
+                            // M_t = U_t · V_t with U [Cout][t][Cin], V [Cin][t][tiles], M [Cout][t][tiles].
+                            let lhs = &shared_u[t];
+                            let rhs = MatRef::new(v, t * nt, a2 * nt, 1);
+                            let dst = MatMut { ptr: prods_at.add(t * nt), rs: a2 * nt, cs: 1 };
+                            // SAFETY: `dst` is column block t of every row of `prods` (Cout rows of
+                            // α²·nt), written by this task only; `prods` outlives the loop and does
+                            // not overlap `u` or `v`.
+                            unsafe { gemm_shared_a(nt, dst, lhs, rhs, 1.0, false, Threads::Single) };
+                        });
+                        let buffers = || (vec![0f32; f.alpha * f.m * nt], vec![0f32; f.m * f.m * nt]);
+                        let planes = prods.par_chunks(a2 * nt).zip(out.par_chunks_mut(positions)).enumerate();
+                        planes.for_each_init(buffers, |(r, tiles), (co, (prod, plane))| {
+                            let bias = bias.map_or(0.0, |b| b[co]);
+                            // SAFETY: the table's entries are inside the plane (asserted).
+                            unsafe { transform_products(f, prod, bias, &targets, plane, r, tiles) }
+                        });
+                    }
                 }
-            }
+            });
         }
     });
+}
+
+/// Runs `f` on the process-wide buffers for the transformed weights packed for the products
+/// (kept between calls like the shared scratch, at the largest size asked for: 54 MiB at 512
+/// channels with F(4, 3) on AMX, nothing elsewhere), or on fresh ones while another call
+/// holds them.
+fn with_u_packs<R>(f: impl FnOnce(&mut APacks) -> R) -> R {
+    static PACKS: Mutex<APacks> = Mutex::new(APacks::new());
+    match PACKS.try_lock() {
+        Ok(mut held) => f(&mut held),
+        // A panic while they were held leaves packs that are overwritten anyway.
+        Err(TryLockError::Poisoned(p)) => f(&mut p.into_inner()),
+        Err(TryLockError::WouldBlock) => f(&mut APacks::new()),
+    }
 }
 
 /// Floats of scratch for `winograd`: the transformed weights of one group, then one block's

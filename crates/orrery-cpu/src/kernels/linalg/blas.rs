@@ -10,6 +10,7 @@
 //! number of threads.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// A read-only strided matrix: element (i, j) is `data[offset + i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -273,6 +274,95 @@ impl<'a> SharedB<'a> {
             unsafe { self.packed.pack(k, n, b.strided(k, n)) };
         }
     }
+}
+
+/// Buffers for A operands packed once and shared by several products, kept by their owner
+/// between calls (a Winograd convolution's transformed weights).
+pub(crate) struct APacks {
+    #[cfg(target_arch = "x86_64")]
+    packs: Vec<super::sgemm::PackedA>,
+}
+
+impl APacks {
+    pub const fn new() -> APacks {
+        APacks {
+            #[cfg(target_arch = "x86_64")]
+            packs: Vec::new(),
+        }
+    }
+
+    /// The `m × k` matrices `a(0) .. a(count - 1)`, each packed into these buffers (in
+    /// parallel) where products would pack A on every call (AMX), else kept as views.
+    pub fn share<'a>(
+        &'a mut self,
+        count: usize,
+        m: usize,
+        k: usize,
+        a: impl Fn(usize) -> MatRef<'a> + Sync,
+    ) -> Vec<SharedA<'a>> {
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm::available() && super::sgemm::PackedA::bytes_for(m, k) > 0 {
+            self.packs.resize_with(count.max(self.packs.len()), Default::default);
+            let packs = &mut self.packs[..count];
+            packs.par_iter_mut().enumerate().for_each(|(i, pack)| {
+                // SAFETY: AVX-512F is present; `strided` checks the bounds.
+                unsafe { pack.pack(m, k, a(i).strided(m, k)) };
+            });
+            return packs
+                .iter()
+                .enumerate()
+                .map(|(i, pack)| SharedA { view: a(i), m, k, packed: Some(pack) })
+                .collect();
+        }
+        (0..count)
+            .map(|i| SharedA {
+                view: a(i),
+                m,
+                k,
+                #[cfg(target_arch = "x86_64")]
+                packed: None,
+            })
+            .collect()
+    }
+}
+
+/// An A operand several products share ([`APacks::share`]): packed, or a view.
+pub(crate) struct SharedA<'a> {
+    view: MatRef<'a>,
+    m: usize,
+    k: usize,
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<&'a super::sgemm::PackedA>,
+}
+
+/// [`gemm()`] with a shared `lhs` (its `m × k`; `rhs` is `k × n`, `dst` `m × n`): the same bits
+/// as [`gemm()`] on the matrix it was made from.
+///
+/// # Safety
+/// As [`gemm()`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_shared_a(
+    n: usize,
+    dst: MatMut,
+    lhs: &SharedA<'_>,
+    rhs: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    let (m, k) = (lhs.m, lhs.k);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(packed) = lhs.packed {
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (a, b) = (lhs.view.strided(m, k), rhs.strided(k, n));
+        // SAFETY: a pack exists only where the own GEMM runs (AVX-512F); bounds are checked
+        // by `strided`; the caller guarantees dst.
+        return unsafe { super::sgemm::sgemm_packed_a(m, n, k, dst.out(), a, packed, b, scale, accumulate, threads) };
+    }
+    // SAFETY: forwarded.
+    unsafe { gemm(m, n, k, dst, lhs.view, rhs, scale, accumulate, threads) }
 }
 
 /// [`gemm()`] on the calling thread with a shared `rhs` (its `k × n`; `dst` is `m × n`): the

@@ -155,6 +155,30 @@ pub(crate) unsafe fn sgemm(
     unsafe { split(m, n, k, Product { c, a, a_packed: None, b: BSource::Strided(b), scale, add }, threads) }
 }
 
+/// [`sgemm`] with A also packed ahead (`a_packed`, made from `a` by [`PackedA::pack`]), for
+/// the products that share one A: the same bits.
+///
+/// # Safety
+/// As [`sgemm`]; `a_packed` holds A (`m × k`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_packed_a(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: Out,
+    a: Strided,
+    a_packed: &PackedA,
+    b: Strided,
+    scale: f32,
+    add: bool,
+    threads: Threads,
+) {
+    assert!(a_packed.m == m && a_packed.k == k, "A packed as {}×{}, used as {m}×{k}", a_packed.m, a_packed.k);
+    let product = Product { c, a, a_packed: Some((a_packed, 0)), b: BSource::Strided(b), scale, add };
+    // SAFETY: forwarded.
+    unsafe { split(m, n, k, product, threads) }
+}
+
 /// [`sgemm`] with B the transpose of a bf16 matrix read as stored (`linear`'s weight), widened
 /// exactly while it is packed: the bits of [`sgemm`] on the widened f32 matrix, with no
 /// widened copy.
@@ -446,8 +470,9 @@ impl PackedB {
 }
 
 /// A packed once for several products that share it (a convolution's weights, read by every
-/// call): on AMX the tile panels of its parts, pass by pass; elsewhere nothing, as the
-/// AVX-512 kernel reads such an A in place.
+/// call; a Winograd convolution's transformed weights, read by every block of tiles): on AMX
+/// the tile panels of its parts, pass by pass; elsewhere nothing, as the AVX-512 kernel reads
+/// such an A in place.
 #[derive(Default)]
 pub(crate) struct PackedA {
     split: amx::SplitA,

@@ -277,8 +277,8 @@ fn a_weight_packed_ahead_serves_threads_and_column_runs_with_the_same_bits() {
 }
 
 /// A packed ahead (several passes, row splits over threads starting on its panels, a partial
-/// last panel) gives the bits of the same product packing A itself (B gathered, as the
-/// convolutions' products read it).
+/// last panel) gives the bits of the same product packing A itself, with B strided or
+/// gathered (as the convolutions' products read it).
 #[test]
 fn an_a_packed_ahead_gives_the_same_bits() {
     if !avx512() {
@@ -293,6 +293,13 @@ fn an_a_packed_ahead_gives_the_same_bits() {
         pool.install(|| unsafe { packed.pack(m, k, Strided { p: a.data.as_ptr(), rs: k, cs: 1 }) });
         let want = run(m, n, k, &a, &b, 1.0, &vec![0.0; m * n], false, Threads::Single);
         for threads in [Threads::Single, Threads::Pool] {
+            let mut c = vec![0f32; m * n];
+            // SAFETY: as in `run`.
+            pool.install(|| unsafe {
+                let out = Out { c: c.as_mut_ptr(), rs: n, cs: 1 };
+                sgemm_packed_a(m, n, k, out, a.strided(), &packed, b.strided(), 1.0, false, threads);
+            });
+            assert!(c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}×{k}×{n} {threads:?}");
             // B gathered block by block from the stored values.
             let source = Columns(&b);
             let mut c = vec![0f32; m * n];
