@@ -133,6 +133,10 @@ fn run_chunked(
         args.method,
         chunked.needed_bytes() as f64 / (1u64 << 30) as f64
     );
+    if let Some(budget) = args.memory_budget {
+        // Packed weights take only what the budget leaves beside the chunks' plan.
+        orrery_runtime::plan_pack_budget(budget.saturating_sub(chunked.needed_bytes()));
+    }
     let weights: Arc<dyn orrery_runtime::WeightResolver> = Arc::new(FormatWeights::new(source));
     let name = method.output();
     let mut file =

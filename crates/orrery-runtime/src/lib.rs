@@ -22,4 +22,6 @@ pub use error::RuntimeError;
 pub use session::{peak_rss_bytes, RunStats, Session};
 pub use threads::{resolve_threads, ThreadSource};
 pub use weight_stream::{EventKind, Prefetch, StreamCursor, StreamEvent, StreamOptions, StreamStats, WeightStream};
-pub use weights::{default_pack_budget, tensor_from_source, FormatWeights, MemoryWeights, WeightResolver};
+pub use weights::{
+    default_pack_budget, plan_pack_budget, tensor_from_source, FormatWeights, MemoryWeights, WeightResolver,
+};

@@ -25,12 +25,26 @@ pub trait WeightResolver: Send + Sync {
 /// `orrery_cpu::WeightPacks`): 6 bytes per value on CPUs with AMX, 4 elsewhere, kept as long
 /// as the resolver. Results are the same bits with or without packs.
 pub fn default_pack_budget() -> Arc<PackBudget> {
+    process_pack_budget(|| available_memory().map_or(0, |bytes| bytes / 4))
+}
+
+/// Makes the process's pack budget ([`default_pack_budget`]) `bytes`: for a run that plans its
+/// memory within a budget and leaves `bytes` of it beside its plan (0 when weights are
+/// streamed through the rest), so that packs never take the budget's room. `$ORRERY_PACK_BUDGET`
+/// still wins when set, and a budget already in use stays (the first one holds for the
+/// process). Returns the budget in force.
+pub fn plan_pack_budget(bytes: u64) -> Arc<PackBudget> {
+    process_pack_budget(|| bytes)
+}
+
+/// The process's pack budget, made on first use: `$ORRERY_PACK_BUDGET`, else `fallback()`.
+fn process_pack_budget(fallback: impl FnOnce() -> u64) -> Arc<PackBudget> {
     static BUDGET: OnceLock<Arc<PackBudget>> = OnceLock::new();
     BUDGET
         .get_or_init(|| {
             let setting = std::env::var("ORRERY_PACK_BUDGET").ok();
-            let limit = pack_budget_limit(setting.as_deref(), available_memory()).unwrap_or_else(|(e, fallback)| {
-                eprintln!("orrery: warning: ORRERY_PACK_BUDGET: {e}; packing within a quarter of the available memory");
+            let limit = pack_budget_limit(setting.as_deref(), fallback).unwrap_or_else(|(e, fallback)| {
+                eprintln!("orrery: warning: ORRERY_PACK_BUDGET: {e}; keeping the default");
                 fallback
             });
             PackBudget::new(limit)
@@ -38,14 +52,13 @@ pub fn default_pack_budget() -> Arc<PackBudget> {
         .clone()
 }
 
-/// The pack budget for `$ORRERY_PACK_BUDGET` = `setting` with `available` bytes of memory;
-/// an unusable setting gives its error and the default.
-fn pack_budget_limit(setting: Option<&str>, available: Option<u64>) -> Result<u64, (String, u64)> {
-    let default = available.map_or(0, |bytes| bytes / 4);
+/// The pack budget for `$ORRERY_PACK_BUDGET` = `setting`, else `fallback()`; an unusable
+/// setting gives its error and the fallback.
+fn pack_budget_limit(setting: Option<&str>, fallback: impl FnOnce() -> u64) -> Result<u64, (String, u64)> {
     match setting.map(str::trim) {
         Some("0") => Ok(0),
-        Some(v) if !v.is_empty() => crate::parse_byte_size(v).map_err(|e| (e, default)),
-        _ => Ok(default),
+        Some(v) if !v.is_empty() => crate::parse_byte_size(v).map_err(|e| (e, fallback())),
+        _ => Ok(fallback()),
     }
 }
 
@@ -59,26 +72,33 @@ fn available_memory() -> Option<u64> {
 
 /// Each weight's packs, by name, kept across the sessions that share a resolver.
 struct PackTable {
-    budget: Arc<PackBudget>,
+    /// The budget given, or none: the process's ([`default_pack_budget`]), taken when the first
+    /// weight is resolved, so that a run planning its memory can set it
+    /// ([`plan_pack_budget`]) after making its resolvers.
+    budget: Option<Arc<PackBudget>>,
     by_name: Mutex<HashMap<String, Arc<WeightPacks>>>,
 }
 
 impl PackTable {
-    fn new(budget: Arc<PackBudget>) -> PackTable {
+    fn new(budget: Option<Arc<PackBudget>>) -> PackTable {
         PackTable { budget, by_name: Mutex::new(HashMap::new()) }
+    }
+
+    fn budget(&self) -> Arc<PackBudget> {
+        self.budget.clone().unwrap_or_else(default_pack_budget)
     }
 
     /// `t` carrying the packs of weight `name` (made empty on its first resolve; a file's
     /// weight keeps its bytes while the resolver lives).
     fn attach(&self, name: &str, t: CpuTensor) -> CpuTensor {
         let mut by_name = self.by_name.lock().expect("pack table poisoned");
-        let packs = by_name.entry(name.to_string()).or_insert_with(|| WeightPacks::new(&self.budget));
+        let packs = by_name.entry(name.to_string()).or_insert_with(|| WeightPacks::new(&self.budget()));
         t.with_packs(packs.clone())
     }
 
     /// `t`, a new value of weight `name`, carrying new packs.
     fn replace(&self, name: &str, t: CpuTensor) -> CpuTensor {
-        let packs = WeightPacks::new(&self.budget);
+        let packs = WeightPacks::new(&self.budget());
         self.by_name.lock().expect("pack table poisoned").insert(name.to_string(), packs.clone());
         t.with_packs(packs)
     }
@@ -104,12 +124,12 @@ pub struct FormatWeights {
 
 impl FormatWeights {
     pub fn new(source: Box<dyn orrery_formats::WeightSource>) -> FormatWeights {
-        FormatWeights::with_pack_budget(source, default_pack_budget())
+        FormatWeights { source, bytes_read: Default::default(), packs: PackTable::new(None) }
     }
 
     /// [`FormatWeights::new`] drawing packs from `budget`.
     pub fn with_pack_budget(source: Box<dyn orrery_formats::WeightSource>, budget: Arc<PackBudget>) -> FormatWeights {
-        FormatWeights { source, bytes_read: Default::default(), packs: PackTable::new(budget) }
+        FormatWeights { source, bytes_read: Default::default(), packs: PackTable::new(Some(budget)) }
     }
 
     pub fn source(&self) -> &dyn orrery_formats::WeightSource {
@@ -198,7 +218,7 @@ pub struct MemoryWeights {
 
 impl Default for MemoryWeights {
     fn default() -> MemoryWeights {
-        MemoryWeights::with_pack_budget(default_pack_budget())
+        MemoryWeights { tensors: HashMap::new(), packs: PackTable::new(None) }
     }
 }
 
@@ -209,7 +229,7 @@ impl MemoryWeights {
 
     /// No weights yet; their packs drawn from `budget`.
     pub fn with_pack_budget(budget: Arc<PackBudget>) -> MemoryWeights {
-        MemoryWeights { tensors: HashMap::new(), packs: PackTable::new(budget) }
+        MemoryWeights { tensors: HashMap::new(), packs: PackTable::new(Some(budget)) }
     }
 
     pub fn insert(&mut self, name: &str, t: CpuTensor) {
@@ -238,13 +258,13 @@ mod tests {
     use orrery_ir::{DType, Op};
 
     #[test]
-    fn the_pack_budget_comes_from_the_setting_or_the_available_memory() {
-        assert_eq!(pack_budget_limit(None, Some(8 << 30)), Ok(2 << 30));
-        assert_eq!(pack_budget_limit(Some(""), Some(8 << 30)), Ok(2 << 30));
-        assert_eq!(pack_budget_limit(Some("512MiB"), Some(8 << 30)), Ok(512 << 20));
-        assert_eq!(pack_budget_limit(Some(" 0 "), Some(8 << 30)), Ok(0));
-        assert_eq!(pack_budget_limit(None, None), Ok(0), "nothing is packed where the memory is unknown");
-        let (error, fallback) = pack_budget_limit(Some("lots"), Some(8 << 30)).unwrap_err();
+    fn the_pack_budget_comes_from_the_setting_or_the_fallback() {
+        let quarter = || 2 << 30;
+        assert_eq!(pack_budget_limit(None, quarter), Ok(2 << 30));
+        assert_eq!(pack_budget_limit(Some(""), quarter), Ok(2 << 30));
+        assert_eq!(pack_budget_limit(Some("512MiB"), quarter), Ok(512 << 20));
+        assert_eq!(pack_budget_limit(Some(" 0 "), quarter), Ok(0));
+        let (error, fallback) = pack_budget_limit(Some("lots"), quarter).unwrap_err();
         assert!(error.contains("`lots` is not a size"), "{error}");
         assert_eq!(fallback, 2 << 30);
     }

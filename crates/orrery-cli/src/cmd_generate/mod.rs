@@ -349,6 +349,13 @@ pub fn generate(args: &GenerateArgs) -> Result<ExitCode> {
     let negative_encoded = !(sampler == SamplerKind::Predict1 && args.negative_prompt.as_deref() == Some(""));
     let memory_plan = pipeline.memory_plan(&size, negative_encoded, budget)?;
     eprintln!("orrery: {}", memory::describe(&memory_plan, budget));
+    if let Some(budget) = budget {
+        // Packed weights take only what the budget leaves beside the plan: nothing when
+        // weights are streamed through the rest of it.
+        let planned = memory_plan.weight_bytes + memory_plan.activation_bytes + memory_plan.transient_bytes;
+        let room = if memory_plan.timeline.is_some() { 0 } else { budget.bytes.saturating_sub(planned) };
+        orrery_runtime::plan_pack_budget(room);
+    }
     let settings = Settings { memory: budget, ..settings };
     // Under mpirun: this process's rank and the collective joining it to the others.
     let launch = ranks::detect();
