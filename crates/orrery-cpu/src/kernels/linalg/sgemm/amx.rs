@@ -198,26 +198,21 @@ fn panel_len(kc: usize) -> usize {
     kc.div_ceil(KB) * PANEL_STEP
 }
 
-/// B packed ahead ([`super::PackedB`]), split into tile panels pass by pass.
+/// An operand packed ahead ([`super::PackedB`], [`super::PackedA`]): its tile panels pass by
+/// pass, each pass `KC` steps (fewer in the last), made by the per-product packers so that a
+/// product reading them has the bits of one packing the operand itself.
 #[derive(Default)]
-pub(super) struct SplitB {
+pub(super) struct Split {
     data: Vec<u16>,
     offset: usize,
-    /// bf16 elements of one whole pass (`KC` steps).
+    /// bf16 elements of one whole pass.
     pass_len: usize,
 }
 
-impl SplitB {
-    /// Packs the `k × n` matrix `source` pass by pass through the per-product packers (f32
-    /// panels staged block by block, then split), so its panels have the bits a product
-    /// packing B itself makes. Passes are packed in parallel when there are several.
-    pub(super) fn pack(&mut self, k: usize, n: usize, source: BSource<'_>) {
-        let panels = n.div_ceil(BLOCK);
-        self.pass_len = panels * panel_len(KC.min(k));
-        let passes = k.div_ceil(KC);
-        self.offset = aligned_offset(&mut self.data, passes * self.pass_len);
-        let pack_pass = |(pass, dst): (usize, &mut [u16])| {
-            let (k0, kc) = (pass * KC, KC.min(k - pass * KC));
+impl Split {
+    /// Packs the `k × n` matrix `source` as B: f32 panels staged block by block, then split.
+    pub(super) fn pack_b(&mut self, k: usize, n: usize, source: BSource<'_>) {
+        self.fill(n, k, |k0, kc, dst| {
             STAGING.with(|staging| {
                 let mut staging = staging.borrow_mut();
                 let nb_max = NB.min(n).next_multiple_of(super::NR);
@@ -232,12 +227,31 @@ impl SplitB {
                     unsafe { pack_b(&mut dst[j0 / BLOCK * panel_len(kc)..], &staging, kc, nb) };
                 }
             });
-        };
+        });
+    }
+
+    /// Packs the `m × k` matrix `a` as A.
+    ///
+    /// # Safety
+    /// Every element (i, j), i < m, j < k, of `a` is readable; AVX-512BW ([`available`]).
+    pub(super) unsafe fn pack_a(&mut self, m: usize, k: usize, a: super::Strided) {
+        let a = SyncStrided(a);
+        // SAFETY: each pass lies inside A; AVX-512BW (caller).
+        self.fill(m, k, |k0, kc, dst| unsafe { pack_a(dst, a.at(0, k0), m, kc) });
+    }
+
+    /// Sizes the panels of `lines` rows (or columns) over `k` steps and has `pack_pass(k0,
+    /// kc, dst)` pack each pass, in parallel when there are several.
+    fn fill(&mut self, lines: usize, k: usize, pack_pass: impl Fn(usize, usize, &mut [u16]) + Sync) {
+        self.pass_len = lines.div_ceil(BLOCK) * panel_len(KC.min(k));
+        let passes = k.div_ceil(KC);
+        self.offset = aligned_offset(&mut self.data, passes * self.pass_len);
         let data = &mut self.data[self.offset..][..passes * self.pass_len];
+        let one = |(pass, dst): (usize, &mut [u16])| pack_pass(pass * KC, KC.min(k - pass * KC), dst);
         if passes > 1 {
-            data.par_chunks_mut(self.pass_len).enumerate().for_each(pack_pass);
+            data.par_chunks_mut(self.pass_len).enumerate().for_each(one);
         } else {
-            data.chunks_mut(self.pass_len).enumerate().for_each(pack_pass);
+            data.chunks_mut(self.pass_len).enumerate().for_each(one);
         }
     }
 
@@ -246,54 +260,9 @@ impl SplitB {
         self.data.capacity() * 2
     }
 
-    /// Bytes [`SplitB::pack`] of a `k × n` matrix holds (at least).
-    pub(super) fn bytes_for(k: usize, n: usize) -> usize {
-        (k.div_ceil(KC) * n.div_ceil(BLOCK) * panel_len(KC.min(k)) + 32) * 2
-    }
-
-    /// Pass `pass`'s panels.
-    fn pass(&self, pass: usize) -> &[u16] {
-        &self.data[self.offset + pass * self.pass_len..]
-    }
-}
-
-/// A packed ahead ([`super::PackedA`]): its tile panels pass by pass.
-#[derive(Default)]
-pub(super) struct SplitA {
-    data: Vec<u16>,
-    offset: usize,
-    /// bf16 elements of one whole pass (`KC` steps).
-    pass_len: usize,
-}
-
-impl SplitA {
-    /// Packs the `m × k` matrix `a` pass by pass with the per-product packer, so its panels
-    /// have the bits a product packing A itself makes. Passes are packed in parallel when
-    /// there are several.
-    ///
-    /// # Safety
-    /// Every element (i, j), i < m, j < k, of `a` is readable; AVX-512BW ([`available`]).
-    pub(super) unsafe fn pack(&mut self, m: usize, k: usize, a: super::Strided) {
-        self.pass_len = m.div_ceil(BLOCK) * panel_len(KC.min(k));
-        let passes = k.div_ceil(KC);
-        self.offset = aligned_offset(&mut self.data, passes * self.pass_len);
-        let data = &mut self.data[self.offset..][..passes * self.pass_len];
-        let a = SyncStrided(a);
-        let pack_pass = |(pass, dst): (usize, &mut [u16])| {
-            let k0 = pass * KC;
-            // SAFETY: the pass lies inside A (caller); AVX-512BW (caller).
-            unsafe { pack_a(dst, a.at(0, k0), m, KC.min(k - k0)) };
-        };
-        if passes > 1 {
-            data.par_chunks_mut(self.pass_len).enumerate().for_each(pack_pass);
-        } else {
-            data.chunks_mut(self.pass_len).enumerate().for_each(pack_pass);
-        }
-    }
-
-    /// Bytes [`SplitA::pack`] of an `m × k` matrix holds (at least).
-    pub(super) fn bytes_for(m: usize, k: usize) -> usize {
-        (k.div_ceil(KC) * m.div_ceil(BLOCK) * panel_len(KC.min(k)) + 32) * 2
+    /// Bytes the panels of `lines` rows (or columns) over `k` steps hold (at least).
+    pub(super) fn bytes_for(lines: usize, k: usize) -> usize {
+        (k.div_ceil(KC) * lines.div_ceil(BLOCK) * panel_len(KC.min(k)) + 32) * 2
     }
 
     /// Pass `pass`'s panels.

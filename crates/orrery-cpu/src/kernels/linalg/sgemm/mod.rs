@@ -402,7 +402,7 @@ pub(crate) struct PackedB {
     data: Vec<f32>,
     /// The panels split for AMX tiles where products run there (split once here rather than
     /// by every product that reads them); empty elsewhere.
-    split: amx::SplitB,
+    split: amx::Split,
     k: usize,
     n: usize,
 }
@@ -434,7 +434,7 @@ impl PackedB {
         (self.k, self.n) = (k, n);
         if amx::available() {
             self.data = Vec::new();
-            return self.split.pack(k, n, source);
+            return self.split.pack_b(k, n, source);
         }
         let width = n.next_multiple_of(NR);
         self.data.resize(k * width, 0.0);
@@ -458,7 +458,7 @@ impl PackedB {
     /// Bytes [`PackedB::pack`] of a `k × n` matrix would hold.
     pub(crate) fn bytes_for(k: usize, n: usize) -> usize {
         if amx::available() {
-            amx::SplitB::bytes_for(k, n)
+            amx::Split::bytes_for(n, k)
         } else {
             k * n.next_multiple_of(NR) * 4
         }
@@ -475,7 +475,7 @@ impl PackedB {
 /// such an A in place.
 #[derive(Default)]
 pub(crate) struct PackedA {
-    split: amx::SplitA,
+    split: amx::Split,
     m: usize,
     k: usize,
 }
@@ -489,14 +489,14 @@ impl PackedA {
         (self.m, self.k) = (m, k);
         if amx::available() {
             // SAFETY: forwarded.
-            unsafe { self.split.pack(m, k, a) };
+            unsafe { self.split.pack_a(m, k, a) };
         }
     }
 
     /// Bytes [`PackedA::pack`] of an `m × k` matrix would hold.
     pub(crate) fn bytes_for(m: usize, k: usize) -> usize {
         if amx::available() {
-            amx::SplitA::bytes_for(m, k)
+            amx::Split::bytes_for(m, k)
         } else {
             0
         }
