@@ -1,13 +1,15 @@
 //! Constant weights packed once for the products that read them.
 //!
-//! A product packs its B operand into the GEMM's panels on every call (and, on AMX, splits
+//! A product packs its operands into the GEMM's panels on every call (and, on AMX, splits
 //! each f32 value into three bf16 parts); for a weight that is the same work every call. A
-//! weight tensor the runtime gives a [`WeightPacks`] ([`CpuTensor::with_packs`]) keeps its packed form beside
-//! it once the first product has made it, and later products read that instead. The packs
-//! live as long as the weight tensor (and its clones), and their bytes are drawn from a
-//! [`PackBudget`] shared by every weight of a run: once it is spent, further weights are
-//! packed per call as before. Results are the same bits either way (the packed form is made
-//! by the per-call packers; see `kernels::linalg::sgemm`).
+//! weight tensor the runtime gives a [`WeightPacks`] ([`CpuTensor::with_packs`]) keeps the
+//! packed forms the first products made: `linear`'s weight as the GEMM's B, and on AMX a
+//! convolution's weights as its A (the whole depth, or each half of a depth split). Later
+//! products read those instead. The packs live as long as the weight tensor (and its clones
+//! and the resolver that made it), and their bytes are drawn from a [`PackBudget`] shared by
+//! the process's weights: once it is spent, further weights are packed per call as before.
+//! Results are the same bits either way (the packed forms are made by the per-call packers;
+//! see `kernels::linalg::sgemm`).
 
 use crate::kernels::linalg::{PackedWeight, PackedWeightA};
 use crate::CpuTensor;

@@ -449,7 +449,6 @@ impl PackedWeight {
                 }
                 _ => return None,
             }
-            debug_assert!(packed.bytes() <= bytes + 128, "{} packed bytes, {bytes} counted", packed.bytes());
             return Some(PackedWeight { n, k, bytes, packed });
         }
         let _ = (n, k, bytes);

@@ -256,6 +256,7 @@ impl Split {
     }
 
     /// Bytes held.
+    #[cfg(test)]
     pub(super) fn bytes(&self) -> usize {
         self.data.capacity() * 2
     }

@@ -450,8 +450,9 @@ impl PackedB {
         }
     }
 
-    /// Bytes held by the panels.
-    pub(crate) fn bytes(&self) -> usize {
+    /// Bytes held by the panels (tests check [`PackedB::bytes_for`] against it).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.data.capacity() * 4 + self.split.bytes()
     }
 

@@ -253,6 +253,15 @@ fn a_weight_packed_ahead_serves_threads_and_column_runs_with_the_same_bits() {
             packed.pack(k, n, Strided { p: w.data.as_ptr(), rs: 1, cs: k });
             packed16.pack_bf16(k, n, Bf16Rows { p: w16.as_ptr() as *const u16, rs: k });
         });
+        // What a pack holds is what the budget was charged for it (less than a line over).
+        for pack in [&packed, &packed16] {
+            let counted = PackedB::bytes_for(k, n);
+            assert!(
+                pack.bytes() <= counted && counted <= pack.bytes() + 128,
+                "{} held, {counted} counted",
+                pack.bytes()
+            );
+        }
         for (pack, values) in [(&packed, &w.data), (&packed16, &wide)] {
             for (j0, cols) in [(0, n), (NR, n - NR), (2 * NR, 1)] {
                 if j0 + cols > n {
