@@ -18,4 +18,4 @@ pub use error::CpuError;
 pub use kernels::{execute, transient_bytes};
 pub use recycle::Recycler;
 pub use tensor::{Buffer, CpuTensor, Element, MappedBytes};
-pub use weight_packs::{PackBudget, WeightPacks};
+pub use weight_packs::{BudgetHold, PackBudget, WeightPacks};

@@ -50,6 +50,31 @@ impl PackBudget {
     fn release(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::Relaxed);
     }
+
+    /// Takes `bytes` from the budget for something other than a pack (values the runtime
+    /// keeps between runs) when they fit; dropping the hold gives them back.
+    pub fn hold(self: &Arc<Self>, bytes: u64) -> Option<BudgetHold> {
+        self.reserve(bytes).then(|| BudgetHold { budget: self.clone(), bytes })
+    }
+}
+
+/// Bytes taken from a [`PackBudget`] until dropped ([`PackBudget::hold`]).
+#[derive(Debug)]
+pub struct BudgetHold {
+    budget: Arc<PackBudget>,
+    bytes: u64,
+}
+
+impl BudgetHold {
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 /// One weight's packed forms, made on first use.

@@ -503,10 +503,11 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"recycled_bytes\": {recycled_bytes}, \"peak_rss_bytes\": {}, \"packed_weight_bytes\": {}, \"runs_s\": {times:?}}}",
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"recycled_bytes\": {recycled_bytes}, \"peak_rss_bytes\": {}, \"packed_weight_bytes\": {}, \"kept_derived_bytes\": {}, \"runs_s\": {times:?}}}",
         flops / median / 1e9,
         read_bytes as f64 / median / 1e9,
         orrery_runtime::peak_rss_bytes().unwrap_or(0),
-        weights.packed_bytes()
+        weights.packed_bytes(),
+        session.kept_derived_bytes()
     );
 }

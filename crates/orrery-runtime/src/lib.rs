@@ -10,6 +10,7 @@
 
 mod byte_size;
 mod chunks;
+mod derived;
 mod error;
 mod session;
 mod threads;

@@ -1,5 +1,6 @@
 //! Running a plan.
 
+use crate::derived::Derived;
 use crate::{RuntimeError, StreamCursor, WeightResolver};
 use orrery_compiler::Plan;
 use orrery_cpu::{CpuTensor, Recycler};
@@ -41,6 +42,9 @@ pub struct Session {
     weight_cache: Mutex<HashMap<usize, CpuTensor>>,
     /// Freed activations' buffers, reused for later kernels' outputs within a run.
     recycler: Option<Recycler>,
+    /// The values computed from weights and constants alone, kept after the first run that
+    /// fits them in the resolver's budget (`derived`).
+    derived: Derived,
 }
 
 impl Session {
@@ -51,7 +55,8 @@ impl Session {
             .build()
             .map_err(|e| RuntimeError::ThreadPool { threads, reason: e.to_string() })?;
         let recycler = Some(Recycler::default());
-        Ok(Session { plan, weights, pool, threads, weight_cache: Mutex::new(HashMap::new()), recycler })
+        let derived = Derived::new(&plan.graph);
+        Ok(Session { plan, weights, pool, threads, weight_cache: Mutex::new(HashMap::new()), recycler, derived })
     }
 
     /// Whether kernels may take their outputs from the buffers of values freed earlier in
@@ -69,6 +74,12 @@ impl Session {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Bytes of the values computed from weights and constants alone that this session keeps
+    /// between runs (0 until a run has kept them; see the `derived` module).
+    pub fn kept_derived_bytes(&self) -> u64 {
+        self.derived.kept_bytes()
     }
 
     /// A description of every graph input, e.g. "`x` f32[2, 8], `mask` i64[2, 8]".
@@ -163,13 +174,26 @@ impl Session {
         }
         let plan = &self.plan;
         let weight_nodes: Vec<bool> = graph.nodes().iter().map(|n| matches!(n.kind, NodeKind::Weight)).collect();
+        // Values computed from weights alone: kept ones are read instead of their kernels
+        // running; otherwise this run offers them for keeping. A streamed run does neither.
+        let kept = if cursor.is_none() { self.derived.kept() } else { None };
+        let mut capture =
+            (cursor.is_none() && kept.is_none()).then(|| self.derived.capture(self.weights.derived_budget()));
+        // Values held outside the activations: weights and kept values.
+        let resident: Vec<bool> =
+            (0..graph.len()).map(|i| weight_nodes[i] || kept.as_ref().is_some_and(|k| k.get(i).is_some())).collect();
         let is_collective =
             |k: usize| graph.node(plan.kernels[k].node).op().is_some_and(|op| op.family() == OpFamily::Collective);
         // Activation bytes live between kernels; an upper bound once buffers freed together
         // are shared (only the recycler's room reads it, and a smaller room is safe).
-        let mut live_between = live_bytes(&values, &weight_nodes);
+        let mut live_between = live_bytes(&values, &resident);
         let mut run = |k: usize, comm: Option<&mut dyn Collective>| -> Result<(), RuntimeError> {
             let kernel = &plan.kernels[k];
+            if kept.is_some() && self.derived.is_derived_op(kernel.node.0) {
+                // Computed by an earlier run; what later kernels read of it is kept.
+                stats.kernel_seconds.push(0.0);
+                return Ok(());
+            }
             let output = if kernel.is_view { 0 } else { graph.node(kernel.node).ty.size_bytes() };
             let shelved = self.recycler.as_ref().map_or(0, |recycler| {
                 // Room for the shelf beside the live values and the output this kernel makes,
@@ -179,6 +203,10 @@ impl Session {
             });
             stats.peak_held_bytes = stats.peak_held_bytes.max(live_between + output + shelved);
             for &input in &kernel.inputs {
+                if let Some(v) = kept.as_ref().and_then(|kept| kept.get(input.0)).filter(|_| values[input.0].is_none())
+                {
+                    values[input.0] = Some(v.clone());
+                }
                 if values[input.0].is_none() {
                     let node = graph.node(input);
                     let t = match cursor {
@@ -212,8 +240,11 @@ impl Session {
                 out = out.compact();
             }
             stats.kernel_seconds.push(started.elapsed().as_secs_f64());
+            if let Some(capture) = &mut capture {
+                capture.offer(kernel.node.0, &out, |buffer| self.is_weight_buffer(buffer));
+            }
             values[kernel.node.0] = Some(out);
-            let live = live_bytes(&values, &weight_nodes);
+            let live = live_bytes(&values, &resident);
             stats.peak_live_bytes = stats.peak_live_bytes.max(live);
             let freed: Vec<(usize, CpuTensor)> =
                 kernel.frees.iter().filter_map(|f| values[f.0].take().map(|t| (f.0, t))).collect();
@@ -221,7 +252,7 @@ impl Session {
             // other still counts).
             let gone: u64 = freed
                 .iter()
-                .filter(|(i, t)| !weight_nodes[*i] && Arc::strong_count(t.buffer()) == 1)
+                .filter(|(i, t)| !resident[*i] && Arc::strong_count(t.buffer()) == 1)
                 .map(|(_, t)| t.buffer().owned_bytes() as u64)
                 .sum();
             live_between = live.saturating_sub(gone);
@@ -258,17 +289,27 @@ impl Session {
         if let Some(r) = &self.recycler {
             stats.recycled_bytes = r.clear();
         }
+        if let Some(capture) = capture {
+            capture.finish();
+        }
         let mut outputs = HashMap::new();
         for (name, id) in graph.outputs() {
-            let value = match values[id.0].clone() {
-                Some(v) => v,
+            let value = match (values[id.0].clone(), kept.as_ref().and_then(|k| k.get(id.0))) {
+                (Some(v), _) => v,
+                (None, Some(v)) => v.clone(),
                 // An output that is directly a weight or constant.
-                None => self.weight(id.0)?.0,
+                (None, None) => self.weight(id.0)?.0,
             };
             outputs.insert(name.clone(), value);
         }
         stats.seconds = start.elapsed().as_secs_f64();
         Ok((outputs, stats))
+    }
+
+    /// Whether `buffer` is a resolved weight's.
+    fn is_weight_buffer(&self, buffer: &Arc<orrery_cpu::Buffer>) -> bool {
+        let cache = self.weight_cache.lock().expect("weight cache poisoned");
+        cache.values().any(|w| Arc::ptr_eq(w.buffer(), buffer))
     }
 
     /// The weight of node `index`, resolving and caching it on first use.
@@ -292,13 +333,14 @@ impl Session {
     }
 }
 
-/// Bytes of the distinct buffers behind the live non-weight values.
-fn live_bytes(values: &[Option<CpuTensor>], weight_nodes: &[bool]) -> u64 {
+/// Bytes of the distinct buffers behind the live values not `resident` (weights and kept
+/// values).
+fn live_bytes(values: &[Option<CpuTensor>], resident: &[bool]) -> u64 {
     let mut seen = std::collections::HashSet::new();
     values
         .iter()
-        .zip(weight_nodes)
-        .filter_map(|(v, &is_weight)| v.as_ref().filter(|_| !is_weight))
+        .zip(resident)
+        .filter_map(|(v, &resident)| v.as_ref().filter(|_| !resident))
         .filter(|t| seen.insert(Arc::as_ptr(t.buffer())))
         .map(|t| t.buffer().owned_bytes() as u64)
         .sum()

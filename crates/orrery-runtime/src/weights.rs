@@ -14,6 +14,12 @@ pub trait WeightResolver: Send + Sync {
     fn packed_bytes(&self) -> u64 {
         0
     }
+
+    /// The budget a session draws from to keep the values it computes from weights and
+    /// constants alone between runs (see `Session`); none keeps nothing.
+    fn derived_budget(&self) -> Option<Arc<PackBudget>> {
+        None
+    }
 }
 
 /// The budget resolvers draw their weights' packed forms from unless given another (one for
@@ -197,6 +203,10 @@ impl WeightResolver for FormatWeights {
     fn packed_bytes(&self) -> u64 {
         self.packs.bytes()
     }
+
+    fn derived_budget(&self) -> Option<Arc<PackBudget>> {
+        Some(self.packs.budget())
+    }
 }
 
 /// Loads tensor `name` from `source` as a CPU tensor, zero-copy when the bytes are mapped and
@@ -249,6 +259,10 @@ impl WeightResolver for MemoryWeights {
 
     fn packed_bytes(&self) -> u64 {
         self.packs.bytes()
+    }
+
+    fn derived_budget(&self) -> Option<Arc<PackBudget>> {
+        Some(self.packs.budget())
     }
 }
 
