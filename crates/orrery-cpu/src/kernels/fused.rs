@@ -7,10 +7,9 @@
 
 use super::elementwise::math::{nan_max, nan_min};
 use super::elementwise::{binary_slice, clamp_value, unary_slice};
-use crate::recycle::output_f32;
+use crate::recycle::OutputBuffer;
 use crate::{CpuError, CpuTensor, Element};
 use orrery_ir::{BinaryOp, FusedProgram, FusedStep, Op, RopeStyle, TensorType};
-use rayon::prelude::*;
 
 /// Output elements per task: fixed (never derived from the thread count), small enough that
 /// the scratch vectors of a long program stay in L2.
@@ -35,11 +34,11 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
     let Op::Fused(program) = op else { return Err(CpuError::kernel(op, "not a fused program")) };
     let dims = out.shape.dims();
     let sources = sources(op, inputs, dims)?;
-    let mut y = output_f32(out.shape.numel());
     let chunk_len = chunk_len(program, CHUNK);
-    y.par_chunks_mut(chunk_len).enumerate().for_each_init(
+    let y = OutputBuffer::new(out.shape.numel()).fill_chunks(
+        chunk_len,
         || Scratch::new(program, chunk_len),
-        |scratch, (i, chunk)| {
+        |scratch, i, chunk| {
             let n = chunk.len();
             for (src, dst) in sources.iter().zip(scratch.values(n)) {
                 gather(src, dims, i * chunk_len, &mut dst[..n]);

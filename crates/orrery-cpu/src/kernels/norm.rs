@@ -8,7 +8,7 @@
 
 use super::elementwise::strided::{dense, typed, CHUNK};
 use super::reduce::sum_f64;
-use crate::recycle::output_f32;
+use crate::recycle::{output_f32, OutputBuffer};
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{Op, RopeStyle, TensorType};
 use rayon::prelude::*;
@@ -23,24 +23,27 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
         Op::Rope { .. } => Vec::new(),
         _ => inputs[1..].iter().map(|t| f32_data(op, t)).collect::<Result<Vec<_>, _>>()?,
     };
-    let mut y = output_f32(x.len());
-    if !y.is_empty() {
-        match op {
-            Op::LayerNorm { eps, .. } => {
-                let d = dims[dims.len() - 1];
-                let (w, b) = (params.first().map(|p| &p[..]), params.get(1).map(|p| &p[..]));
-                for_rows(&x, &mut y, d, |x, y| layer_norm_row(x, y, *eps, w, b));
-            }
-            Op::RmsNorm { eps, .. } => {
-                let d = dims[dims.len() - 1];
-                let w = params.first().map(|p| &p[..]);
-                for_rows(&x, &mut y, d, |x, y| rms_norm_row(x, y, *eps, w));
-            }
-            Op::GroupNorm { groups, eps, .. } => group_norm(&x, &mut y, &dims, *groups, *eps, &params),
-            Op::BatchNorm { eps, .. } => batch_norm(&x, &mut y, &dims, *eps, &params),
-            Op::Rope { style } => rope(op, &x, &mut y, &dims, [inputs[1], inputs[2]], *style)?,
-            _ => return Err(CpuError::kernel(op, "not a normalisation")),
+    if x.is_empty() {
+        return Ok(CpuTensor::from_vec(dims, Vec::<f32>::new()));
+    }
+    let d = dims[dims.len() - 1];
+    match op {
+        Op::LayerNorm { eps, .. } => {
+            let (w, b) = (params.first().map(|p| &p[..]), params.get(1).map(|p| &p[..]));
+            return Ok(CpuTensor::from_vec(dims, for_rows(&x, d, |x, y| layer_norm_row(x, y, *eps, w, b))));
         }
+        Op::RmsNorm { eps, .. } => {
+            let w = params.first().map(|p| &p[..]);
+            return Ok(CpuTensor::from_vec(dims, for_rows(&x, d, |x, y| rms_norm_row(x, y, *eps, w))));
+        }
+        _ => {}
+    }
+    let mut y = output_f32(x.len());
+    match op {
+        Op::GroupNorm { groups, eps, .. } => group_norm(&x, &mut y, &dims, *groups, *eps, &params),
+        Op::BatchNorm { eps, .. } => batch_norm(&x, &mut y, &dims, *eps, &params),
+        Op::Rope { style } => rope(op, &x, &mut y, &dims, [inputs[1], inputs[2]], *style)?,
+        _ => return Err(CpuError::kernel(op, "not a normalisation")),
     }
     Ok(CpuTensor::from_vec(dims, y))
 }
@@ -49,15 +52,19 @@ fn f32_data<'a>(op: &Op, t: &'a CpuTensor) -> Result<Cow<'a, [f32]>, CpuError> {
     dense::<f32>(t).ok_or_else(|| CpuError::kernel(op, format!("input of dtype {} is not f32", t.dtype())))
 }
 
-/// Calls `f(x_row, y_row)` for every row of length `d`, rows handed out in groups of about
-/// [`CHUNK`] elements.
-fn for_rows(x: &[f32], y: &mut [f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
+/// The output of `f(x_row, y_row)` for every row of length `d`, rows handed out in groups of
+/// about [`CHUNK`] elements.
+fn for_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync + Send) -> Vec<f32> {
     let per_chunk = (CHUNK / d).max(1) * d;
-    y.par_chunks_mut(per_chunk).zip(x.par_chunks(per_chunk)).for_each(|(yc, xc)| {
-        for (yr, xr) in yc.chunks_exact_mut(d).zip(xc.chunks_exact(d)) {
-            f(xr, yr);
-        }
-    });
+    OutputBuffer::new(x.len()).fill_chunks(
+        per_chunk,
+        || (),
+        |_, i, yc| {
+            for (yr, xr) in yc.chunks_exact_mut(d).zip(x[i * per_chunk..].chunks_exact(d)) {
+                f(xr, yr);
+            }
+        },
+    )
 }
 
 /// `Σ (x - mean)²` in f64, eight interleaved lanes.

@@ -10,8 +10,8 @@
 
 use super::blas::{gemm_shared, MatMut, MatRef, SharedB};
 use super::fast_exp::{exp, exp_shifted_sum, row_max};
-use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
-use crate::recycle::output_f32;
+use super::operand::{broadcast_strides_to, index_offsets, F32Operand};
+use crate::recycle::OutputBuffer;
 use crate::{Buffer, CpuTensor};
 use orrery_ir::{AttentionLayout, AttentionMask, TensorType};
 use rayon::prelude::*;
@@ -155,10 +155,12 @@ pub(super) fn attention(
     let (lq, d, lk, dv) = (q.shape[r - 2], q.shape[r - 1], k.shape[r - 2], v.shape[r - 1]);
     let (qh, kh, vh) = (Heads::new(&q, batch), Heads::new(&k, batch), Heads::new(&v, batch));
     let mask = mask.and_then(|(m, kind)| Mask::new(m, kind, batch, lq, lk));
-    // Each task zeroes its own rows before accumulating into them (`attend_rows`).
-    let mut y = output_f32(out.shape.numel());
-    if y.is_empty() {
-        return CpuTensor::from_vec(od, y);
+    // Each task zeroes its own rows before accumulating into them (`attend_rows`); the tasks
+    // cover every row of every head.
+    let mut y = OutputBuffer::new(out.shape.numel());
+    if out.shape.numel() == 0 {
+        // SAFETY: there is nothing to write.
+        return CpuTensor::from_vec(od, unsafe { y.assume_written() });
     }
     let shape = BlockShape { d, lk, dv, scale };
     // Tasks: (head, run of query blocks). A task prepares each key block once for all its
@@ -171,7 +173,7 @@ pub(super) fn attention(
         (TASKS_PER_THREAD * rayon::current_num_threads()).div_ceil(heads).clamp(1, q_blocks.div_ceil(RUN_BLOCKS));
     let run_blocks = q_blocks.div_ceil(runs);
     let runs = q_blocks.div_ceil(run_blocks);
-    let base = SharedMut(y.as_mut_ptr());
+    let base = y.ptr();
     (0..heads * runs).into_par_iter().for_each(|task| {
         let (h, run) = (task / runs, task % runs);
         let q0 = run * run_blocks * Q_BLOCK;
@@ -188,7 +190,8 @@ pub(super) fn attention(
         };
         attend_rows(&shape, &QueryRows { h, q0, rows }, &qh, &kh, &vh, mask.as_ref(), out);
     });
-    CpuTensor::from_vec(od, y)
+    // SAFETY: the tasks wrote every (head, row) block, and so every element.
+    CpuTensor::from_vec(od, unsafe { y.assume_written() })
 }
 
 /// Sizes shared by every block of one attention call.
@@ -206,8 +209,8 @@ struct QueryRows {
     rows: usize,
 }
 
-/// Computes the `rows × dv` output block `out` (unit column stride, initially zero; the
-/// caller guarantees the block is this task's alone).
+/// Computes the `rows × dv` output block `out` (unit column stride, possibly unwritten memory;
+/// the caller guarantees the block is this task's alone).
 fn attend_rows(
     s: &BlockShape,
     b: &QueryRows,
@@ -217,11 +220,13 @@ fn attend_rows(
     mask: Option<&Mask>,
     out: MatMut,
 ) {
-    // SAFETY: row `i < rows` of the block is `dv` elements from `ptr + i·rs`, owned by this task.
-    let out_row = |i: usize| unsafe { std::slice::from_raw_parts_mut(out.ptr.add(i * out.rs), s.dv) };
     for i in 0..b.rows {
-        out_row(i).fill(0.0);
+        // SAFETY: row `i < rows` of the block is `dv` elements from `ptr + i·rs`, owned by this
+        // task; zeroed through the pointer, as it may be unwritten memory.
+        unsafe { std::ptr::write_bytes(out.ptr.add(i * out.rs), 0, s.dv) };
     }
+    // SAFETY: as above; every row is written (zeroed) before a slice covers it.
+    let out_row = |i: usize| unsafe { std::slice::from_raw_parts_mut(out.ptr.add(i * out.rs), s.dv) };
     let mut scores = vec![0f32; Q_BLOCK.min(b.rows) * K_BLOCK.min(s.lk)];
     let mut running_max = vec![f32::NEG_INFINITY; b.rows];
     let mut running_sum = vec![0f32; b.rows];

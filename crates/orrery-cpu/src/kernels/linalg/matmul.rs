@@ -6,7 +6,7 @@ use super::blas::{
 };
 use super::gemv::{max_rows, rows_times_weight, Rows, WeightRows, MAX_ROWS};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
-use crate::recycle::output_f32;
+use crate::recycle::OutputBuffer;
 use crate::CpuTensor;
 use half::bf16;
 use orrery_ir::{DType, TensorType};
@@ -158,23 +158,44 @@ impl Gemms {
         self.bias.as_ref().map(F32Operand::dense_slice)
     }
 
-    /// Computes every product into the dense output `y` (the bias pre-fills it and the GEMM
-    /// accumulates). Every element is written: `y` may hold anything before.
-    fn run(&self, y: &mut [f32]) {
+    /// Elements of the dense output: every product's m × n block.
+    fn output_len(&self) -> usize {
+        self.count() * self.m * self.n
+    }
+
+    /// Computes every product into the dense output at `y` (the bias pre-fills it and the
+    /// GEMM accumulates). Every element is written, through the pointer, before any is read:
+    /// the output may hold anything, or be unwritten memory, before.
+    ///
+    /// # Safety
+    /// `y` is valid for [`Gemms::output_len`] elements, which nothing else accesses during
+    /// the call.
+    unsafe fn run(&self, y: SharedMut) {
         let (m, n, k) = (self.m, self.n, self.k);
         if m * n == 0 {
             return;
         }
+        let len = self.output_len();
         if let Some(bias) = self.bias() {
-            for row in y.chunks_mut(n) {
-                row.copy_from_slice(bias);
+            for row in 0..len / n {
+                // SAFETY: row `row` of the output lies inside it (caller).
+                unsafe { std::ptr::copy_nonoverlapping(bias.as_ptr(), y.add(row * n), n) };
             }
         } else if k == 0 {
-            return y.fill(0.0);
+            // SAFETY: as above.
+            return unsafe { std::ptr::write_bytes(y.add(0), 0, len) };
         }
         let accumulate = self.bias.is_some();
         if self.streams_weight() {
-            for (bi, dst) in y.chunks_mut(m * n).enumerate() {
+            for bi in 0..self.count() {
+                // SAFETY: product `bi`'s block lies inside the output (caller); it is
+                // written (bias or zeros) before the slice covers it. A few rows: small.
+                let dst = unsafe {
+                    if !accumulate {
+                        std::ptr::write_bytes(y.add(bi * m * n), 0, m * n);
+                    }
+                    std::slice::from_raw_parts_mut(y.add(bi * m * n), m * n)
+                };
                 let a = Rows { data: self.a.data(), offset: self.a_offsets[bi], row_stride: self.a_strides.0 };
                 let w = match self.b_bf16.as_ref().and_then(|w| w.data::<bf16>()) {
                     Some(data) => WeightRows::Bf16(data),
@@ -188,21 +209,25 @@ impl Gemms {
             }
             return;
         }
-        let one = |bi: usize, dst: &mut [f32], threads: Threads| {
-            // SAFETY: `dst` is this product's own dense m×n block.
-            unsafe { self.product(bi, (0, m), (0, n), MatMut::dense(dst, m, n), accumulate, threads) };
+        let one = |bi: usize, threads: Threads| {
+            let dst = MatMut { ptr: y.add(bi * m * n), rs: n, cs: 1 };
+            // SAFETY: `dst` is this product's own dense m×n block of the output (caller).
+            unsafe { self.product(bi, (0, m), (0, n), dst, accumulate, threads) };
         };
         if self.count() == 1 || m * n * k >= SPLIT_ONE_GEMM_WORK {
-            y.chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Pool));
+            (0..self.count()).for_each(|bi| one(bi, Threads::Pool));
         } else {
-            y.par_chunks_mut(m * n).enumerate().for_each(|(bi, dst)| one(bi, dst, Threads::Single));
+            (0..self.count()).into_par_iter().for_each(|bi| one(bi, Threads::Single));
         }
     }
 
-    /// Like [`Gemms::run`] (every element written), then `epilogue` over every output
-    /// element, tile by tile while the tile is in cache. See [`TILE_ROWS`] for why the tiling
-    /// leaves the bits unchanged.
-    fn run_with_epilogue<E: Epilogue>(&self, y: &mut [f32], epilogue: &E) {
+    /// Like [`Gemms::run`] (every element written before it is read), then `epilogue` over
+    /// every output element, tile by tile while the tile is in cache. See [`TILE_ROWS`] for
+    /// why the tiling leaves the bits unchanged.
+    ///
+    /// # Safety
+    /// As for [`Gemms::run`].
+    unsafe fn run_with_epilogue<E: Epilogue>(&self, y: SharedMut, epilogue: &E) {
         let (m, n, k) = (self.m, self.n, self.k);
         if m * n == 0 {
             return;
@@ -223,8 +248,11 @@ impl Gemms {
             && TILE_COLS.is_multiple_of(align);
         if self.streams_weight() || (!tiled && (self.count() == 1 || !rows_aligned)) {
             // One GEMM over all threads, then the epilogue in parallel chunks (a second pass).
-            self.run(y);
-            apply_epilogue_pass(y, epilogue);
+            // SAFETY: forwarded; once run, every element is written.
+            unsafe {
+                self.run(y);
+                apply_epilogue_pass(std::slice::from_raw_parts_mut(y.add(0), self.output_len()), epilogue);
+            }
             return;
         }
         let (rows, cols) = if tiled { (rows, cols) } else { (vec![(0, m)], vec![(0, n)]) };
@@ -234,16 +262,17 @@ impl Gemms {
                 tiles.extend(cols.iter().map(|&c| (bi, r, c)));
             }
         }
-        let out = SharedMut(y.as_mut_ptr());
+        let out = y;
         let bias = self.bias();
         tiles.par_iter().for_each(|&(bi, (r0, tr), (c0, tc))| {
             let start = bi * m * n + r0 * n + c0;
-            // SAFETY (for every slice and the GEMM below): tiles are disjoint blocks of `y`,
-            // which outlives this parallel loop; row `r` of this tile is `y[start + r·n..][..tc]`.
+            // SAFETY (for every write, slice and the GEMM below): tiles are disjoint blocks of
+            // the output, which outlives this parallel loop; row `r` of this tile is the `tc`
+            // elements at `start + r·n`. A row is sliced only once the GEMM has written it.
             let row = |r: usize| unsafe { std::slice::from_raw_parts_mut(out.add(start + r * n), tc) };
             if let Some(bias) = bias {
                 for r in 0..tr {
-                    row(r).copy_from_slice(&bias[c0..c0 + tc]);
+                    unsafe { std::ptr::copy_nonoverlapping(bias[c0..].as_ptr(), out.add(start + r * n), tc) };
                 }
             }
             let dst = MatMut { ptr: out.add(start), rs: n, cs: 1 };
@@ -310,16 +339,26 @@ pub(crate) trait Epilogue: Sync {
 /// Batched `a · b` with broadcast batch dims. Transposes, permutations and broadcasts of f32
 /// operands are absorbed into GEMM strides; f16/bf16 `b` is widened once.
 pub(super) fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &TensorType) -> CpuTensor {
-    let mut y = output_f32(out.shape.numel());
-    Gemms::matmul(a, b, ta, tb, out).run(&mut y);
+    let gemms = Gemms::matmul(a, b, ta, tb, out);
+    let mut y = OutputBuffer::new(gemms.output_len());
+    // SAFETY: `y` holds the output's elements, all written by `run`.
+    let y = unsafe {
+        gemms.run(y.ptr());
+        y.assume_written()
+    };
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
 
 /// torch `linear`: every leading row of x times `wᵀ`, plus the bias. The bias pre-fills the
 /// output and the GEMM accumulates.
 pub(super) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, out: &TensorType) -> CpuTensor {
-    let mut y = output_f32(out.shape.numel());
-    Gemms::linear(x, w, bias, out).run(&mut y);
+    let gemms = Gemms::linear(x, w, bias, out);
+    let mut y = OutputBuffer::new(gemms.output_len());
+    // SAFETY: `y` holds the output's elements, all written by `run`.
+    let y = unsafe {
+        gemms.run(y.ptr());
+        y.assume_written()
+    };
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
 
@@ -332,8 +371,13 @@ pub(crate) fn matmul_epilogue<E: Epilogue>(
     out: &TensorType,
     epilogue: &E,
 ) -> CpuTensor {
-    let mut y = output_f32(out.shape.numel());
-    Gemms::matmul(a, b, ta, tb, out).run_with_epilogue(&mut y, epilogue);
+    let gemms = Gemms::matmul(a, b, ta, tb, out);
+    let mut y = OutputBuffer::new(gemms.output_len());
+    // SAFETY: `y` holds the output's elements, all written by `run_with_epilogue`.
+    let y = unsafe {
+        gemms.run_with_epilogue(y.ptr(), epilogue);
+        y.assume_written()
+    };
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
 
@@ -345,7 +389,12 @@ pub(crate) fn linear_epilogue<E: Epilogue>(
     out: &TensorType,
     epilogue: &E,
 ) -> CpuTensor {
-    let mut y = output_f32(out.shape.numel());
-    Gemms::linear(x, w, bias, out).run_with_epilogue(&mut y, epilogue);
+    let gemms = Gemms::linear(x, w, bias, out);
+    let mut y = OutputBuffer::new(gemms.output_len());
+    // SAFETY: `y` holds the output's elements, all written by `run_with_epilogue`.
+    let y = unsafe {
+        gemms.run_with_epilogue(y.ptr(), epilogue);
+        y.assume_written()
+    };
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
