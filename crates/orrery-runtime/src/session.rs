@@ -167,9 +167,9 @@ impl Session {
                     }
                     values[id.0] = Some(t);
                 }
-                NodeKind::Constant(c) => values[id.0] = Some(constant_tensor(c)),
-                // Weights are resolved when their first consumer runs, below.
-                NodeKind::Weight | NodeKind::Op(_) => {}
+                // Weights and constants are bound when their first consumer runs, below (a
+                // constant only read by kept values then costs nothing).
+                NodeKind::Constant(_) | NodeKind::Weight | NodeKind::Op(_) => {}
             }
         }
         let plan = &self.plan;
@@ -209,8 +209,9 @@ impl Session {
                 }
                 if values[input.0].is_none() {
                     let node = graph.node(input);
-                    let t = match cursor {
-                        Some(c) if weight_nodes[input.0] => c.weight(input, &node.ty, &node.name)?,
+                    let t = match (&node.kind, cursor) {
+                        (NodeKind::Constant(c), _) => constant_tensor(c),
+                        (_, Some(c)) if weight_nodes[input.0] => c.weight(input, &node.ty, &node.name)?,
                         _ => {
                             let (t, bytes) = self.weight(input.0)?;
                             stats.weights_resolved_bytes += bytes;
@@ -298,7 +299,10 @@ impl Session {
                 (Some(v), _) => v,
                 (None, Some(v)) => v.clone(),
                 // An output that is directly a weight or constant.
-                (None, None) => self.weight(id.0)?.0,
+                (None, None) => match &graph.node(*id).kind {
+                    NodeKind::Constant(c) => constant_tensor(c),
+                    _ => self.weight(id.0)?.0,
+                },
             };
             outputs.insert(name.clone(), value);
         }
