@@ -150,34 +150,6 @@ impl OutputBuffer {
         SharedMut(self.values.as_mut_ptr())
     }
 
-    /// The values, written by `fill(scratch, i, chunk)` for each chunk `i` of `chunk_len`
-    /// elements (the last may be shorter), in parallel, with one `init()` scratch per worker.
-    /// New memory is zeroed chunk by chunk in the worker about to fill it (in its cache then),
-    /// instead of in one pass up front.
-    pub(crate) fn fill_chunks<S>(
-        mut self,
-        chunk_len: usize,
-        init: impl Fn() -> S + Sync + Send,
-        fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
-    ) -> Vec<f32> {
-        let (len, base, recycled) = (self.len, self.ptr(), self.values.len() == self.len);
-        let chunk_len = chunk_len.max(1);
-        (0..len.div_ceil(chunk_len)).into_par_iter().for_each_init(init, |scratch, i| {
-            let (start, n) = (i * chunk_len, chunk_len.min(len - i * chunk_len));
-            // SAFETY: chunks are disjoint parts of the buffer, which outlives the loop; new
-            // memory is written (zeroed) before the slice covers it.
-            let chunk = unsafe {
-                if !recycled {
-                    std::ptr::write_bytes(base.add(start), 0, n);
-                }
-                std::slice::from_raw_parts_mut(base.add(start), n)
-            };
-            fill(scratch, i, chunk);
-        });
-        // SAFETY: every chunk was written.
-        unsafe { self.assume_written() }
-    }
-
     /// The values, once written.
     ///
     /// # Safety
@@ -187,6 +159,47 @@ impl OutputBuffer {
         unsafe { self.values.set_len(self.len) };
         self.values
     }
+}
+
+/// New outputs of at least this many bytes are asked of the allocator zeroed: glibc maps every
+/// request of 32 MiB or more afresh, and fresh pages are zero, so that costs nothing beyond the
+/// page faults, where zeroing them chunk by chunk would write them twice.
+const MAPPED_ZEROED_BYTES: usize = 32 << 20;
+
+/// A kernel's output of `len` f32 values, written by `fill(scratch, i, chunk)` for each chunk
+/// `i` of `chunk_len` elements (the last may be shorter), in parallel, with one `init()`
+/// scratch per worker. The buffer is a recycled one ([`output_f32`]), or new memory that each
+/// worker zeroes chunk by chunk just before filling it (in its cache then; zeroing the whole
+/// output up front cost a pass over memory on one thread), or, for big outputs, zeroed memory
+/// the allocator maps afresh.
+pub(crate) fn fill_output_chunks<S>(
+    len: usize,
+    chunk_len: usize,
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let recycled = recycled(len);
+    let written = recycled.is_some() || len * size_of::<f32>() >= MAPPED_ZEROED_BYTES;
+    let mut out = OutputBuffer {
+        values: recycled.unwrap_or_else(|| if written { vec![0.0; len] } else { Vec::with_capacity(len) }),
+        len,
+    };
+    let base = out.ptr();
+    let chunk_len = chunk_len.max(1);
+    (0..len.div_ceil(chunk_len)).into_par_iter().for_each_init(init, |scratch, i| {
+        let (start, n) = (i * chunk_len, chunk_len.min(len - i * chunk_len));
+        // SAFETY: chunks are disjoint parts of the buffer, which outlives the loop; memory not
+        // written yet is written (zeroed) before the slice covers it.
+        let chunk = unsafe {
+            if !written {
+                std::ptr::write_bytes(base.add(start), 0, n);
+            }
+            std::slice::from_raw_parts_mut(base.add(start), n)
+        };
+        fill(scratch, i, chunk);
+    });
+    // SAFETY: every chunk was written.
+    unsafe { out.assume_written() }
 }
 
 /// [`output_f32`] for a buffer of any element type: from the shelf when `T` is `f32`, else new
@@ -228,6 +241,28 @@ mod tests {
         });
         assert_eq!(r.bytes(), 0);
         assert_eq!(r.clear(), (BIG * 4) as u64, "served once");
+    }
+
+    /// Chunked outputs are whole for new small and big buffers (zeroed chunk by chunk, or
+    /// mapped zeroed) and for recycled ones, whatever the chunk length.
+    #[test]
+    fn chunked_outputs_are_written_whole() {
+        let fill = |_: &mut (), i: usize, chunk: &mut [f32]| {
+            let start = i * 1000;
+            chunk.iter_mut().enumerate().for_each(|(j, v)| *v = (start + j) as f32);
+        };
+        let check = |v: &[f32], what: &str| {
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32), "{what}");
+        };
+        for len in [0, 1, 999, BIG + 7, MAPPED_ZEROED_BYTES / 4 + 3] {
+            check(&fill_output_chunks(len, 1000, || (), fill), &format!("new, {len} values"));
+        }
+        let (r, ptr) = shelf_with_one_buffer();
+        r.install(|| {
+            let v = fill_output_chunks(BIG, 1000, || (), fill);
+            assert_eq!(v.as_ptr(), ptr, "the recycled buffer");
+            check(&v, "recycled");
+        });
     }
 
     #[test]

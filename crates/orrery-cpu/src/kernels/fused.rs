@@ -7,7 +7,7 @@
 
 use super::elementwise::math::{nan_max, nan_min};
 use super::elementwise::{binary_slice, clamp_value, unary_slice};
-use crate::recycle::OutputBuffer;
+use crate::recycle::fill_output_chunks;
 use crate::{CpuError, CpuTensor, Element};
 use orrery_ir::{BinaryOp, FusedProgram, FusedStep, Op, RopeStyle, TensorType};
 
@@ -35,7 +35,8 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
     let dims = out.shape.dims();
     let sources = sources(op, inputs, dims)?;
     let chunk_len = chunk_len(program, CHUNK);
-    let y = OutputBuffer::new(out.shape.numel()).fill_chunks(
+    let y = fill_output_chunks(
+        out.shape.numel(),
         chunk_len,
         || Scratch::new(program, chunk_len),
         |scratch, i, chunk| {

@@ -8,7 +8,7 @@
 
 use super::elementwise::strided::{dense, typed, CHUNK};
 use super::reduce::sum_f64;
-use crate::recycle::{output_f32, OutputBuffer};
+use crate::recycle::{fill_output_chunks, output_f32};
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{Op, RopeStyle, TensorType};
 use rayon::prelude::*;
@@ -56,7 +56,8 @@ fn f32_data<'a>(op: &Op, t: &'a CpuTensor) -> Result<Cow<'a, [f32]>, CpuError> {
 /// about [`CHUNK`] elements.
 fn for_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync + Send) -> Vec<f32> {
     let per_chunk = (CHUNK / d).max(1) * d;
-    OutputBuffer::new(x.len()).fill_chunks(
+    fill_output_chunks(
+        x.len(),
         per_chunk,
         || (),
         |_, i, yc| {
