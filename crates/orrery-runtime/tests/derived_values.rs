@@ -1,6 +1,7 @@
 //! Values computed from weights and constants alone (T5's relative position bias, the DiT's
-//! position tables) are computed by a session's first run, kept within the pack budget, and
-//! read by later runs instead of running their kernels again: same bits, every time.
+//! learnable position embedding) are computed by a session's first run, kept within the pack
+//! budget, and read by later runs instead of running their kernels again: same bits, every
+//! time.
 
 use orrery_cpu::{CpuTensor, PackBudget};
 use orrery_ir::{DType, Graph, GraphBuilder, Op, RefTensor};
