@@ -131,7 +131,7 @@ fn recycled(len: usize) -> Option<Vec<f32>> {
 /// A kernel's output of `len` f32 values that the kernel writes through [`OutputBuffer::ptr`]
 /// before it reads any of them: a recycled buffer (as [`output_f32`]), or new memory that is
 /// not zeroed. Zeroing new outputs up front cost the T5 encoder 8% of its time (about 80 MB a
-/// run, written by the thread that called the kernel while the others waited) and the DiT 3%.
+/// run, written by the thread that called the kernel while the others waited) and the DiT 1–3%.
 pub(crate) struct OutputBuffer {
     /// A recycled buffer of `len` values, or an empty one with room for `len`.
     values: Vec<f32>,

@@ -203,15 +203,12 @@ impl Session {
             });
             stats.peak_held_bytes = stats.peak_held_bytes.max(live_between + output + shelved);
             for &input in &kernel.inputs {
-                if let Some(v) = kept.as_ref().and_then(|kept| kept.get(input.0)).filter(|_| values[input.0].is_none())
-                {
-                    values[input.0] = Some(v.clone());
-                }
                 if values[input.0].is_none() {
                     let node = graph.node(input);
-                    let t = match (&node.kind, cursor) {
-                        (NodeKind::Constant(c), _) => constant_tensor(c),
-                        (_, Some(c)) if weight_nodes[input.0] => c.weight(input, &node.ty, &node.name)?,
+                    let t = match (kept.as_ref().and_then(|k| k.get(input.0)), &node.kind, cursor) {
+                        (Some(v), _, _) => v.clone(),
+                        (None, NodeKind::Constant(c), _) => constant_tensor(c),
+                        (None, _, Some(c)) if weight_nodes[input.0] => c.weight(input, &node.ty, &node.name)?,
                         _ => {
                             let (t, bytes) = self.weight(input.0)?;
                             stats.weights_resolved_bytes += bytes;

@@ -163,6 +163,27 @@ impl Gemms {
         self.count() * self.m * self.n
     }
 
+    /// The dense output, every product computed, in a buffer written before it is read
+    /// ([`OutputBuffer`]: recycled, or new and not zeroed).
+    fn output(&self) -> Vec<f32> {
+        let mut y = OutputBuffer::new(self.output_len());
+        // SAFETY: `y` holds the output's elements, all written by `run`.
+        unsafe {
+            self.run(y.ptr());
+            y.assume_written()
+        }
+    }
+
+    /// [`Gemms::output`], then `epilogue` over it.
+    fn output_with<E: Epilogue>(&self, epilogue: &E) -> Vec<f32> {
+        let mut y = OutputBuffer::new(self.output_len());
+        // SAFETY: `y` holds the output's elements, all written by `run_with_epilogue`.
+        unsafe {
+            self.run_with_epilogue(y.ptr(), epilogue);
+            y.assume_written()
+        }
+    }
+
     /// Computes every product into the dense output at `y` (the bias pre-fills it and the
     /// GEMM accumulates). Every element is written, through the pointer, before any is read:
     /// the output may hold anything, or be unwritten memory, before.
@@ -262,20 +283,19 @@ impl Gemms {
                 tiles.extend(cols.iter().map(|&c| (bi, r, c)));
             }
         }
-        let out = y;
         let bias = self.bias();
         tiles.par_iter().for_each(|&(bi, (r0, tr), (c0, tc))| {
             let start = bi * m * n + r0 * n + c0;
             // SAFETY (for every write, slice and the GEMM below): tiles are disjoint blocks of
             // the output, which outlives this parallel loop; row `r` of this tile is the `tc`
             // elements at `start + r·n`. A row is sliced only once the GEMM has written it.
-            let row = |r: usize| unsafe { std::slice::from_raw_parts_mut(out.add(start + r * n), tc) };
+            let row = |r: usize| unsafe { std::slice::from_raw_parts_mut(y.add(start + r * n), tc) };
             if let Some(bias) = bias {
                 for r in 0..tr {
-                    unsafe { std::ptr::copy_nonoverlapping(bias[c0..].as_ptr(), out.add(start + r * n), tc) };
+                    unsafe { std::ptr::copy_nonoverlapping(bias[c0..].as_ptr(), y.add(start + r * n), tc) };
                 }
             }
-            let dst = MatMut { ptr: out.add(start), rs: n, cs: 1 };
+            let dst = MatMut { ptr: y.add(start), rs: n, cs: 1 };
             unsafe { self.product(bi, (r0, tr), (c0, tc), dst, bias.is_some(), Threads::Single) };
             let mut scratch = epilogue.scratch(tc);
             for r in 0..tr {
@@ -339,26 +359,14 @@ pub(crate) trait Epilogue: Sync {
 /// Batched `a · b` with broadcast batch dims. Transposes, permutations and broadcasts of f32
 /// operands are absorbed into GEMM strides; f16/bf16 `b` is widened once.
 pub(super) fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &TensorType) -> CpuTensor {
-    let gemms = Gemms::matmul(a, b, ta, tb, out);
-    let mut y = OutputBuffer::new(gemms.output_len());
-    // SAFETY: `y` holds the output's elements, all written by `run`.
-    let y = unsafe {
-        gemms.run(y.ptr());
-        y.assume_written()
-    };
+    let y = Gemms::matmul(a, b, ta, tb, out).output();
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
 
 /// torch `linear`: every leading row of x times `wᵀ`, plus the bias. The bias pre-fills the
 /// output and the GEMM accumulates.
 pub(super) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, out: &TensorType) -> CpuTensor {
-    let gemms = Gemms::linear(x, w, bias, out);
-    let mut y = OutputBuffer::new(gemms.output_len());
-    // SAFETY: `y` holds the output's elements, all written by `run`.
-    let y = unsafe {
-        gemms.run(y.ptr());
-        y.assume_written()
-    };
+    let y = Gemms::linear(x, w, bias, out).output();
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
 
@@ -371,13 +379,7 @@ pub(crate) fn matmul_epilogue<E: Epilogue>(
     out: &TensorType,
     epilogue: &E,
 ) -> CpuTensor {
-    let gemms = Gemms::matmul(a, b, ta, tb, out);
-    let mut y = OutputBuffer::new(gemms.output_len());
-    // SAFETY: `y` holds the output's elements, all written by `run_with_epilogue`.
-    let y = unsafe {
-        gemms.run_with_epilogue(y.ptr(), epilogue);
-        y.assume_written()
-    };
+    let y = Gemms::matmul(a, b, ta, tb, out).output_with(epilogue);
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
 
@@ -389,12 +391,6 @@ pub(crate) fn linear_epilogue<E: Epilogue>(
     out: &TensorType,
     epilogue: &E,
 ) -> CpuTensor {
-    let gemms = Gemms::linear(x, w, bias, out);
-    let mut y = OutputBuffer::new(gemms.output_len());
-    // SAFETY: `y` holds the output's elements, all written by `run_with_epilogue`.
-    let y = unsafe {
-        gemms.run_with_epilogue(y.ptr(), epilogue);
-        y.assume_written()
-    };
+    let y = Gemms::linear(x, w, bias, out).output_with(epilogue);
     CpuTensor::from_vec(out.shape.dims().to_vec(), y)
 }
