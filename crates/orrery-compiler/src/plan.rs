@@ -32,9 +32,9 @@ pub struct Kernel {
 
 /// An executable schedule for one graph at fixed input shapes.
 ///
-/// The memory plan is computed and validated, but the CPU runtime does not execute into the
-/// arena yet: kernels still allocate their own outputs and release them per `Kernel::frees`.
-/// `arena_bytes` is what the runtime will need once it does.
+/// The memory plan is computed and validated; the CPU runtime writes each kernel's output at
+/// its slot in an arena of `arena_bytes` (except outputs planned in place over an operand,
+/// which it allocates) and releases values per `Kernel::frees`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub graph: Graph,

@@ -8,14 +8,18 @@
 //! reduction runs in a fixed order. Kernels never read graph or file structures: they see
 //! tensors and op parameters only.
 
+mod arena;
 mod error;
 pub mod kernels;
+mod output;
 mod recycle;
 mod tensor;
 mod weight_packs;
 
+pub use arena::{Arena, ArenaValues};
 pub use error::CpuError;
 pub use kernels::{execute, transient_bytes};
+pub use output::with_output_slot;
 pub use recycle::Recycler;
 pub use tensor::{Buffer, CpuTensor, Element, MappedBytes};
 pub use weight_packs::{BudgetHold, PackBudget, WeightPacks};

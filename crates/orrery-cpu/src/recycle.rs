@@ -1,4 +1,5 @@
-//! f32 buffers recycled from the values a run frees to the outputs of its later kernels.
+//! f32 buffers recycled from the values a run frees to the outputs of its later kernels, for
+//! runs without an activation arena ([`crate::Arena`], which the runtime uses by default).
 //!
 //! A fresh large output costs page faults and zeroing on first touch (1.9 µs per 4 KiB page
 //! on the machines of BENCHMARKS.md), and a transformer allocates the same few sizes again in
@@ -14,9 +15,7 @@
 //! was checked against. The oldest buffers go first, and the shelf is emptied after each run,
 //! so between runs the memory is returned as before.
 
-use crate::kernels::linalg::operand::SharedMut;
 use crate::{Buffer, CpuTensor};
-use rayon::prelude::*;
 use std::any::{Any, TypeId};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,87 +118,13 @@ pub(crate) fn output_f32(len: usize) -> Vec<f32> {
 }
 
 /// A buffer of `len` f32 values from the installed recycler's shelf, if it holds one.
-fn recycled(len: usize) -> Option<Vec<f32>> {
+pub(crate) fn recycled(len: usize) -> Option<Vec<f32>> {
     let current = CURRENT.with(Cell::get);
     // SAFETY: a non-null pointer was installed by `Recycler::install`, whose borrow of the
     // recycler outlives the call it wraps, and is restored when that call returns.
     (!current.is_null() && len * size_of::<f32>() >= MIN_RECYCLED_BYTES)
         .then(|| unsafe { &*current }.take(len))
         .flatten()
-}
-
-/// A kernel's output of `len` f32 values that the kernel writes through [`OutputBuffer::ptr`]
-/// before it reads any of them: a recycled buffer (as [`output_f32`]), or new memory that is
-/// not zeroed. Zeroing new outputs up front cost the T5 encoder 8% of its time (about 80 MB a
-/// run, written by the thread that called the kernel while the others waited) and the DiT 1–3%.
-pub(crate) struct OutputBuffer {
-    /// A recycled buffer of `len` values, or an empty one with room for `len`.
-    values: Vec<f32>,
-    len: usize,
-}
-
-impl OutputBuffer {
-    pub(crate) fn new(len: usize) -> OutputBuffer {
-        let values = recycled(len).unwrap_or_else(|| Vec::with_capacity(len));
-        OutputBuffer { values, len }
-    }
-
-    /// The first of the `len` elements. An element not yet written must be written through
-    /// this pointer before any reference covers it.
-    pub(crate) fn ptr(&mut self) -> SharedMut {
-        SharedMut(self.values.as_mut_ptr())
-    }
-
-    /// The values, once written.
-    ///
-    /// # Safety
-    /// Every one of the `len` elements has been written through [`OutputBuffer::ptr`].
-    pub(crate) unsafe fn assume_written(mut self) -> Vec<f32> {
-        // SAFETY: the capacity holds `len` elements, all initialised (caller).
-        unsafe { self.values.set_len(self.len) };
-        self.values
-    }
-}
-
-/// New outputs of at least this many bytes are asked of the allocator zeroed: glibc maps every
-/// request of 32 MiB or more afresh, and fresh pages are zero, so that costs nothing beyond the
-/// page faults, where zeroing them chunk by chunk would write them twice.
-const MAPPED_ZEROED_BYTES: usize = 32 << 20;
-
-/// A kernel's output of `len` f32 values, written by `fill(scratch, i, chunk)` for each chunk
-/// `i` of `chunk_len` elements (the last may be shorter), in parallel, with one `init()`
-/// scratch per worker. The buffer is a recycled one ([`output_f32`]), or new memory that each
-/// worker zeroes chunk by chunk just before filling it (in its cache then; zeroing the whole
-/// output up front cost a pass over memory on one thread), or, for big outputs, zeroed memory
-/// the allocator maps afresh.
-pub(crate) fn fill_output_chunks<S>(
-    len: usize,
-    chunk_len: usize,
-    init: impl Fn() -> S + Sync + Send,
-    fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
-    let recycled = recycled(len);
-    let written = recycled.is_some() || len * size_of::<f32>() >= MAPPED_ZEROED_BYTES;
-    let mut out = OutputBuffer {
-        values: recycled.unwrap_or_else(|| if written { vec![0.0; len] } else { Vec::with_capacity(len) }),
-        len,
-    };
-    let base = out.ptr();
-    let chunk_len = chunk_len.max(1);
-    (0..len.div_ceil(chunk_len)).into_par_iter().for_each_init(init, |scratch, i| {
-        let (start, n) = (i * chunk_len, chunk_len.min(len - i * chunk_len));
-        // SAFETY: chunks are disjoint parts of the buffer, which outlives the loop; memory not
-        // written yet is written (zeroed) before the slice covers it.
-        let chunk = unsafe {
-            if !written {
-                std::ptr::write_bytes(base.add(start), 0, n);
-            }
-            std::slice::from_raw_parts_mut(base.add(start), n)
-        };
-        fill(scratch, i, chunk);
-    });
-    // SAFETY: every chunk was written.
-    unsafe { out.assume_written() }
 }
 
 /// [`output_f32`] for a buffer of any element type: from the shelf when `T` is `f32`, else new
@@ -214,13 +139,13 @@ pub(crate) fn output_of<T: Clone + Default + 'static>(len: usize) -> Vec<T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const BIG: usize = MIN_RECYCLED_BYTES / 4;
+    pub(crate) const BIG: usize = MIN_RECYCLED_BYTES / 4;
 
     /// A recycler whose shelf holds one freed `BIG`-float buffer, and that buffer's address.
-    fn shelf_with_one_buffer() -> (Recycler, *const f32) {
+    pub(crate) fn shelf_with_one_buffer() -> (Recycler, *const f32) {
         let r = Recycler::default();
         let t = CpuTensor::from_vec(vec![BIG], vec![7f32; BIG]);
         let ptr = t.data::<f32>().unwrap().as_ptr();
@@ -241,28 +166,6 @@ mod tests {
         });
         assert_eq!(r.bytes(), 0);
         assert_eq!(r.clear(), (BIG * 4) as u64, "served once");
-    }
-
-    /// Chunked outputs are whole for new small and big buffers (zeroed chunk by chunk, or
-    /// mapped zeroed) and for recycled ones, whatever the chunk length.
-    #[test]
-    fn chunked_outputs_are_written_whole() {
-        let fill = |_: &mut (), i: usize, chunk: &mut [f32]| {
-            let start = i * 1000;
-            chunk.iter_mut().enumerate().for_each(|(j, v)| *v = (start + j) as f32);
-        };
-        let check = |v: &[f32], what: &str| {
-            assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32), "{what}");
-        };
-        for len in [0, 1, 999, BIG + 7, MAPPED_ZEROED_BYTES / 4 + 3] {
-            check(&fill_output_chunks(len, 1000, || (), fill), &format!("new, {len} values"));
-        }
-        let (r, ptr) = shelf_with_one_buffer();
-        r.install(|| {
-            let v = fill_output_chunks(BIG, 1000, || (), fill);
-            assert_eq!(v.as_ptr(), ptr, "the recycled buffer");
-            check(&v, "recycled");
-        });
     }
 
     #[test]

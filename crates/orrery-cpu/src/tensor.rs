@@ -4,6 +4,8 @@
 //! (of contiguous data), permute, slice and expand share the buffer; kernels that need dense
 //! input call [`CpuTensor::contiguous`], which copies only when the view is not dense.
 
+use crate::arena::ArenaValues;
+use crate::output::Output;
 use crate::weight_packs::WeightPacks;
 use half::{bf16, f16};
 use orrery_ir::shape::contiguous_strides;
@@ -24,6 +26,7 @@ macro_rules! element {
             fn slice(buf: &Buffer) -> Option<&[Self]> {
                 match buf {
                     Buffer::$dt(v) => Some(v),
+                    Buffer::Arena(a) if DType::$dt == DType::F32 => bytemuck::try_cast_slice(a.as_slice()).ok(),
                     Buffer::Mapped(m) if m.dtype == DType::$dt => bytemuck::try_cast_slice(m.bytes()).ok(),
                     _ => None,
                 }
@@ -85,6 +88,8 @@ pub enum Buffer {
     U8(Vec<u8>),
     Bool(Vec<u8>),
     Mapped(MappedBytes),
+    /// f32 values written in a session's activation arena ([`crate::arena`]).
+    Arena(ArenaValues),
 }
 
 impl Buffer {
@@ -98,6 +103,7 @@ impl Buffer {
             Buffer::U8(_) => DType::U8,
             Buffer::Bool(_) => DType::Bool,
             Buffer::Mapped(m) => m.dtype,
+            Buffer::Arena(_) => DType::F32,
         }
     }
 
@@ -111,6 +117,7 @@ impl Buffer {
             Buffer::I32(v) => v.len(),
             Buffer::U8(v) | Buffer::Bool(v) => v.len(),
             Buffer::Mapped(m) => m.len / m.dtype.size_bytes(),
+            Buffer::Arena(a) => a.len(),
         }
     }
 
@@ -130,6 +137,7 @@ impl Buffer {
     pub fn get_f64(&self, i: usize) -> f64 {
         match self {
             Buffer::F32(v) => v[i] as f64,
+            Buffer::Arena(a) => a.as_slice()[i] as f64,
             Buffer::F16(v) => v[i].to_f64(),
             Buffer::BF16(v) => v[i].to_f64(),
             Buffer::I64(v) => v[i] as f64,
@@ -318,13 +326,15 @@ impl CpuTensor {
 
     /// A tensor whose buffer holds exactly its elements, in process memory: a copy when this
     /// view shares a larger buffer (so that buffer can be freed while the result lives on) or
-    /// reads a mapped file (so the mapping can be dropped), a cheap clone otherwise.
+    /// reads a mapped file (so the mapping can be dropped), a cheap clone otherwise. The copy
+    /// is a kernel output: it takes the arena slot offered around the call
+    /// ([`crate::with_output_slot`]).
     pub fn compact(&self) -> CpuTensor {
         let numel: usize = self.shape.iter().product();
         if self.is_contiguous() && self.offset == 0 && self.buf.len() == numel && !self.is_mapped() {
             return self.clone();
         }
-        crate::kernels::dense_copy(self).unwrap_or_else(|| self.gather_copy())
+        crate::kernels::output_copy(self).unwrap_or_else(|| self.gather_copy())
     }
 
     /// Whether the elements live in bytes owned elsewhere (a memory-mapped file).
@@ -340,6 +350,7 @@ impl CpuTensor {
         }
         let buf = match &*self.buf {
             Buffer::F32(v) => Buffer::F32(gather(v, &offs)),
+            Buffer::Arena(a) => Buffer::F32(gather(a.as_slice(), &offs)),
             Buffer::F16(v) => Buffer::F16(gather(v, &offs)),
             Buffer::BF16(v) => Buffer::BF16(gather(v, &offs)),
             Buffer::I64(v) => Buffer::I64(gather(v, &offs)),
@@ -402,14 +413,19 @@ impl CpuTensor {
         }
     }
 
-    /// The f32 elements in row-major order, taking the buffer without a copy when this
-    /// tensor is its dense, only owner (a kernel's fresh output), else copied.
-    pub(crate) fn into_f32_vec(mut self) -> Vec<f32> {
-        let whole = self.is_contiguous() && self.offset == 0 && self.buf.len() == self.numel();
-        if let (true, Some(Buffer::F32(v))) = (whole, Arc::get_mut(&mut self.buf)) {
-            return std::mem::take(v);
+    /// The f32 elements in row-major order, taking the buffer (a `Vec` or arena values)
+    /// without a copy when this tensor is its dense, only owner (a kernel's fresh output),
+    /// else copied.
+    pub(crate) fn into_output(self) -> Output {
+        if !(self.is_contiguous() && self.offset == 0 && self.buf.len() == self.numel()) {
+            return Output::Heap(self.to_f32_vec());
         }
-        self.to_f32_vec()
+        match Arc::try_unwrap(self.buf) {
+            Ok(Buffer::F32(v)) => Output::Heap(v),
+            Ok(Buffer::Arena(values)) => Output::Arena(values),
+            Ok(other) => Output::Heap(CpuTensor { buf: Arc::new(other), ..self }.to_f32_vec()),
+            Err(buf) => Output::Heap(CpuTensor { buf, ..self }.to_f32_vec()),
+        }
     }
 
     /// All elements, in row-major order of the view, widened to f32.
@@ -432,6 +448,7 @@ impl CpuTensor {
         let range = t.offset * s..(t.offset + t.numel()) * s;
         match &*t.buf {
             Buffer::F32(v) => bytemuck::cast_slice(v)[range].to_vec(),
+            Buffer::Arena(a) => bytemuck::cast_slice(a.as_slice())[range].to_vec(),
             Buffer::F16(v) => bytemuck::cast_slice(v)[range].to_vec(),
             Buffer::BF16(v) => bytemuck::cast_slice(v)[range].to_vec(),
             Buffer::I64(v) => bytemuck::cast_slice(v)[range].to_vec(),

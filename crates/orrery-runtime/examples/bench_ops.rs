@@ -472,16 +472,19 @@ fn main() {
     let flops = plan.flops as f64;
     // Bytes every run must read at least: the inputs (for gemv, the weight dominates).
     let read_bytes: u64 = plan.graph.inputs().map(|(_, n)| n.ty.size_bytes()).sum();
-    let (n_kernels, arena) = (plan.kernels.iter().filter(|k| !k.is_view).count(), plan.arena_bytes);
-    let session = Session::new(plan, weights.clone(), threads).expect("thread pool");
+    let (n_kernels, arena, resident) =
+        (plan.kernels.iter().filter(|k| !k.is_view).count(), plan.arena_bytes, plan.peak_resident_bytes);
+    let mut session = Session::new(plan, weights.clone(), threads).expect("thread pool");
+    // --no-arena: outputs allocated (recycled within a run) instead of written in the arena.
+    session.set_arena(!flag_set(&args, "--no-arena"));
     let feed = feed(&inputs);
 
     let mut times = Vec::new();
     let mut per_kernel: Vec<f64> = Vec::new();
-    let mut recycled_bytes = 0;
+    let (mut recycled_bytes, mut arena_output_bytes) = (0, 0);
     for i in 0..=runs {
         let (_, stats) = session.run(&feed).expect("case runs");
-        recycled_bytes = stats.recycled_bytes;
+        (recycled_bytes, arena_output_bytes) = (stats.recycled_bytes, stats.arena_output_bytes);
         if i > 0 {
             times.push(stats.seconds);
             per_kernel.resize(stats.kernel_seconds.len(), 0.0);
@@ -503,7 +506,7 @@ fn main() {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     println!(
-        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"recycled_bytes\": {recycled_bytes}, \"peak_rss_bytes\": {}, \"packed_weight_bytes\": {}, \"kept_derived_bytes\": {}, \"runs_s\": {times:?}}}",
+        "{{\"impl\": \"orrery\", \"case\": \"{name}\", \"threads\": {threads}, \"median_s\": {median:.6}, \"gflops\": {:.1}, \"gbs\": {:.1}, \"kernels\": {n_kernels}, \"arena_bytes\": {arena}, \"peak_resident_bytes\": {resident}, \"recycled_bytes\": {recycled_bytes}, \"arena_output_bytes\": {arena_output_bytes}, \"peak_rss_bytes\": {}, \"packed_weight_bytes\": {}, \"kept_derived_bytes\": {}, \"runs_s\": {times:?}}}",
         flops / median / 1e9,
         read_bytes as f64 / median / 1e9,
         orrery_runtime::peak_rss_bytes().unwrap_or(0),

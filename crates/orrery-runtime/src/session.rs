@@ -3,7 +3,8 @@
 use crate::derived::Derived;
 use crate::{RuntimeError, StreamCursor, WeightResolver};
 use orrery_compiler::Plan;
-use orrery_cpu::{CpuTensor, Recycler};
+use orrery_compiler::Storage;
+use orrery_cpu::{Arena, Buffer, CpuTensor, Recycler};
 use orrery_ir::{DType, NodeKind, Op, OpFamily, RefTensor, TensorType};
 use orrery_parallel::{Collective, CollectiveError};
 use std::collections::HashMap;
@@ -30,6 +31,9 @@ pub struct RunStats {
     /// Bytes of kernel outputs written into buffers freed earlier in the run instead of new
     /// ones ([`Session::set_recycling`]).
     pub recycled_bytes: u64,
+    /// Bytes of kernel outputs written at their places in the session's activation arena
+    /// ([`Session::set_arena`]); the other outputs were allocated.
+    pub arena_output_bytes: u64,
 }
 
 /// A plan bound to its weights and a thread pool, ready to run any number of times.
@@ -40,8 +44,14 @@ pub struct Session {
     threads: usize,
     /// Weights resolved so far, by node index; they stay for later runs.
     weight_cache: Mutex<HashMap<usize, CpuTensor>>,
-    /// Freed activations' buffers, reused for later kernels' outputs within a run.
+    /// Freed activations' buffers, reused for later kernels' outputs within a run (when the
+    /// run has no arena).
     recycler: Option<Recycler>,
+    /// Whether kernels write their outputs at their planned places in an arena.
+    use_arena: bool,
+    /// The arena, kept between runs once made (a run takes it, so two runs at once do not
+    /// share one).
+    arena: Mutex<Option<Arc<Arena>>>,
     /// The values computed from weights and constants alone, kept after the first run that
     /// fits them in the resolver's budget (`derived`).
     derived: Derived,
@@ -56,14 +66,61 @@ impl Session {
             .map_err(|e| RuntimeError::ThreadPool { threads, reason: e.to_string() })?;
         let recycler = Some(Recycler::default());
         let derived = Derived::new(&plan.graph);
-        Ok(Session { plan, weights, pool, threads, weight_cache: Mutex::new(HashMap::new()), recycler, derived })
+        Ok(Session {
+            plan,
+            weights,
+            pool,
+            threads,
+            weight_cache: Mutex::new(HashMap::new()),
+            recycler,
+            use_arena: true,
+            arena: Mutex::new(None),
+            derived,
+        })
+    }
+
+    /// Whether kernels write their outputs at the places the memory plan gave them in an
+    /// activation arena of `Plan::arena_bytes` (on by default). The arena is mapped at the first
+    /// run and kept until the session drops ([`Session::release_arena`] returns it sooner),
+    /// so later runs write into pages already touched: no page faults, and no allocator
+    /// calls for those outputs. It never holds more than the plan's arena. Outputs the arena
+    /// cannot take (values kept between runs, non-f32 values, elementwise kernels planned in
+    /// place over an operand, a place still held by an earlier output the caller kept) are
+    /// allocated, recycled buffers first when recycling is on. Results are the same either way.
+    pub fn set_arena(&mut self, on: bool) {
+        self.use_arena = on;
+        if !on {
+            self.release_arena();
+        }
+    }
+
+    /// Unmaps the activation arena now (the next run maps a new one). Pages holding outputs
+    /// a caller still has stay until those are dropped.
+    pub fn release_arena(&self) {
+        if let Some(arena) = self.arena.lock().expect("arena poisoned").take() {
+            // Unmapped with the last reference; outputs still held keep only their pages.
+            if Arc::strong_count(&arena) > 1 {
+                arena.retire();
+            }
+        }
+    }
+
+    /// The arena for one run: the kept one, or a new one (`None` when off, when the plan
+    /// needs none, or when it cannot be mapped: the run then allocates its outputs).
+    fn take_arena(&self) -> Option<Arc<Arena>> {
+        if !self.use_arena || self.plan.arena_bytes == 0 {
+            return None;
+        }
+        let kept = self.arena.lock().expect("arena poisoned").take();
+        kept.or_else(|| usize::try_from(self.plan.arena_bytes).ok().and_then(|bytes| Arena::new(bytes).ok()))
     }
 
     /// Whether kernels may take their outputs from the buffers of values freed earlier in
-    /// the run (on by default: it saves the page faults and zeroing of fresh buffers; the
-    /// buffers kept for reuse, the live values and the output being made never exceed the
-    /// plan's peak of live bytes (`Plan::peak_resident_bytes`), and the kept buffers are
-    /// released at the end of each run). Results are the same either way.
+    /// the run, in runs without an arena ([`Session::set_arena`]) (on by default: it saves
+    /// the page faults and zeroing of fresh buffers; the buffers kept for reuse, the live
+    /// values and the output being made never exceed the plan's peak of live bytes
+    /// (`Plan::peak_resident_bytes`), and the kept buffers are released at the end of each
+    /// run). Results are the same either way.
     pub fn set_recycling(&mut self, on: bool) {
         self.recycler = on.then(Recycler::default);
     }
@@ -145,7 +202,12 @@ impl Session {
                 return Err(RuntimeError::UnknownInput { name: name.clone(), expected: self.expected_inputs() });
             }
         }
-        if let Some(r) = &self.recycler {
+        let loan = ArenaLoan { session: self, arena: self.take_arena() };
+        let arena = &loan.arena;
+        // With an arena the outputs it cannot take are allocated: a shelf of recycled buffers
+        // beside it could hold as much again.
+        let recycler = self.recycler.as_ref().filter(|_| arena.is_none());
+        if let Some(r) = recycler {
             r.clear();
         }
         let start = Instant::now();
@@ -195,7 +257,7 @@ impl Session {
                 return Ok(());
             }
             let output = if kernel.is_view { 0 } else { graph.node(kernel.node).ty.size_bytes() };
-            let shelved = self.recycler.as_ref().map_or(0, |recycler| {
+            let shelved = recycler.map_or(0, |recycler| {
                 // Room for the shelf beside the live values and the output this kernel makes,
                 // within the plan's peak (a memory budget was checked against that peak).
                 recycler.fit(plan.peak_resident_bytes.saturating_sub(live_between + output) as usize);
@@ -222,20 +284,47 @@ impl Session {
             let op = node.op().expect("kernels are op nodes");
             let args: Vec<&CpuTensor> =
                 kernel.inputs.iter().map(|i| values[i.0].as_ref().expect("bound above")).collect();
+            // The output's place in the arena, unless it is kept between runs or the place is
+            // still held (by an output of an earlier run the caller kept).
+            let slot = match (&arena, kernel.buffer) {
+                (Some(arena), Some(slot))
+                    if !kernel.is_view
+                        && slot.storage == Storage::Owned
+                        && node.ty.dtype == DType::F32
+                        && comm.is_none()
+                        && !self.derived.is_derived_op(kernel.node.0) =>
+                {
+                    usize::try_from(slot.offset).ok().and_then(|offset| arena.lend(offset, node.ty.shape.numel()))
+                }
+                _ => None,
+            };
+            let offered = slot.as_ref().map(|values| values.offset());
             let started = Instant::now();
-            let mut out = match comm {
+            let out = match comm {
                 Some(comm) => collective(op, args[0], comm)
                     .map_err(|source| RuntimeError::Collective { node: node.name.clone(), source })?,
-                None => match &self.recycler {
-                    Some(r) => r.install(|| orrery_cpu::execute(op, &args, &node.ty)),
-                    None => orrery_cpu::execute(op, &args, &node.ty),
+                None => {
+                    let execute = || {
+                        let out = match recycler {
+                            Some(r) => r.install(|| orrery_cpu::execute(op, &args, &node.ty)),
+                            None => orrery_cpu::execute(op, &args, &node.ty),
+                        }?;
+                        // The plan gives this view a buffer of its own (a narrow graph output):
+                        // copy it (into its slot), so the buffer it views can be freed at its
+                        // last use.
+                        Ok(if op.is_view() && !kernel.is_view { out.compact() } else { out })
+                    };
+                    match slot {
+                        Some(slot) => orrery_cpu::with_output_slot(slot, execute),
+                        None => execute(),
+                    }
+                    .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?
                 }
-                .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?,
             };
-            if op.is_view() && !kernel.is_view {
-                // The plan gives this view a buffer of its own (a narrow graph output):
-                // copy it, so the buffer it views can be freed at its last use.
-                out = out.compact();
+            if let (Some(arena), Some(offset), Buffer::Arena(values)) = (&arena, offered, &**out.buffer()) {
+                if values.is_in(arena) && values.offset() == offset {
+                    stats.arena_output_bytes += node.ty.size_bytes();
+                }
             }
             stats.kernel_seconds.push(started.elapsed().as_secs_f64());
             if let Some(capture) = &mut capture {
@@ -254,7 +343,7 @@ impl Session {
                 .map(|(_, t)| t.buffer().owned_bytes() as u64)
                 .sum();
             live_between = live.saturating_sub(gone);
-            if let Some(recycler) = &self.recycler {
+            if let Some(recycler) = recycler {
                 let room = plan.peak_resident_bytes.saturating_sub(live_between);
                 freed.into_iter().for_each(|(_, t)| recycler.give(t, room as usize));
             }
@@ -284,7 +373,7 @@ impl Session {
         if let Some(c) = cursor {
             c.done(plan.kernels.len())?;
         }
-        if let Some(r) = &self.recycler {
+        if let Some(r) = recycler {
             stats.recycled_bytes = r.clear();
         }
         if let Some(capture) = capture {
@@ -331,6 +420,33 @@ impl Session {
         }
         self.weight_cache.lock().expect("weight cache poisoned").insert(index, t.clone());
         Ok((t, node.ty.size_bytes()))
+    }
+}
+
+/// A run's arena, kept by the session again when the run ends (or fails).
+struct ArenaLoan<'a> {
+    session: &'a Session,
+    arena: Option<Arc<Arena>>,
+}
+
+impl Drop for ArenaLoan<'_> {
+    fn drop(&mut self) {
+        if let Some(arena) = self.arena.take() {
+            let mut kept = self.session.arena.lock().expect("arena poisoned");
+            // Another run may have put its own back meanwhile: keep one.
+            if kept.is_none() {
+                *kept = Some(arena);
+            } else if Arc::strong_count(&arena) > 1 {
+                arena.retire();
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Outputs the caller still holds keep their pages; the rest go back to the OS now.
+        self.release_arena();
     }
 }
 

@@ -16,7 +16,7 @@ use super::fused::{apply_in_place, sources, Scratch, Source};
 use super::linalg::matmul::{apply_epilogue_pass, linear_epilogue, matmul_epilogue, Epilogue};
 use super::linalg::operand::SharedMut;
 use super::{conv, norm};
-use crate::recycle::output_f32;
+use crate::output::output;
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{FusedProgram, Op, TensorType};
 
@@ -104,8 +104,8 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
     let dims: &[usize] = view.as_deref().unwrap_or(base_out.shape.dims());
     // With a storage permutation the program's results also go to `permuted`, which is the
     // kernel's output; the base's buffer is then only scratch.
-    let mut permuted = if perm.is_some() { output_f32(out.shape.numel()) } else { Vec::new() };
-    let scatter = perm.as_deref().map(|p| Scatter::new(&mut permuted, dims, p));
+    let mut permuted = perm.is_some().then(|| output::<f32>(out.shape.numel()));
+    let scatter = perm.as_deref().zip(permuted.as_deref_mut()).map(|(p, out)| Scatter::new(out, dims, p));
     let epilogue = Program { program, extras: sources(op, extras, dims)?, dims, scatter };
     let wrong_inputs = || CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len()));
     let y = match &**base {
@@ -127,13 +127,16 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
             } else {
                 norm::execute(base, base_inputs, &base_out)?
             };
-            let mut y = y.into_f32_vec();
+            let mut y = y.into_output();
             apply_epilogue_pass(&mut y, &epilogue);
-            CpuTensor::from_vec(dims.to_vec(), y)
+            y.into_tensor(dims.to_vec())
         }
         _ => return Err(CpuError::kernel(op, "the base cannot take an epilogue")),
     };
     drop(epilogue);
     let out_dims = out.shape.dims().to_vec();
-    Ok(if perm.is_some() { CpuTensor::from_vec(out_dims, permuted) } else { y.reshape(&out_dims) })
+    Ok(match permuted {
+        Some(permuted) => permuted.into_tensor(out_dims),
+        None => y.reshape(&out_dims),
+    })
 }

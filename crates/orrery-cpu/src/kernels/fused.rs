@@ -7,7 +7,7 @@
 
 use super::elementwise::math::{nan_max, nan_min};
 use super::elementwise::{binary_slice, clamp_value, unary_slice};
-use crate::recycle::fill_output_chunks;
+use crate::output::fill_output_chunks;
 use crate::{CpuError, CpuTensor, Element};
 use orrery_ir::{BinaryOp, FusedProgram, FusedStep, Op, RopeStyle, TensorType};
 
@@ -47,7 +47,7 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
             scratch.run(program, chunk);
         },
     );
-    Ok(CpuTensor::from_vec(dims.to_vec(), y))
+    Ok(y.into_tensor(dims.to_vec()))
 }
 
 /// `inputs` (f32) as read from an output of shape `dims`.

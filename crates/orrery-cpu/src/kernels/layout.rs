@@ -2,8 +2,10 @@
 //! (concat, pad, repeat, index_select, gather, embedding, arange) write a dense output, in
 //! parallel over fixed-size chunks, copying runs of adjacent elements where they can.
 
-use super::elementwise::strided::{dense, densified, map_view, tensor_from, typed, with_scalar_type, Scalar, CHUNK};
-use crate::recycle::output_of;
+use super::elementwise::strided::{
+    dense, densified, map_view, tensor_from, tensor_from_output, typed, with_scalar_type, Scalar, CHUNK,
+};
+use crate::output::output;
 use crate::{CpuError, CpuTensor};
 use half::{bf16, f16};
 use orrery_ir::{DType, Op, PadMode, TensorType};
@@ -80,9 +82,9 @@ fn dense_data<'a, T: Scalar>(op: &Op, t: &'a CpuTensor) -> Result<Cow<'a, [T]>, 
 /// Index tensors of any integer dtype, as i64 in row-major order.
 fn index_values(op: &Op, t: &CpuTensor) -> Result<Vec<i64>, CpuError> {
     Ok(match t.dtype() {
-        DType::I64 => map_view(t, typed::<i64>(op, t)?, |v| v),
-        DType::I32 => map_view(t, typed::<i32>(op, t)?, |v| v as i64),
-        DType::U8 => map_view(t, typed::<u8>(op, t)?, |v| v as i64),
+        DType::I64 => map_view(t, typed::<i64>(op, t)?, |v| v).into_vec(),
+        DType::I32 => map_view(t, typed::<i32>(op, t)?, |v| v as i64).into_vec(),
+        DType::U8 => map_view(t, typed::<u8>(op, t)?, |v| v as i64).into_vec(),
         other => return Err(CpuError::kernel(op, format!("indices must be i64, i32 or u8, got {other}"))),
     })
 }
@@ -105,7 +107,7 @@ fn concat<T: Scalar>(op: &Op, inputs: &[&CpuTensor], axis: usize, out: &TensorTy
     let widths: Vec<usize> = inputs.iter().map(|t| t.shape()[axis] * inner).collect();
     let row: usize = widths.iter().sum();
     // Every element is copied below.
-    let mut data = output_of::<T>(out.shape.numel());
+    let mut data = output::<T>(out.shape.numel());
     data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         let mut pos = c * CHUNK;
         let mut dst = chunk;
@@ -123,7 +125,7 @@ fn concat<T: Scalar>(op: &Op, inputs: &[&CpuTensor], axis: usize, out: &TensorTy
             pos += take;
         }
     });
-    Ok(tensor_from(dims, out.dtype, data))
+    Ok(tensor_from_output(dims, out.dtype, data))
 }
 
 /// Where output index `i` of a padded dim reads from (`None`: the fill value).
@@ -311,7 +313,8 @@ fn embedding<T: Widen>(op: &Op, table: &CpuTensor, ids: &CpuTensor, out: &Tensor
         })
         .collect::<Result<Vec<_>, _>>()?;
     let src = dense_data::<T>(op, table)?;
-    let mut data = vec![0f32; out.shape.numel()];
+    // Every row is written below.
+    let mut data = output::<f32>(out.shape.numel());
     if !data.is_empty() {
         let rows_per_chunk = (CHUNK / width).max(1);
         data.par_chunks_mut(rows_per_chunk * width).enumerate().for_each(|(c, chunk)| {
@@ -323,5 +326,5 @@ fn embedding<T: Widen>(op: &Op, table: &CpuTensor, ids: &CpuTensor, out: &Tensor
             }
         });
     }
-    Ok(CpuTensor::from_vec(out.shape.0.clone(), data))
+    Ok(data.into_tensor(out.shape.0.clone()))
 }

@@ -11,7 +11,7 @@ mod reduce;
 mod transient;
 
 use crate::{CpuError, CpuTensor};
-pub(crate) use elementwise::dense_copy;
+pub(crate) use elementwise::{dense_copy, output_copy};
 use orrery_ir::{Op, OpFamily, TensorType};
 pub use transient::transient_bytes;
 

@@ -8,7 +8,7 @@
 
 use super::elementwise::strided::{dense, typed, CHUNK};
 use super::reduce::sum_f64;
-use crate::recycle::{fill_output_chunks, output_f32};
+use crate::output::{fill_output_chunks, output, Output};
 use crate::{CpuError, CpuTensor};
 use orrery_ir::{Op, RopeStyle, TensorType};
 use rayon::prelude::*;
@@ -30,22 +30,22 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
     match op {
         Op::LayerNorm { eps, .. } => {
             let (w, b) = (params.first().map(|p| &p[..]), params.get(1).map(|p| &p[..]));
-            return Ok(CpuTensor::from_vec(dims, for_rows(&x, d, |x, y| layer_norm_row(x, y, *eps, w, b))));
+            return Ok(for_rows(&x, d, |x, y| layer_norm_row(x, y, *eps, w, b)).into_tensor(dims));
         }
         Op::RmsNorm { eps, .. } => {
             let w = params.first().map(|p| &p[..]);
-            return Ok(CpuTensor::from_vec(dims, for_rows(&x, d, |x, y| rms_norm_row(x, y, *eps, w))));
+            return Ok(for_rows(&x, d, |x, y| rms_norm_row(x, y, *eps, w)).into_tensor(dims));
         }
         _ => {}
     }
-    let mut y = output_f32(x.len());
+    let mut y = output::<f32>(x.len());
     match op {
         Op::GroupNorm { groups, eps, .. } => group_norm(&x, &mut y, &dims, *groups, *eps, &params),
         Op::BatchNorm { eps, .. } => batch_norm(&x, &mut y, &dims, *eps, &params),
         Op::Rope { style } => rope(op, &x, &mut y, &dims, [inputs[1], inputs[2]], *style)?,
         _ => return Err(CpuError::kernel(op, "not a normalisation")),
     }
-    Ok(CpuTensor::from_vec(dims, y))
+    Ok(y.into_tensor(dims))
 }
 
 fn f32_data<'a>(op: &Op, t: &'a CpuTensor) -> Result<Cow<'a, [f32]>, CpuError> {
@@ -54,7 +54,7 @@ fn f32_data<'a>(op: &Op, t: &'a CpuTensor) -> Result<Cow<'a, [f32]>, CpuError> {
 
 /// The output of `f(x_row, y_row)` for every row of length `d`, rows handed out in groups of
 /// about [`CHUNK`] elements.
-fn for_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync + Send) -> Vec<f32> {
+fn for_rows(x: &[f32], d: usize, f: impl Fn(&[f32], &mut [f32]) + Sync + Send) -> Output {
     let per_chunk = (CHUNK / d).max(1) * d;
     fill_output_chunks(
         x.len(),

@@ -31,7 +31,7 @@ use super::winograd;
 use super::{as_3d, with_scratch, Spatial};
 use crate::kernels::linalg::blas::{gathers_while_packing, gemm, gemm_gathered, GatheredB, MatMut, MatRef, Threads};
 use crate::kernels::linalg::operand::{F32Operand, SharedMut};
-use crate::recycle::output_f32;
+use crate::output::output;
 use crate::CpuTensor;
 use orrery_ir::{ConvPadMode, ConvParams, TensorType};
 use rayon::prelude::*;
@@ -136,9 +136,9 @@ pub(super) fn conv(
     let input =
         Input { data: x.data(), offset: x.offset, sb: x.strides[0], sc: x.strides[1], s: as_3d(&x.strides[2..], 0) };
     // Every strategy below writes every element (the bias, or a product that overwrites).
-    let mut y = output_f32(out.shape.numel());
+    let mut y = output::<f32>(out.shape.numel());
     if y.is_empty() {
-        return CpuTensor::from_vec(od, y);
+        return y.into_tensor(od);
     }
     let rank = x.shape.len();
     match x.collapsed_stride(2..rank) {
@@ -150,7 +150,7 @@ pub(super) fn conv(
             None => tiled(&geo, &input, &weights, &mut y),
         },
     }
-    CpuTensor::from_vec(od, y)
+    y.into_tensor(od)
 }
 
 /// Fills each row `co` of the `rows × cols` block at `dst` (row stride `rs`) with `bias[co]`.

@@ -3,7 +3,7 @@
 //! torch); floats to integers truncate toward zero to i64 and then wrap like integer casts;
 //! anything to bool is `x != 0`.
 
-use super::strided::{buffer_of, map_view, tensor_from, with_scalar_type, Scalar};
+use super::strided::{buffer_of, map_view, tensor_from_output, with_scalar_type, Scalar};
 use crate::CpuTensor;
 use half::{bf16, f16};
 use orrery_ir::DType;
@@ -79,5 +79,5 @@ fn cast_from<S: CastSource>(x: &CpuTensor, to: DType) -> Option<CpuTensor> {
 }
 
 fn convert<S: Scalar, D: Scalar>(x: &CpuTensor, src: &[S], to: DType, f: impl Fn(S) -> D + Sync) -> CpuTensor {
-    tensor_from(x.shape(), to, map_view(x, src, f))
+    tensor_from_output(x.shape(), to, map_view(x, src, f))
 }

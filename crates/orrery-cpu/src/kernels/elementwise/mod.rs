@@ -6,11 +6,12 @@ mod cast;
 pub(in crate::kernels) mod math;
 pub(in crate::kernels) mod strided;
 
+use crate::output::output;
 use crate::{CpuError, CpuTensor};
 use math::{exp_f32, gelu_erf, gelu_tanh, nan_max, nan_min, relu, rsqrt, sigmoid, silu};
 use orrery_ir::{BinaryOp, CompareOp, DType, Op, TensorType, UnaryOp};
-pub(crate) use strided::dense_copy;
-use strided::{map_view, tensor_from, typed, with_scalar_type, zip_broadcast, Broadcast, Scalar};
+pub(crate) use strided::{dense_copy, output_copy};
+use strided::{map_view, tensor_from_output, typed, with_scalar_type, zip_broadcast, Broadcast, Scalar};
 
 pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result<CpuTensor, CpuError> {
     let dims = out.shape.dims();
@@ -32,7 +33,7 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
 /// `f` of every element of the f32 tensor `x`.
 fn map_f32(op: &Op, x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<CpuTensor, CpuError> {
     let src = typed::<f32>(op, x)?;
-    Ok(CpuTensor::from_vec(x.shape().to_vec(), map_view(x, src, f)))
+    Ok(map_view(x, src, f).into_tensor(x.shape().to_vec()))
 }
 
 /// Expands `$body` once per unary function with `$g` bound to its scalar function, so each
@@ -121,7 +122,7 @@ fn binary(op: &Op, f: BinaryOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) ->
         BinaryOp::Max => zip_broadcast(dims, a, b, nan_max),
         BinaryOp::Min => zip_broadcast(dims, a, b, nan_min),
     };
-    Ok(CpuTensor::from_vec(dims.to_vec(), out))
+    Ok(out.into_tensor(dims.to_vec()))
 }
 
 fn compare(op: &Op, c: CompareOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) -> Result<CpuTensor, CpuError> {
@@ -136,7 +137,7 @@ fn compare(op: &Op, c: CompareOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) 
             CompareOp::Gt => zip_broadcast(dims, a, b, |x: T, y: T| u8::from(x > y)),
             CompareOp::Ge => zip_broadcast(dims, a, b, |x: T, y: T| u8::from(x >= y)),
         };
-        Ok(tensor_from(dims, DType::Bool, out))
+        Ok(tensor_from_output(dims, DType::Bool, out))
     })
 }
 
@@ -145,13 +146,14 @@ fn select<T: Scalar>(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Result
     let (cond, a, b) = (inputs[0], inputs[1], inputs[2]);
     let (xc, xa, xb) = (typed::<u8>(op, cond)?, typed::<T>(op, a)?, typed::<T>(op, b)?);
     let dims = out.shape.dims();
-    let mut data = vec![T::default(); out.shape.numel()];
+    // Every element is written below.
+    let mut data = output::<T>(out.shape.numel());
     Broadcast::new(dims, [cond, a, b]).par_segments(&mut data, |dst, _, [oc, oa, ob], [sc, sa, sb]| {
         for (i, d) in dst.iter_mut().enumerate() {
             *d = if xc[oc + i * sc] != 0 { xa[oa + i * sa] } else { xb[ob + i * sb] };
         }
     });
-    Ok(tensor_from(dims, out.dtype, data))
+    Ok(tensor_from_output(dims, out.dtype, data))
 }
 
 /// `dst[i] = f(src[i])` with the same scalar functions as the unfused unary kernels (so fused

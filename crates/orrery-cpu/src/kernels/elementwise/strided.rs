@@ -6,6 +6,7 @@
 //! would not depend on the split anyway). Loops over dense runs are plain slice loops, which
 //! the compiler vectorises.
 
+use crate::output::{output, Output};
 use crate::recycle::output_of;
 use crate::{Buffer, CpuError, CpuTensor, Element};
 use half::{bf16, f16};
@@ -124,6 +125,11 @@ pub(in crate::kernels) fn tensor_from<T: Scalar>(shape: &[usize], dtype: DType, 
     CpuTensor::from_buffer(shape.to_vec(), T::into_buffer(data, dtype))
 }
 
+/// [`tensor_from`] for a kernel's output, wherever it was written.
+pub(in crate::kernels) fn tensor_from_output<T: Scalar>(shape: &[usize], dtype: DType, data: Output<T>) -> CpuTensor {
+    CpuTensor::from_buffer(shape.to_vec(), data.into_buffer(|v| T::into_buffer(v, dtype)))
+}
+
 /// The elements of `t` in row-major order: borrowed when the view is dense, otherwise copied
 /// in parallel. `None` when `T` does not store `t`'s dtype.
 pub(in crate::kernels) fn dense<T: Scalar>(t: &CpuTensor) -> Option<Cow<'_, [T]>> {
@@ -131,18 +137,38 @@ pub(in crate::kernels) fn dense<T: Scalar>(t: &CpuTensor) -> Option<Cow<'_, [T]>
     if t.is_contiguous() {
         return all.get(t.offset()..t.offset() + t.numel()).map(Cow::Borrowed);
     }
-    let walk = Broadcast::new(t.shape(), [t]);
     // Every element is copied below.
     let mut out = output_of::<T>(t.numel());
-    if !walk.copy_transposed(all, &mut out) {
-        walk.par_segments(&mut out, |dst, _, [o], [s]| copy_strided(dst, all, o, s));
-    }
+    copy_dense(t, all, &mut out);
     Some(Cow::Owned(out))
 }
 
-/// A dense tensor with `t`'s values (a cheap clone when `t` is dense already).
+/// Copies the elements of `t` (whose whole buffer is `all`) to `out`, dense row-major.
+fn copy_dense<T: Scalar>(t: &CpuTensor, all: &[T], out: &mut [T]) {
+    let walk = Broadcast::new(t.shape(), [t]);
+    if !walk.copy_transposed(all, out) {
+        walk.par_segments(out, |dst, _, [o], [s]| copy_strided(dst, all, o, s));
+    }
+}
+
+/// A dense tensor with `t`'s values: `t` itself when dense already, else a copy that is the
+/// kernel's output ([`output_copy`]).
 pub(in crate::kernels) fn densified(t: &CpuTensor) -> CpuTensor {
-    t.contiguous()
+    if t.is_contiguous() {
+        return t.clone();
+    }
+    output_copy(t).unwrap_or_else(|| t.contiguous())
+}
+
+/// A dense copy of `t` that is the kernel's output (in its arena slot when one is offered);
+/// `None` for buffers the typed walk cannot read (mapped bytes).
+pub(crate) fn output_copy(t: &CpuTensor) -> Option<CpuTensor> {
+    with_scalar_type!(t.dtype(), T => buffer_of::<T>(t).map(|all| {
+        // Every element is copied.
+        let mut out = output::<T>(t.numel());
+        copy_dense(t, all, &mut out);
+        tensor_from_output(t.shape(), t.dtype(), out)
+    }))
 }
 
 /// A dense parallel copy of a strided view over an owned buffer; `None` for buffers the
@@ -153,12 +179,13 @@ pub(crate) fn dense_copy(t: &CpuTensor) -> Option<CpuTensor> {
 
 /// `f` of every element of the view `x` (whose whole buffer is `src`), dense row-major,
 /// computed in parallel.
-pub(in crate::kernels) fn map_view<S: Copy + Sync, D: Clone + Default + Send>(
+pub(in crate::kernels) fn map_view<S: Copy + Sync, D: Copy + Default + Send + 'static>(
     x: &CpuTensor,
     src: &[S],
     f: impl Fn(S) -> D + Sync,
-) -> Vec<D> {
-    let mut out = vec![D::default(); x.numel()];
+) -> Output<D> {
+    // Every element is written below.
+    let mut out = output::<D>(x.numel());
     Broadcast::new(x.shape(), [x]).par_segments(&mut out, |dst, _, [start], [stride]| {
         if stride == 1 {
             map_dense(dst, &src[start..start + dst.len()], &f);
@@ -251,13 +278,14 @@ unsafe fn zip_dense_avx512<A: Copy, B: Copy, D>(dst: &mut [D], a: &[A], b: &[B],
 /// `f(a, b)` over the broadcast shape `dims`, dense row-major, computed in parallel. `xa` and
 /// `xb` are the whole buffers of the views `a` and `b`. Same-shape dense operands and row
 /// broadcasts (one side stride 0) get loops the compiler vectorises.
-pub(in crate::kernels) fn zip_broadcast<A: Copy + Sync, B: Copy + Sync, D: Clone + Default + Send>(
+pub(in crate::kernels) fn zip_broadcast<A: Copy + Sync, B: Copy + Sync, D: Copy + Default + Send + 'static>(
     dims: &[usize],
     (a, xa): (&CpuTensor, &[A]),
     (b, xb): (&CpuTensor, &[B]),
     f: impl Fn(A, B) -> D + Sync,
-) -> Vec<D> {
-    let mut out = vec![D::default(); dims.iter().product()];
+) -> Output<D> {
+    // Every element is written below.
+    let mut out = output::<D>(dims.iter().product());
     Broadcast::new(dims, [a, b]).par_segments(&mut out, |dst, _, [oa, ob], [sa, sb]| {
         let n = dst.len();
         match (sa, sb) {

@@ -11,7 +11,7 @@
 use super::blas::{gemm_shared, MatMut, MatRef, SharedB};
 use super::fast_exp::{exp, exp_shifted_sum, row_max};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand};
-use crate::recycle::OutputBuffer;
+use crate::output::OutputBuffer;
 use crate::{Buffer, CpuTensor};
 use orrery_ir::{AttentionLayout, AttentionMask, TensorType};
 use rayon::prelude::*;
@@ -160,7 +160,7 @@ pub(super) fn attention(
     let mut y = OutputBuffer::new(out.shape.numel());
     if out.shape.numel() == 0 {
         // SAFETY: there is nothing to write.
-        return CpuTensor::from_vec(od, unsafe { y.assume_written() });
+        return unsafe { y.assume_written() }.into_tensor(od);
     }
     let shape = BlockShape { d, lk, dv, scale };
     // Tasks: (head, run of query blocks). A task prepares each key block once for all its
@@ -191,7 +191,7 @@ pub(super) fn attention(
         attend_rows(&shape, &QueryRows { h, q0, rows }, &qh, &kh, &vh, mask.as_ref(), out);
     });
     // SAFETY: the tasks wrote every (head, row) block, and so every element.
-    CpuTensor::from_vec(od, unsafe { y.assume_written() })
+    unsafe { y.assume_written() }.into_tensor(od)
 }
 
 /// Sizes shared by every block of one attention call.

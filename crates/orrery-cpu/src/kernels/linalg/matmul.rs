@@ -6,7 +6,7 @@ use super::blas::{
 };
 use super::gemv::{max_rows, rows_times_weight, Rows, WeightRows, MAX_ROWS};
 use super::operand::{broadcast_strides_to, index_offsets, F32Operand, SharedMut};
-use crate::recycle::OutputBuffer;
+use crate::output::{Output, OutputBuffer};
 use crate::CpuTensor;
 use half::bf16;
 use orrery_ir::{DType, TensorType};
@@ -165,7 +165,7 @@ impl Gemms {
 
     /// The dense output, every product computed, in a buffer written before it is read
     /// ([`OutputBuffer`]: recycled, or new and not zeroed).
-    fn output(&self) -> Vec<f32> {
+    fn output(&self) -> Output {
         let mut y = OutputBuffer::new(self.output_len());
         // SAFETY: `y` holds the output's elements, all written by `run`.
         unsafe {
@@ -175,7 +175,7 @@ impl Gemms {
     }
 
     /// [`Gemms::output`], then `epilogue` over it.
-    fn output_with<E: Epilogue>(&self, epilogue: &E) -> Vec<f32> {
+    fn output_with<E: Epilogue>(&self, epilogue: &E) -> Output {
         let mut y = OutputBuffer::new(self.output_len());
         // SAFETY: `y` holds the output's elements, all written by `run_with_epilogue`.
         unsafe {
@@ -359,15 +359,13 @@ pub(crate) trait Epilogue: Sync {
 /// Batched `a · b` with broadcast batch dims. Transposes, permutations and broadcasts of f32
 /// operands are absorbed into GEMM strides; f16/bf16 `b` is widened once.
 pub(super) fn matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool, out: &TensorType) -> CpuTensor {
-    let y = Gemms::matmul(a, b, ta, tb, out).output();
-    CpuTensor::from_vec(out.shape.dims().to_vec(), y)
+    Gemms::matmul(a, b, ta, tb, out).output().into_tensor(out.shape.dims().to_vec())
 }
 
 /// torch `linear`: every leading row of x times `wᵀ`, plus the bias. The bias pre-fills the
 /// output and the GEMM accumulates.
 pub(super) fn linear(x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>, out: &TensorType) -> CpuTensor {
-    let y = Gemms::linear(x, w, bias, out).output();
-    CpuTensor::from_vec(out.shape.dims().to_vec(), y)
+    Gemms::linear(x, w, bias, out).output().into_tensor(out.shape.dims().to_vec())
 }
 
 /// [`matmul`] followed by `epilogue`, fused tile by tile.
@@ -379,8 +377,7 @@ pub(crate) fn matmul_epilogue<E: Epilogue>(
     out: &TensorType,
     epilogue: &E,
 ) -> CpuTensor {
-    let y = Gemms::matmul(a, b, ta, tb, out).output_with(epilogue);
-    CpuTensor::from_vec(out.shape.dims().to_vec(), y)
+    Gemms::matmul(a, b, ta, tb, out).output_with(epilogue).into_tensor(out.shape.dims().to_vec())
 }
 
 /// [`linear`] followed by `epilogue`, fused tile by tile.
@@ -391,6 +388,5 @@ pub(crate) fn linear_epilogue<E: Epilogue>(
     out: &TensorType,
     epilogue: &E,
 ) -> CpuTensor {
-    let y = Gemms::linear(x, w, bias, out).output_with(epilogue);
-    CpuTensor::from_vec(out.shape.dims().to_vec(), y)
+    Gemms::linear(x, w, bias, out).output_with(epilogue).into_tensor(out.shape.dims().to_vec())
 }
