@@ -31,7 +31,7 @@
 //! cheap, so [`crate::compile`] runs it on every plan it produces.
 
 use crate::CompileError;
-use orrery_ir::{Graph, NodeId, NodeKind, Op};
+use orrery_ir::{DType, Graph, NodeId, NodeKind, Op};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -144,13 +144,14 @@ impl MemoryPlan {
 /// operand that has the output's shape, and the kernel reads those elements before it writes
 /// element `i` (broadcast operands are read at other positions, so only an operand whose shape
 /// equals the output's may be overwritten; `in_place_operand` checks that, plus equal element
-/// size). Unary, clamp, binary and where are such ops, and so is a cast between dtypes of one
-/// element size (f16↔bf16, f32↔i32, u8↔bool), and fused elementwise programs (the CPU kernel
-/// gathers a chunk of every operand before it writes that chunk). Compare is left out (its output is bool, so it
-/// only qualifies for 1-byte operands), and so is everything that reads neighbours (norms,
-/// softmax, matmul, layout ops).
+/// size). Unary, clamp and binary ops are such ops, and so are fused elementwise programs (the
+/// CPU kernel copies a chunk of every operand into scratch before it writes that chunk); the
+/// CPU runtime executes exactly these in place (`orrery_cpu::runs_in_place`), so a plan never
+/// counts on sharing the runtime does not do. Where and casts would qualify too but are not
+/// executed in place; compare is left out (its output is bool), and so is everything that
+/// reads neighbours (norms, softmax, matmul, layout ops).
 pub fn can_run_in_place(op: &Op) -> bool {
-    matches!(op, Op::Unary(_) | Op::Clamp { .. } | Op::Binary(_) | Op::Where | Op::Cast { .. } | Op::Fused(_))
+    matches!(op, Op::Unary(_) | Op::Clamp { .. } | Op::Binary(_) | Op::Fused(_))
 }
 
 /// How a value gets its memory, derived from the graph alone.
@@ -270,10 +271,8 @@ fn in_place_operand(
     }
     node.inputs.iter().copied().find(|&u| {
         let ut = &graph.node(u).ty;
-        let same_elem = match op {
-            Op::Cast { .. } => ut.dtype.size_bytes() == node.ty.dtype.size_bytes(),
-            _ => ut.dtype == node.ty.dtype,
-        };
+        // The CPU kernels run in place over f32 only.
+        let same_elem = ut.dtype == DType::F32 && node.ty.dtype == DType::F32;
         let direct_uses = node.inputs.iter().filter(|&&w| w == u).count();
         let via_view = node.inputs.iter().any(|&w| w != u && root[w.0] == Some(u));
         class[u.0] == Class::Owned

@@ -33,8 +33,8 @@ pub struct Kernel {
 /// An executable schedule for one graph at fixed input shapes.
 ///
 /// The memory plan is computed and validated; the CPU runtime writes each kernel's output at
-/// its slot in an arena of `arena_bytes` (except outputs planned in place over an operand,
-/// which it allocates) and releases values per `Kernel::frees`.
+/// its slot in an arena of `arena_bytes` (over the operand, for an output planned in place)
+/// and releases values per `Kernel::frees`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub graph: Graph,

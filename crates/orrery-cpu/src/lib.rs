@@ -18,7 +18,7 @@ mod weight_packs;
 
 pub use arena::{Arena, ArenaValues};
 pub use error::CpuError;
-pub use kernels::{execute, transient_bytes};
+pub use kernels::{execute, execute_in_place, runs_in_place, transient_bytes};
 pub use output::with_output_slot;
 pub use recycle::Recycler;
 pub use tensor::{Buffer, CpuTensor, Element, MappedBytes};

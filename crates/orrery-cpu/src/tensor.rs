@@ -413,19 +413,25 @@ impl CpuTensor {
         }
     }
 
+    /// The f32 buffer (a `Vec` or arena values) of this dense tensor when it is the buffer's
+    /// only reference and holds exactly its elements; else the tensor back.
+    pub(crate) fn try_into_output(self) -> Result<Output, CpuTensor> {
+        if !(self.is_contiguous() && self.offset == 0 && self.buf.len() == self.numel()) {
+            return Err(self);
+        }
+        match Arc::try_unwrap(self.buf) {
+            Ok(Buffer::F32(v)) => Ok(Output::Heap(v)),
+            Ok(Buffer::Arena(values)) => Ok(Output::Arena(values)),
+            Ok(other) => Err(CpuTensor { buf: Arc::new(other), ..self }),
+            Err(buf) => Err(CpuTensor { buf, ..self }),
+        }
+    }
+
     /// The f32 elements in row-major order, taking the buffer (a `Vec` or arena values)
     /// without a copy when this tensor is its dense, only owner (a kernel's fresh output),
     /// else copied.
     pub(crate) fn into_output(self) -> Output {
-        if !(self.is_contiguous() && self.offset == 0 && self.buf.len() == self.numel()) {
-            return Output::Heap(self.to_f32_vec());
-        }
-        match Arc::try_unwrap(self.buf) {
-            Ok(Buffer::F32(v)) => Output::Heap(v),
-            Ok(Buffer::Arena(values)) => Output::Arena(values),
-            Ok(other) => Output::Heap(CpuTensor { buf: Arc::new(other), ..self }.to_f32_vec()),
-            Err(buf) => Output::Heap(CpuTensor { buf, ..self }.to_f32_vec()),
-        }
+        self.try_into_output().unwrap_or_else(|t| Output::Heap(t.to_f32_vec()))
     }
 
     /// All elements, in row-major order of the view, widened to f32.

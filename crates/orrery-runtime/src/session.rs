@@ -83,10 +83,11 @@ impl Session {
     /// activation arena of `Plan::arena_bytes` (on by default). The arena is mapped at the first
     /// run and kept until the session drops ([`Session::release_arena`] returns it sooner),
     /// so later runs write into pages already touched: no page faults, and no allocator
-    /// calls for those outputs. It never holds more than the plan's arena. Outputs the arena
-    /// cannot take (values kept between runs, non-f32 values, elementwise kernels planned in
-    /// place over an operand, a place still held by an earlier output the caller kept) are
-    /// allocated, recycled buffers first when recycling is on. Results are the same either way.
+    /// calls for those outputs. It never holds more than the plan's arena. Elementwise kernels
+    /// planned in place write over their operand (in the arena or not). Outputs the arena
+    /// cannot take (values kept between runs, non-f32 values, a place still held by an earlier
+    /// output the caller kept) are allocated, recycled buffers first when recycling is on.
+    /// Results are the same either way.
     pub fn set_arena(&mut self, on: bool) {
         self.use_arena = on;
         if !on {
@@ -282,8 +283,28 @@ impl Session {
             }
             let node = graph.node(kernel.node);
             let op = node.op().expect("kernels are op nodes");
-            let args: Vec<&CpuTensor> =
-                kernel.inputs.iter().map(|i| values[i.0].as_ref().expect("bound above")).collect();
+            // An elementwise kernel planned over an operand that dies here and that nothing else
+            // holds writes its output over that operand's memory (its input position, and
+            // the operand taken out of the live values).
+            let in_place = match kernel.buffer.map(|slot| slot.storage) {
+                Some(Storage::InPlace { over })
+                    if comm.is_none()
+                        && kernel.frees.contains(&over)
+                        && kernel.inputs.iter().filter(|&&i| i == over).count() == 1
+                        && values[over.0].as_ref().is_some_and(|t| Arc::strong_count(t.buffer()) == 1) =>
+                {
+                    let at = kernel.inputs.iter().position(|&i| i == over).expect("counted above");
+                    values[over.0].take().map(|operand| (at, operand))
+                }
+                _ => None,
+            };
+            let args: Vec<&CpuTensor> = kernel
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| in_place.as_ref().is_none_or(|(at, _)| at != j))
+                .map(|(_, i)| values[i.0].as_ref().expect("bound above"))
+                .collect();
             // The output's place in the arena, unless it is kept between runs or the place is
             // still held (by an output of an earlier run the caller kept).
             let slot = match (&arena, kernel.buffer) {
@@ -298,16 +319,24 @@ impl Session {
                 }
                 _ => None,
             };
-            let offered = slot.as_ref().map(|values| values.offset());
+            let offered = match (&slot, &in_place) {
+                (Some(values), _) => Some(values.offset()),
+                (None, Some(_)) => kernel.buffer.and_then(|slot| usize::try_from(slot.offset).ok()),
+                (None, None) => None,
+            };
             let started = Instant::now();
             let out = match comm {
                 Some(comm) => collective(op, args[0], comm)
                     .map_err(|source| RuntimeError::Collective { node: node.name.clone(), source })?,
                 None => {
                     let execute = || {
-                        let out = match recycler {
-                            Some(r) => r.install(|| orrery_cpu::execute(op, &args, &node.ty)),
+                        let kernel_run = || match in_place {
+                            Some((at, operand)) => orrery_cpu::execute_in_place(op, &args, at, operand, &node.ty),
                             None => orrery_cpu::execute(op, &args, &node.ty),
+                        };
+                        let out = match recycler {
+                            Some(r) => r.install(kernel_run),
+                            None => kernel_run(),
                         }?;
                         // The plan gives this view a buffer of its own (a narrow graph output):
                         // copy it (into its slot), so the buffer it views can be freed at its

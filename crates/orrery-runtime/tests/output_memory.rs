@@ -8,7 +8,7 @@
 mod common;
 
 use common::values;
-use orrery_compiler::Plan;
+use orrery_compiler::{Plan, Storage};
 use orrery_cpu::CpuTensor;
 use orrery_ir::{DType, GraphBuilder};
 use orrery_models::cosmos::{dit_block, DitBlockConfig, DitBlockInputs};
@@ -169,4 +169,40 @@ fn kept_outputs_are_not_overwritten() {
     drop(session);
     assert_eq!(bits(&out_a), want_a, "outputs outlive the session");
     assert_eq!(bits(&out_b), want_b);
+}
+
+/// Elementwise kernels planned in place over an operand that dies there write over its place
+/// in the arena: the plan's sharing is real, and the bits are those of fresh memory.
+#[test]
+fn elementwise_kernels_run_in_place_in_the_arena() {
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", DType::F32, [300, 64]).unwrap();
+    let w = b.input("w", DType::F32, [64, 96]).unwrap();
+    let bias = b.input("bias", DType::F32, [96]).unwrap();
+    let h = b.matmul("mm", x, w).unwrap();
+    let e = b.unary("exp", orrery_ir::UnaryOp::Exp, h).unwrap();
+    let y = b.binary("add", orrery_ir::BinaryOp::Add, e, bias).unwrap();
+    b.output("y", y).unwrap();
+    // Unfused, so the two elementwise kernels stay separate and in place.
+    let options = orrery_compiler::CompileOptions { passes: orrery_compiler::Passes::Simplify, ..Default::default() };
+    let plan = orrery_compiler::compile_with(b.finish().unwrap(), &options).unwrap();
+    let in_place = |k: &orrery_compiler::Kernel| matches!(k.buffer.map(|s| s.storage), Some(Storage::InPlace { .. }));
+    assert_eq!(plan.kernels.iter().filter(|k| in_place(k)).count(), 2, "exp and add are planned in place");
+    let inputs: Inputs = [("x", vec![300, 64]), ("w", vec![64, 96]), ("bias", vec![96])]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, dims))| {
+            let n = dims.iter().product();
+            (name.to_string(), CpuTensor::from_vec(dims, values(i as u64 + 3, n, 0.5)))
+        })
+        .collect();
+    let weights = Arc::new(MemoryWeights::new());
+    let want = bits(&fresh(&plan, &weights).run(&inputs).unwrap().0);
+    let session = Session::new(plan.clone(), weights, 2).unwrap();
+    let every_output: u64 = plan.kernels.iter().map(|k| k.output.size_bytes()).sum();
+    for run in 0..2 {
+        let (out, stats) = session.run(&inputs).unwrap();
+        assert_eq!(bits(&out), want, "run {run}");
+        assert_eq!(stats.arena_output_bytes, every_output, "run {run}: the product's place holds all three");
+    }
 }

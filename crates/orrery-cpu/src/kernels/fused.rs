@@ -7,9 +7,10 @@
 
 use super::elementwise::math::{nan_max, nan_min};
 use super::elementwise::{binary_slice, clamp_value, unary_slice};
-use crate::output::fill_output_chunks;
+use crate::output::{fill_output_chunks, Output};
 use crate::{CpuError, CpuTensor, Element};
 use orrery_ir::{BinaryOp, FusedProgram, FusedStep, Op, RopeStyle, TensorType};
+use rayon::prelude::*;
 
 /// Output elements per task: fixed (never derived from the thread count), small enough that
 /// the scratch vectors of a long program stay in L2.
@@ -43,6 +44,43 @@ pub(super) fn execute(op: &Op, inputs: &[&CpuTensor], out: &TensorType) -> Resul
             let n = chunk.len();
             for (src, dst) in sources.iter().zip(scratch.values(n)) {
                 gather(src, dims, i * chunk_len, &mut dst[..n]);
+            }
+            scratch.run(program, chunk);
+        },
+    );
+    Ok(y.into_tensor(dims.to_vec()))
+}
+
+/// [`execute`] with the output written over the memory of input `at`, whose values `y` holds
+/// (dense, the output's shape); `inputs` are the others, in order. Each chunk copies its own
+/// values of that input into scratch before the program writes the chunk, and chunks are
+/// those of [`execute`], so the bits are the same.
+pub(super) fn execute_in_place(
+    op: &Op,
+    inputs: &[&CpuTensor],
+    at: usize,
+    mut y: Output,
+    out: &TensorType,
+) -> Result<CpuTensor, CpuError> {
+    let Op::Fused(program) = op else { return Err(CpuError::kernel(op, "not a fused program")) };
+    if inputs.len() + 1 != program.n_inputs || at >= program.n_inputs {
+        return Err(CpuError::kernel(op, format!("unexpected number of inputs: {}", inputs.len() + 1)));
+    }
+    let dims = out.shape.dims();
+    let sources = sources(op, inputs, dims)?;
+    let chunk_len = chunk_len(program, CHUNK);
+    y.par_chunks_mut(chunk_len).enumerate().for_each_init(
+        || Scratch::new(program, chunk_len),
+        |scratch, (i, chunk)| {
+            let n = chunk.len();
+            let mut others = sources.iter();
+            for (j, dst) in scratch.values(n)[..program.n_inputs].iter_mut().enumerate() {
+                match j == at {
+                    true => dst[..n].copy_from_slice(chunk),
+                    false => {
+                        gather(others.next().expect("one source per other input"), dims, i * chunk_len, &mut dst[..n])
+                    }
+                }
             }
             scratch.run(program, chunk);
         },

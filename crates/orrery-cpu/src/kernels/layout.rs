@@ -163,11 +163,12 @@ fn remap<T: Scalar>(
 ) -> Result<CpuTensor, CpuError> {
     let src = dense_data::<T>(op, x)?;
     let dims = out.shape.dims();
-    let mut data = vec![fill; out.shape.numel()];
+    // Every element is written below: copied, or the fill.
+    let mut data = output::<T>(out.shape.numel());
     if data.is_empty() || dims.is_empty() {
         let n = data.len();
         data.copy_from_slice(&src[..n]);
-        return Ok(tensor_from(dims, out.dtype, data));
+        return Ok(tensor_from_output(dims, out.dtype, data));
     }
     let last = dims.len() - 1;
     let in_strides = orrery_ir::shape::contiguous_strides(in_dims);
@@ -183,15 +184,21 @@ fn remap<T: Scalar>(
                 rest /= dims[a];
                 base = base.zip(maps[a][i]).map(|(b, s)| b + s * in_strides[a]);
             }
-            let Some(base) = base else { continue }; // a fill row: `data` starts as fill
+            let Some(base) = base else {
+                dst.fill(fill);
+                continue;
+            };
+            // The runs cover the row.
             for run in &runs {
-                if let Some(s) = run.source {
-                    dst[run.start..run.start + run.len].copy_from_slice(&src[base + s..base + s + run.len]);
+                let dst = &mut dst[run.start..run.start + run.len];
+                match run.source {
+                    Some(s) => dst.copy_from_slice(&src[base + s..base + s + run.len]),
+                    None => dst.fill(fill),
                 }
             }
         }
     });
-    Ok(tensor_from(dims, out.dtype, data))
+    Ok(tensor_from_output(dims, out.dtype, data))
 }
 
 /// Splits a last-dim map into runs of consecutive sources (or of fill).

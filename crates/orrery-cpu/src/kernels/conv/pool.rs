@@ -4,6 +4,7 @@
 
 use super::{as_3d, unravel3, Spatial};
 use crate::kernels::linalg::operand::{index_offsets, F32Operand};
+use crate::output::output;
 use crate::CpuTensor;
 use orrery_ir::{PoolKind, PoolParams, TensorType};
 use rayon::prelude::*;
@@ -81,12 +82,13 @@ pub(super) fn pool(x: &CpuTensor, p: &PoolParams, out: &TensorType) -> CpuTensor
     let planes = index_offsets(&x.shape[..2], &x.strides[..2], x.offset);
     let out_vol = window.sp.out_volume();
     let data = x.data();
-    let mut y = vec![0f32; out.shape.numel()];
+    // Every element is written below.
+    let mut y = output::<f32>(out.shape.numel());
     y.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, dst)| {
         for (i, v) in dst.iter_mut().enumerate() {
             let e = chunk * CHUNK + i;
             *v = window.value(data, planes[e / out_vol], e % out_vol);
         }
     });
-    CpuTensor::from_vec(od, y)
+    y.into_tensor(od)
 }

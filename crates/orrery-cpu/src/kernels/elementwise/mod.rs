@@ -10,6 +10,7 @@ use crate::output::output;
 use crate::{CpuError, CpuTensor};
 use math::{exp_f32, gelu_erf, gelu_tanh, nan_max, nan_min, relu, rsqrt, sigmoid, silu};
 use orrery_ir::{BinaryOp, CompareOp, DType, Op, TensorType, UnaryOp};
+use rayon::prelude::*;
 pub(crate) use strided::{dense_copy, output_copy};
 use strided::{map_view, tensor_from_output, typed, with_scalar_type, zip_broadcast, Broadcast, Scalar};
 
@@ -139,6 +140,69 @@ fn compare(op: &Op, c: CompareOp, a: &CpuTensor, b: &CpuTensor, dims: &[usize]) 
         };
         Ok(tensor_from_output(dims, DType::Bool, out))
     })
+}
+
+/// Unary, clamp and binary ops (f32) with the output written over `y`, the values of input
+/// `at` (dense, of the output's `dims`); `others` are the other inputs. Each element gets the
+/// scalar function of the out-of-place kernel on the same operands, so the same bits.
+pub(super) fn execute_in_place(
+    op: &Op,
+    others: &[&CpuTensor],
+    at: usize,
+    y: &mut [f32],
+    dims: &[usize],
+) -> Result<(), CpuError> {
+    match (op, others) {
+        (Op::Unary(f), []) => with_unary_fn!(*f, g => map_in_place(y, g)),
+        (Op::Clamp { min, max }, []) => {
+            let (lo, hi) = (*min as f32, *max as f32);
+            map_in_place(y, move |x| clamp_value(x, lo, hi));
+        }
+        (Op::Binary(f), [other]) => {
+            let other = (*other, typed::<f32>(op, other)?);
+            match f {
+                BinaryOp::Add => zip_in_place(dims, y, other, at, |x, y| x + y),
+                BinaryOp::Sub => zip_in_place(dims, y, other, at, |x, y| x - y),
+                BinaryOp::Mul => zip_in_place(dims, y, other, at, |x, y| x * y),
+                BinaryOp::Div => zip_in_place(dims, y, other, at, |x, y| x / y),
+                BinaryOp::Pow => zip_in_place(dims, y, other, at, f32::powf),
+                BinaryOp::Max => zip_in_place(dims, y, other, at, nan_max),
+                BinaryOp::Min => zip_in_place(dims, y, other, at, nan_min),
+            }
+        }
+        _ => return Err(CpuError::kernel(op, "does not run in place")),
+    }
+    Ok(())
+}
+
+/// `y[i] = f(y[i])`, through the vectorised loop of the out-of-place kernel.
+fn map_in_place(y: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    const PIECE: usize = 256;
+    y.par_chunks_mut(strided::CHUNK).for_each(|chunk| {
+        let mut held = [0f32; PIECE];
+        for piece in chunk.chunks_mut(PIECE) {
+            let held = &mut held[..piece.len()];
+            held.copy_from_slice(piece);
+            strided::map_dense(piece, held, &f);
+        }
+    });
+}
+
+/// `y[i] = f(y[i], other[i])` (`at` 0) or `f(other[i], y[i])` (`at` 1), `other` broadcast to
+/// `dims`.
+fn zip_in_place(
+    dims: &[usize],
+    y: &mut [f32],
+    (other, data): (&CpuTensor, &[f32]),
+    at: usize,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) {
+    Broadcast::new(dims, [other]).par_segments(y, |dst, _, [start], [stride]| {
+        for (i, d) in dst.iter_mut().enumerate() {
+            let v = data[start + i * stride];
+            *d = if at == 0 { f(*d, v) } else { f(v, *d) };
+        }
+    });
 }
 
 /// `cond ? a : b` with all three broadcast to the output.
