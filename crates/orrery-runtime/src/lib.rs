@@ -12,6 +12,7 @@ mod byte_size;
 mod chunks;
 mod derived;
 mod error;
+mod output_place;
 mod session;
 mod threads;
 mod weight_stream;

@@ -1,10 +1,10 @@
 //! Running a plan.
 
 use crate::derived::Derived;
+use crate::output_place::{is_at, lend_slot, take_in_place_operand};
 use crate::{RuntimeError, StreamCursor, WeightResolver};
 use orrery_compiler::Plan;
-use orrery_compiler::Storage;
-use orrery_cpu::{Arena, Buffer, CpuTensor, Recycler};
+use orrery_cpu::{Arena, CpuTensor, Recycler};
 use orrery_ir::{DType, NodeKind, Op, OpFamily, RefTensor, TensorType};
 use orrery_parallel::{Collective, CollectiveError};
 use std::collections::HashMap;
@@ -283,21 +283,9 @@ impl Session {
             }
             let node = graph.node(kernel.node);
             let op = node.op().expect("kernels are op nodes");
-            // An elementwise kernel planned over an operand that dies here and that nothing else
-            // holds writes its output over that operand's memory (its input position, and
-            // the operand taken out of the live values).
-            let in_place = match kernel.buffer.map(|slot| slot.storage) {
-                Some(Storage::InPlace { over })
-                    if comm.is_none()
-                        && kernel.frees.contains(&over)
-                        && kernel.inputs.iter().filter(|&&i| i == over).count() == 1
-                        && values[over.0].as_ref().is_some_and(|t| Arc::strong_count(t.buffer()) == 1) =>
-                {
-                    let at = kernel.inputs.iter().position(|&i| i == over).expect("counted above");
-                    values[over.0].take().map(|operand| (at, operand))
-                }
-                _ => None,
-            };
+            // Where the output goes (`output_place`): over a dying operand, or at its slot in
+            // the arena unless its value is kept between runs.
+            let in_place = if comm.is_none() { take_in_place_operand(kernel, &mut values) } else { None };
             let args: Vec<&CpuTensor> = kernel
                 .inputs
                 .iter()
@@ -305,25 +293,12 @@ impl Session {
                 .filter(|(j, _)| in_place.as_ref().is_none_or(|(at, _)| at != j))
                 .map(|(_, i)| values[i.0].as_ref().expect("bound above"))
                 .collect();
-            // The output's place in the arena, unless it is kept between runs or the place is
-            // still held (by an output of an earlier run the caller kept).
-            let slot = match (&arena, kernel.buffer) {
-                (Some(arena), Some(slot))
-                    if !kernel.is_view
-                        && slot.storage == Storage::Owned
-                        && node.ty.dtype == DType::F32
-                        && comm.is_none()
-                        && !self.derived.is_derived_op(kernel.node.0) =>
-                {
-                    usize::try_from(slot.offset).ok().and_then(|offset| arena.lend(offset, node.ty.shape.numel()))
-                }
-                _ => None,
-            };
-            let offered = match (&slot, &in_place) {
-                (Some(values), _) => Some(values.offset()),
-                (None, Some(_)) => kernel.buffer.and_then(|slot| usize::try_from(slot.offset).ok()),
-                (None, None) => None,
-            };
+            let slot = arena
+                .as_ref()
+                .filter(|_| comm.is_none() && !self.derived.is_derived_op(kernel.node.0))
+                .and_then(|arena| lend_slot(arena, kernel, &node.ty));
+            let planned_offset = kernel.buffer.and_then(|slot| usize::try_from(slot.offset).ok());
+            let offered = (slot.is_some() || in_place.is_some()).then_some(planned_offset).flatten();
             let started = Instant::now();
             let out = match comm {
                 Some(comm) => collective(op, args[0], comm)
@@ -350,8 +325,8 @@ impl Session {
                     .map_err(|source| RuntimeError::Kernel { node: node.name.clone(), source })?
                 }
             };
-            if let (Some(arena), Some(offset), Buffer::Arena(values)) = (&arena, offered, &**out.buffer()) {
-                if values.is_in(arena) && values.offset() == offset {
+            if let (Some(arena), Some(offset)) = (&arena, offered) {
+                if is_at(&out, arena, offset) {
                     stats.arena_output_bytes += node.ty.size_bytes();
                 }
             }
