@@ -3,7 +3,6 @@
 //!
 //! Logs and progress go to stderr; with `--json`, stdout carries exactly one JSON object.
 
-mod allocator;
 mod bind;
 mod chunked;
 mod cmd_compile;
@@ -56,7 +55,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    allocator::use_one_arena();
+    orrery_runtime::configure_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect { path, json } => cmd_inspect::inspect(&path, json),

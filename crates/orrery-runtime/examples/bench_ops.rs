@@ -438,6 +438,8 @@ fn ab(graph: Graph, weights: Arc<MemoryWeights>, inputs: &CaseInputs, threads: u
 }
 
 fn main() {
+    // As `orrery` sets the allocator up.
+    orrery_runtime::configure_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = args.first().cloned().unwrap_or_else(|| "gemm1024".into());
     let flag = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok());

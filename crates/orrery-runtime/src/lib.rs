@@ -8,6 +8,7 @@
 //! Architecture invariant: the runtime decides nothing about order or memory; it follows the
 //! plan. It does not parse files: weights arrive through [`WeightResolver`].
 
+mod allocator;
 mod byte_size;
 mod chunks;
 mod derived;
@@ -18,6 +19,7 @@ mod threads;
 mod weight_stream;
 mod weights;
 
+pub use allocator::configure_allocator;
 pub use byte_size::parse_byte_size;
 pub use chunks::{run_chunks, ChunkStats, Concat, Placement, Span};
 pub use error::RuntimeError;
