@@ -1,10 +1,11 @@
 //! Times single-op plans on the CPU backend, for BENCHMARKS.md.
 //!
-//! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]`
-//! prints one JSON line: the case, median and all run times (first, warm-up run excluded) and
-//! the achieved GFLOP/s (and GB/s of operands read), the plan's arena and the bytes of outputs
-//! written into recycled buffers in the last run. Cases: `gemm<N>` (N³ f32) and
-//! `gemm<M>x<K>x<N>`, `linear<M>x<K>x<N>` (x against an `[N, K]` weight), `gemv<M>` (M rows
+//! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]
+//! [--no-arena]` prints one JSON line: the case, median and all run times (first, warm-up run
+//! excluded) and the achieved GFLOP/s (and GB/s of operands read), the plan's arena and peak,
+//! and the bytes of outputs written into the arena or into recycled buffers in the last run
+//! (`--no-arena`: outputs allocated, recycled within a run, instead of written in the arena).
+//! Cases: `gemm<N>` (N³ f32) and `gemm<M>x<K>x<N>`, `linear<M>x<K>x<N>` (x against an `[N, K]` weight), `gemv<M>` (M rows
 //! through a 4096 × 4096 linear: memory-bound; `gemv<M>_bf16` against a bf16 weight, as
 //! checkpoints store it),
 //! `attn<L>` (16 heads × 64, self-attention of length L), `attn<H>x<D>_<L>`, `xattn<Lq>_<Lk>`

@@ -99,10 +99,7 @@ impl Session {
     /// a caller still has stay until those are dropped.
     pub fn release_arena(&self) {
         if let Some(arena) = self.arena.lock().expect("arena poisoned").take() {
-            // Unmapped with the last reference; outputs still held keep only their pages.
-            if Arc::strong_count(&arena) > 1 {
-                arena.retire();
-            }
+            let_go(arena);
         }
     }
 
@@ -440,10 +437,18 @@ impl Drop for ArenaLoan<'_> {
             // Another run may have put its own back meanwhile: keep one.
             if kept.is_none() {
                 *kept = Some(arena);
-            } else if Arc::strong_count(&arena) > 1 {
-                arena.retire();
+            } else {
+                let_go(arena);
             }
         }
+    }
+}
+
+/// Drops the session's reference to `arena`: unmapped with the last reference; outputs still
+/// held keep only their own pages ([`Arena::retire`]).
+fn let_go(arena: Arc<Arena>) {
+    if Arc::strong_count(&arena) > 1 {
+        arena.retire();
     }
 }
 
