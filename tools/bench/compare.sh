@@ -20,13 +20,22 @@ runs_of() {
     *) echo 3 ;;
   esac
 }
+# Those cases also run untimed for half a second first, on both sides: a fresh orrery process
+# ran its first ~0.15 s of 2-thread products up to twice as slow (BENCHMARKS.md "a warm-up for
+# the short cases"), while PyTorch's timing starts a second or so after its process does.
+warmup_of() {
+  case "$1" in
+    gemm512 | gemm1024 | attn1024 | attn8x128_1024 | gemv*) echo 0.5 ;;
+    *) echo 0 ;;
+  esac
+}
 for r in $(seq "$rounds"); do
   for c in $cases; do
-    runs=$(runs_of "$c")
-    .venv-ref/bin/python tools/bench/torch_ops.py "$c" --threads 2 --runs "$runs"
-    "$bin" "$c" --threads 2 --runs "$runs"
+    runs=$(runs_of "$c") warmup=$(warmup_of "$c")
+    .venv-ref/bin/python tools/bench/torch_ops.py "$c" --threads 2 --runs "$runs" --warmup "$warmup"
+    "$bin" "$c" --threads 2 --runs "$runs" --warmup "$warmup"
     if [ -n "${BASELINE_ENV:-}" ]; then
-      env $BASELINE_ENV "$bin" "$c" --threads 2 --runs "$runs" | sed 's/"impl": "orrery"/"impl": "orrery-base"/'
+      env $BASELINE_ENV "$bin" "$c" --threads 2 --runs "$runs" --warmup "$warmup" | sed 's/"impl": "orrery"/"impl": "orrery-base"/'
     fi
   done
 done

@@ -1,7 +1,7 @@
 """PyTorch side of the op benchmarks (same cases and output format as
 crates/orrery-runtime/examples/bench_ops.rs).
 
-    .venv-ref/bin/python tools/bench/torch_ops.py <case> [--threads N] [--runs R]
+    .venv-ref/bin/python tools/bench/torch_ops.py <case> [--threads N] [--runs R] [--warmup S]
 """
 import json
 import resource
@@ -186,10 +186,15 @@ def main():
     name = args[0] if args else "gemm1024"
     threads = int(args[args.index("--threads") + 1]) if "--threads" in args else 2
     runs = int(args[args.index("--runs") + 1]) if "--runs" in args else 5
+    # --warmup S: run the case, untimed, for S seconds first (as bench_ops does).
+    warmup = float(args[args.index("--warmup") + 1]) if "--warmup" in args else 0.0
     torch.set_num_threads(threads)
     fn, flops, read = case(name)
     times = []
     with torch.inference_mode():
+        start = time.perf_counter()
+        while time.perf_counter() - start < warmup:
+            fn()
         for i in range(runs + 1):
             t0 = time.perf_counter()
             fn()

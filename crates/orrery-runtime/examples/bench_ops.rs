@@ -1,8 +1,8 @@
 //! Times single-op plans on the CPU backend, for BENCHMARKS.md.
 //!
 //! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]
-//! [--no-arena]` prints one JSON line: the case, median and all run times (first, warm-up run
-//! excluded) and the achieved GFLOP/s (and GB/s of operands read), the plan's arena and peak,
+//! [--warmup S] [--no-arena]` prints one JSON line: the case, median and all run times (first,
+//! warm-up run excluded, and with `--warmup` those of the first S seconds too) and the achieved GFLOP/s (and GB/s of operands read), the plan's arena and peak,
 //! and the bytes of outputs written into the arena or into recycled buffers in the last run
 //! (`--no-arena`: outputs allocated, recycled within a run, instead of written in the arena).
 //! Cases: `gemm<N>` (N³ f32) and `gemm<M>x<K>x<N>`, `linear<M>x<K>x<N>` (x against an `[N, K]` weight), `gemv<M>` (M rows
@@ -485,6 +485,14 @@ fn main() {
     let mut times = Vec::new();
     let mut per_kernel: Vec<f64> = Vec::new();
     let (mut recycled_bytes, mut arena_output_bytes) = (0, 0);
+    // --warmup S: run the case, untimed, for S seconds first (past the process's start-up
+    // transient; see BENCHMARKS.md "a warm-up for the sub-millisecond cases").
+    let warmup_s: f64 =
+        args.iter().position(|a| a == "--warmup").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(0.0);
+    let warmup = std::time::Instant::now();
+    while warmup.elapsed().as_secs_f64() < warmup_s {
+        session.run(&feed).expect("case runs");
+    }
     for i in 0..=runs {
         let (_, stats) = session.run(&feed).expect("case runs");
         (recycled_bytes, arena_output_bytes) = (stats.recycled_bytes, stats.arena_output_bytes);

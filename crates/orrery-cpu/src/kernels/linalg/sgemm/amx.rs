@@ -23,6 +23,12 @@
 //! the tile stores that end each pass, 1.7 with A from L3 (the tiles reach 3.5 from
 //! registers).
 //!
+//! Packing. Row-major B is split straight from its rows (`pack_b_rows`); other B is staged
+//! first as the AVX-512 kernel's f32 panels. The threads of a column split would each split
+//! all of A: they split it once together instead, each its own rows (`pack_a_shared`), and
+//! each sweeps the rows it split first, while they are still in its caches (`gemm512`: the
+//! two together 1.10× in-process, BENCHMARKS.md).
+//!
 //! Determinism: as in the AVX-512 kernel (with passes of its own length), k is cut into
 //! passes of [`KC`] whatever the sizes, every element of a pass is summed over its k blocks
 //! and parts in one fixed order, and the pass's sum is added to C in pass order, so the bits
@@ -159,13 +165,17 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                     let mb = block_rows.min(m - i0);
                     for (pass, k0) in (0..k).step_by(KC).enumerate() {
                         let kc = KC.min(k - k0);
-                        let a_panels: &[u16] = match p.a_packed {
-                            // MB and `from` are whole numbers of panels.
-                            Some((a, from)) => &a.split.pass(pass)[(from + i0) / BLOCK * panel_len(kc)..],
+                        let (a_panels, first): (&[u16], usize) = match p.a_packed {
+                            // MB and `from` are whole numbers of panels. The panels this thread
+                            // packed come first: they are still in its caches.
+                            Some((a, from)) => {
+                                let mine = a.rows_packed_here().map_or(0, |r| r.saturating_sub(from + i0));
+                                (&a.split.pass(pass)[(from + i0) / BLOCK * panel_len(kc)..], mine / BLOCK)
+                            }
                             None => {
                                 // SAFETY: the block lies inside A (caller).
                                 pack_a(a_buf, p.a.at(i0, k0), mb, kc);
-                                a_buf
+                                (a_buf, 0)
                             }
                         };
                         let add = p.add || pass > 0;
@@ -177,6 +187,12 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                                 BSource::Packed { b, j0: from } => {
                                     &b.split.pass(pass)[(from + j0) / BLOCK * panel_len(kc)..]
                                 }
+                                // Rows of B adjacent over its columns: split straight from B.
+                                BSource::Strided(b) if b.cs == 1 => {
+                                    // SAFETY: the block lies inside B (caller).
+                                    pack_b_rows(b_buf, b.at(k0, j0), kc, nb);
+                                    b_buf
+                                }
                                 source => {
                                     // SAFETY: the block lies inside B (caller).
                                     super::stage_b(staging, source, k0, kc, j0, nb);
@@ -184,7 +200,7 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                                     b_buf
                                 }
                             };
-                            sweep(a_panels, mb, panels, nb, kc, p.c.at(i0, j0), p.scale, add);
+                            sweep(a_panels, mb, first, panels, nb, kc, p.c.at(i0, j0), p.scale, add);
                         }
                     }
                 }
@@ -240,12 +256,51 @@ impl Split {
         self.fill(m, k, |k0, kc, dst| unsafe { pack_a(dst, a.at(0, k0), m, kc) });
     }
 
+    /// Packs the `m × k` matrix `a` as A on `parts` threads, each its own rows of every
+    /// pass (for a product whose threads split C's columns, which would each pack all of A).
+    /// Returns, per part, the pool thread that packed it and its first row.
+    ///
+    /// # Safety
+    /// As [`Split::pack_a`].
+    pub(super) unsafe fn pack_a_shared(
+        &mut self,
+        m: usize,
+        k: usize,
+        a: super::Strided,
+        parts: usize,
+    ) -> Vec<(Option<usize>, usize)> {
+        let (a, pass_len) = (SyncStrided(a), self.size(m, k));
+        let data = SyncPanels(self.data[self.offset..].as_mut_ptr());
+        let height = m.div_ceil(parts).next_multiple_of(BLOCK);
+        (0..m.div_ceil(height))
+            .into_par_iter()
+            .map(|part| {
+                let (i0, rows) = (part * height, height.min(m - part * height));
+                for (pass, k0) in (0..k).step_by(KC).enumerate() {
+                    let (kc, panel) = (KC.min(k - k0), panel_len(KC.min(k - k0)));
+                    // SAFETY: rows i0.. of this pass: whole panels (i0 is a multiple of BLOCK) that
+                    // no other part writes, inside the sized data.
+                    let dst = unsafe { data.slice(pass * pass_len + i0 / BLOCK * panel, rows.div_ceil(BLOCK) * panel) };
+                    // SAFETY: those rows and steps lie inside A; AVX-512BW (caller).
+                    unsafe { pack_a(dst, a.at(i0, k0), rows, kc) };
+                }
+                (rayon::current_thread_index(), i0)
+            })
+            .collect()
+    }
+
+    /// Sizes the panels of `lines` rows (or columns) over `k` steps; returns a pass's length.
+    fn size(&mut self, lines: usize, k: usize) -> usize {
+        self.pass_len = lines.div_ceil(BLOCK) * panel_len(KC.min(k));
+        self.offset = aligned_offset(&mut self.data, k.div_ceil(KC) * self.pass_len);
+        self.pass_len
+    }
+
     /// Sizes the panels of `lines` rows (or columns) over `k` steps and has `pack_pass(k0,
     /// kc, dst)` pack each pass, in parallel when there are several.
     fn fill(&mut self, lines: usize, k: usize, pack_pass: impl Fn(usize, usize, &mut [u16]) + Sync) {
-        self.pass_len = lines.div_ceil(BLOCK) * panel_len(KC.min(k));
+        self.size(lines, k);
         let passes = k.div_ceil(KC);
-        self.offset = aligned_offset(&mut self.data, passes * self.pass_len);
         let data = &mut self.data[self.offset..][..passes * self.pass_len];
         let one = |(pass, dst): (usize, &mut [u16])| pack_pass(pass * KC, KC.min(k - pass * KC), dst);
         if passes > 1 {
@@ -284,6 +339,23 @@ impl SyncStrided {
     }
 }
 
+/// The panels [`Split::pack_a_shared`]'s threads write, each its own.
+struct SyncPanels(*mut u16);
+// SAFETY: the threads write disjoint ranges.
+unsafe impl Sync for SyncPanels {}
+
+impl SyncPanels {
+    /// `len` elements from `at` on.
+    ///
+    /// # Safety
+    /// They lie inside the panels, and no one else uses them meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, at: usize, len: usize) -> &mut [u16] {
+        // SAFETY: caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
 thread_local! {
     /// Each thread's f32 staging block for packing B ahead (kept apart from [`SCRATCH`], which
     /// a product holds while it runs).
@@ -305,24 +377,45 @@ fn aligned_offset(buf: &mut Vec<u16>, len: usize) -> usize {
     buf.as_ptr().align_offset(64).min(31)
 }
 
-/// Every 32 × 32 block of a `rows × cols` block of C from packed panels over one pass.
+/// Every 32 × 32 block of a `rows × cols` block of C from packed panels over one pass, A's
+/// panels from panel `first` on and then those before it (the blocks of a pass are
+/// independent: any order gives the same bits).
 ///
 /// # Safety
 /// Tiles configured; the block of C is this thread's.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn sweep(a: &[u16], rows: usize, b: &[u16], cols: usize, kc: usize, c: Out, scale: f32, add: bool) {
+unsafe fn sweep(
+    a: &[u16],
+    rows: usize,
+    first: usize,
+    b: &[u16],
+    cols: usize,
+    kc: usize,
+    c: Out,
+    scale: f32,
+    add: bool,
+) {
     let panel = panel_len(kc);
     let mut acc = Accumulator([0.0; BLOCK * BLOCK]);
-    for ip in 0..rows.div_ceil(BLOCK) {
+    let panels = rows.div_ceil(BLOCK);
+    for ip in (first..panels).chain(0..first.min(panels)) {
         let a_panel = &a[ip * panel..][..panel];
         for jp in 0..cols.div_ceil(BLOCK) {
             let b_panel = &b[jp * panel..][..panel];
-            // SAFETY: tiles configured (caller); both panels hold kc / KB blocks.
-            unsafe { block(kc.div_ceil(KB), a_panel.as_ptr(), b_panel.as_ptr(), &mut acc) };
             let (live_rows, live_cols) = (BLOCK.min(rows - ip * BLOCK), BLOCK.min(cols - jp * BLOCK));
+            let at = c.at(ip * BLOCK, jp * BLOCK);
+            if scale == 1.0 && !add && c.cs == 1 && live_rows == BLOCK && live_cols == BLOCK {
+                // The sums are C's values: the tiles store straight into C.
+                // SAFETY: tiles configured (caller); both panels hold kc / KB blocks; the
+                // block of C is a whole 32 × 32 one, this thread's, rows `c.rs` apart.
+                unsafe { block(kc.div_ceil(KB), a_panel.as_ptr(), b_panel.as_ptr(), at.c, c.rs * 4) };
+                continue;
+            }
+            // SAFETY: tiles configured (caller); both panels hold kc / KB blocks.
+            unsafe { block(kc.div_ceil(KB), a_panel.as_ptr(), b_panel.as_ptr(), acc.0.as_mut_ptr(), BLOCK * 4) };
             // SAFETY: the block lies inside this thread's C (caller).
-            unsafe { store(&acc, c.at(ip * BLOCK, jp * BLOCK), live_rows, live_cols, scale, add) };
+            unsafe { store(&acc, at, live_rows, live_cols, scale, add) };
         }
     }
 }
@@ -331,12 +424,14 @@ unsafe fn sweep(a: &[u16], rows: usize, b: &[u16], cols: usize, kc: usize, c: Ou
 #[repr(C, align(64))]
 struct Accumulator([f32; BLOCK * BLOCK]);
 
-/// `acc` = the pass's products of one A panel and one B panel over `blocks` k blocks.
+/// Stores the pass's products of one A panel and one B panel over `blocks` k blocks as 32
+/// rows of 32 floats, `row_bytes` apart, at `out` (the accumulator, or C itself when the sums
+/// are C's values).
 ///
 /// # Safety
-/// Tiles configured; both panels hold `blocks` k blocks.
+/// Tiles configured; both panels hold `blocks` k blocks; the rows at `out` are writable.
 #[inline]
-unsafe fn block(blocks: usize, a: *const u16, b: *const u16, acc: &mut Accumulator) {
+unsafe fn block(blocks: usize, a: *const u16, b: *const u16, out: *mut f32, row_bytes: usize) {
     // SAFETY: the tiles are configured (caller).
     unsafe { asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)) };
     for kb in 0..blocks {
@@ -397,15 +492,17 @@ unsafe fn block(blocks: usize, a: *const u16, b: *const u16, acc: &mut Accumulat
             );
         }
     }
-    // SAFETY: the accumulator holds 32 rows of 128 bytes.
+    // SAFETY: `out` holds 32 rows of 32 floats, `row_bytes` apart (caller).
     unsafe {
+        let lower = out.byte_add(16 * row_bytes);
         asm!(
             "tilestored [{c} + {s}], tmm0",
             "tilestored [{c} + {s} + 64], tmm1",
-            "tilestored [{c} + {s} + 2048], tmm2",
-            "tilestored [{c} + {s} + 2112], tmm3",
-            c = in(reg) acc.0.as_mut_ptr(),
-            s = in(reg) 128usize,
+            "tilestored [{l} + {s}], tmm2",
+            "tilestored [{l} + {s} + 64], tmm3",
+            c = in(reg) out,
+            l = in(reg) lower,
+            s = in(reg) row_bytes,
             options(nostack),
         );
     }
@@ -526,27 +623,53 @@ unsafe fn pack_a(dst: &mut [u16], a: super::Strided, rows: usize, kc: usize) {
 }
 
 /// Packs B's `kc × cols` block, staged as f32 panels of `super::NR` columns (k-major), into
-/// panels of 32 columns: per k block, per part, two column tiles of 16 k pairs × 16 columns,
-/// each pair (k even, k odd) one 32-bit word. Steps past kc are zeros.
+/// panels of 32 columns (see [`pack_b_with`]).
 #[target_feature(enable = "avx512f,avx512bw")]
 fn pack_b(dst: &mut [u16], staged: &[f32], kc: usize, cols: usize) {
     const W: usize = super::NR;
-    let (blocks, panel) = (kc.div_ceil(KB), panel_len(kc));
-    let load = |k: usize, col: usize| -> __m512 {
-        if k < kc {
-            // SAFETY: staged panel col / W holds kc steps of W floats.
-            unsafe { _mm512_loadu_ps(staged.as_ptr().add((col / W) * W * kc + k * W + col % W)) }
-        } else {
-            _mm512_setzero_ps()
+    pack_b_with(dst, kc, cols, |k, col| {
+        // SAFETY: staged panel col / W holds kc steps of W floats, zeros past `cols`.
+        unsafe { _mm512_loadu_ps(staged.as_ptr().add((col / W) * W * kc + k * W + col % W)) }
+    })
+}
+
+/// Packs B's `kc × cols` block read straight from B's rows (`b.cs == 1`): the panels
+/// [`pack_b`] makes from the same block staged, without staging it (one copy of B fewer).
+///
+/// # Safety
+/// Every element (k, j), k < kc, j < cols, of `b` is readable, and `b.cs == 1`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_b_rows(dst: &mut [u16], b: super::Strided, kc: usize, cols: usize) {
+    debug_assert_eq!(b.cs, 1);
+    pack_b_with(dst, kc, cols, |k, col| {
+        if col == 0 && k + AHEAD < kc {
+            // Each pair of rows is a new stream: fetch a few rows ahead, as `pack_a` does.
+            for j in (0..cols).step_by(16) {
+                _mm_prefetch::<_MM_HINT_T0>(b.p.wrapping_add((k + AHEAD) * b.rs + j) as *const i8);
+            }
         }
-    };
-    for jp in 0..cols.div_ceil(BLOCK) {
-        for kb in 0..blocks {
-            for pair in 0..KB / 2 {
-                let k = kb * KB + 2 * pair;
+        let live = cols.saturating_sub(col).min(16);
+        // SAFETY: masked lanes are not read; the rest lie inside the block (caller).
+        unsafe { _mm512_maskz_loadu_ps(((1u32 << live) - 1) as __mmask16, b.p.wrapping_add(k * b.rs + col)) }
+    })
+}
+
+/// Packs a `kc × cols` block of B, 16 columns of step k at a time from `load(k, col)` (zeros
+/// past `cols`), into panels of 32 columns: per k block, per part, two column tiles of 16 k
+/// pairs × 16 columns, each pair (k even, k odd) one 32-bit word. Steps past kc are zeros.
+/// The steps run outermost, so a loader reading B's rows reads each along its length.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn pack_b_with(dst: &mut [u16], kc: usize, cols: usize, load: impl Fn(usize, usize) -> __m512) {
+    let (blocks, panel) = (kc.div_ceil(KB), panel_len(kc));
+    let step = |k: usize, col: usize| if k < kc { load(k, col) } else { _mm512_setzero_ps() };
+    for kb in 0..blocks {
+        for pair in 0..KB / 2 {
+            let k = kb * KB + 2 * pair;
+            for jp in 0..cols.div_ceil(BLOCK) {
                 for tile in 0..2 {
                     let col = jp * BLOCK + 16 * tile;
-                    let (even, odd) = (split(load(k, col)), split(load(k + 1, col)));
+                    let (even, odd) = (split(step(k, col)), split(step(k + 1, col)));
                     for part in 0..PARTS {
                         let words = _mm512_or_si512(odd[part], _mm512_srli_epi32::<16>(even[part]));
                         let at = jp * panel + kb * PANEL_STEP + (2 * part + tile) * TILE + pair * KB;

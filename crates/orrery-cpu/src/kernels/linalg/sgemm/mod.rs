@@ -239,21 +239,37 @@ unsafe fn split(m: usize, n: usize, k: usize, product: Product<'_>, threads: Thr
         return unsafe { single(m, n, k, product) };
     }
     // Each part packs its own columns of B (unless packed ahead) and, unless A is read in
-    // place, its own rows of A: a row split packs B once per part, a column split A. So with
-    // A in place (or no bigger than B) the columns are split, while every part still gets a
-    // few panels of them; otherwise the side with more tiles. (Against splitting the side with more tiles,
-    // in-process A/B, 2 threads: T5 encoder 1.04×, DiT 1.03×, linear 512×1024×4096 1.08×,
-    // GEMM 512³–4096³ 1.01–1.05×, VAE decode 1.01×.)
+    // place, its own rows of A: a row split packs B once per part, a column split A (on AMX,
+    // where A is always split into tiles, the parts of a column split share that work instead
+    // for an A up to SHARED_A_BYTES: `shares_a`). So with A in place (or no bigger than B) the
+    // columns are split, while every part still gets a few panels of them; otherwise the side
+    // with more tiles. (Against splitting the side with more tiles, in-process A/B, 2 threads:
+    // T5 encoder 1.04×, DiT 1.03×, linear 512×1024×4096 1.08×, GEMM 512³–4096³ 1.01–1.05×,
+    // VAE decode 1.01×.)
     let a_in_place = product.a.cs == 1 || product.a.rs == 1;
     let wide = n.div_ceil(NR) >= SPLIT_PANELS * parts && (a_in_place || m <= n);
     if wide || n.div_ceil(NR) >= m.div_ceil(MR) {
         let width = n.div_ceil(parts).next_multiple_of(NR);
-        (0..n.div_ceil(width)).into_par_iter().for_each(|p| {
-            let (j0, cols) = (p * width, width.min(n - p * width));
-            let part = product.columns_from(j0);
-            // SAFETY: each part writes its own columns of C.
-            unsafe { single(m, cols, k, part) };
-        });
+        let columns = |product: Product<'_>| {
+            (0..n.div_ceil(width)).into_par_iter().for_each(|p| {
+                let (j0, cols) = (p * width, width.min(n - p * width));
+                let part = product.columns_from(j0);
+                // SAFETY: each part writes its own columns of C.
+                unsafe { single(m, cols, k, part) };
+            })
+        };
+        if product.a_packed.is_some() || !shares_a(m, k) {
+            return columns(product);
+        }
+        // On AMX each part would split all of A into tiles: the parts split it once, each its
+        // own rows, and read that. (The buffer is taken out of its cell, so a product this
+        // thread runs meanwhile, stolen from the pool, packs its own.)
+        let mut packed = SHARED_A.take();
+        (packed.m, packed.k) = (m, k);
+        // SAFETY: A (caller); AMX ([`shares_a`]).
+        packed.packers = unsafe { packed.split.pack_a_shared(m, k, product.a, parts) };
+        columns(Product { a_packed: Some((&packed, 0)), ..product });
+        SHARED_A.set(packed);
     } else {
         let height = m.div_ceil(parts).next_multiple_of(ROW_BLOCK);
         (0..m.div_ceil(height)).into_par_iter().for_each(|p| {
@@ -263,6 +279,21 @@ unsafe fn split(m: usize, n: usize, k: usize, product: Product<'_>, threads: Thr
             unsafe { single(rows, n, k, part) };
         });
     }
+}
+
+/// Bytes of tiles up to which the threads of a column split on AMX split A once together
+/// (the most a thread's own A block holds: [`amx`]'s 4096 rows × 512 steps).
+const SHARED_A_BYTES: usize = 12 << 20;
+
+/// True when the threads of a column split split A (`m × k`) together first: on AMX, for an A
+/// of at least two row panels whose splitting is worth a second handoff to the threads.
+fn shares_a(m: usize, k: usize) -> bool {
+    amx::available() && m >= 64 && m * k >= 1 << 16 && amx::Split::bytes_for(m, k) <= SHARED_A_BYTES
+}
+
+thread_local! {
+    /// The A split by [`shares_a`]'s products, kept by the thread that starts them.
+    static SHARED_A: std::cell::Cell<PackedA> = std::cell::Cell::new(PackedA::default());
 }
 
 /// One thread's product.
@@ -479,6 +510,9 @@ pub(crate) struct PackedA {
     split: amx::Split,
     m: usize,
     k: usize,
+    /// Which pool thread packed which rows, by first row, where threads packed it together
+    /// for one product.
+    packers: Vec<(Option<usize>, usize)>,
 }
 
 impl PackedA {
@@ -488,10 +522,18 @@ impl PackedA {
     /// The CPU supports AVX-512F; every element (i, j), i < m, j < k, of `a` is readable.
     pub(crate) unsafe fn pack(&mut self, m: usize, k: usize, a: Strided) {
         (self.m, self.k) = (m, k);
+        self.packers.clear();
         if amx::available() {
             // SAFETY: forwarded.
             unsafe { self.split.pack_a(m, k, a) };
         }
+    }
+
+    /// The first of the rows this thread packed, if it packed some (their panels are still in
+    /// its caches).
+    fn rows_packed_here(&self) -> Option<usize> {
+        let here = rayon::current_thread_index()?;
+        self.packers.iter().find(|(thread, _)| *thread == Some(here)).map(|&(_, row)| row)
     }
 
     /// Bytes [`PackedA::pack`] of an `m × k` matrix would hold.

@@ -137,6 +137,44 @@ fn splits_of_columns_and_of_rows_over_threads_keep_the_bits() {
     }
 }
 
+/// On AMX the threads of a column split split A into tiles once, together, each its own rows,
+/// and each starts on the rows it split: the bits of one thread's product, over several passes,
+/// a last partial panel, A with and without unit strides, parts that do not divide the rows,
+/// and two such products at once (each thread's shared buffer taken while a product runs, so
+/// a product it steals meanwhile splits its own A).
+#[test]
+fn an_a_split_by_the_threads_together_keeps_the_bits() {
+    if !avx512() {
+        return;
+    }
+    assert!(!on_amx() || (shares_a(333, 700) && shares_a(96, 1030)), "the cases below take the shared path");
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    pool.install(|| {
+        // A without a unit stride, no taller than B is wide: a column split.
+        check(333, 800, 700, 2, 0, 1.0, false, 41);
+        // A in place, added to C.
+        check(333, 800, 700, 0, 1, 0.5, true, 42);
+        rayon::join(|| check(96, 1000, 1030, 1, 0, 1.0, false, 43), || check(200, 900, 600, 0, 0, -1.5, true, 44));
+    });
+    // Which rows a thread starts on depends on who packed what; here, deterministically, a
+    // thread that packed the rows from 96 on starts there and wraps around.
+    let (m, n, k) = (333, 100, 700);
+    let (a, b) = (Operand::new(m, k, 0, 45), Operand::new(k, n, 0, 46));
+    let want = run(m, n, k, &a, &b, 1.0, &vec![0.0; m * n], false, Threads::Single);
+    let mut c = vec![0f32; m * n];
+    pool.install(|| {
+        let mut packed = PackedA::default();
+        // SAFETY: as in `run`; A holds m × k values.
+        unsafe {
+            packed.pack(m, k, a.strided());
+            packed.packers = vec![(rayon::current_thread_index(), 96)];
+            let out = Out { c: c.as_mut_ptr(), rs: n, cs: 1 };
+            sgemm_packed_a(m, n, k, out, a.strided(), &packed, b.strided(), 1.0, false, Threads::Single);
+        }
+    });
+    assert!(c.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "starting on row 96");
+}
+
 #[test]
 fn an_empty_contraction_writes_zeros_or_leaves_c() {
     if avx512() {
@@ -207,7 +245,10 @@ fn a_b_packed_ahead_gives_the_same_bits() {
     if !avx512() {
         return;
     }
-    for (m, n, k, lb) in [(13, NB + 70, 600, 1), (128, 512, 64, 1), (128, 64, 512, 0), (5, 3, 7, 2)] {
+    // Row-major B (lb 0) is split straight from its rows by a product, staged first when packed
+    // ahead: the same panels.
+    for (m, n, k, lb) in [(13, NB + 70, 600, 1), (128, 512, 64, 1), (128, 64, 512, 0), (40, 301, 700, 0), (5, 3, 7, 2)]
+    {
         let (a, b) = (Operand::new(m, k, 0, 9), Operand::new(k, n, lb, 10));
         let c0 = Operand::new(m, n, 0, 11).data;
         let want = run(m, n, k, &a, &b, 0.25, &c0, true, Threads::Single);
