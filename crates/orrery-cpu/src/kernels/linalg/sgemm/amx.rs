@@ -62,7 +62,7 @@ const NB: usize = 256;
 /// 1.07×).
 const MB: usize = 4096;
 
-/// True when the CPU has AMX-TILE, AMX-BF16 and AVX-512BW, the kernel lets this process use
+/// True when the CPU has AMX-TILE, AMX-BF16, AVX-512BW and AVX512-BF16, the kernel lets this process use
 /// the tile registers (Linux asks each process to request them), and `ORRERY_GEMM` is not
 /// `avx512` (which keeps every product on the AVX-512 kernel, for comparisons).
 pub(crate) fn available() -> bool {
@@ -73,7 +73,11 @@ pub(crate) fn available() -> bool {
         }
         let leaf7 = __cpuid_count(7, 0);
         let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
-        amx_bf16 && amx_tile && std::is_x86_feature_detected!("avx512bw") && request_tile_data()
+        amx_bf16
+            && amx_tile
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512bf16")
+            && request_tile_data()
     })
 }
 
@@ -239,7 +243,7 @@ impl Split {
                     let nb = NB.min(n - j0);
                     // SAFETY: AVX-512F and the block lies inside B (the packer's caller).
                     unsafe { super::stage_b(&mut staging, source, k0, kc, j0, nb) };
-                    // SAFETY: AVX-512BW ([`available`], checked by the caller).
+                    // SAFETY: AVX-512BW and AVX512-BF16 ([`available`], checked by the caller).
                     unsafe { pack_b(&mut dst[j0 / BLOCK * panel_len(kc)..], &staging, kc, nb) };
                 }
             });
@@ -249,10 +253,10 @@ impl Split {
     /// Packs the `m × k` matrix `a` as A.
     ///
     /// # Safety
-    /// Every element (i, j), i < m, j < k, of `a` is readable; AVX-512BW ([`available`]).
+    /// Every element (i, j), i < m, j < k, of `a` is readable; AVX-512BW and AVX512-BF16 ([`available`]).
     pub(super) unsafe fn pack_a(&mut self, m: usize, k: usize, a: super::Strided) {
         let a = SyncStrided(a);
-        // SAFETY: each pass lies inside A; AVX-512BW (caller).
+        // SAFETY: each pass lies inside A; AVX-512BW and AVX512-BF16 (caller).
         self.fill(m, k, |k0, kc, dst| unsafe { pack_a(dst, a.at(0, k0), m, kc) });
     }
 
@@ -281,7 +285,7 @@ impl Split {
                     // SAFETY: rows i0.. of this pass: whole panels (i0 is a multiple of BLOCK) that
                     // no other part writes, inside the sized data.
                     let dst = unsafe { data.slice(pass * pass_len + i0 / BLOCK * panel, rows.div_ceil(BLOCK) * panel) };
-                    // SAFETY: those rows and steps lie inside A; AVX-512BW (caller).
+                    // SAFETY: those rows and steps lie inside A; AVX-512BW and AVX512-BF16 (caller).
                     unsafe { pack_a(dst, a.at(i0, k0), rows, kc) };
                 }
                 (rayon::current_thread_index(), i0)
@@ -543,28 +547,27 @@ unsafe fn store(acc: &Accumulator, c: Out, rows: usize, cols: usize, scale: f32,
     }
 }
 
-/// The three bf16 parts of 16 f32 values, each as f32 (low 16 bits zero).
-#[target_feature(enable = "avx512f")]
+/// The three bf16 parts of 32 f32 values (`lo`'s 16, then `hi`'s), each part 32 bf16 in that
+/// order. `vcvtne2ps2bf16` rounds to nearest even; a non-finite value leaves a NaN among its
+/// parts (Inf − Inf), so every output it reaches is NaN; parts below f32's normal range are 0
+/// (the instruction reads subnormal values as 0, as the tiles would).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
-fn split(x: __m512) -> [__m512i; PARTS] {
-    let bits = _mm512_castps_si512(x);
-    let exponent = _mm512_set1_epi32(0x7f80_0000);
-    let finite = _mm512_cmpneq_epi32_mask(_mm512_and_si512(bits, exponent), exponent);
-    let x1 = _mm512_mask_blend_epi32(finite, _mm512_set1_epi32(0x7fc0_0000), round(bits));
-    let r1 = _mm512_maskz_sub_ps(finite, x, _mm512_castsi512_ps(x1));
-    let x2 = round(_mm512_castps_si512(r1));
-    // The rest has at most 8 significant bits: it is its own bf16.
-    let x3 = _mm512_castps_si512(_mm512_sub_ps(r1, _mm512_castsi512_ps(x2)));
+fn split(lo: __m512, hi: __m512) -> [__m512i; PARTS] {
+    // The f32 values of 16 bf16 words.
+    let widen = |words: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(words)));
+    let rest = |x: __m512i, lo: __m512, hi: __m512| {
+        let (x_lo, x_hi) = (_mm512_castsi512_si256(x), _mm512_extracti64x4_epi64::<1>(x));
+        (_mm512_sub_ps(lo, widen(x_lo)), _mm512_sub_ps(hi, widen(x_hi)))
+    };
+    // SAFETY (each transmute): __m512bh and __m512i are both 64 bytes of plain bits.
+    let x1: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
+    let (r1_lo, r1_hi) = rest(x1, lo, hi);
+    let x2: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(r1_hi, r1_lo)) };
+    // The rest has at most 8 significant bits: its conversion is exact.
+    let (r2_lo, r2_hi) = rest(x2, r1_lo, r1_hi);
+    let x3: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(r2_hi, r2_lo)) };
     [x1, x2, x3]
-}
-
-/// f32 bits rounded to bf16 precision, to nearest even (finite values).
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn round(bits: __m512i) -> __m512i {
-    let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
-    let up = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), odd);
-    _mm512_and_si512(up, _mm512_set1_epi32(0xffff_0000_u32 as i32))
 }
 
 /// Rows of A fetched ahead of the one being packed.
@@ -574,15 +577,10 @@ const AHEAD: usize = 4;
 /// each row 32 bf16 of consecutive k. Rows and steps past the block are zeros.
 ///
 /// # Safety
-/// Every element (i, k), i < rows, k < kc, of `a` is readable; AVX-512BW.
-#[target_feature(enable = "avx512f,avx512bw")]
+/// Every element (i, k), i < rows, k < kc, of `a` is readable; AVX-512BW and AVX512-BF16 ([`available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_a(dst: &mut [u16], a: super::Strided, rows: usize, kc: usize) {
     let (blocks, panel) = (kc.div_ceil(KB), panel_len(kc));
-    // The upper 16 bits of each f32 lane, 32 of them from two vectors, in order.
-    let odd_words = _mm512_set_epi16(
-        63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9,
-        7, 5, 3, 1,
-    );
     let mut values = [0f32; KB];
     for r in 0..rows.next_multiple_of(BLOCK) {
         let (ip, row) = (r / BLOCK, r % BLOCK);
@@ -611,9 +609,7 @@ unsafe fn pack_a(dst: &mut [u16], a: super::Strided, rows: usize, kc: usize) {
                 // SAFETY: `values` holds 32 floats.
                 unsafe { (_mm512_loadu_ps(values.as_ptr()), _mm512_loadu_ps(values.as_ptr().add(16))) }
             };
-            let (lo, hi) = (split(lo), split(hi));
-            for part in 0..PARTS {
-                let words = _mm512_permutex2var_epi16(lo[part], odd_words, hi[part]);
+            for (part, words) in split(lo, hi).into_iter().enumerate() {
                 let at = ip * panel + kb * PANEL_STEP + (2 * part + row / 16) * TILE + (row % 16) * KB;
                 // SAFETY: the panel's tile row lies inside `dst` (sized by the caller).
                 unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(at) as *mut _, words) };
@@ -624,7 +620,7 @@ unsafe fn pack_a(dst: &mut [u16], a: super::Strided, rows: usize, kc: usize) {
 
 /// Packs B's `kc × cols` block, staged as f32 panels of `super::NR` columns (k-major), into
 /// panels of 32 columns (see [`pack_b_with`]).
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn pack_b(dst: &mut [u16], staged: &[f32], kc: usize, cols: usize) {
     const W: usize = super::NR;
     pack_b_with(dst, kc, cols, |k, col| {
@@ -638,7 +634,7 @@ fn pack_b(dst: &mut [u16], staged: &[f32], kc: usize, cols: usize) {
 ///
 /// # Safety
 /// Every element (k, j), k < kc, j < cols, of `b` is readable, and `b.cs == 1`.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_b_rows(dst: &mut [u16], b: super::Strided, kc: usize, cols: usize) {
     debug_assert_eq!(b.cs, 1);
     pack_b_with(dst, kc, cols, |k, col| {
@@ -658,20 +654,24 @@ unsafe fn pack_b_rows(dst: &mut [u16], b: super::Strided, kc: usize, cols: usize
 /// past `cols`), into panels of 32 columns: per k block, per part, two column tiles of 16 k
 /// pairs × 16 columns, each pair (k even, k odd) one 32-bit word. Steps past kc are zeros.
 /// The steps run outermost, so a loader reading B's rows reads each along its length.
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
 fn pack_b_with(dst: &mut [u16], kc: usize, cols: usize, load: impl Fn(usize, usize) -> __m512) {
     let (blocks, panel) = (kc.div_ceil(KB), panel_len(kc));
     let step = |k: usize, col: usize| if k < kc { load(k, col) } else { _mm512_setzero_ps() };
+    // Word i of 16 from step k, then word i from step k + 1: the pairs `tdpbf16ps` reads.
+    let pairs = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1,
+        16, 0,
+    );
     for kb in 0..blocks {
         for pair in 0..KB / 2 {
             let k = kb * KB + 2 * pair;
             for jp in 0..cols.div_ceil(BLOCK) {
                 for tile in 0..2 {
                     let col = jp * BLOCK + 16 * tile;
-                    let (even, odd) = (split(step(k, col)), split(step(k + 1, col)));
-                    for part in 0..PARTS {
-                        let words = _mm512_or_si512(odd[part], _mm512_srli_epi32::<16>(even[part]));
+                    for (part, words) in split(step(k, col), step(k + 1, col)).into_iter().enumerate() {
+                        let words = _mm512_permutexvar_epi16(pairs, words);
                         let at = jp * panel + kb * PANEL_STEP + (2 * part + tile) * TILE + pair * KB;
                         // SAFETY: the tile row lies inside `dst` (sized by the caller).
                         unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(at) as *mut _, words) };
@@ -688,21 +688,44 @@ mod tests {
 
     /// The parts of 16 values, as f32.
     fn parts(values: [f32; 16]) -> [[f32; 16]; PARTS] {
-        // SAFETY: AVX-512F is checked by the caller; `values` holds 16 floats.
-        let split = unsafe { split(_mm512_loadu_ps(values.as_ptr())) };
+        // SAFETY: AVX512-BF16 is checked by the caller; `values` holds 16 floats.
+        let split = unsafe { split(_mm512_loadu_ps(values.as_ptr()), _mm512_setzero_ps()) };
         split.map(|part| {
-            let mut out = [0f32; 16];
-            // SAFETY: `out` holds 16 floats.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), _mm512_castsi512_ps(part)) };
-            out
+            let mut words = [0u16; 32];
+            // SAFETY: `words` holds 32 words.
+            unsafe { _mm512_storeu_si512(words.as_mut_ptr() as *mut _, part) };
+            std::array::from_fn(|i| f32::from_bits((words[i] as u32) << 16))
         })
     }
 
-    /// Every finite normal value splits exactly into three bf16 values (low 16 bits zero)
-    /// of falling weight, whatever its exponent; ties round to even.
+    /// The split as integer arithmetic on the bits would make it (round to nearest even by
+    /// adding 0x7fff plus the kept part's lowest bit), for finite normal values.
+    fn rounded_by_bits(values: [f32; 16]) -> [[f32; 16]; PARTS] {
+        let round = |x: f32| {
+            let bits = x.to_bits();
+            f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+        };
+        let mut out = [[0f32; 16]; PARTS];
+        for (i, &x) in values.iter().enumerate() {
+            let x1 = round(x);
+            let x2 = round(x - x1);
+            out[0][i] = x1;
+            out[1][i] = x2;
+            out[2][i] = x - x1 - x2;
+        }
+        out
+    }
+
+    fn bf16() -> bool {
+        std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw")
+    }
+
+    /// Every finite normal value splits exactly into three bf16 values of falling weight,
+    /// whatever its exponent, each rounded to nearest even (the bits integer rounding gives);
+    /// ties round to even.
     #[test]
     fn parts_are_bf16_and_sum_back_exactly() {
-        if !std::is_x86_feature_detected!("avx512f") {
+        if !bf16() {
             return;
         }
         let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -716,10 +739,10 @@ mod tests {
                 f32::from_bits((state as u32 & 0x807f_ffff) | (exponent << 23))
             });
             let [x1, x2, x3] = parts(values);
+            let by_bits = rounded_by_bits(values);
             for (i, &x) in values.iter().enumerate() {
-                for part in [x1[i], x2[i], x3[i]] {
-                    assert_eq!(part.to_bits() & 0xffff, 0, "{x:e}: a part is not a bf16");
-                }
+                let got = [x1[i], x2[i], x3[i]].map(f32::to_bits);
+                assert_eq!(got, by_bits.map(|part| part[i].to_bits()), "{x:e}: not rounded to nearest even");
                 assert_eq!(x1[i] as f64 + x2[i] as f64 + x3[i] as f64, x as f64, "{x:e} does not split exactly");
                 assert!(x2[i].abs() <= x.abs() * 2f32.powi(-8) && x3[i].abs() <= x.abs() * 2f32.powi(-16), "{x:e}");
             }
@@ -729,19 +752,20 @@ mod tests {
         assert_eq!((halfway[0][0], halfway[1][0]), (1.0, 2f32.powi(-8)));
     }
 
-    /// A non-finite value is NaN in its first part and nothing in the others (so it reaches
-    /// every output it touches as NaN, never as a finite number).
+    /// A non-finite value leaves a NaN among its parts (so it reaches every output it touches
+    /// as NaN, never as a finite number); a subnormal one splits into zeros, as the tiles read it.
     #[test]
     fn non_finite_values_split_into_nan() {
-        if !std::is_x86_feature_detected!("avx512f") {
+        if !bf16() {
             return;
         }
         let mut values = [1.5f32; 16];
-        values[..3].copy_from_slice(&[f32::INFINITY, f32::NEG_INFINITY, f32::NAN]);
+        values[..4].copy_from_slice(&[f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40]);
         let [x1, x2, x3] = parts(values);
         for i in 0..3 {
-            assert!(x1[i].is_nan() && x2[i] == 0.0 && x3[i] == 0.0, "value {}", values[i]);
+            assert!([x1[i], x2[i], x3[i]].iter().any(|p| p.is_nan()), "value {}", values[i]);
         }
-        assert_eq!((x1[3], x2[3], x3[3]), (1.5, 0.0, 0.0));
+        assert_eq!((x1[3], x2[3], x3[3]), (0.0, 0.0, 0.0));
+        assert_eq!((x1[4], x2[4], x3[4]), (1.5, 0.0, 0.0));
     }
 }
