@@ -13,25 +13,19 @@ bin=target/release/examples/bench_ops
 echo "# loadavg before: $(cat /proc/loadavg)" >&2
 # Cases of a few milliseconds take 20 runs per process on both sides: their first runs still
 # pay one-time costs (allocator growth, page faults, thread start), which 3 runs would not
-# get past.
-runs_of() {
+# get past. They also run untimed for half a second first, on both sides: a fresh orrery
+# process ran its first ~0.15 s of 2-thread products up to twice as slow (BENCHMARKS.md, "a
+# warm-up for the short cases"), while PyTorch's timing starts a second or so after its
+# process does.
+is_short() {
   case "$1" in
-    gemm512 | gemm1024 | attn1024 | attn8x128_1024 | gemv*) echo 20 ;;
-    *) echo 3 ;;
-  esac
-}
-# Those cases also run untimed for half a second first, on both sides: a fresh orrery process
-# ran its first ~0.15 s of 2-thread products up to twice as slow (BENCHMARKS.md "a warm-up for
-# the short cases"), while PyTorch's timing starts a second or so after its process does.
-warmup_of() {
-  case "$1" in
-    gemm512 | gemm1024 | attn1024 | attn8x128_1024 | gemv*) echo 0.5 ;;
-    *) echo 0 ;;
+    gemm512 | gemm1024 | attn1024 | attn8x128_1024 | gemv*) return 0 ;;
+    *) return 1 ;;
   esac
 }
 for r in $(seq "$rounds"); do
   for c in $cases; do
-    runs=$(runs_of "$c") warmup=$(warmup_of "$c")
+    if is_short "$c"; then runs=20 warmup=0.5; else runs=3 warmup=0; fi
     .venv-ref/bin/python tools/bench/torch_ops.py "$c" --threads 2 --runs "$runs" --warmup "$warmup"
     "$bin" "$c" --threads 2 --runs "$runs" --warmup "$warmup"
     if [ -n "${BASELINE_ENV:-}" ]; then

@@ -2,8 +2,8 @@
 //!
 //! `cargo run --release -p orrery-runtime --example bench_ops -- <case> [--threads N] [--runs R]
 //! [--warmup S] [--no-arena]` prints one JSON line: the case, median and all run times (first,
-//! warm-up run excluded, and with `--warmup` those of the first S seconds too) and the achieved GFLOP/s (and GB/s of operands read), the plan's arena and peak,
-//! and the bytes of outputs written into the arena or into recycled buffers in the last run
+//! warm-up run excluded, and with `--warmup` those of the first S seconds too) and the
+//! achieved GFLOP/s (and GB/s of operands read), the plan's arena and peak, and the bytes of outputs written into the arena or into recycled buffers in the last run
 //! (`--no-arena`: outputs allocated, recycled within a run, instead of written in the arena).
 //! Cases: `gemm<N>` (N³ f32) and `gemm<M>x<K>x<N>`, `linear<M>x<K>x<N>` (x against an `[N, K]` weight), `gemv<M>` (M rows
 //! through a 4096 × 4096 linear: memory-bound; `gemv<M>_bf16` against a bf16 weight, as
@@ -486,7 +486,7 @@ fn main() {
     let mut per_kernel: Vec<f64> = Vec::new();
     let (mut recycled_bytes, mut arena_output_bytes) = (0, 0);
     // --warmup S: run the case, untimed, for S seconds first (past the process's start-up
-    // transient; see BENCHMARKS.md "a warm-up for the sub-millisecond cases").
+    // transient; see BENCHMARKS.md, "a warm-up for the short cases").
     let warmup_s: f64 =
         args.iter().position(|a| a == "--warmup").and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(0.0);
     let warmup = std::time::Instant::now();

@@ -62,9 +62,10 @@ const NB: usize = 256;
 /// 1.07×).
 const MB: usize = 4096;
 
-/// True when the CPU has AMX-TILE, AMX-BF16, AVX-512BW and AVX512-BF16, the kernel lets this process use
-/// the tile registers (Linux asks each process to request them), and `ORRERY_GEMM` is not
-/// `avx512` (which keeps every product on the AVX-512 kernel, for comparisons).
+/// True when the CPU has AMX-TILE, AMX-BF16, AVX-512BW and AVX512-BF16, the kernel lets this
+/// process use the tile registers (Linux asks each process to request them), and
+/// `ORRERY_GEMM` is not `avx512` (which keeps every product on the AVX-512 kernel, for
+/// comparisons).
 pub(crate) fn available() -> bool {
     static USE: OnceLock<bool> = OnceLock::new();
     *USE.get_or_init(|| {
@@ -152,6 +153,9 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
     SCRATCH.with(|scratch| {
         let (a_buf, b_buf, staging) = &mut *scratch.borrow_mut();
         let kc_max = KC.min(k).next_multiple_of(KB);
+        // The first of A's rows this thread split, where the threads split A together: its
+        // sweeps start there, while those panels are still in its caches.
+        let packed_here = p.a_packed.and_then(|(a, from)| Some(a.rows_packed_here()?.saturating_sub(from)));
         let block_rows = MB.min(m);
         // A packed ahead is read as it is: no A block.
         let a_rows = if p.a_packed.is_some() { 0 } else { block_rows };
@@ -170,11 +174,10 @@ pub(super) unsafe fn single(m: usize, n: usize, k: usize, p: Product<'_>) {
                     for (pass, k0) in (0..k).step_by(KC).enumerate() {
                         let kc = KC.min(k - k0);
                         let (a_panels, first): (&[u16], usize) = match p.a_packed {
-                            // MB and `from` are whole numbers of panels. The panels this thread
-                            // packed come first: they are still in its caches.
+                            // MB and `from` are whole numbers of panels.
                             Some((a, from)) => {
-                                let mine = a.rows_packed_here().map_or(0, |r| r.saturating_sub(from + i0));
-                                (&a.split.pass(pass)[(from + i0) / BLOCK * panel_len(kc)..], mine / BLOCK)
+                                let first = packed_here.map_or(0, |r| r.saturating_sub(i0) / BLOCK);
+                                (&a.split.pass(pass)[(from + i0) / BLOCK * panel_len(kc)..], first)
                             }
                             None => {
                                 // SAFETY: the block lies inside A (caller).
@@ -253,7 +256,8 @@ impl Split {
     /// Packs the `m × k` matrix `a` as A.
     ///
     /// # Safety
-    /// Every element (i, j), i < m, j < k, of `a` is readable; AVX-512BW and AVX512-BF16 ([`available`]).
+    /// Every element (i, j), i < m, j < k, of `a` is readable; AVX-512BW and AVX512-BF16
+    /// ([`available`]).
     pub(super) unsafe fn pack_a(&mut self, m: usize, k: usize, a: super::Strided) {
         let a = SyncStrided(a);
         // SAFETY: each pass lies inside A; AVX-512BW and AVX512-BF16 (caller).
@@ -285,7 +289,8 @@ impl Split {
                     // SAFETY: rows i0.. of this pass: whole panels (i0 is a multiple of BLOCK) that
                     // no other part writes, inside the sized data.
                     let dst = unsafe { data.slice(pass * pass_len + i0 / BLOCK * panel, rows.div_ceil(BLOCK) * panel) };
-                    // SAFETY: those rows and steps lie inside A; AVX-512BW and AVX512-BF16 (caller).
+                    // SAFETY: those rows and steps lie inside A; AVX-512BW and AVX512-BF16
+                    // (caller).
                     unsafe { pack_a(dst, a.at(i0, k0), rows, kc) };
                 }
                 (rayon::current_thread_index(), i0)
@@ -577,7 +582,8 @@ const AHEAD: usize = 4;
 /// each row 32 bf16 of consecutive k. Rows and steps past the block are zeros.
 ///
 /// # Safety
-/// Every element (i, k), i < rows, k < kc, of `a` is readable; AVX-512BW and AVX512-BF16 ([`available`]).
+/// Every element (i, k), i < rows, k < kc, of `a` is readable; AVX-512BW and AVX512-BF16
+/// ([`available`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_a(dst: &mut [u16], a: super::Strided, rows: usize, kc: usize) {
     let (blocks, panel) = (kc.div_ceil(KB), panel_len(kc));
